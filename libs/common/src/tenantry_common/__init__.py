@@ -1,0 +1,1 @@
+"""Shared code for Tenantry's services: contracts, settings, messaging, stores, telemetry."""

@@ -1,0 +1,248 @@
+"""Token budgets in Redis, shared by the edge (reserve) and metering (settle, reconcile).
+
+Per tenant and UTC period, keys are by period (never reset by a cron):
+
+* ``budget:tokens:<YYYY-MM-DD>`` — hash ``used`` (settled real tokens) and ``reserved``
+  (worst cases of requests still in flight);
+* ``budget:holds:<YYYY-MM-DD>`` — hash request id → tokens reserved for it;
+* ``budget:spend:<YYYY-MM>`` — hash ``used`` (settled micro-dollars);
+* ``budget:settled:<event id>`` — marker that makes a settlement happen once.
+
+Every change is one Lua script, so two edge replicas and metering can act at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from redis.asyncio import Redis
+
+from tenantry_common.tenancy import tenant_key
+
+#: Keys outlive their period long enough for late settlements and reconciliation.
+TOKEN_KEY_TTL_S = 3 * 24 * 3600
+SPEND_KEY_TTL_S = 40 * 24 * 3600
+SETTLED_MARKER_TTL_S = 3 * 24 * 3600
+
+_RESERVE = """
+local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local want = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local spend_used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
+local spend_limit = tonumber(ARGV[5])
+if spend_limit >= 0 and spend_used >= spend_limit then
+  return {0, used, reserved, 2}
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+  return {1, used, reserved, 0}
+end
+if used + reserved + want > limit then
+  return {0, used, reserved, 1}
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', want)
+redis.call('HSET', KEYS[2], ARGV[3], want)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, used, reserved + want, 0}
+"""
+
+_RELEASE = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if not held then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0') - tonumber(held)
+if reserved < 0 then reserved = 0 end
+redis.call('HSET', KEYS[1], 'reserved', reserved)
+return tonumber(held)
+"""
+
+_SETTLE = """
+-- KEYS: 1 reserved-day tokens, 2 reserved-day holds, 3 usage-day tokens, 4 month spend, 5 marker
+if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[5]) == false then
+  return 0
+end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0') - tonumber(held)
+  if reserved < 0 then reserved = 0 end
+  redis.call('HSET', KEYS[1], 'reserved', reserved)
+end
+redis.call('HINCRBY', KEYS[3], 'used', ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'used', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return 1
+"""
+
+_RECONCILE = """
+-- Set settled totals to the ledger's; drop holds older than the cut-off (never settled).
+redis.call('HSET', KEYS[1], 'used', ARGV[1])
+redis.call('HSET', KEYS[3], 'used', ARGV[2])
+local holds = redis.call('HGETALL', KEYS[2])
+local reserved = 0
+for i = 1, #holds, 2 do reserved = reserved + tonumber(holds[i + 1]) end
+redis.call('HSET', KEYS[1], 'reserved', reserved)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return reserved
+"""
+
+
+class RefusalReason:
+    DAILY_TOKENS = "daily_tokens"
+    MONTHLY_SPEND = "monthly_spend"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    granted: bool
+    used: int
+    reserved: int
+    limit: int
+    refusal: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used - self.reserved)
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    day: date
+    tokens_used: int
+    tokens_reserved: int
+    month: str
+    spend_used_micros: int
+
+
+def month_of(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def seconds_until_next_day(now: datetime) -> int:
+    """Seconds until the next UTC midnight (for ``Retry-After`` on an exhausted daily budget)."""
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - now).total_seconds()))
+
+
+class BudgetStore:
+    """Reservation, settlement and reconciliation of a tenant's token and spend budgets."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+        self._settle = redis.register_script(_SETTLE)
+        self._reconcile = redis.register_script(_RECONCILE)
+
+    @staticmethod
+    def _tokens(tenant_id: uuid.UUID, day: date) -> str:
+        return tenant_key(tenant_id, "budget", "tokens", day.isoformat())
+
+    @staticmethod
+    def _holds(tenant_id: uuid.UUID, day: date) -> str:
+        return tenant_key(tenant_id, "budget", "holds", day.isoformat())
+
+    @staticmethod
+    def _spend(tenant_id: uuid.UUID, month: str) -> str:
+        return tenant_key(tenant_id, "budget", "spend", month)
+
+    async def reserve(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        request_id: uuid.UUID,
+        tokens: int,
+        day: date,
+        daily_limit: int,
+        monthly_spend_limit_micros: int | None = None,
+    ) -> Reservation:
+        """Hold ``tokens`` of today's budget for a request, unless it would overshoot."""
+        result = await self._reserve(
+            keys=[
+                self._tokens(tenant_id, day),
+                self._holds(tenant_id, day),
+                self._spend(tenant_id, month_of(day)),
+            ],
+            args=[
+                tokens,
+                daily_limit,
+                str(request_id),
+                TOKEN_KEY_TTL_S,
+                -1 if monthly_spend_limit_micros is None else monthly_spend_limit_micros,
+            ],
+        )
+        granted, used, reserved, why = (int(x) for x in result)
+        refusal = {0: None, 1: RefusalReason.DAILY_TOKENS, 2: RefusalReason.MONTHLY_SPEND}[why]
+        return Reservation(bool(granted), used, reserved, daily_limit, refusal)
+
+    async def release(self, *, tenant_id: uuid.UUID, request_id: uuid.UUID, day: date) -> int:
+        """Give back a reservation that will never be settled (e.g. the request was not sent)."""
+        return int(
+            await self._release(
+                keys=[self._tokens(tenant_id, day), self._holds(tenant_id, day)],
+                args=[str(request_id)],
+            )
+        )
+
+    async def settle(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        reserved_day: date,
+        usage_day: date,
+        tokens: int,
+        cost_micros: int,
+    ) -> bool:
+        """Release a request's hold and add its real usage, once per ``event_id``."""
+        applied = await self._settle(
+            keys=[
+                self._tokens(tenant_id, reserved_day),
+                self._holds(tenant_id, reserved_day),
+                self._tokens(tenant_id, usage_day),
+                self._spend(tenant_id, month_of(usage_day)),
+                tenant_key(tenant_id, "budget", "settled", str(event_id)),
+            ],
+            args=[
+                str(request_id),
+                tokens,
+                cost_micros,
+                TOKEN_KEY_TTL_S,
+                SETTLED_MARKER_TTL_S,
+                SPEND_KEY_TTL_S,
+            ],
+        )
+        return bool(applied)
+
+    async def reconcile(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        day: date,
+        ledger_tokens: int,
+        ledger_spend_micros: int,
+    ) -> None:
+        """Make Redis's settled totals equal the ledger's (the source of truth)."""
+        await self._reconcile(
+            keys=[
+                self._tokens(tenant_id, day),
+                self._holds(tenant_id, day),
+                self._spend(tenant_id, month_of(day)),
+            ],
+            args=[ledger_tokens, ledger_spend_micros, TOKEN_KEY_TTL_S, SPEND_KEY_TTL_S],
+        )
+
+    async def snapshot(self, *, tenant_id: uuid.UUID, day: date) -> BudgetSnapshot:
+        """Current counters for a tenant's day and month."""
+        month = month_of(day)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self._tokens(tenant_id, day), ["used", "reserved"])
+        pipe.hget(self._spend(tenant_id, month), "used")
+        (used, reserved), spend = await pipe.execute()
+        return BudgetSnapshot(day, int(used or 0), int(reserved or 0), month, int(spend or 0))

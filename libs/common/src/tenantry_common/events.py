@@ -1,0 +1,468 @@
+"""Event contracts: one pydantic model per event, past tense, versioned.
+
+Every event carries ``event_id`` (the idempotency key), ``event_type``, ``schema_version``,
+``tenant_id`` and ``occurred_at`` (UTC). Topics that carry several event types decode through
+the ``*Event`` unions below, discriminated by ``event_type``. A change to a contract bumps its
+``schema_version``; consumers refuse versions they do not know with a clear error.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import date, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from tenantry_common.ids import utcnow
+
+SCHEMA_VERSION = 1
+
+
+class UnsupportedSchemaVersion(ValueError):
+    """An event declares a schema version this code does not understand."""
+
+
+class Contract(BaseModel):
+    """Base of every payload model: strict about unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Contract):
+    """Fields every event carries."""
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({SCHEMA_VERSION})
+
+    event_id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        description="Unique id of this event; consumers deduplicate on it.",
+    )
+    event_type: str
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this contract.")
+    tenant_id: uuid.UUID = Field(description="The tenant the event belongs to (from a verified token).")
+    occurred_at: AwareDatetime = Field(default_factory=utcnow, description="When it happened (UTC).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_version(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "schema_version" in data:
+            version = data["schema_version"]
+            if version not in cls.supported_versions:
+                raise UnsupportedSchemaVersion(
+                    f"unsupported schema_version {version!r} for {cls.__name__}; "
+                    f"this consumer understands {sorted(cls.supported_versions)}"
+                )
+        return data
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class Tier(enum.StrEnum):
+    FREE = "free"
+    PRO = "pro"
+    ENTERPRISE = "enterprise"
+
+
+class LeakagePolicy(enum.StrEnum):
+    BLOCK = "block"
+    REDACT = "redact"
+
+
+class FeatureFlags(Contract):
+    """Per-tenant switches."""
+
+    rag: bool = True
+    streaming: bool = True
+    semantic_cache: bool = True
+    fine_tuning: bool = False
+
+
+class TenantConfig(Contract):
+    """A tenant's whole configuration, as the edge validated and versioned it."""
+
+    tenant_name: str = Field(min_length=1, max_length=200)
+    tier: Tier
+    model: str = Field(min_length=1, max_length=200)
+    allowed_models: list[str] = Field(min_length=1)
+    temperature: float = Field(ge=0.0, le=2.0)
+    max_tokens_per_request: int = Field(ge=1, le=32_768)
+    system_prompt_template: str = Field(max_length=8_000)
+    custom_instructions: str = Field(default="", max_length=4_000)
+    features: FeatureFlags = Field(default_factory=FeatureFlags)
+    rate_limit_per_minute: int = Field(ge=1, le=1_000_000)
+    daily_token_budget: int = Field(ge=0)
+    monthly_spend_budget_micros: int = Field(ge=0, description="Monthly spend budget, micro-dollars.")
+    cache_similarity_threshold: float = Field(ge=0.0, le=1.0)
+    leakage_policy: LeakagePolicy = LeakagePolicy.BLOCK
+
+    @model_validator(mode="after")
+    def _model_is_allowed(self) -> TenantConfig:
+        if self.model not in self.allowed_models:
+            raise ValueError(f"model {self.model!r} is not in allowed_models")
+        return self
+
+
+class ReplyTo(Contract):
+    """Where the answer to a chat request must go: the partition its edge replica reads."""
+
+    topic: str
+    partition: int = Field(ge=0)
+
+
+class ChatOptions(Contract):
+    """What the edge resolved from the tenant's config for one request (a snapshot)."""
+
+    model: str
+    max_tokens: int = Field(ge=1, description="Worst-case completion tokens reserved for it.")
+    temperature: float = Field(ge=0.0, le=2.0)
+    config_version: int = Field(ge=0, description="Tenant config version; keys the semantic cache.")
+    rag: bool = True
+    semantic_cache: bool = True
+    cache_similarity_threshold: float = Field(ge=0.0, le=1.0)
+    top_k: int = Field(default=4, ge=1, le=50)
+
+
+class Reservation(Contract):
+    """The budget reservation the edge made for a request, to be settled by metering."""
+
+    reserved_tokens: int = Field(ge=0)
+    period_day: date = Field(description="UTC day whose budget key holds the reservation.")
+
+
+class ChatMessage(Contract):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=32_000)
+
+
+class Passage(Contract):
+    """A retrieved chunk of one of the tenant's documents."""
+
+    document_id: uuid.UUID
+    chunk_index: int = Field(ge=0)
+    title: str
+    text: str
+    score: float
+
+
+class Citation(Contract):
+    document_id: uuid.UUID
+    chunk_index: int = Field(ge=0)
+    title: str
+    score: float
+
+
+class TokenUsage(Contract):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+# --------------------------------------------------------------------------- chat
+
+
+class _ChatRequestFields(Event):
+    request_id: uuid.UUID
+    user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
+    conversation_id: uuid.UUID | None = None
+    question: str = Field(min_length=1, max_length=16_000)
+    history: list[ChatMessage] = Field(default_factory=list, max_length=100)
+    stream: bool = False
+    reply_to: ReplyTo
+    options: ChatOptions
+    reservation: Reservation
+    deadline_at: AwareDatetime | None = Field(
+        default=None, description="After this the edge has given up; later work is wasted."
+    )
+
+
+class ChatRequested(_ChatRequestFields):
+    """A frontend asked a question (edge → retrieval)."""
+
+    event_type: Literal["ChatRequested"] = "ChatRequested"
+
+
+class ContextRetrieved(_ChatRequestFields):
+    """Retrieval found the passages for a request (retrieval → inference)."""
+
+    event_type: Literal["ContextRetrieved"] = "ContextRetrieved"
+    passages: list[Passage] = Field(default_factory=list)
+    corpus_version: int = Field(ge=0)
+
+
+class ChatDelta(Event):
+    """A piece of a streamed answer."""
+
+    event_type: Literal["ChatDelta"] = "ChatDelta"
+    request_id: uuid.UUID
+    seq: int = Field(ge=0, description="Position of this piece; the edge orders by it.")
+    delta: str
+
+
+class ChatCompleted(Event):
+    """The final answer to a request (inference, or retrieval on a cache hit)."""
+
+    event_type: Literal["ChatCompleted"] = "ChatCompleted"
+    request_id: uuid.UUID
+    user_id: str
+    question: str = Field(description="Kept so the semantic cache can be filled from the answer.")
+    answer: str
+    citations: list[Citation] = Field(default_factory=list)
+    model: str
+    usage: TokenUsage
+    cached: bool = False
+    config_version: int = Field(ge=0)
+    corpus_version: int = Field(ge=0)
+    semantic_cache: bool = Field(default=True, description="Whether the tenant allows caching it.")
+
+
+class FailureReason(enum.StrEnum):
+    MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_TIMEOUT = "model_timeout"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    LEAKAGE_BLOCKED = "leakage_blocked"
+    TENANT_INACTIVE = "tenant_inactive"
+    INTERNAL = "internal"
+
+
+class ChatFailed(Event):
+    """A request could not be answered; ``message`` says why in words a user can read."""
+
+    event_type: Literal["ChatFailed"] = "ChatFailed"
+    request_id: uuid.UUID
+    reason: FailureReason
+    message: str
+
+
+ChatResponseEvent = Annotated[
+    ChatDelta | ChatCompleted | ChatFailed, Field(discriminator="event_type")
+]
+
+# --------------------------------------------------------------------------- documents
+
+
+class DocumentSubmitted(Event):
+    """A tenant submitted (or re-submitted, replacing) a document."""
+
+    event_type: Literal["DocumentSubmitted"] = "DocumentSubmitted"
+    document_id: uuid.UUID
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    content_type: str = "text/plain"
+    submitted_by: str
+
+
+class DocumentDeleted(Event):
+    event_type: Literal["DocumentDeleted"] = "DocumentDeleted"
+    document_id: uuid.UUID
+    deleted_by: str
+
+
+DocumentEvent = Annotated[DocumentSubmitted | DocumentDeleted, Field(discriminator="event_type")]
+
+# --------------------------------------------------------------------------- tenants
+
+
+class TenantConfigChanged(Event):
+    """The latest configuration of a tenant (compacted topic: one per tenant survives)."""
+
+    event_type: Literal["TenantConfigChanged"] = "TenantConfigChanged"
+    version: int = Field(ge=1)
+    config: TenantConfig
+    changed_by: str
+
+
+class TenantProvisioned(Event):
+    event_type: Literal["TenantProvisioned"] = "TenantProvisioned"
+    tenant_name: str
+    tier: Tier
+    config_version: int = Field(ge=1)
+    config: TenantConfig
+
+
+class TenantOffboarded(Event):
+    event_type: Literal["TenantOffboarded"] = "TenantOffboarded"
+    tenant_name: str
+    reason: str = ""
+
+
+class LifecycleAction(enum.StrEnum):
+    PROVISIONED = "provisioned"
+    OFFBOARDED = "offboarded"
+
+
+class TenantLifecycleAcknowledged(Event):
+    """A service finished (or failed) its part of onboarding or offboarding a tenant."""
+
+    event_type: Literal["TenantLifecycleAcknowledged"] = "TenantLifecycleAcknowledged"
+    service: str
+    action: LifecycleAction
+    succeeded: bool
+    detail: str = ""
+
+
+LifecycleEvent = Annotated[
+    TenantProvisioned | TenantOffboarded | TenantLifecycleAcknowledged,
+    Field(discriminator="event_type"),
+]
+
+# --------------------------------------------------------------------------- usage and budgets
+
+
+class UsageRecorded(Event):
+    """Tokens one request used. ``event_id`` is derived from the request id: billed once."""
+
+    event_type: Literal["UsageRecorded"] = "UsageRecorded"
+    request_id: uuid.UUID
+    user_id: str
+    model: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cached: bool = False
+    reservation: Reservation
+    source: str = Field(description="The service that recorded it.")
+
+
+class BudgetKind(enum.StrEnum):
+    DAILY_TOKENS = "daily_tokens"
+    MONTHLY_SPEND = "monthly_spend"
+
+
+class _BudgetFields(Event):
+    kind: BudgetKind
+    period: str = Field(description="The UTC period: YYYY-MM-DD for days, YYYY-MM for months.")
+    used: int = Field(ge=0, description="Tokens, or micro-dollars for spend.")
+    limit: int = Field(ge=0)
+
+
+class BudgetThresholdCrossed(_BudgetFields):
+    event_type: Literal["BudgetThresholdCrossed"] = "BudgetThresholdCrossed"
+    threshold_percent: int = Field(ge=1, le=100)
+
+
+class BudgetExhausted(_BudgetFields):
+    event_type: Literal["BudgetExhausted"] = "BudgetExhausted"
+
+
+BudgetEvent = Annotated[
+    BudgetThresholdCrossed | BudgetExhausted, Field(discriminator="event_type")
+]
+
+
+class UsageRolledUp(Event):
+    """One tenant's usage of one model on one UTC day, for analysts (replaces earlier ones)."""
+
+    event_type: Literal["UsageRolledUp"] = "UsageRolledUp"
+    day: date
+    model: str
+    requests: int = Field(ge=0)
+    cached_requests: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cost_micros: int = Field(ge=0)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+class AuditType(enum.StrEnum):
+    API_CALL = "api_call"
+    DATA_ACCESS = "data_access"
+    CONFIGURATION_CHANGE = "configuration_change"
+    DELETION = "deletion"
+    ACCESS_DENIED = "access_denied"
+    LEAKAGE_BLOCKED = "leakage_blocked"
+    BUDGET = "budget"
+    EXPORT = "export"
+    LIFECYCLE = "lifecycle"
+    RETENTION = "retention"
+
+
+class AuditStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+AuditDetail = str | int | float | bool | None
+
+
+class AuditRecorded(Event):
+    """Something worth a compliance record happened. Never carries document or answer text."""
+
+    event_type: Literal["AuditRecorded"] = "AuditRecorded"
+    audit_type: AuditType
+    source: str = Field(description="The service that saw it.")
+    actor: str | None = Field(default=None, description="User or client id, when known.")
+    resource_type: str
+    resource_id: str
+    action: str
+    status: AuditStatus
+    error: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    details: dict[str, AuditDetail] = Field(default_factory=dict)
+
+    @field_validator("details")
+    @classmethod
+    def _small_details(cls, value: dict[str, AuditDetail]) -> dict[str, AuditDetail]:
+        if len(value) > 50:
+            raise ValueError("details may hold at most 50 entries")
+        return value
+
+
+class AuditChainAnchored(Event):
+    """The head of a tenant's audit hash chain, published so it can be anchored elsewhere."""
+
+    event_type: Literal["AuditChainAnchored"] = "AuditChainAnchored"
+    sequence: int = Field(ge=0)
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    anchored_at: datetime
+
+
+# --------------------------------------------------------------------------- registry
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    ChatRequested,
+    ContextRetrieved,
+    ChatDelta,
+    ChatCompleted,
+    ChatFailed,
+    DocumentSubmitted,
+    DocumentDeleted,
+    TenantConfigChanged,
+    TenantProvisioned,
+    TenantOffboarded,
+    TenantLifecycleAcknowledged,
+    UsageRecorded,
+    BudgetThresholdCrossed,
+    BudgetExhausted,
+    UsageRolledUp,
+    AuditRecorded,
+    AuditChainAnchored,
+)
+
+EVENTS_BY_TYPE: dict[str, type[Event]] = {
+    cls.model_fields["event_type"].default: cls for cls in ALL_EVENTS
+}
+
+def parse_event(raw: bytes | str) -> Event:
+    """Decode any known event from JSON, choosing the model by ``event_type``."""
+    data = TypeAdapter(dict[str, Any]).validate_json(raw)
+    event_type = data.get("event_type")
+    model = EVENTS_BY_TYPE.get(str(event_type))
+    if model is None:
+        raise ValueError(f"unknown event_type {event_type!r}")
+    return model.model_validate(data)

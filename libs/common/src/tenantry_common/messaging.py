@@ -1,0 +1,437 @@
+"""The Kafka broker every service uses, with at-least-once consumers and a dead-letter topic.
+
+How a consumed message ends, decided in one place (``ReliableConsumerMiddleware``):
+
+* the handler succeeded → its offset (and only its offset) is committed;
+* it failed on the message itself (cannot be parsed, fails validation, a ``PermanentError``, or
+  any error still there after ``consumer_max_attempts`` tries) → the original bytes go to
+  ``<topic>.dlq`` with the error and source headers, and only then is the offset committed;
+* it failed because a dependency is away (connection refused, timeouts) → nothing is committed,
+  the consumer seeks back to the message and tries it again after a pause, so an outage never
+  turns good messages into dead letters;
+* the DLQ publish itself failed → nothing is committed, the consumer seeks back.
+
+Subscribers are declared with ``AckPolicy.MANUAL``: FastStream's own acknowledgement would commit
+the consumer's whole position (and ``ACK`` commits after exceptions, see faststream#2618); here
+the commit names the exact partition and offset, after the handler's effects are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream._internal.middlewares import BaseMiddleware
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from pydantic import ValidationError
+
+from tenantry_common.events import Event
+from tenantry_common.settings import CommonSettings
+from tenantry_common.topics import DLQ_SUFFIX, TopicSpec
+
+if TYPE_CHECKING:
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
+    from opentelemetry.trace import TracerProvider
+
+log = logging.getLogger("tenantry.messaging")
+
+#: The tenant of the message being handled, for logs (set from the record's key).
+current_tenant: ContextVar[str | None] = ContextVar("current_tenant", default=None)
+
+#: Consumer subscription defaults every service uses.
+MANUAL = AckPolicy.MANUAL
+
+DLQ_HEADER_ERROR = "x-dlq-error"
+DLQ_HEADER_ERROR_TYPE = "x-dlq-error-type"
+DLQ_HEADER_SOURCE_TOPIC = "x-dlq-source-topic"
+DLQ_HEADER_SOURCE_PARTITION = "x-dlq-source-partition"
+DLQ_HEADER_SOURCE_OFFSET = "x-dlq-source-offset"
+DLQ_HEADER_GROUP = "x-dlq-consumer-group"
+DLQ_HEADER_ATTEMPTS = "x-dlq-attempts"
+DLQ_HEADER_FAILED_AT = "x-dlq-failed-at"
+
+
+class PermanentError(Exception):
+    """The message itself cannot be processed; retrying will not help (dead-letter it)."""
+
+
+class TransientError(Exception):
+    """A dependency is unavailable; the message is fine and must be tried again later."""
+
+
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TransientError,
+    ConnectionError,
+    TimeoutError,
+    KafkaConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is a dependency's outage rather than a fault of the message."""
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    name = type(exc).__module__ + "." + type(exc).__name__
+    # Without importing every driver here: their connection-level errors, by name.
+    transient_names = (
+        "redis.exceptions.ConnectionError",
+        "redis.exceptions.TimeoutError",
+        "redis.exceptions.BusyLoadingError",
+        "asyncpg.exceptions.CannotConnectNowError",
+        "asyncpg.exceptions.ConnectionDoesNotExistError",
+        "asyncpg.exceptions.AdminShutdownError",
+        "asyncpg.exceptions.TooManyConnectionsError",
+        "sqlalchemy.exc.InterfaceError",
+        "sqlalchemy.exc.DisconnectionError",
+    )
+    if name in transient_names:
+        return True
+    if name == "sqlalchemy.exc.OperationalError" or name == "sqlalchemy.exc.DBAPIError":
+        return bool(getattr(exc, "connection_invalidated", False)) or _caused_by_transient(exc)
+    return _caused_by_transient(exc)
+
+
+def _caused_by_transient(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    seen = 0
+    while cause is not None and seen < 5:
+        if isinstance(cause, _TRANSIENT_TYPES) or type(cause).__name__ in (
+            "CannotConnectNowError",
+            "ConnectionDoesNotExistError",
+            "AdminShutdownError",
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+class ConsumerMetrics:
+    """Counters of how consumed messages ended (one set per registry)."""
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, ConsumerMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> ConsumerMetrics:
+        if registry not in cls._by_registry:
+            cls._by_registry[registry] = cls(registry)
+        return cls._by_registry[registry]
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dead_lettered = Counter(
+            "tenantry_messages_dead_lettered_total",
+            "Messages sent to a dead-letter topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.retried = Counter(
+            "tenantry_message_retries_total",
+            "Handler attempts that failed and were tried again.",
+            ["topic", "kind"],
+            registry=registry,
+        )
+
+
+class ReliableConsumerPolicy:
+    """Builds the per-message middleware; holds the broker it dead-letters through."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        metrics: ConsumerMetrics,
+        transient_pause_s: float = 1.0,
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.transient_pause_s = transient_pause_s
+        self.metrics = metrics
+        self.broker: KafkaBroker | None = None
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ReliableConsumerMiddleware:
+        return ReliableConsumerMiddleware(msg, context=context, policy=self)
+
+
+class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+    """Retries, dead-letters and commits one consumed message (see the module docstring)."""
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, policy: ReliableConsumerPolicy) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+        self.failure: BaseException | None = None
+        self.attempts = 0
+        self._tenant_token: Any = None
+
+    async def on_receive(self) -> None:
+        key = getattr(self.msg, "key", None)
+        tenant = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
+        self._tenant_token = current_tenant.set(tenant)
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        topic = getattr(self.msg, "topic", "?")
+        while True:
+            self.attempts += 1
+            try:
+                return await call_next(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # handled in after_processed: seek back, never dead-letter
+                if _is_message_fault(exc) or self.attempts >= self.policy.max_attempts:
+                    self.failure = exc
+                    return None
+                self.policy.metrics.retried.labels(topic, "handler").inc()
+                await asyncio.sleep(self.policy.backoff_s * 2 ** (self.attempts - 1))
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        try:
+            return await self._finish(exc_val)
+        finally:
+            if self._tenant_token is not None:
+                current_tenant.reset(self._tenant_token)
+
+    async def _finish(self, exc_val: BaseException | None) -> bool | None:
+        record = self.msg
+        if isinstance(exc_val, asyncio.CancelledError | SystemExit | KeyboardInterrupt):
+            return False  # shutting down mid-message: not committed, redelivered later
+        if exc_val is not None and type(exc_val).__name__ in ("StopConsume", "SubscriberNotFound"):
+            return False
+        error = self.failure or exc_val
+        if error is None:
+            await self._commit(record)
+            return False
+        if exc_val is not None and is_transient(exc_val):
+            self.policy.metrics.retried.labels(getattr(record, "topic", "?"), "transient").inc()
+            log.warning(
+                "dependency unavailable; message will be retried",
+                extra={"topic": getattr(record, "topic", None), "error_type": type(exc_val).__name__},
+            )
+            await self._rewind(record)
+            await asyncio.sleep(self.policy.transient_pause_s)
+            return True
+        try:
+            await self._dead_letter(record, error)
+        except Exception as dlq_exc:
+            log.error(
+                "dead-letter publish failed; message will be retried",
+                extra={"error_type": type(dlq_exc).__name__},
+            )
+            await self._rewind(record)
+            await asyncio.sleep(self.policy.transient_pause_s)
+            return True
+        await self._commit(record)
+        return True
+
+    def _consumer(self, record: Any) -> Any:
+        consumer = getattr(record, "consumer", None)
+        if consumer is None:
+            handler = self.context.get_local("handler_")
+            consumer = getattr(handler, "consumer", None)
+        return consumer
+
+    async def _commit(self, record: Any) -> None:
+        consumer = self._consumer(record)
+        if consumer is None or getattr(consumer, "_group_id", None) is None:
+            return  # manually assigned partitions (e.g. an edge's reply partition): no group
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            await consumer.commit({tp: record.offset + 1})
+        except KafkaError as exc:
+            # A rebalance took the partition away: the new owner re-reads it (handlers are
+            # idempotent by event_id), which is exactly at-least-once.
+            log.warning("offset commit failed", extra={"error_type": type(exc).__name__})
+
+    async def _rewind(self, record: Any) -> None:
+        consumer = self._consumer(record)
+        if consumer is not None:
+            consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+
+    async def _dead_letter(self, record: Any, error: BaseException) -> None:
+        broker = self.policy.broker
+        if broker is None:
+            raise RuntimeError("ReliableConsumerPolicy has no broker")
+        handler = self.context.get_local("handler_")
+        group = getattr(handler, "group_id", None) or ""
+        topic = record.topic
+        headers = {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for k, v in (record.headers or ())
+            if not k.startswith("x-dlq-")
+        }
+        headers.update(
+            {
+                DLQ_HEADER_ERROR: describe_error(error),
+                DLQ_HEADER_ERROR_TYPE: type(error).__name__,
+                DLQ_HEADER_SOURCE_TOPIC: topic,
+                DLQ_HEADER_SOURCE_PARTITION: str(record.partition),
+                DLQ_HEADER_SOURCE_OFFSET: str(record.offset),
+                DLQ_HEADER_GROUP: str(group),
+                DLQ_HEADER_ATTEMPTS: str(max(self.attempts, 1)),
+                DLQ_HEADER_FAILED_AT: str(int(time.time() * 1000)),
+            }
+        )
+        await broker.publish(
+            record.value if record.value is not None else b"",
+            topic=topic + DLQ_SUFFIX,
+            key=record.key,
+            headers=headers,
+        )
+        self.policy.metrics.dead_lettered.labels(topic).inc()
+        log.error(
+            "message dead-lettered",
+            extra={
+                "topic": topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error_type": type(error).__name__,
+            },
+        )
+
+
+def _is_message_fault(exc: BaseException) -> bool:
+    return isinstance(exc, ValidationError | PermanentError | ValueError | TypeError | KeyError)
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line description of an error, without the payload (validation input is dropped)."""
+    if isinstance(error, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in error.errors(include_input=False)[:10]
+        ]
+        text = f"{error.error_count()} validation error(s) for {error.title}: " + "; ".join(parts)
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        frames = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        if frames:
+            text += f" (at {frames[0].filename.rsplit('/', 1)[-1]}:{frames[0].lineno})"
+    return text[:2000]
+
+
+def build_broker(
+    settings: CommonSettings,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    tracer_provider: TracerProvider | None = None,
+    client_id: str | None = None,
+) -> KafkaBroker:
+    """The service's KafkaBroker: tracing, metrics, and reliable consumers."""
+    policy = ReliableConsumerPolicy(
+        max_attempts=settings.consumer_max_attempts,
+        backoff_s=settings.consumer_retry_backoff_s,
+        metrics=ConsumerMetrics.for_registry(registry),
+    )
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id or settings.service_name,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        # Tansu (the local broker) does not support idempotent producers; acks=all still
+        # gives durability on Apache Kafka with min.insync.replicas=2.
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        graceful_timeout=settings.graceful_timeout_s,
+        middlewares=(
+            KafkaTelemetryMiddleware(tracer_provider=tracer_provider),
+            KafkaPrometheusMiddleware(registry=registry, app_name=settings.service_name),
+            policy,
+        ),
+        logger=logging.getLogger(f"tenantry.{settings.service_name}.broker"),
+    )
+    policy.broker = broker
+    return broker
+
+
+def subscriber_options(settings: CommonSettings, group_id: str) -> dict[str, Any]:
+    """Keyword arguments every group subscriber takes: explicit group, manual (exact) commits."""
+    return {
+        "group_id": group_id,
+        "ack_policy": AckPolicy.MANUAL,
+        "auto_offset_reset": "earliest",
+        "max_workers": settings.consumer_workers,
+    }
+
+
+async def publish_event(
+    broker: KafkaBroker,
+    topic: TopicSpec | str,
+    event: Event,
+    *,
+    partition: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Publish an event keyed by its tenant, so one tenant's events stay in order."""
+    name = topic.name if isinstance(topic, TopicSpec) else topic
+    await broker.publish(
+        event,
+        topic=name,
+        key=str(event.tenant_id).encode(),
+        partition=partition,
+        headers={"event_type": event.event_type, "schema_version": str(event.schema_version)}
+        | (headers or {}),
+    )
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    specs: Iterable[TopicSpec],
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet (idempotent); returns the names it created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id=f"tenantry-topics-{uuid.uuid4().hex[:6]}",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in wanted:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            spec.name,
+                            num_partitions=spec.partitions,
+                            replication_factor=replication_factor,
+                            topic_configs=dict(spec.config),
+                        )
+                    ]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()

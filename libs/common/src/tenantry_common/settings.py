@@ -1,0 +1,103 @@
+"""Settings shared by every service: environment variables (``TENANTRY_*``) with local defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["local", "test", "production"]
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model catalogue: where a model is served and what it costs."""
+
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key."
+    )
+    served_name: str | None = Field(default=None, description="Model name the server expects.")
+    input_price_micros_per_mtok: int = Field(ge=0, description="Micro-dollars per 1M input tokens.")
+    output_price_micros_per_mtok: int = Field(ge=0, description="Micro-dollars per 1M output tokens.")
+    context_window: int = Field(ge=256)
+    tokenizer: str | None = Field(default=None, description="Tokenizer to count with, if needed.")
+
+    def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Exact integer cost, rounded up to the next micro-dollar."""
+        numerator = (
+            prompt_tokens * self.input_price_micros_per_mtok
+            + completion_tokens * self.output_price_micros_per_mtok
+        )
+        return -(-numerator // 1_000_000)
+
+
+LOCAL_MODEL = "smollm2-135m"
+
+
+def default_catalogue() -> dict[str, ModelSpec]:
+    """The local SmolLM2 server, plus OpenAI's models (usable once OPENAI_API_KEY is set)."""
+    return {
+        LOCAL_MODEL: ModelSpec(
+            base_url="http://127.0.0.1:8081/v1",
+            served_name=LOCAL_MODEL,
+            # Nominal prices so that cost accounting is visible locally; operators set real ones.
+            input_price_micros_per_mtok=50_000,
+            output_price_micros_per_mtok=100_000,
+            context_window=2048,
+        ),
+        "gpt-4o-mini": ModelSpec(
+            base_url="https://api.openai.com/v1",
+            api_key_env="OPENAI_API_KEY",
+            input_price_micros_per_mtok=150_000,
+            output_price_micros_per_mtok=600_000,
+            context_window=128_000,
+        ),
+    }
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs. Subclasses add their own fields and defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANTRY_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    service_name: str = "tenantry"
+    environment: Environment = "local"
+    log_level: str = "INFO"
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_request_timeout_ms: int = 30_000
+    consumer_max_attempts: int = Field(default=3, ge=1, description="Tries before the DLQ.")
+    consumer_retry_backoff_s: float = Field(default=0.2, ge=0.0)
+    consumer_workers: int = Field(default=1, ge=1, description="Consumers per group (≤ partitions).")
+    graceful_timeout_s: float = Field(default=20.0, description="Time to finish in-flight messages.")
+
+    postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    otel_exporter_otlp_endpoint: str | None = None
+    models: dict[str, ModelSpec] = Field(default_factory=default_catalogue)
+    cache_similarity_floor: float = Field(
+        default=0.85, ge=0.0, le=1.0, description="No tenant may lower its threshold below this."
+    )
+
+    def model_api_key(self, model: str) -> str | None:
+        """The API key for a catalogue model, read from the environment variable it names."""
+        import os
+
+        spec = self.models[model]
+        return os.environ.get(spec.api_key_env) if spec.api_key_env else None
+
+
+def refuse_placeholder(value: SecretStr | None, environment: Environment, name: str) -> None:
+    """Outside local and test runs, a secret left empty or at a placeholder is an error."""
+    if environment in ("local", "test"):
+        return
+    raw = value.get_secret_value() if value is not None else ""
+    if not raw or raw.startswith("changeme") or raw.startswith("local-"):
+        raise ValueError(f"{name} must be set to a real secret when environment={environment}")

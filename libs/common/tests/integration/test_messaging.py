@@ -1,0 +1,241 @@
+"""The broker factory against a real broker: round-trip, retries then DLQ, no commit past a
+failure, and redelivery after a consumer is killed mid-handler."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
+from tenantry_common.messaging import (
+    DLQ_HEADER_ATTEMPTS,
+    DLQ_HEADER_ERROR,
+    DLQ_HEADER_SOURCE_OFFSET,
+    DLQ_HEADER_SOURCE_TOPIC,
+    build_broker,
+    ensure_topics,
+    publish_event,
+    subscriber_options,
+)
+from tenantry_common.settings import CommonSettings
+from tenantry_common.topics import TopicSpec
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
+
+
+def _event(tenant: uuid.UUID, n: int) -> AuditRecorded:
+    return AuditRecorded(
+        tenant_id=tenant,
+        audit_type=AuditType.API_CALL,
+        source="test",
+        resource_type="thing",
+        resource_id=str(n),
+        action="poke",
+        status=AuditStatus.SUCCESS,
+    )
+
+
+@pytest.fixture
+async def topic(kafka_bootstrap: str) -> str:
+    name = f"test.msg.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, [TopicSpec(name, 1), TopicSpec(name + ".dlq", 1)])
+    return name
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str) -> CommonSettings:
+    return CommonSettings(
+        service_name="test",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        consumer_max_attempts=3,
+        consumer_retry_backoff_s=0.01,
+    )
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset (read as a member-less consumer of the group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+async def _read_all(bootstrap: str, topic: str, expect: int, timeout: float = 15.0) -> list:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(records) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _wait(predicate, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_handler_round_trip_commits_after_processing(settings, topic) -> None:
+    broker = build_broker(settings)
+    seen: list[AuditRecorded] = []
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    @broker.subscriber(topic, **subscriber_options(settings, group))
+    async def on_audit(event: AuditRecorded) -> None:
+        seen.append(event)
+
+    tenant = uuid.uuid4()
+    async with broker:
+        await broker.start()
+        sent = [_event(tenant, i) for i in range(3)]
+        for e in sent:
+            await publish_event(broker, topic, e)
+        await _wait(lambda: len(seen) == 3)
+        await asyncio.sleep(0.3)
+    assert [e.event_id for e in seen] == [e.event_id for e in sent]
+    assert all(e.tenant_id == tenant for e in seen)
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 3
+
+
+async def test_failing_handler_is_retried_then_dead_lettered_and_never_skipped(
+    settings, topic
+) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    attempts: dict[str, int] = {}
+    done: list[str] = []
+    release_second = asyncio.Event()
+
+    @broker.subscriber(topic, **subscriber_options(settings, group))
+    async def on_audit(event: AuditRecorded) -> None:
+        attempts[event.resource_id] = attempts.get(event.resource_id, 0) + 1
+        if event.resource_id == "0":
+            raise RuntimeError("boom")
+        if event.resource_id == "1":
+            # While the failing message is being retried, nothing may commit past it.
+            await release_second.wait()
+        done.append(event.resource_id)
+
+    tenant = uuid.uuid4()
+    async with broker:
+        await broker.start()
+        for i in range(2):
+            await publish_event(broker, topic, _event(tenant, i))
+        await _wait(lambda: attempts.get("1") == 1)
+        # The first message failed three times and was dead-lettered before the second ran.
+        assert attempts["0"] == 3
+        committed_mid = await _committed(settings.kafka_bootstrap_servers, group, topic)
+        assert committed_mid == 1, "the dead-lettered message is committed, the in-flight one not"
+        release_second.set()
+        await _wait(lambda: done == ["1"])
+        await asyncio.sleep(0.3)
+
+    dlq = await _read_all(settings.kafka_bootstrap_servers, topic + ".dlq", expect=1)
+    assert len(dlq) == 1
+    headers = {k: v.decode() for k, v in dlq[0].headers}
+    assert headers[DLQ_HEADER_SOURCE_TOPIC] == topic
+    assert headers[DLQ_HEADER_SOURCE_OFFSET] == "0"
+    assert headers[DLQ_HEADER_ATTEMPTS] == "3"
+    assert "RuntimeError: boom" in headers[DLQ_HEADER_ERROR]
+    assert dlq[0].key == str(tenant).encode()
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 2
+
+
+async def test_malformed_bytes_go_to_dlq_and_the_consumer_goes_on(settings, topic) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    seen: list[str] = []
+
+    @broker.subscriber(topic, **subscriber_options(settings, group))
+    async def on_audit(event: AuditRecorded) -> None:
+        seen.append(event.resource_id)
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, b"{not json", headers=[("content-type", b"application/json")]
+        )
+        await producer.send_and_wait(topic, b'{"event_type": "AuditRecorded"}')
+        bad_version = _event(uuid.uuid4(), 7).model_dump(mode="json") | {"schema_version": 99}
+        import json
+
+        await producer.send_and_wait(
+            topic, json.dumps(bad_version).encode(), headers=[("content-type", b"application/json")]
+        )
+    finally:
+        await producer.stop()
+
+    async with broker:
+        await broker.start()
+        await publish_event(broker, topic, _event(uuid.uuid4(), 42))
+        await _wait(lambda: seen == ["42"])
+        await asyncio.sleep(0.3)
+
+    dlq = await _read_all(settings.kafka_bootstrap_servers, topic + ".dlq", expect=3)
+    errors = [{k: v.decode() for k, v in r.headers}[DLQ_HEADER_ERROR] for r in dlq]
+    assert len(errors) == 3
+    assert "unsupported schema_version 99" in errors[2]
+    assert dlq[0].value == b"{not json", "the DLQ keeps the original bytes"
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 4
+
+
+async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topic) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    marker_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"kill-{uuid.uuid4().hex[:6]}"
+    marker_dir.mkdir()
+    env = {
+        **os.environ,
+        "TEST_BOOTSTRAP": settings.kafka_bootstrap_servers,
+        "TEST_TOPIC": topic,
+        "TEST_GROUP": group,
+        "TEST_MARKERS": str(marker_dir),
+    }
+    broker = build_broker(settings)
+    async with broker:
+        await broker.start()
+        await publish_event(broker, topic, _event(uuid.uuid4(), 1))
+
+    script = HERE / "slow_consumer.py"
+    first = subprocess.Popen([sys.executable, str(script), "hang"], env=env)
+    try:
+        await _wait(lambda: (marker_dir / "started").exists(), timeout=30)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not (marker_dir / "finished").exists()
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) in (None, -1, 0)
+
+    second = subprocess.Popen([sys.executable, str(script), "finish"], env=env)
+    try:
+        await _wait(lambda: (marker_dir / "finished").exists(), timeout=60)
+    finally:
+        second.terminate()
+        second.wait(20)
+    assert (marker_dir / "finished").read_text() == "1"
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 1
