@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import httpx
 import jwt
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import HTTPException, Request, status
 from jwt import PyJWK, PyJWKSet
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +53,9 @@ class Principal(BaseModel):
 
     def can_admin(self, tenant_id: uuid.UUID) -> bool:
         """Admins of this tenant, and operators."""
-        return self.role is Role.OPERATOR or (self.role is Role.ADMIN and self.tenant_id == tenant_id)
+        return self.role is Role.OPERATOR or (
+            self.role is Role.ADMIN and self.tenant_id == tenant_id
+        )
 
 
 class InvalidToken(Exception):
@@ -143,7 +145,7 @@ class TokenVerifier:
             raise InvalidToken("token has no key id")
         issuer = unverified.get("iss")
         source = self.issuers.get(issuer) if isinstance(issuer, str) else None
-        if source is None:
+        if source is None or not isinstance(issuer, str):
             raise InvalidToken("unknown issuer")
         key = await source.key_for(kid)
         if key is None:
@@ -235,5 +237,3 @@ def principal_dependency(
             ) from None
 
     return dependency
-
-

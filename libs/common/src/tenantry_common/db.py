@@ -7,9 +7,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 
 def create_engine(dsn: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
@@ -74,7 +79,7 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-def run_alembic_env(target_metadata: object) -> None:
+def run_alembic_env(target_metadata: MetaData) -> None:
     """The body of every service's ``migrations/env.py``: online, async, via asyncpg."""
     import asyncio
 

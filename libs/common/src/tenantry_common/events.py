@@ -49,8 +49,12 @@ class Event(Contract):
     )
     event_type: str
     schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this contract.")
-    tenant_id: uuid.UUID = Field(description="The tenant the event belongs to (from a verified token).")
-    occurred_at: AwareDatetime = Field(default_factory=utcnow, description="When it happened (UTC).")
+    tenant_id: uuid.UUID = Field(
+        description="The tenant the event belongs to (from a verified token)."
+    )
+    occurred_at: AwareDatetime = Field(
+        default_factory=utcnow, description="When it happened (UTC)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +106,9 @@ class TenantConfig(Contract):
     features: FeatureFlags = Field(default_factory=FeatureFlags)
     rate_limit_per_minute: int = Field(ge=1, le=1_000_000)
     daily_token_budget: int = Field(ge=0)
-    monthly_spend_budget_micros: int = Field(ge=0, description="Monthly spend budget, micro-dollars.")
+    monthly_spend_budget_micros: int = Field(
+        ge=0, description="Monthly spend budget, micro-dollars."
+    )
     cache_similarity_threshold: float = Field(ge=0.0, le=1.0)
     leakage_policy: LeakagePolicy = LeakagePolicy.BLOCK
 
@@ -357,9 +363,7 @@ class BudgetExhausted(_BudgetFields):
     event_type: Literal["BudgetExhausted"] = "BudgetExhausted"
 
 
-BudgetEvent = Annotated[
-    BudgetThresholdCrossed | BudgetExhausted, Field(discriminator="event_type")
-]
+BudgetEvent = Annotated[BudgetThresholdCrossed | BudgetExhausted, Field(discriminator="event_type")]
 
 
 class UsageRolledUp(Event):
@@ -457,6 +461,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
 EVENTS_BY_TYPE: dict[str, type[Event]] = {
     cls.model_fields["event_type"].default: cls for cls in ALL_EVENTS
 }
+
 
 def parse_event(raw: bytes | str) -> Event:
     """Decode any known event from JSON, choosing the model by ``event_type``."""

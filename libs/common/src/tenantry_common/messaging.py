@@ -171,14 +171,18 @@ class ReliableConsumerPolicy:
         return ReliableConsumerMiddleware(msg, context=context, policy=self)
 
 
-class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class ReliableConsumerMiddleware(BaseMiddleware):
     """Retries, dead-letters and commits one consumed message (see the module docstring)."""
 
-    def __init__(self, msg: Any, /, *, context: ContextRepo, policy: ReliableConsumerPolicy) -> None:
+    def __init__(
+        self, msg: Any, /, *, context: ContextRepo, policy: ReliableConsumerPolicy
+    ) -> None:
         super().__init__(msg, context=context)
         self.policy = policy
         self.failure: BaseException | None = None
         self.attempts = 0
+        #: Batch subscribers: (record, error, attempts) of records to dead-letter.
+        self.batch_failures: list[tuple[Any, BaseException, int]] = []
         self._tenant_token: Any = None
 
     async def on_receive(self) -> None:
@@ -189,6 +193,8 @@ class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
     async def consume_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
     ) -> Any:
+        if isinstance(self.msg, tuple):
+            return await self._consume_batch(call_next, msg)
         topic = getattr(self.msg, "topic", "?")
         while True:
             self.attempts += 1
@@ -221,6 +227,8 @@ class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
         record = self.msg
         if isinstance(exc_val, asyncio.CancelledError | SystemExit | KeyboardInterrupt):
             return False  # shutting down mid-message: not committed, redelivered later
+        if isinstance(record, tuple):
+            return await self._finish_batch(record, exc_val)
         if exc_val is not None and type(exc_val).__name__ in ("StopConsume", "SubscriberNotFound"):
             return False
         error = self.failure or exc_val
@@ -231,7 +239,10 @@ class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
             self.policy.metrics.retried.labels(getattr(record, "topic", "?"), "transient").inc()
             log.warning(
                 "dependency unavailable; message will be retried",
-                extra={"topic": getattr(record, "topic", None), "error_type": type(exc_val).__name__},
+                extra={
+                    "topic": getattr(record, "topic", None),
+                    "error_type": type(exc_val).__name__,
+                },
             )
             await self._rewind(record)
             await asyncio.sleep(self.policy.transient_pause_s)
@@ -273,7 +284,151 @@ class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
         if consumer is not None:
             consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
 
-    async def _dead_letter(self, record: Any, error: BaseException) -> None:
+    # ----------------------------------------------------------------- batch subscribers
+    #
+    # A ``batch=True`` subscriber hands the middleware a tuple of ConsumerRecords. The batch is
+    # tried whole; when it fails on something other than an outage, it is halved (bisected)
+    # until the failing records stand alone, so good records are processed and only the bad
+    # ones are retried and dead-lettered (the handler must be idempotent: a half that succeeded
+    # may run again if a later half hits an outage). Offsets are committed per partition, after
+    # the whole batch has ended.
+
+    async def _consume_batch(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        records: tuple[Any, ...] = tuple(self.msg or ())
+        self.batch_failures = []
+        self.attempts = 1
+        try:
+            return await call_next(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(records) == 1:
+                await self._run_single(call_next, records[0], first_error=exc)
+                return None
+            self.policy.metrics.retried.labels(records[0].topic, "bisect").inc()
+        mid = len(records) // 2
+        await self._run_records(call_next, records[:mid])
+        await self._run_records(call_next, records[mid:])
+        return None
+
+    async def _sub_message(self, records: tuple[Any, ...]) -> Any:
+        """A parsed batch message holding only ``records`` (parsed as the subscriber would)."""
+        handler = self.context.get_local("handler_")
+        item = handler.calls[0]
+        message = await item.parser(records)
+        message.set_decoder(item.decoder)
+        return message
+
+    async def _run_records(
+        self, call_next: Callable[[Any], Awaitable[Any]], records: tuple[Any, ...]
+    ) -> None:
+        if len(records) == 1:
+            await self._run_single(call_next, records[0])
+            return
+        try:
+            await call_next(await self._sub_message(records))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+        mid = len(records) // 2
+        await self._run_records(call_next, records[:mid])
+        await self._run_records(call_next, records[mid:])
+
+    async def _run_single(
+        self,
+        call_next: Callable[[Any], Awaitable[Any]],
+        record: Any,
+        *,
+        first_error: BaseException | None = None,
+    ) -> None:
+        attempts = 0
+        error = first_error
+        if error is not None:
+            attempts = 1
+        while True:
+            if error is not None:
+                if _is_message_fault(error) or attempts >= self.policy.max_attempts:
+                    self.batch_failures.append((record, error, attempts))
+                    return
+                self.policy.metrics.retried.labels(record.topic, "handler").inc()
+                await asyncio.sleep(self.policy.backoff_s * 2 ** (attempts - 1))
+            attempts += 1
+            try:
+                await call_next(await self._sub_message((record,)))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                error = exc
+
+    async def _finish_batch(
+        self, records: tuple[Any, ...], exc_val: BaseException | None
+    ) -> bool | None:
+        if exc_val is not None and type(exc_val).__name__ in ("StopConsume", "SubscriberNotFound"):
+            return False
+        failures = list(self.batch_failures)
+        if exc_val is not None and is_transient(exc_val):
+            self.policy.metrics.retried.labels(records[0].topic, "transient").inc()
+            log.warning(
+                "dependency unavailable; batch will be retried",
+                extra={"topic": records[0].topic, "error_type": type(exc_val).__name__},
+            )
+            await self._rewind_batch(records)
+            await asyncio.sleep(self.policy.transient_pause_s)
+            return True
+        if exc_val is not None:
+            # Failed outside the handler (nothing to bisect): each record ends as one would.
+            failures = [(r, exc_val, 1) for r in records]
+        try:
+            for record, error, attempts in failures:
+                await self._dead_letter(record, error, attempts=attempts)
+        except Exception as dlq_exc:
+            log.error(
+                "dead-letter publish failed; batch will be retried",
+                extra={"error_type": type(dlq_exc).__name__},
+            )
+            await self._rewind_batch(records)
+            await asyncio.sleep(self.policy.transient_pause_s)
+            return True
+        await self._commit_batch(records)
+        return exc_val is not None
+
+    async def _commit_batch(self, records: tuple[Any, ...]) -> None:
+        consumer = self._consumer(records[0])
+        if consumer is None or getattr(consumer, "_group_id", None) is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("offset commit failed", extra={"error_type": type(exc).__name__})
+
+    async def _rewind_batch(self, records: tuple[Any, ...]) -> None:
+        consumer = self._consumer(records[0])
+        if consumer is None:
+            return
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for tp, offset in first.items():
+            consumer.seek(tp, offset)
+
+    async def _dead_letter(
+        self, record: Any, error: BaseException, *, attempts: int | None = None
+    ) -> None:
         broker = self.policy.broker
         if broker is None:
             raise RuntimeError("ReliableConsumerPolicy has no broker")
@@ -293,7 +448,7 @@ class ReliableConsumerMiddleware(BaseMiddleware):  # type: ignore[type-arg]
                 DLQ_HEADER_SOURCE_PARTITION: str(record.partition),
                 DLQ_HEADER_SOURCE_OFFSET: str(record.offset),
                 DLQ_HEADER_GROUP: str(group),
-                DLQ_HEADER_ATTEMPTS: str(max(self.attempts, 1)),
+                DLQ_HEADER_ATTEMPTS: str(max(self.attempts if attempts is None else attempts, 1)),
                 DLQ_HEADER_FAILED_AT: str(int(time.time() * 1000)),
             }
         )
@@ -386,13 +541,18 @@ async def publish_event(
     *,
     partition: int | None = None,
     headers: dict[str, str] | None = None,
+    key: bytes | None = None,
 ) -> None:
-    """Publish an event keyed by its tenant, so one tenant's events stay in order."""
+    """Publish an event keyed by its tenant, so one tenant's events stay in order.
+
+    ``key`` overrides the tenant key where a compacted topic keeps one record per finer key
+    (it should still start with the tenant id).
+    """
     name = topic.name if isinstance(topic, TopicSpec) else topic
     await broker.publish(
         event,
         topic=name,
-        key=str(event.tenant_id).encode(),
+        key=key if key is not None else str(event.tenant_id).encode(),
         partition=partition,
         headers={"event_type": event.event_type, "schema_version": str(event.schema_version)}
         | (headers or {}),

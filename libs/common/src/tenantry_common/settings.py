@@ -19,7 +19,9 @@ class ModelSpec(BaseModel):
     )
     served_name: str | None = Field(default=None, description="Model name the server expects.")
     input_price_micros_per_mtok: int = Field(ge=0, description="Micro-dollars per 1M input tokens.")
-    output_price_micros_per_mtok: int = Field(ge=0, description="Micro-dollars per 1M output tokens.")
+    output_price_micros_per_mtok: int = Field(
+        ge=0, description="Micro-dollars per 1M output tokens."
+    )
     context_window: int = Field(ge=256)
     tokenizer: str | None = Field(default=None, description="Tokenizer to count with, if needed.")
 
@@ -71,8 +73,12 @@ class CommonSettings(BaseSettings):
     kafka_request_timeout_ms: int = 30_000
     consumer_max_attempts: int = Field(default=3, ge=1, description="Tries before the DLQ.")
     consumer_retry_backoff_s: float = Field(default=0.2, ge=0.0)
-    consumer_workers: int = Field(default=1, ge=1, description="Consumers per group (≤ partitions).")
-    graceful_timeout_s: float = Field(default=20.0, description="Time to finish in-flight messages.")
+    consumer_workers: int = Field(
+        default=1, ge=1, description="Consumers per group (≤ partitions)."
+    )
+    graceful_timeout_s: float = Field(
+        default=20.0, description="Time to finish in-flight messages."
+    )
 
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -99,5 +105,5 @@ def refuse_placeholder(value: SecretStr | None, environment: Environment, name: 
     if environment in ("local", "test"):
         return
     raw = value.get_secret_value() if value is not None else ""
-    if not raw or raw.startswith("changeme") or raw.startswith("local-"):
+    if not raw or raw.startswith(("changeme", "local-")):
         raise ValueError(f"{name} must be set to a real secret when environment={environment}")

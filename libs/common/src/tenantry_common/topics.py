@@ -24,7 +24,9 @@ class TopicSpec:
 
 
 CHAT_REQUESTS = TopicSpec("chat.requests.v1", 12, description="ChatRequested: edge → retrieval")
-CHAT_CONTEXT = TopicSpec("chat.context.v1", 12, description="ContextRetrieved: retrieval → inference")
+CHAT_CONTEXT = TopicSpec(
+    "chat.context.v1", 12, description="ContextRetrieved: retrieval → inference"
+)
 CHAT_RESPONSES = TopicSpec(
     "chat.responses.v1",
     16,
@@ -78,5 +80,7 @@ def all_topics_with_dlqs() -> list[TopicSpec]:
     specs: list[TopicSpec] = []
     for spec in ALL_TOPICS:
         specs.append(spec)
-        specs.append(TopicSpec(spec.dlq, 3, {"retention.ms": str(30 * DAY_MS)}, f"DLQ of {spec.name}"))
+        specs.append(
+            TopicSpec(spec.dlq, 3, {"retention.ms": str(30 * DAY_MS)}, f"DLQ of {spec.name}")
+        )
     return specs

@@ -1,4 +1,4 @@
-"""A consumer process for the kill test: ``hang`` blocks inside the handler, ``finish`` completes."""
+"""A consumer for the kill test: `hang` blocks inside the handler, `finish` completes."""
 
 import asyncio
 import os
@@ -11,11 +11,15 @@ from tenantry_common.settings import CommonSettings
 
 
 async def main(mode: str) -> None:
-    settings = CommonSettings(service_name="slow", kafka_bootstrap_servers=os.environ["TEST_BOOTSTRAP"])
+    settings = CommonSettings(
+        service_name="slow", kafka_bootstrap_servers=os.environ["TEST_BOOTSTRAP"]
+    )
     markers = Path(os.environ["TEST_MARKERS"])
     broker = build_broker(settings)
 
-    @broker.subscriber(os.environ["TEST_TOPIC"], **subscriber_options(settings, os.environ["TEST_GROUP"]))
+    @broker.subscriber(
+        os.environ["TEST_TOPIC"], **subscriber_options(settings, os.environ["TEST_GROUP"])
+    )
     async def on_audit(event: AuditRecorded) -> None:
         (markers / "started").write_text(event.resource_id)
         if mode == "hang":

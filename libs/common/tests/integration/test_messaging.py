@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
 from tenantry_common.messaging import (
     DLQ_HEADER_ATTEMPTS,
@@ -65,7 +63,9 @@ def settings(kafka_bootstrap: str) -> CommonSettings:
 
 async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
     """The group's committed offset (read as a member-less consumer of the group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         return await consumer.committed(TopicPartition(topic, 0))

@@ -1,0 +1,217 @@
+"""Event contracts: every event round-trips through JSON, and bad events are refused clearly."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+
+import pytest
+from pydantic import ValidationError
+from tenantry_common import events as ev
+from tenantry_common.ids import derived_id
+
+pytestmark = pytest.mark.unit
+
+TENANT = uuid.uuid4()
+CONFIG = ev.TenantConfig(
+    tenant_name="Acme",
+    tier=ev.Tier.PRO,
+    model="smollm2-135m",
+    allowed_models=["smollm2-135m"],
+    temperature=0.2,
+    max_tokens_per_request=256,
+    system_prompt_template="You help {{tenant_name}}.",
+    rate_limit_per_minute=60,
+    daily_token_budget=500_000,
+    monthly_spend_budget_micros=10_000_000,
+    cache_similarity_threshold=0.9,
+)
+OPTIONS = ev.ChatOptions(
+    model="smollm2-135m",
+    max_tokens=256,
+    temperature=0.2,
+    config_version=3,
+    cache_similarity_threshold=0.9,
+)
+RESERVATION = ev.Reservation(reserved_tokens=400, period_day=date(2026, 11, 23))
+REPLY = ev.ReplyTo(topic="chat.responses.v1", partition=3)
+REQ = uuid.uuid4()
+DOC = uuid.uuid4()
+
+
+def _request_fields() -> dict[str, object]:
+    return {
+        "tenant_id": TENANT,
+        "request_id": REQ,
+        "user_id": "client-1",
+        "question": "What is the refund policy?",
+        "reply_to": REPLY,
+        "options": OPTIONS,
+        "reservation": RESERVATION,
+    }
+
+
+EXAMPLES: list[ev.Event] = [
+    ev.ChatRequested(**_request_fields()),
+    ev.ContextRetrieved(
+        **_request_fields(),
+        passages=[
+            ev.Passage(document_id=DOC, chunk_index=0, title="Refunds", text="30 days", score=0.8)
+        ],
+        corpus_version=5,
+    ),
+    ev.ChatDelta(tenant_id=TENANT, request_id=REQ, seq=0, delta="Hel"),
+    ev.ChatCompleted(
+        tenant_id=TENANT,
+        request_id=REQ,
+        user_id="c",
+        question="q",
+        answer="a",
+        citations=[ev.Citation(document_id=DOC, chunk_index=0, title="Refunds", score=0.8)],
+        model="smollm2-135m",
+        usage=ev.TokenUsage(prompt_tokens=10, completion_tokens=5),
+        config_version=3,
+        corpus_version=5,
+    ),
+    ev.ChatFailed(
+        tenant_id=TENANT, request_id=REQ, reason=ev.FailureReason.MODEL_TIMEOUT, message="slow"
+    ),
+    ev.DocumentSubmitted(
+        tenant_id=TENANT, document_id=DOC, title="Refunds", text="Text", submitted_by="c"
+    ),
+    ev.DocumentDeleted(tenant_id=TENANT, document_id=DOC, deleted_by="c"),
+    ev.TenantConfigChanged(tenant_id=TENANT, version=3, config=CONFIG, changed_by="admin"),
+    ev.TenantProvisioned(
+        tenant_id=TENANT, tenant_name="Acme", tier=ev.Tier.PRO, config_version=1, config=CONFIG
+    ),
+    ev.TenantOffboarded(tenant_id=TENANT, tenant_name="Acme"),
+    ev.TenantLifecycleAcknowledged(
+        tenant_id=TENANT, service="retrieval", action=ev.LifecycleAction.PROVISIONED, succeeded=True
+    ),
+    ev.UsageRecorded(
+        event_id=derived_id(REQ, "usage"),
+        tenant_id=TENANT,
+        request_id=REQ,
+        user_id="c",
+        model="smollm2-135m",
+        prompt_tokens=10,
+        completion_tokens=5,
+        reservation=RESERVATION,
+        source="inference",
+    ),
+    ev.BudgetThresholdCrossed(
+        tenant_id=TENANT,
+        kind=ev.BudgetKind.DAILY_TOKENS,
+        period="2026-11-23",
+        used=80,
+        limit=100,
+        threshold_percent=80,
+    ),
+    ev.BudgetExhausted(
+        tenant_id=TENANT, kind=ev.BudgetKind.MONTHLY_SPEND, period="2026-11", used=1, limit=1
+    ),
+    ev.UsageRolledUp(
+        tenant_id=TENANT,
+        day=date(2026, 11, 23),
+        model="m",
+        requests=2,
+        cached_requests=1,
+        prompt_tokens=3,
+        completion_tokens=4,
+        cost_micros=5,
+    ),
+    ev.AuditRecorded(
+        tenant_id=TENANT,
+        audit_type=ev.AuditType.API_CALL,
+        source="inference",
+        resource_type="chat",
+        resource_id=str(REQ),
+        action="complete",
+        status=ev.AuditStatus.SUCCESS,
+        details={"tokens": 15},
+    ),
+    ev.AuditChainAnchored(
+        tenant_id=TENANT, sequence=9, head_hash="ab" * 32, anchored_at=datetime.now(UTC)
+    ),
+]
+
+
+def test_every_event_type_has_an_example() -> None:
+    assert {type(e) for e in EXAMPLES} == set(ev.ALL_EVENTS)
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.event_type)
+def test_event_round_trips_through_json(event: ev.Event) -> None:
+    raw = event.model_dump_json()
+    again = ev.parse_event(raw)
+    assert again == event
+    assert type(again) is type(event)
+    data = json.loads(raw)
+    for field in ("event_id", "event_type", "schema_version", "tenant_id", "occurred_at"):
+        assert field in data
+    assert data["occurred_at"].endswith("Z") or data["occurred_at"].endswith("+00:00")
+
+
+def test_unknown_schema_version_is_refused_with_a_clear_error() -> None:
+    data = json.loads(EXAMPLES[0].model_dump_json()) | {"schema_version": 2}
+    with pytest.raises(ValidationError, match="unsupported schema_version 2 for ChatRequested"):
+        ev.ChatRequested.model_validate(data)
+
+
+def test_unknown_event_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown event_type 'Nope'"):
+        ev.parse_event(b'{"event_type": "Nope"}')
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tenant_id": "not-a-uuid"}, "tenant_id"),
+        ({"occurred_at": "2026-01-01T00:00:00"}, "timezone"),
+        ({"question": ""}, "question"),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
+        ({"event_type": "ChatCompleted"}, "event_type"),
+    ],
+)
+def test_malformed_events_are_refused(change: dict[str, object], message: str) -> None:
+    data = json.loads(EXAMPLES[0].model_dump_json()) | change
+    with pytest.raises(ValidationError, match=message):
+        ev.ChatRequested.model_validate(data)
+
+
+def test_missing_tenant_is_refused() -> None:
+    data = json.loads(EXAMPLES[0].model_dump_json())
+    del data["tenant_id"]
+    with pytest.raises(ValidationError, match="tenant_id"):
+        ev.ChatRequested.model_validate(data)
+
+
+def test_tenant_config_refuses_a_model_outside_allowed_models() -> None:
+    with pytest.raises(ValidationError, match="not in allowed_models"):
+        CONFIG.model_copy(update={}).model_validate(CONFIG.model_dump() | {"model": "gpt-4o-mini"})
+
+
+def test_response_union_decodes_by_event_type() -> None:
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[ev.ChatDelta | ev.ChatCompleted | ev.ChatFailed] = TypeAdapter(
+        ev.ChatResponseEvent
+    )
+    for event in EXAMPLES[2:5]:
+        assert adapter.validate_json(event.model_dump_json()) == event
+
+
+def test_derived_ids_are_stable_and_distinct_per_purpose() -> None:
+    assert derived_id(REQ, "usage") == derived_id(REQ, "usage")
+    assert derived_id(REQ, "usage") != derived_id(REQ, "completed")
+
+
+def test_json_schemas_are_exported_for_every_event(tmp_path) -> None:
+    from tenantry_common.schemas import export_schemas
+
+    written = export_schemas(tmp_path)
+    assert {p.stem for p in written} == {cls.__name__ for cls in ev.ALL_EVENTS}
+    usage = json.loads((tmp_path / "UsageRecorded.json").read_text())
+    assert usage["properties"]["schema_version"]
+    assert "tenant_id" in usage["required"]
