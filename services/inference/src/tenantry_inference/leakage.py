@@ -1,0 +1,288 @@
+"""Leakage checks: other tenants' identifiers and secrets, in prompts and in (streamed) answers.
+
+What is looked for:
+
+* other tenants' ids (UUIDs, with or without dashes) and names, from the tenant registry this
+  process builds from ``tenants.lifecycle.v1`` and ``tenants.config.v1``;
+* secrets: OpenAI/Anthropic-style ``sk-`` keys, Stripe keys, AWS access key ids, GitHub and
+  Slack tokens, Google API keys, JWTs, PEM private keys, ``Bearer`` tokens, ``password=…``-style
+  assignments, and card numbers (13-19 digits that pass the Luhn check).
+
+Known limits of pattern matching (why this is a net, not a guarantee):
+
+* Anything reworded is missed: a name spelled out differently ("A.C.M.E."), translated,
+  abbreviated, split across lines or by other text, or a secret encoded (base64, hex, reversed,
+  one character per line), or described rather than quoted.
+* Names shorter than 3 characters are not checked (too many false positives), and names that are
+  ordinary words ("Apple", "Orbit") are flagged whenever the word appears, even when it has
+  nothing to do with that tenant; a tenant whose own documents mention another tenant's name
+  will see those prompts blocked (or redacted) too.
+* Only secrets with a recognisable shape are found; a random password without a ``password=``
+  label, or a provider's key format not listed here, goes through. Card numbers are matched on
+  digits and the Luhn check alone, so 1 in 10 random long digit runs pass as cards.
+* Streaming: text is released only once scanned, holding back the last ``holdback`` characters
+  and the whole trailing word; a secret longer than that window spread over several words could
+  be released in part before the rest of it is recognised (then the answer is failed, but the
+  early part has reached the client).
+* The name list is one regular-expression alternation: fine for thousands of tenants, not for
+  millions (use an Aho-Corasick automaton then).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tenantry_common.events import LeakagePolicy
+
+MIN_NAME_LENGTH = 3
+
+
+class FindingKind(enum.StrEnum):
+    OTHER_TENANT_ID = "other_tenant_id"
+    OTHER_TENANT_NAME = "other_tenant_name"
+    API_KEY = "api_key"
+    ACCESS_TOKEN = "access_token"  # noqa: S105 - a kind, not a secret
+    JWT = "jwt"
+    PRIVATE_KEY = "private_key"
+    CREDENTIAL = "credential"
+    CARD_NUMBER = "card_number"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One match: what kind, where (character offsets). Never the matched text itself."""
+
+    kind: FindingKind
+    start: int
+    end: int
+
+
+_SECRET_PATTERNS: tuple[tuple[FindingKind, re.Pattern[str]], ...] = (
+    (FindingKind.PRIVATE_KEY, re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
+    (
+        FindingKind.JWT,
+        re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    ),
+    (FindingKind.API_KEY, re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{20,}")),
+    (FindingKind.API_KEY, re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}")),
+    (FindingKind.API_KEY, re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    (FindingKind.API_KEY, re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    (FindingKind.ACCESS_TOKEN, re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}")),
+    (FindingKind.ACCESS_TOKEN, re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}")),
+    (FindingKind.ACCESS_TOKEN, re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
+    (FindingKind.ACCESS_TOKEN, re.compile(r"\bBearer\s+[A-Za-z0-9._~+/-]{20,}=*")),
+    (
+        FindingKind.CREDENTIAL,
+        re.compile(
+            r"(?i)\b(?:api[_-]?key|secret[_-]?key|client[_-]?secret|password|passwd|pwd)"
+            r"\s*[:=]\s*['\"]?[^\s'\"]{6,}"
+        ),
+    ),
+)
+
+_CARD_CANDIDATE = re.compile(r"(?<![\dA-Za-z])(?:\d[ -]?){12,18}\d(?![\d])")
+_UUID = re.compile(
+    r"(?i)(?<![0-9a-f])[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}(?![0-9a-f])"
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a digit string passes the Luhn checksum (card numbers do)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.casefold().split())
+
+
+class TenantRegistry:
+    """Tenant ids and names this process knows of (every replica holds all of them)."""
+
+    def __init__(self) -> None:
+        self._names: dict[uuid.UUID, str] = {}
+        self._pattern: re.Pattern[str] | None = None
+        self._owners: dict[str, set[uuid.UUID]] = {}
+
+    def upsert(self, tenant_id: uuid.UUID, name: str) -> None:
+        """Record (or rename) a tenant."""
+        if self._names.get(tenant_id) != name:
+            self._names[tenant_id] = name
+            self._pattern = None
+
+    def remove(self, tenant_id: uuid.UUID) -> None:
+        """Forget an offboarded tenant."""
+        if self._names.pop(tenant_id, None) is not None:
+            self._pattern = None
+
+    def name(self, tenant_id: uuid.UUID) -> str | None:
+        return self._names.get(tenant_id)
+
+    def __contains__(self, tenant_id: object) -> bool:
+        return tenant_id in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def longest_name(self) -> int:
+        return max((len(n) for n in self._names.values()), default=0)
+
+    def name_pattern(self) -> tuple[re.Pattern[str], dict[str, set[uuid.UUID]]]:
+        """One alternation of every name (longest first), and who owns each normalised name."""
+        if self._pattern is None:
+            owners: dict[str, set[uuid.UUID]] = {}
+            for tid, name in self._names.items():
+                if len(name.strip()) >= MIN_NAME_LENGTH:
+                    owners.setdefault(_name_key(name), set()).add(tid)
+            alternatives = sorted(owners, key=len, reverse=True)
+            if alternatives:
+                body = "|".join(
+                    r"\s+".join(re.escape(word) for word in key.split()) for key in alternatives
+                )
+                self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+            else:
+                self._pattern = re.compile(r"(?!x)x")  # matches nothing
+            self._owners = owners
+            return self._pattern, owners
+        return self._pattern, self._owners
+
+
+class LeakageDetector:
+    """Finds other tenants' identifiers and secrets in text, for one tenant's point of view."""
+
+    def __init__(self, registry: TenantRegistry) -> None:
+        self.registry = registry
+
+    def scan(self, text: str, *, tenant_id: uuid.UUID, start: int = 0) -> list[Finding]:
+        """Every finding in ``text[start:]`` (matches may look behind ``start`` for context)."""
+        findings: list[Finding] = []
+        for kind, pattern in _SECRET_PATTERNS:
+            findings.extend(
+                Finding(kind, m.start(), m.end()) for m in pattern.finditer(text, start)
+            )
+        for m in _CARD_CANDIDATE.finditer(text, start):
+            digits = re.sub(r"[ -]", "", m.group())
+            if 13 <= len(digits) <= 19 and luhn_valid(digits):
+                findings.append(Finding(FindingKind.CARD_NUMBER, m.start(), m.end()))
+        for m in _UUID.finditer(text, start):
+            try:
+                found = uuid.UUID(m.group())
+            except ValueError:
+                continue
+            if found != tenant_id and found in self.registry:
+                findings.append(Finding(FindingKind.OTHER_TENANT_ID, m.start(), m.end()))
+        pattern, owners = self.registry.name_pattern()
+        for m in pattern.finditer(text, start):
+            owned_by = owners.get(_name_key(m.group()), set())
+            # Two tenants may share a name; the requester's own name is never a leak.
+            if owned_by and tenant_id not in owned_by:
+                findings.append(Finding(FindingKind.OTHER_TENANT_NAME, m.start(), m.end()))
+        return _merge(findings)
+
+
+def _merge(findings: Iterable[Finding]) -> list[Finding]:
+    """Sorted, with overlapping findings folded into the first one."""
+    merged: list[Finding] = []
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if merged and f.start < merged[-1].end:
+            last = merged[-1]
+            if f.end > last.end:
+                merged[-1] = Finding(last.kind, last.start, f.end)
+            continue
+        merged.append(f)
+    return merged
+
+
+def redact(text: str, findings: Sequence[Finding]) -> str:
+    """The text with every finding replaced by ``[REDACTED:<kind>]``."""
+    out: list[str] = []
+    pos = 0
+    for f in sorted(findings, key=lambda f: f.start):
+        if f.start < pos:
+            continue
+        out.append(text[pos : f.start])
+        out.append(f"[REDACTED:{f.kind.value}]")
+        pos = f.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def kinds(findings: Iterable[Finding]) -> str:
+    """The distinct kinds found, comma-separated (for audit details and errors)."""
+    return ",".join(sorted({f.kind.value for f in findings}))
+
+
+class LeakageBlocked(Exception):
+    """Leakage found under the ``block`` policy."""
+
+    def __init__(self, findings: Sequence[Finding], stage: str) -> None:
+        super().__init__(f"leakage found in the {stage}: {kinds(findings)}")
+        self.findings = list(findings)
+        self.stage = stage
+
+
+@dataclass
+class StreamGuard:
+    """Releases streamed text only after it was scanned, redacting or blocking as configured.
+
+    Text is held back until it is ``holdback`` characters from the end and its word is complete,
+    so a pattern is seen whole before any part of it is released. What ``feed``/``finish``
+    return, concatenated, is exactly ``answer``.
+    """
+
+    detector: LeakageDetector
+    tenant_id: uuid.UUID
+    policy: LeakagePolicy
+    holdback: int
+    raw: str = ""
+    released: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    _committed: int = 0  # raw offset up to which text was released
+
+    def feed(self, piece: str) -> str:
+        """Add generated text; returns the newly releasable (scanned, maybe redacted) text."""
+        self.raw += piece
+        return self._advance(final=False)
+
+    def finish(self) -> str:
+        """The stream ended: scan and release the rest."""
+        return self._advance(final=True)
+
+    @property
+    def answer(self) -> str:
+        return self.released
+
+    def _advance(self, *, final: bool) -> str:
+        found = self.detector.scan(self.raw, tenant_id=self.tenant_id, start=self._committed)
+        if found and self.policy is LeakagePolicy.BLOCK:
+            self.findings.extend(found)
+            raise LeakageBlocked(found, "answer")
+        if final:
+            boundary = len(self.raw)
+        else:
+            trailing_word = len(self.raw)
+            while trailing_word > self._committed and not self.raw[trailing_word - 1].isspace():
+                trailing_word -= 1
+            boundary = max(min(len(self.raw) - self.holdback, trailing_word), self._committed)
+            for f in found:
+                if f.start < boundary < f.end:
+                    boundary = max(f.start, self._committed)
+        settled = [f for f in found if f.end <= boundary]
+        self.findings.extend(settled)
+        new = redact(self.raw[self._committed : boundary], _shift(settled, -self._committed))
+        self._committed = boundary
+        self.released += new
+        return new
+
+
+def _shift(findings: Sequence[Finding], offset: int) -> list[Finding]:
+    return [Finding(f.kind, f.start + offset, f.end + offset) for f in findings]

@@ -1,0 +1,148 @@
+"""Calling models through the ``openai`` SDK: routing by the catalogue, streaming, errors.
+
+Retries are the SDK's own: ``max_retries`` with exponential backoff and jitter (honouring
+``Retry-After``) on 408/409/429/5xx, connection errors and timeouts, while the request has not
+started streaming. A failure after that is not retried: the client may already hold part of the
+answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+from tenantry_common.events import ChatMessage, FailureReason, TokenUsage
+from tenantry_common.settings import ModelSpec
+
+#: The SDK insists on a key; local OpenAI-compatible servers ignore it.
+_NO_KEY = "not-needed"
+
+
+class ModelCallError(Exception):
+    """The model could not answer; ``reason`` and ``message`` go into ChatFailed as they are."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StreamPiece:
+    """One chunk of a streamed answer: some text, or the usage the server reported at the end."""
+
+    text: str = ""
+    usage: TokenUsage | None = None
+
+
+class ModelGateway:
+    """One async OpenAI client per catalogue model, created on first use."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: dict[str, ModelSpec],
+        api_keys: dict[str, str | None],
+        timeout_s: float,
+        max_retries: int,
+    ) -> None:
+        self.catalogue = catalogue
+        self.api_keys = api_keys
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+
+    def client(self, model: str) -> openai.AsyncOpenAI:
+        """The client for a catalogue model (refuses a model whose key is not configured)."""
+        if model not in self._clients:
+            spec = self.catalogue[model]
+            key = self.api_keys.get(model)
+            if spec.api_key_env and not key:
+                raise ModelCallError(
+                    FailureReason.MODEL_UNAVAILABLE,
+                    f"model {model} is not available: no API key is configured for it",
+                )
+            self._clients[model] = openai.AsyncOpenAI(
+                base_url=spec.base_url,
+                api_key=key or _NO_KEY,
+                timeout=self.timeout_s,
+                max_retries=self.max_retries,
+            )
+        return self._clients[model]
+
+    async def aclose(self) -> None:
+        """Close every client's connection pool."""
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[StreamPiece]:
+        """Stream an answer: text pieces as they arrive, then the usage if the server gave one."""
+        spec = self.catalogue[model]
+        client = self.client(model)
+        request: dict[str, Any] = {
+            "model": spec.served_name or model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            # Ask for usage in the stream; servers that ignore it are counted with a tokenizer.
+            "stream_options": {"include_usage": True},
+        }
+        try:
+            try:
+                stream = await client.chat.completions.create(**request)
+            except openai.BadRequestError as exc:
+                if "stream_options" not in str(exc):
+                    raise
+                # Some OpenAI-compatible servers refuse the option outright.
+                request.pop("stream_options")
+                stream = await client.chat.completions.create(**request)
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    yield StreamPiece(
+                        usage=TokenUsage(
+                            prompt_tokens=chunk.usage.prompt_tokens or 0,
+                            completion_tokens=chunk.usage.completion_tokens or 0,
+                        )
+                    )
+                for choice in chunk.choices:
+                    if choice.delta is not None and choice.delta.content:
+                        yield StreamPiece(text=choice.delta.content)
+        except ModelCallError:
+            raise
+        except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+            raise ModelCallError(
+                FailureReason.MODEL_TIMEOUT,
+                f"the model {model} did not answer in time (after {self.max_retries} retries)",
+            ) from exc
+        except openai.RateLimitError as exc:
+            raise ModelCallError(
+                FailureReason.MODEL_UNAVAILABLE,
+                f"the model {model} is rate limited by its provider; try again shortly",
+            ) from exc
+        except openai.APIStatusError as exc:
+            # The provider's error text is not copied: it may echo parts of the prompt.
+            raise ModelCallError(
+                FailureReason.MODEL_UNAVAILABLE,
+                f"the model {model} refused or failed the request (HTTP {exc.status_code})",
+            ) from exc
+        except (openai.APIConnectionError, httpx.HTTPError) as exc:
+            raise ModelCallError(
+                FailureReason.MODEL_UNAVAILABLE, f"the model {model} could not be reached"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise ModelCallError(
+                FailureReason.MODEL_UNAVAILABLE,
+                f"the model {model} returned an unusable response ({type(exc).__name__})",
+            ) from exc

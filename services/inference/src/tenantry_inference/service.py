@@ -1,0 +1,558 @@
+"""Answering one chat request: resolve the tenant's prompt and model, check for leakage, call the
+model, and emit the answer (streamed), the usage and the audit record.
+
+Every output id is derived from the request id, so a redelivered ContextRetrieved produces the
+same events again and consumers deduplicate them: the final response (ChatCompleted or ChatFailed,
+one id for both), each ChatDelta (by seq), the UsageRecorded (``derived_id(request_id,
+"usage")``, billed once by metering) and the audit records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tenantry_common.events import (
+    AuditDetail,
+    AuditRecorded,
+    AuditStatus,
+    AuditType,
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    ChatMessage,
+    Citation,
+    ContextRetrieved,
+    FailureReason,
+    LeakagePolicy,
+    Passage,
+    ReplyTo,
+    TenantConfig,
+    TenantConfigChanged,
+    TenantOffboarded,
+    TenantProvisioned,
+    TokenUsage,
+    UsageRecorded,
+)
+from tenantry_common.ids import derived_id, utcnow
+from tenantry_common.settings import ModelSpec
+
+from tenantry_inference.leakage import (
+    Finding,
+    LeakageBlocked,
+    LeakageDetector,
+    StreamGuard,
+    TenantRegistry,
+    kinds,
+    redact,
+)
+from tenantry_inference.llm import ModelCallError, ModelGateway
+from tenantry_inference.metrics import InferenceMetrics
+from tenantry_inference.prompts import (
+    DEFAULT_TEMPLATE,
+    PromptTooLong,
+    build_prompt,
+    resolve_template,
+    system_message,
+)
+from tenantry_inference.tokens import EstimatingCounter, TokenCounter
+
+log = logging.getLogger("tenantry.inference")
+
+SOURCE = "inference"
+UNKNOWN_TENANT_NAME = "this organisation"
+
+
+class Outbox(Protocol):
+    """Where the service's events go (the broker in production, a list in unit tests)."""
+
+    async def response(
+        self, event: ChatDelta | ChatCompleted | ChatFailed, reply_to: ReplyTo
+    ) -> None: ...
+
+    async def usage(self, event: UsageRecorded) -> None: ...
+
+    async def audit(self, event: AuditRecorded) -> None: ...
+
+
+# --------------------------------------------------------------------------- tenant state
+
+
+@dataclass
+class TenantDirectory:
+    """Each tenant's latest config and the registry of names, kept in memory from the topics."""
+
+    registry: TenantRegistry = field(default_factory=TenantRegistry)
+    configs: dict[uuid.UUID, tuple[int, TenantConfig]] = field(default_factory=dict)
+    offboarded: set[uuid.UUID] = field(default_factory=set)
+
+    def config(self, tenant_id: uuid.UUID) -> tuple[int, TenantConfig] | None:
+        """The latest known (version, config) of a tenant, if any."""
+        return self.configs.get(tenant_id)
+
+    def apply_config(self, *, tenant_id: uuid.UUID, version: int, config: TenantConfig) -> bool:
+        """Keep a config if it is newer than the one held; returns whether it was kept."""
+        if tenant_id in self.offboarded:
+            return False  # the compacted topic still holds configs of offboarded tenants
+        current = self.configs.get(tenant_id)
+        if current is not None and current[0] > version:
+            return False
+        self.configs[tenant_id] = (version, config)
+        self.registry.upsert(tenant_id, config.tenant_name)
+        return True
+
+
+def apply_config_changed(*, directory: TenantDirectory, event: TenantConfigChanged) -> bool:
+    """Record a tenant's new configuration."""
+    return directory.apply_config(
+        tenant_id=event.tenant_id, version=event.version, config=event.config
+    )
+
+
+def apply_provisioned(*, directory: TenantDirectory, event: TenantProvisioned) -> None:
+    """Register a new tenant's name and id (and its first config) for leakage checks."""
+    directory.offboarded.discard(event.tenant_id)
+    directory.registry.upsert(event.tenant_id, event.tenant_name)
+    directory.apply_config(
+        tenant_id=event.tenant_id, version=event.config_version, config=event.config
+    )
+
+
+def apply_offboarded(*, directory: TenantDirectory, event: TenantOffboarded) -> None:
+    """Forget an offboarded tenant: its config, name and id."""
+    directory.offboarded.add(event.tenant_id)
+    directory.configs.pop(event.tenant_id, None)
+    directory.registry.remove(event.tenant_id)
+
+
+# --------------------------------------------------------------------------- answering
+
+
+@dataclass
+class InferenceDeps:
+    """What answering needs; built once by the app (or by a test)."""
+
+    catalogue: dict[str, ModelSpec]
+    directory: TenantDirectory
+    gateway: ModelGateway
+    counters: dict[str, TokenCounter]
+    metrics: InferenceMetrics
+    min_completion_tokens: int = 16
+    holdback_chars: int = 48
+    total_timeout_s: float = 300.0
+
+    @property
+    def detector(self) -> LeakageDetector:
+        return LeakageDetector(self.directory.registry)
+
+    def counter(self, model: str) -> TokenCounter:
+        return self.counters.get(model) or EstimatingCounter()
+
+
+@dataclass
+class _Resolved:
+    model: str
+    spec: ModelSpec
+    tenant_name: str
+    system: ChatMessage
+    max_tokens: int
+    temperature: float
+    policy: LeakagePolicy
+    config_version: int
+    semantic_cache: bool
+
+
+@dataclass
+class _Run:
+    """What is known about a request as it goes; the final events are built from it."""
+
+    request: ContextRetrieved
+    started: float
+    model: str
+    messages: list[ChatMessage] = field(default_factory=list)
+    question: str = ""
+    raw_answer: str = ""
+    answer: str = ""
+    reported: TokenUsage | None = None
+    usage: TokenUsage = field(
+        default_factory=lambda: TokenUsage(prompt_tokens=0, completion_tokens=0)
+    )
+    usage_source: str = "none"
+    redactions: int = 0
+    passages: list[Passage] = field(default_factory=list)
+    passages_dropped: int = 0
+    ttft_s: float | None = None
+    deltas: int = 0
+
+
+def sha256_text(text: str) -> str:
+    """Hex SHA-256 of UTF-8 text (what audit records carry instead of the text)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prompt_digest(messages: Sequence[ChatMessage]) -> str:
+    """SHA-256 of the messages exactly as sent (canonical JSON)."""
+    canonical = json.dumps(
+        [{"role": m.role, "content": m.content} for m in messages],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return sha256_text(canonical)
+
+
+def _resolve(*, request: ContextRetrieved, deps: InferenceDeps) -> _Resolved:
+    """The tenant's model, limits, prompt and policy (request options if its config is unknown)."""
+    options = request.options
+    known = deps.directory.config(request.tenant_id)
+    model = options.model
+    if model not in deps.catalogue:
+        raise ModelCallError(
+            FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
+        )
+    if known is not None and model not in known[1].allowed_models:
+        raise ModelCallError(
+            FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not allowed for this tenant"
+        )
+    spec = deps.catalogue[model]
+    if known is None:
+        # Config not here yet (a replica just started): the edge's snapshot and a safe template.
+        name = deps.directory.registry.name(request.tenant_id) or UNKNOWN_TENANT_NAME
+        resolved = resolve_template(
+            DEFAULT_TEMPLATE, tenant_name=name, tier="standard", custom_instructions=""
+        )
+        return _Resolved(
+            model=model,
+            spec=spec,
+            tenant_name=name,
+            system=system_message(resolved_template=resolved, tenant_name=name),
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            policy=LeakagePolicy.BLOCK,
+            config_version=options.config_version,
+            semantic_cache=options.semantic_cache,
+        )
+    version, config = known
+    template = config.system_prompt_template.strip() or DEFAULT_TEMPLATE
+    resolved = resolve_template(
+        template,
+        tenant_name=config.tenant_name,
+        tier=config.tier.value,
+        custom_instructions=config.custom_instructions,
+    )
+    return _Resolved(
+        model=model,
+        spec=spec,
+        tenant_name=config.tenant_name,
+        system=system_message(resolved_template=resolved, tenant_name=config.tenant_name),
+        # Never more than the edge reserved, nor more than the tenant's current limit.
+        max_tokens=min(options.max_tokens, config.max_tokens_per_request),
+        temperature=config.temperature,
+        policy=config.leakage_policy,
+        config_version=version,
+        semantic_cache=options.semantic_cache and config.features.semantic_cache,
+    )
+
+
+async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outbox: Outbox) -> str:
+    """Answer one request; returns the outcome ("success" or a failure reason)."""
+    run = _Run(request=request, started=time.monotonic(), model=request.options.model)
+    run.question = request.question
+    resolved: _Resolved | None = None
+    try:
+        resolved = _resolve(request=request, deps=deps)
+        if request.deadline_at is not None and utcnow() >= request.deadline_at:
+            raise ModelCallError(
+                FailureReason.MODEL_TIMEOUT,
+                "the request's deadline passed before the model could be called",
+            )
+        await _generate(run=run, resolved=resolved, deps=deps, outbox=outbox)
+    except ModelCallError as exc:
+        return await _fail(
+            run=run, deps=deps, outbox=outbox, reason=exc.reason, message=exc.message
+        )
+    except PromptTooLong as exc:
+        return await _fail(
+            run=run, deps=deps, outbox=outbox, reason=FailureReason.INTERNAL, message=str(exc)
+        )
+    except LeakageBlocked as exc:
+        deps.metrics.leakage.labels(exc.stage, "blocked").inc()
+        await outbox.audit(_leakage_audit(request=request, model=run.model, blocked=exc))
+        stage_words = "question or context" if exc.stage == "prompt" else "generated answer"
+        return await _fail(
+            run=run,
+            deps=deps,
+            outbox=outbox,
+            reason=FailureReason.LEAKAGE_BLOCKED,
+            message=(
+                f"the {stage_words} contained data that must not be shared "
+                f"({kinds(exc.findings)}); the tenant's policy blocks it"
+            ),
+        )
+    completed = ChatCompleted(
+        event_id=derived_id(request.request_id, "response"),
+        tenant_id=request.tenant_id,
+        request_id=request.request_id,
+        user_id=request.user_id,
+        question=run.question,
+        answer=run.answer,
+        citations=[
+            Citation(
+                document_id=p.document_id, chunk_index=p.chunk_index, title=p.title, score=p.score
+            )
+            for p in run.passages
+        ],
+        model=resolved.model,
+        usage=run.usage,
+        config_version=resolved.config_version,
+        corpus_version=request.corpus_version,
+        semantic_cache=resolved.semantic_cache,
+    )
+    await outbox.response(completed, request.reply_to)
+    await _finish(run=run, deps=deps, outbox=outbox, status="success", error=None)
+    return "success"
+
+
+async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outbox: Outbox) -> None:
+    request = run.request
+    counter = deps.counter(resolved.model)
+    built = build_prompt(
+        system=resolved.system,
+        history=request.history,
+        question=request.question,
+        passages=request.passages,
+        tenant_name=resolved.tenant_name,
+        counter=counter,
+        context_window=resolved.spec.context_window,
+        max_tokens=resolved.max_tokens,
+        min_completion_tokens=deps.min_completion_tokens,
+    )
+    run.passages = built.passages
+    run.passages_dropped = built.dropped_passages
+
+    detector = deps.detector
+    messages = list(built.messages)
+    findings = [detector.scan(m.content, tenant_id=request.tenant_id) for m in messages]
+    question_findings = detector.scan(request.question, tenant_id=request.tenant_id)
+    if any(findings) or question_findings:
+        every = [f for per_message in findings for f in per_message] + question_findings
+        if resolved.policy is LeakagePolicy.BLOCK:
+            raise LeakageBlocked(every, "prompt")
+        messages = [
+            ChatMessage(role=m.role, content=redact(m.content, found)) if found else m
+            for m, found in zip(messages, findings, strict=True)
+        ]
+        run.question = redact(request.question, question_findings)
+        run.redactions += sum(len(f) for f in findings)
+        deps.metrics.leakage.labels("prompt", "redacted").inc(sum(len(f) for f in findings))
+    run.messages = messages
+
+    guard = StreamGuard(
+        detector=detector,
+        tenant_id=request.tenant_id,
+        policy=resolved.policy,
+        holdback=max(deps.holdback_chars, deps.directory.registry.longest_name() + 1),
+    )
+    called = time.monotonic()
+    seq = 0
+
+    async def release(text: str) -> None:
+        nonlocal seq
+        if text and request.stream:
+            delta = ChatDelta(
+                event_id=derived_id(request.request_id, f"delta:{seq}"),
+                tenant_id=request.tenant_id,
+                request_id=request.request_id,
+                seq=seq,
+                delta=text,
+            )
+            await outbox.response(delta, request.reply_to)
+            seq += 1
+            run.deltas = seq
+
+    try:
+        async with _timeout(deps.total_timeout_s, request):
+            async for piece in deps.gateway.stream(
+                model=resolved.model,
+                messages=messages,
+                max_tokens=built.max_tokens,
+                temperature=resolved.temperature,
+            ):
+                if piece.usage is not None:
+                    run.reported = piece.usage
+                if piece.text:
+                    if run.ttft_s is None:
+                        run.ttft_s = time.monotonic() - called
+                        deps.metrics.time_to_first_token.labels(resolved.model).observe(run.ttft_s)
+                    run.raw_answer += piece.text
+                    await release(guard.feed(piece.text))
+        await release(guard.finish())
+    except TimeoutError as exc:
+        _settle_usage(run=run, counter=counter, guard=guard)
+        raise ModelCallError(
+            FailureReason.MODEL_TIMEOUT, f"the model {resolved.model} did not finish in time"
+        ) from exc
+    except (ModelCallError, LeakageBlocked):
+        _settle_usage(run=run, counter=counter, guard=guard)
+        raise
+    run.answer = guard.answer
+    if guard.findings:
+        run.redactions += len(guard.findings)
+        deps.metrics.leakage.labels("answer", "redacted").inc(len(guard.findings))
+    _settle_usage(run=run, counter=counter, guard=guard)
+
+
+def _timeout(total_s: float, request: ContextRetrieved) -> asyncio.Timeout:
+    """The whole answer's time limit: the service's bound, or the request's deadline if sooner."""
+    limit = total_s
+    if request.deadline_at is not None:
+        limit = min(limit, max((request.deadline_at - utcnow()).total_seconds(), 0.0))
+    return asyncio.timeout(limit)
+
+
+def _settle_usage(*, run: _Run, counter: TokenCounter, guard: StreamGuard | None) -> None:
+    """Tokens actually consumed: the server's report, else counted; zero if nothing was generated.
+
+    A report of zero completion tokens for a non-empty answer is not believed (some gateways
+    report that when streaming).
+    """
+    reported = run.reported
+    if reported is not None and (reported.completion_tokens > 0 or not run.raw_answer):
+        run.usage, run.usage_source = reported, "server"
+    elif run.raw_answer:
+        run.usage = TokenUsage(
+            prompt_tokens=counter.count_messages(run.messages),
+            completion_tokens=counter.count_text(run.raw_answer),
+        )
+        run.usage_source = "tokenizer" if counter.exact else "estimate"
+
+
+async def _fail(
+    *, run: _Run, deps: InferenceDeps, outbox: Outbox, reason: FailureReason, message: str
+) -> str:
+    request = run.request
+    failed = ChatFailed(
+        # The same id as a ChatCompleted would have: one final response per request, even if a
+        # redelivery ends differently from the first attempt.
+        event_id=derived_id(request.request_id, "response"),
+        tenant_id=request.tenant_id,
+        request_id=request.request_id,
+        reason=reason,
+        message=message,
+    )
+    await outbox.response(failed, request.reply_to)
+    await _finish(run=run, deps=deps, outbox=outbox, status=reason.value, error=message)
+    return reason.value
+
+
+async def _finish(
+    *, run: _Run, deps: InferenceDeps, outbox: Outbox, status: str, error: str | None
+) -> None:
+    """Metrics, then the usage event (always exactly one id per request), then the audit."""
+    request = run.request
+    elapsed = time.monotonic() - run.started
+    deps.metrics.requests.labels(str(request.tenant_id), run.model, status).inc()
+    deps.metrics.latency.labels(run.model).observe(elapsed)
+    for kind, amount in (
+        ("prompt", run.usage.prompt_tokens),
+        ("completion", run.usage.completion_tokens),
+    ):
+        if amount:
+            deps.metrics.tokens.labels(str(request.tenant_id), run.model, kind).inc(amount)
+    await outbox.usage(
+        UsageRecorded(
+            event_id=derived_id(request.request_id, "usage"),
+            tenant_id=request.tenant_id,
+            request_id=request.request_id,
+            user_id=request.user_id,
+            model=run.model,
+            prompt_tokens=run.usage.prompt_tokens,
+            completion_tokens=run.usage.completion_tokens,
+            cached=False,
+            reservation=request.reservation,
+            source=SOURCE,
+        )
+    )
+    prompt_text = "".join(m.content for m in run.messages)
+    details: dict[str, AuditDetail] = {
+        "request_id": str(request.request_id),
+        "model": run.model,
+        "outcome": status,
+        "streamed": request.stream,
+        "deltas": run.deltas,
+        "prompt_messages": len(run.messages),
+        "prompt_chars": len(prompt_text),
+        "answer_chars": len(run.answer),
+        "prompt_tokens": run.usage.prompt_tokens,
+        "completion_tokens": run.usage.completion_tokens,
+        "usage_source": run.usage_source,
+        "passages_used": len(run.passages),
+        "passages_dropped": run.passages_dropped,
+        "redactions": run.redactions,
+        "latency_ms": round(elapsed * 1000),
+        "ttft_ms": round(run.ttft_s * 1000) if run.ttft_s is not None else None,
+        "prompt_sha256": prompt_digest(run.messages) if run.messages else None,
+        "answer_sha256": sha256_text(run.answer) if status == "success" else None,
+    }
+    await outbox.audit(
+        AuditRecorded(
+            event_id=derived_id(request.request_id, "audit.api_call"),
+            tenant_id=request.tenant_id,
+            audit_type=AuditType.API_CALL,
+            source=SOURCE,
+            actor=request.user_id,
+            resource_type="chat_request",
+            resource_id=str(request.request_id),
+            action="chat.completion",
+            status=AuditStatus.SUCCESS if status == "success" else AuditStatus.FAILURE,
+            error=error,
+            details=details,
+        )
+    )
+    log.info(
+        "chat answered" if status == "success" else "chat failed",
+        extra={
+            "request_id": str(request.request_id),
+            "model": run.model,
+            "outcome": status,
+            "prompt_tokens": run.usage.prompt_tokens,
+            "completion_tokens": run.usage.completion_tokens,
+            "latency_ms": round(elapsed * 1000),
+        },
+    )
+
+
+def _leakage_audit(
+    *, request: ContextRetrieved, model: str, blocked: LeakageBlocked
+) -> AuditRecorded:
+    """The ``leakage_blocked`` record: where and what kind, never the matched text."""
+    return AuditRecorded(
+        event_id=derived_id(request.request_id, "audit.leakage"),
+        tenant_id=request.tenant_id,
+        audit_type=AuditType.LEAKAGE_BLOCKED,
+        source=SOURCE,
+        actor=request.user_id,
+        resource_type="chat_request",
+        resource_id=str(request.request_id),
+        action="chat.completion",
+        status=AuditStatus.FAILURE,
+        error=f"leakage in the {blocked.stage}",
+        details={
+            "request_id": str(request.request_id),
+            "model": model,
+            "stage": blocked.stage,
+            "kinds": kinds(blocked.findings),
+            "findings": len(blocked.findings),
+        },
+    )
+
+
+def count_findings(findings: Sequence[Finding]) -> int:
+    """How many findings (for metrics)."""
+    return len(findings)
