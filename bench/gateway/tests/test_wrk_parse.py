@@ -1,0 +1,107 @@
+"""The wrk report parser, the instant server's bodies and the comparison ratios."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import instant  # noqa: E402
+import report  # noqa: E402
+import wrk  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+REPORT = """Running 15s test @ http://127.0.0.1:18091/v1/chat/completions
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    95.10ms   20.02ms 412.00ms   80.00%
+    Req/Sec   520.11     60.00   700.00     70.00%
+  Latency Distribution
+     50%  780.00us
+     75%    1.92ms
+     90%    2.01s
+     99%    1.00m
+  7800 requests in 15.02s, 3.10MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 20
+Requests/sec:    519.31
+Transfer/sec:    211.33KB
+"""
+
+
+def test_parse_reads_percentiles_in_every_unit_and_counts_errors() -> None:
+    result = wrk.parse(REPORT)
+    assert result.p50_ms == pytest.approx(0.78)
+    assert result.p75_ms == pytest.approx(1.92)
+    assert result.p90_ms == pytest.approx(2010.0)
+    assert result.p99_ms == pytest.approx(60_000.0)
+    assert result.requests == 7800
+    assert result.duration_s == pytest.approx(15.02)
+    assert result.rps == pytest.approx(519.31)
+    assert result.ok_rps == pytest.approx((7800 - 20) / 15.02, rel=1e-3)
+    assert (result.non_2xx, result.read_errors, result.timeouts) == (20, 2, 3)
+    assert result.errors == 25
+
+
+def test_parse_without_error_lines_reports_zero_errors() -> None:
+    clean = "\n".join(
+        line for line in REPORT.splitlines() if "errors" not in line and "Non-2xx" not in line
+    )
+    assert wrk.parse(clean).errors == 0
+
+
+def test_parse_refuses_a_report_without_latency_distribution() -> None:
+    partial = "\n".join(line for line in REPORT.splitlines() if "%  " not in line)
+    with pytest.raises(ValueError, match="--latency"):
+        wrk.parse(partial)
+
+
+def test_instant_bodies_are_valid_openai_json_with_usage() -> None:
+    completion = json.loads(instant.completion_body())
+    assert completion["usage"]["total_tokens"] == instant.PROMPT_TOKENS + instant.COMPLETION_TOKENS
+    assert completion["choices"][0]["message"]["content"] == instant.CONTENT
+    events = [
+        line.removeprefix("data: ")
+        for line in instant.stream_body().split("\n\n")
+        if line.startswith("data: ")
+    ]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == instant.CONTENT
+    assert chunks[-1]["usage"]["completion_tokens"] == instant.COMPLETION_TOKENS
+
+
+def test_instant_config_quotes_bodies_for_nginx() -> None:
+    conf = instant.render_config(prefix=Path("/tmp/x"), port=1234)
+    assert "listen 127.0.0.1:1234" in conf
+    assert "return 200 '" + instant.completion_body() + "'" in conf
+
+
+def _point(rps: float, p99: float) -> dict[str, float]:
+    return {"ok_rps": rps, "p99_ms": p99, "errors": 0}
+
+
+def test_ratios_compare_tenantry_with_each_peer_at_the_same_concurrency() -> None:
+    points = {
+        "tenantry": {50: _point(900.0, 30.0)},
+        "litellm": {50: _point(300.0, 150.0)},
+        "portkey": {50: _point(2000.0, 10.0)},
+    }
+    ratios = report.ratios(points)
+    assert ratios[50]["rps_vs_litellm"] == pytest.approx(3.0)
+    assert ratios[50]["p99_vs_litellm"] == pytest.approx(0.2)
+    assert ratios[50]["rps_vs_portkey"] == pytest.approx(0.45)
+    assert ratios[50]["meets_litellm_rps"] is True
+    assert ratios[50]["meets_litellm_p99"] is True
+    assert ratios[50]["meets_portkey_rps"] is False
+
+
+def test_ratios_are_absent_when_a_target_was_not_measured() -> None:
+    points = {"litellm": {50: _point(300.0, 150.0)}, "portkey": {50: _point(2000.0, 10.0)}}
+    assert report.ratios(points)[50]["rps_vs_litellm"] is None
