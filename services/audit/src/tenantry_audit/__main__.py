@@ -1,0 +1,26 @@
+"""``python -m tenantry_audit``: the audit service on port 8004."""
+
+from __future__ import annotations
+
+import uvicorn
+from tenantry_common.logging import configure_logging
+
+from tenantry_audit.app import build_app
+from tenantry_audit.config import AuditSettings
+
+
+def main() -> None:
+    """Configure logging and serve the app until SIGTERM."""
+    settings = AuditSettings()
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""The audit log's logic: append, verify, export, retention and chain heads (no broker, no HTTP)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, func, insert, literal, null, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenantry_common.events import (
+    AuditRecorded,
+    LifecycleAction,
+    TenantLifecycleAcknowledged,
+    TenantOffboarded,
+    TenantProvisioned,
+)
+from tenantry_common.ids import derived_id, utcnow
+
+from tenantry_audit.chain import (
+    GENESIS_HASH,
+    ChainBreak,
+    ChainEntry,
+    ChainVerifier,
+    RecordContent,
+    link_hash,
+)
+from tenantry_audit.models import chain_heads, records, retention_checkpoints, retention_tombstones
+
+log = logging.getLogger("tenantry.audit.service")
+
+
+def for_tenant(table: Table, tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """The one WHERE clause that scopes any audit table to one tenant."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a uuid.UUID")
+    return table.c.tenant_id == tenant_id
+
+
+# --------------------------------------------------------------------------- append
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    appended: int
+    duplicates: int
+
+
+async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]) -> AppendResult:
+    """Append events to their tenants' chains, each event exactly once, in one transaction."""
+    by_tenant: dict[uuid.UUID, list[AuditRecorded]] = {}
+    for event in events:
+        by_tenant.setdefault(event.tenant_id, []).append(event)
+    appended = duplicates = 0
+    async with engine.begin() as conn:
+        # Tenants in a fixed order, so two batches can never wait on each other's head locks.
+        for tenant_id in sorted(by_tenant):
+            added = await _append_for_tenant(conn, tenant_id=tenant_id, events=by_tenant[tenant_id])
+            appended += added
+            duplicates += len(by_tenant[tenant_id]) - added
+    return AppendResult(appended=appended, duplicates=duplicates)
+
+
+async def _lock_head(conn: AsyncConnection, tenant_id: uuid.UUID) -> tuple[int, str]:
+    query = (
+        select(chain_heads.c.sequence, chain_heads.c.hash)
+        .where(for_tenant(chain_heads, tenant_id))
+        .with_for_update()
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        await conn.execute(
+            text(
+                "INSERT INTO audit_chain_heads (tenant_id, sequence, hash) "
+                "VALUES (:tenant_id, 0, :genesis) ON CONFLICT (tenant_id) DO NOTHING"
+            ),
+            {"tenant_id": tenant_id, "genesis": GENESIS_HASH},
+        )
+        row = (await conn.execute(query)).one()
+    return int(row.sequence), str(row.hash)
+
+
+async def _append_for_tenant(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, events: list[AuditRecorded]
+) -> int:
+    sequence, prev_hash = await _lock_head(conn, tenant_id)
+    # Under the head lock no other append of this tenant runs, so this check is exact.
+    known = set(
+        (
+            await conn.execute(
+                select(records.c.event_id).where(
+                    for_tenant(records, tenant_id),
+                    records.c.event_id.in_([e.event_id for e in events]),
+                )
+            )
+        ).scalars()
+    )
+    recorded_at = utcnow()
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        if event.event_id in known:
+            continue
+        known.add(event.event_id)
+        sequence += 1
+        content = RecordContent.from_event(event, sequence=sequence, recorded_at=recorded_at)
+        content_hash = content.content_hash()
+        chain_hash = link_hash(prev_hash, sequence, content_hash)
+        rows.append(
+            {
+                **{name: getattr(content, name) for name in RecordContent.__dataclass_fields__},
+                "content_hash": content_hash,
+                "prev_hash": prev_hash,
+                "hash": chain_hash,
+            }
+        )
+        prev_hash = chain_hash
+    if rows:
+        await conn.execute(insert(records), rows)
+        await conn.execute(
+            update(chain_heads)
+            .where(for_tenant(chain_heads, tenant_id))
+            .values(sequence=sequence, hash=prev_hash, updated_at=func.clock_timestamp())
+        )
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of walking one tenant's chain."""
+
+    tenant_id: uuid.UUID
+    ok: bool
+    checked: int
+    start_sequence: int
+    head_sequence: int | None
+    head_hash: str | None
+    first_break: ChainBreak | None
+
+
+_RECORD_COLUMNS = [*RecordContent.__dataclass_fields__]
+
+
+def _chain_query(tenant_id: uuid.UUID, after: int, until: int | None) -> Any:
+    """Records and tombstones of one tenant in sequence order (a merge of two index scans)."""
+    record_cols = [records.c[name] for name in _RECORD_COLUMNS]
+    tomb_cols = [null().label(name) for name in _RECORD_COLUMNS]
+    live = select(
+        records.c.sequence.label("pos"),
+        literal(False).label("tombstone"),
+        records.c.content_hash.label("c_hash"),
+        records.c.prev_hash,
+        records.c.hash,
+        *record_cols,
+    ).where(for_tenant(records, tenant_id), records.c.sequence > after)
+    gone = select(
+        retention_tombstones.c.sequence.label("pos"),
+        literal(True).label("tombstone"),
+        retention_tombstones.c.content_hash.label("c_hash"),
+        null().label("prev_hash"),
+        null().label("hash"),
+        *tomb_cols,
+    ).where(for_tenant(retention_tombstones, tenant_id), retention_tombstones.c.sequence > after)
+    if until is not None:
+        live = live.where(records.c.sequence <= until)
+        gone = gone.where(retention_tombstones.c.sequence <= until)
+    union = live.union_all(gone).subquery()
+    return select(union).order_by(union.c.pos)
+
+
+async def _checkpoint(conn: AsyncConnection, tenant_id: uuid.UUID) -> tuple[int, str]:
+    row = (
+        await conn.execute(
+            select(retention_checkpoints.c.sequence, retention_checkpoints.c.hash).where(
+                for_tenant(retention_checkpoints, tenant_id)
+            )
+        )
+    ).first()
+    return (int(row.sequence), str(row.hash)) if row else (0, GENESIS_HASH)
+
+
+async def verify_chain(
+    *,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+    batch_rows: int = 2000,
+    until_sequence: int | None = None,
+) -> VerifyReport:
+    """Walk a tenant's chain from its retention checkpoint, streamed; report the first break.
+
+    With ``until_sequence`` only the chain up to that position is checked (retention uses it
+    before removing a prefix); otherwise the walk must end at the recorded chain head.
+    """
+    async with engine.connect() as conn:
+        # One snapshot for checkpoint, records and head, so concurrent appends cannot
+        # look like a break.
+        await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        start_sequence, start_hash = await _checkpoint(conn, tenant_id)
+        head = (
+            await conn.execute(
+                select(chain_heads.c.sequence, chain_heads.c.hash).where(
+                    for_tenant(chain_heads, tenant_id)
+                )
+            )
+        ).first()
+        verifier = ChainVerifier(start_sequence=start_sequence, start_hash=start_hash)
+        result = await conn.stream(
+            _chain_query(tenant_id, start_sequence, until_sequence).execution_options(
+                yield_per=batch_rows
+            )
+        )
+        async for partition in result.mappings().partitions(batch_rows):
+            for row in partition:
+                entry = ChainEntry(
+                    sequence=int(row["pos"]),
+                    content_hash=str(row["c_hash"]),
+                    prev_hash=row["prev_hash"],
+                    hash=row["hash"],
+                    content=None if row["tombstone"] else RecordContent.from_row(row),
+                )
+                if verifier.feed(entry) is not None:
+                    break
+            if verifier.broken is not None:
+                break
+        await result.close()
+        await conn.rollback()
+    head_sequence = int(head.sequence) if head else None
+    head_hash = str(head.hash) if head else None
+    if until_sequence is None:
+        verifier.finish(head_sequence=head_sequence, head_hash=head_hash)
+    else:
+        # A partial walk must still reach its end (or the head, if that comes first).
+        end = min(until_sequence, head_sequence or 0)
+        if verifier.last_sequence < end:
+            verifier.finish(head_sequence=end, head_hash=verifier.last_hash)
+    if verifier.broken is not None:
+        log.warning(
+            "audit chain broken",
+            extra={
+                "tenant_id": str(tenant_id),
+                "sequence": verifier.broken.sequence,
+                "reason": verifier.broken.reason,
+            },
+        )
+    return VerifyReport(
+        tenant_id=tenant_id,
+        ok=verifier.broken is None,
+        checked=verifier.checked,
+        start_sequence=start_sequence,
+        head_sequence=head_sequence,
+        head_hash=head_hash,
+        first_break=verifier.broken,
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+EXPORT_COLUMNS = (
+    "event_id",
+    "tenant_id",
+    "occurred_at",
+    "audit_type",
+    "actor",
+    "resource_type",
+    "resource_id",
+    "action",
+    "status",
+    "error",
+    "ip_address",
+    "user_agent",
+    "details_json",
+    "source",
+    "recorded_at",
+    "sequence",
+    "hash",
+)
+
+
+async def stream_records(
+    *,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    batch_rows: int = 1000,
+) -> AsyncIterator[Sequence[Any]]:
+    """One tenant's records with ``start <= occurred_at < end``, in batches (server-side cursor)."""
+    query = (
+        select(*(records.c[name] for name in EXPORT_COLUMNS))
+        .where(
+            for_tenant(records, tenant_id),
+            records.c.occurred_at >= start,
+            records.c.occurred_at < end,
+        )
+        .order_by(records.c.occurred_at, records.c.sequence)
+        .execution_options(yield_per=batch_rows)
+    )
+    async with engine.connect() as conn:
+        result = await conn.stream(query)
+        try:
+            async for partition in result.mappings().partitions(batch_rows):
+                yield partition
+        finally:
+            await result.close()
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What retention did (or, in a dry run, would do) to one tenant's records."""
+
+    tenant_id: uuid.UUID
+    expired: int
+    removed: int
+    checkpoint_sequence: int
+    tombstoned: int
+    cutoff: datetime
+    dry_run: bool
+    refused: ChainBreak | None = None
+
+
+@dataclass
+class RetentionRun:
+    cutoff: datetime
+    results: list[RetentionResult] = field(default_factory=list)
+
+
+async def apply_retention(
+    *,
+    engine: AsyncEngine,
+    retention_days: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    verify_batch_rows: int = 2000,
+) -> RetentionRun:
+    """Remove every record whose ``occurred_at`` is older than the retention period, and no other.
+
+    Each tenant's expired part of the chain is verified first: a broken chain is left as it is
+    (and reported), so retention never erases the evidence of tampering.
+    """
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    run = RetentionRun(cutoff=cutoff)
+    async with engine.connect() as conn:
+        expired = (
+            await conn.execute(
+                select(records.c.tenant_id, func.count(), func.max(records.c.sequence))
+                .where(records.c.occurred_at < cutoff)
+                .group_by(records.c.tenant_id)
+                .order_by(records.c.tenant_id)
+            )
+        ).all()
+    for tenant_id, count, max_sequence in expired:
+        report = await verify_chain(
+            engine=engine,
+            tenant_id=tenant_id,
+            batch_rows=verify_batch_rows,
+            until_sequence=int(max_sequence) + 1,
+        )
+        if report.first_break is not None:
+            run.results.append(
+                RetentionResult(
+                    tenant_id=tenant_id,
+                    expired=int(count),
+                    removed=0,
+                    checkpoint_sequence=report.start_sequence,
+                    tombstoned=0,
+                    cutoff=cutoff,
+                    dry_run=dry_run,
+                    refused=report.first_break,
+                )
+            )
+            continue
+        if dry_run:
+            run.results.append(
+                RetentionResult(
+                    tenant_id=tenant_id,
+                    expired=int(count),
+                    removed=0,
+                    checkpoint_sequence=report.start_sequence,
+                    tombstoned=0,
+                    cutoff=cutoff,
+                    dry_run=True,
+                )
+            )
+            continue
+        async with engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT removed, checkpoint_sequence, tombstoned "
+                        "FROM audit_apply_retention(:tenant_id, :cutoff)"
+                    ),
+                    {"tenant_id": tenant_id, "cutoff": cutoff},
+                )
+            ).one()
+        run.results.append(
+            RetentionResult(
+                tenant_id=tenant_id,
+                expired=int(count),
+                removed=int(row.removed),
+                checkpoint_sequence=int(row.checkpoint_sequence),
+                tombstoned=int(row.tombstoned),
+                cutoff=cutoff,
+                dry_run=False,
+            )
+        )
+    return run
+
+
+# --------------------------------------------------------------------------- chain heads
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    tenant_id: uuid.UUID
+    sequence: int
+    hash: str
+    updated_at: datetime
+
+
+async def chain_heads_since(
+    *, engine: AsyncEngine, since: datetime | None, limit: int = 10_000
+) -> list[ChainHead]:
+    """Chain heads that moved since ``since`` (all of them when ``None``), oldest change first."""
+    query = select(chain_heads).where(chain_heads.c.sequence > 0)
+    if since is not None:
+        query = query.where(chain_heads.c.updated_at > since)
+    query = query.order_by(chain_heads.c.updated_at).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [ChainHead(r.tenant_id, int(r.sequence), str(r.hash), r.updated_at) for r in rows]
+
+
+async def chain_head(*, engine: AsyncEngine, tenant_id: uuid.UUID) -> ChainHead | None:
+    """One tenant's chain head, if it has one."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(chain_heads).where(for_tenant(chain_heads, tenant_id)))
+        ).first()
+    return (
+        ChainHead(row.tenant_id, int(row.sequence), str(row.hash), row.updated_at) if row else None
+    )
+
+
+# --------------------------------------------------------------------------- tenant lifecycle
+
+OFFBOARDING_DETAIL = (
+    "audit records are kept until their retention period ends, then removed by the retention job"
+)
+
+
+def lifecycle_ack(
+    *, event: TenantProvisioned | TenantOffboarded | TenantLifecycleAcknowledged
+) -> TenantLifecycleAcknowledged | None:
+    """Audit's acknowledgement of a tenant's provisioning or offboarding (None for others' acks).
+
+    Nothing is created at provisioning (a chain starts with its first record) and nothing is
+    deleted at offboarding: compliance needs the records for the whole retention period.
+    """
+    if isinstance(event, TenantProvisioned):
+        action, detail = LifecycleAction.PROVISIONED, "chain starts with the first record"
+    elif isinstance(event, TenantOffboarded):
+        action, detail = LifecycleAction.OFFBOARDED, OFFBOARDING_DETAIL
+    else:
+        return None
+    return TenantLifecycleAcknowledged(
+        event_id=derived_id(event.event_id, "audit-lifecycle-ack"),
+        tenant_id=event.tenant_id,
+        service="audit",
+        action=action,
+        succeeded=True,
+        detail=detail,
+    )
