@@ -1,0 +1,1 @@
+"""Retrieval: embeddings, per-tenant vector namespaces, ingestion and the semantic cache."""

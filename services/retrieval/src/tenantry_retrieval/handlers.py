@@ -1,0 +1,80 @@
+"""Retrieval's subscribers: decode, call one service operation, publish what it returns.
+
+Questions, documents, lifecycle and cache fill each have their own consumer group, so a large
+document being embedded never holds up the questions behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from faststream.kafka import KafkaBroker
+from tenantry_common.events import (
+    ChatCompleted,
+    ChatRequested,
+    ChatResponseEvent,
+    DocumentDeleted,
+    DocumentEvent,
+    LifecycleEvent,
+    TenantOffboarded,
+    TenantProvisioned,
+)
+from tenantry_common.messaging import publish_event, subscriber_options
+from tenantry_common.topics import CHAT_REQUESTS, CHAT_RESPONSES, DOCUMENTS, TENANTS_LIFECYCLE
+
+from tenantry_retrieval.config import RetrievalSettings
+from tenantry_retrieval.service import Outgoing, RetrievalService
+
+GROUP_QUESTIONS = "retrieval.questions"
+GROUP_DOCUMENTS = "retrieval.documents"
+GROUP_LIFECYCLE = "retrieval.lifecycle"
+GROUP_CACHE_FILL = "retrieval.cache-fill"
+
+
+async def publish_all(broker: KafkaBroker, outgoing: Sequence[Outgoing]) -> None:
+    """Publish the events an operation produced, in order."""
+    for item in outgoing:
+        await publish_event(broker, item.topic, item.event, partition=item.partition)
+
+
+def register_handlers(
+    broker: KafkaBroker,
+    service: RetrievalService,
+    settings: RetrievalSettings,
+    *,
+    group_prefix: str = "",
+) -> None:
+    """Declare retrieval's four subscribers on the broker (``group_prefix`` isolates tests)."""
+    question_options = subscriber_options(settings, group_prefix + GROUP_QUESTIONS) | {
+        "max_workers": settings.question_workers
+    }
+
+    @broker.subscriber(CHAT_REQUESTS.name, **question_options)  # type: ignore[untyped-decorator]
+    async def on_chat_requested(event: ChatRequested) -> None:
+        await publish_all(broker, await service.answer_question(request=event))
+
+    document_options = subscriber_options(settings, group_prefix + GROUP_DOCUMENTS)
+
+    @broker.subscriber(DOCUMENTS.name, **document_options)  # type: ignore[untyped-decorator]
+    async def on_document(event: DocumentEvent) -> None:
+        if isinstance(event, DocumentDeleted):
+            await publish_all(broker, await service.delete_document(event=event))
+        else:
+            await publish_all(broker, await service.ingest_document(event=event))
+
+    @broker.subscriber(  # type: ignore[untyped-decorator]
+        TENANTS_LIFECYCLE.name, **subscriber_options(settings, group_prefix + GROUP_LIFECYCLE)
+    )
+    async def on_lifecycle(event: LifecycleEvent) -> None:
+        if isinstance(event, TenantProvisioned):
+            await publish_all(broker, await service.provision_tenant(event=event))
+        elif isinstance(event, TenantOffboarded):
+            await publish_all(broker, await service.offboard_tenant(event=event))
+        # Other services' acknowledgements travel on the same topic: nothing to do.
+
+    @broker.subscriber(  # type: ignore[untyped-decorator]
+        CHAT_RESPONSES.name, **subscriber_options(settings, group_prefix + GROUP_CACHE_FILL)
+    )
+    async def on_chat_response(event: ChatResponseEvent) -> None:
+        if isinstance(event, ChatCompleted):
+            await service.fill_cache(completed=event)

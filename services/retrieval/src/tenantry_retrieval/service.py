@@ -1,0 +1,429 @@
+"""Retrieval's logic: ingestion, questions (semantic cache, then search), cache fill, lifecycle.
+
+No broker or HTTP types here: each operation returns the events it wants published
+(:class:`Outgoing`), and the handlers publish them. Every output's ``event_id`` is derived from
+its input, so a redelivered input yields the same outputs and downstream deduplication holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from tenantry_common.events import (
+    AuditRecorded,
+    AuditStatus,
+    AuditType,
+    ChatCompleted,
+    ChatRequested,
+    Citation,
+    ContextRetrieved,
+    DocumentDeleted,
+    DocumentSubmitted,
+    Event,
+    LifecycleAction,
+    Passage,
+    TenantLifecycleAcknowledged,
+    TokenUsage,
+    UsageRecorded,
+)
+from tenantry_common.ids import derived_id
+from tenantry_common.logging import log_extra
+from tenantry_common.messaging import is_transient
+from tenantry_common.tenancy import tenant_key
+from tenantry_common.topics import AUDIT, CHAT_CONTEXT, TENANTS_LIFECYCLE, USAGE, TopicSpec
+
+from tenantry_retrieval.chunking import chunk_text
+from tenantry_retrieval.config import RetrievalSettings
+from tenantry_retrieval.embeddings import Embedder, MicroBatcher
+from tenantry_retrieval.metrics import RetrievalMetrics
+from tenantry_retrieval.vectorstore import Namespace, VectorHit, VectorRecord, VectorStore
+
+log = logging.getLogger("tenantry.retrieval")
+
+SERVICE = "retrieval"
+#: How often (per tenant, per process) expired cache entries are physically removed; until
+#: then the query filter already ignores them.
+CACHE_PURGE_INTERVAL_S = 600.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event to publish: to a topic, or to one partition of it (a reply)."""
+
+    topic: TopicSpec | str
+    event: Event
+    partition: int | None = None
+
+
+def corpus_version_key(tenant_id: uuid.UUID) -> str:
+    """The Redis key of a tenant's corpus version (bumped by every ingest and delete)."""
+    return tenant_key(tenant_id, "retrieval", "corpus_version")
+
+
+def chunk_id(document_id: uuid.UUID, index: int) -> str:
+    """Stable id of a chunk: re-submitting a document overwrites its chunks in place."""
+    return f"{document_id}:{index}"
+
+
+@dataclass
+class RetrievalService:
+    """The retrieval operations, over a vector store, an embedder and Redis."""
+
+    settings: RetrievalSettings
+    store: VectorStore
+    embedder: Embedder
+    batcher: MicroBatcher
+    redis: Redis
+    metrics: RetrievalMetrics
+    _last_purge: dict[uuid.UUID, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ corpus version
+
+    async def corpus_version(self, *, tenant_id: uuid.UUID) -> int:
+        """The tenant's current corpus version (0 before any document)."""
+        raw = await self.redis.get(corpus_version_key(tenant_id))
+        return int(raw) if raw is not None else 0
+
+    async def _bump_corpus_version(self, *, tenant_id: uuid.UUID) -> int:
+        return int(await self.redis.incr(corpus_version_key(tenant_id)))
+
+    # ------------------------------------------------------------------ documents
+
+    async def ingest_document(self, *, event: DocumentSubmitted) -> list[Outgoing]:
+        """Chunk, embed and store a document, replacing any earlier version of it."""
+        chunks = chunk_text(
+            event.text,
+            size=self.settings.chunk_size_chars,
+            overlap=self.settings.chunk_overlap_chars,
+        )
+        step = self.settings.ingest_embed_batch
+        for start in range(0, len(chunks), step):
+            # Small encode calls, awaited one by one: questions queue behind one of them at
+            # most, never behind a whole large document.
+            batch = chunks[start : start + step]
+            vectors = await self.embedder.embed(batch)
+            records = [
+                VectorRecord(
+                    id=chunk_id(event.document_id, start + offset),
+                    vector=vector,
+                    text=text,
+                    metadata={
+                        "document_id": str(event.document_id),
+                        "title": event.title,
+                        "chunk_index": start + offset,
+                    },
+                )
+                for offset, (text, vector) in enumerate(zip(batch, vectors, strict=True))
+            ]
+            await self.store.upsert(
+                tenant_id=event.tenant_id, kind=Namespace.DOCUMENTS, records=records
+            )
+        # Chunks beyond the new length belong to an earlier, longer version of the document.
+        await self.store.delete_where(
+            tenant_id=event.tenant_id,
+            kind=Namespace.DOCUMENTS,
+            where={"document_id": str(event.document_id), "chunk_index": {"$gte": len(chunks)}},
+        )
+        version = await self._bump_corpus_version(tenant_id=event.tenant_id)
+        self.metrics.chunks_ingested.labels(str(event.tenant_id)).inc(len(chunks))
+        log.info(
+            "document ingested",
+            extra=log_extra(document_id=str(event.document_id), chunks=len(chunks)),
+        )
+        return [
+            _audit(
+                event,
+                actor=event.submitted_by,
+                resource_type="document",
+                resource_id=str(event.document_id),
+                action="ingest",
+                details={
+                    "chunks": len(chunks),
+                    "characters": len(event.text),
+                    "corpus_version": version,
+                },
+            )
+        ]
+
+    async def delete_document(self, *, event: DocumentDeleted) -> list[Outgoing]:
+        """Remove every chunk of a document."""
+        await self.store.delete_where(
+            tenant_id=event.tenant_id,
+            kind=Namespace.DOCUMENTS,
+            where={"document_id": str(event.document_id)},
+        )
+        version = await self._bump_corpus_version(tenant_id=event.tenant_id)
+        log.info("document deleted", extra=log_extra(document_id=str(event.document_id)))
+        return [
+            _audit(
+                event,
+                actor=event.deleted_by,
+                resource_type="document",
+                resource_id=str(event.document_id),
+                action="delete",
+                details={"corpus_version": version},
+            )
+        ]
+
+    # ------------------------------------------------------------------ questions
+
+    def cache_threshold(self, *, requested: float) -> float:
+        """The similarity a cached answer needs: the tenant's, never below the platform floor."""
+        return max(requested, self.settings.cache_similarity_floor)
+
+    async def answer_question(self, *, request: ChatRequested) -> list[Outgoing]:
+        """A cached answer (with zero-token usage), or the passages for inference."""
+        options = request.options
+        version = await self.corpus_version(tenant_id=request.tenant_id)
+        if not options.rag and not options.semantic_cache:
+            return [_context(request, [], version), _search_audit(request, 0, False, version)]
+
+        started = time.perf_counter()
+        vector = await self.batcher.embed_one(request.question)
+        self.metrics.embed_seconds.observe(time.perf_counter() - started)
+
+        if options.semantic_cache:
+            cached = await self._lookup_cache(request=request, vector=vector, version=version)
+            if cached is not None:
+                self.metrics.cache_hits.labels(str(request.tenant_id)).inc()
+                return _cache_hit(request, cached, version)
+            self.metrics.cache_misses.labels(str(request.tenant_id)).inc()
+
+        passages: list[Passage] = []
+        if options.rag:
+            started = time.perf_counter()
+            hits = await self.store.query(
+                tenant_id=request.tenant_id,
+                kind=Namespace.DOCUMENTS,
+                vector=vector,
+                top_k=min(options.top_k, self.settings.top_k_max),
+            )
+            self.metrics.search_seconds.labels("documents").observe(time.perf_counter() - started)
+            passages = [_passage(hit) for hit in hits]
+        return [
+            _context(request, passages, version),
+            _search_audit(request, len(passages), False, version),
+        ]
+
+    async def _lookup_cache(
+        self, *, request: ChatRequested, vector: Sequence[float], version: int
+    ) -> VectorHit | None:
+        started = time.perf_counter()
+        hits = await self.store.query(
+            tenant_id=request.tenant_id,
+            kind=Namespace.CACHE,
+            vector=vector,
+            top_k=1,
+            where={
+                "model": request.options.model,
+                "config_version": request.options.config_version,
+                "corpus_version": version,
+                "expires_at": {"$gt": int(time.time())},
+            },
+        )
+        self.metrics.search_seconds.labels("cache").observe(time.perf_counter() - started)
+        threshold = self.cache_threshold(requested=request.options.cache_similarity_threshold)
+        if hits and hits[0].score >= threshold:
+            return hits[0]
+        return None
+
+    # ------------------------------------------------------------------ cache fill
+
+    async def fill_cache(self, *, completed: ChatCompleted) -> bool:
+        """Remember a freshly generated answer under its question; False when it must not be."""
+        if completed.cached or not completed.semantic_cache:
+            return False
+        if completed.corpus_version != await self.corpus_version(tenant_id=completed.tenant_id):
+            return False  # the documents changed since: the entry could never be served
+        vector = await self.batcher.embed_one(completed.question)
+        now = int(time.time())
+        record = VectorRecord(
+            id=str(completed.request_id),  # a redelivered answer overwrites, never duplicates
+            vector=vector,
+            text=completed.answer,
+            metadata={
+                "request_id": str(completed.request_id),
+                "model": completed.model,
+                "config_version": completed.config_version,
+                "corpus_version": completed.corpus_version,
+                "expires_at": now + self.settings.cache_ttl_s,
+                "citations": json.dumps(
+                    [c.model_dump(mode="json") for c in completed.citations], separators=(",", ":")
+                ),
+            },
+        )
+        await self.store.upsert(
+            tenant_id=completed.tenant_id, kind=Namespace.CACHE, records=[record]
+        )
+        await self._purge_expired(tenant_id=completed.tenant_id, now=now)
+        return True
+
+    async def _purge_expired(self, *, tenant_id: uuid.UUID, now: int) -> None:
+        last = self._last_purge.get(tenant_id, 0.0)
+        if time.monotonic() - last < CACHE_PURGE_INTERVAL_S and last:
+            return
+        self._last_purge[tenant_id] = time.monotonic()
+        await self.store.delete_where(
+            tenant_id=tenant_id, kind=Namespace.CACHE, where={"expires_at": {"$lte": now}}
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def provision_tenant(self, *, event: Event) -> list[Outgoing]:
+        """Create the tenant's document and cache namespaces, then acknowledge."""
+        try:
+            for kind in Namespace:
+                await self.store.ensure(tenant_id=event.tenant_id, kind=kind)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return [_ack(event, LifecycleAction.PROVISIONED, False, type(exc).__name__)]
+        return [_ack(event, LifecycleAction.PROVISIONED, True, "namespaces ready")]
+
+    async def offboard_tenant(self, *, event: Event) -> list[Outgoing]:
+        """Delete the tenant's namespaces (documents and cache) and corpus version; acknowledge."""
+        try:
+            for kind in Namespace:
+                await self.store.drop(tenant_id=event.tenant_id, kind=kind)
+            await self.redis.delete(corpus_version_key(event.tenant_id))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return [_ack(event, LifecycleAction.OFFBOARDED, False, type(exc).__name__)]
+        self._last_purge.pop(event.tenant_id, None)
+        audit = AuditRecorded(
+            event_id=derived_id(event.event_id, "retrieval-audit"),
+            tenant_id=event.tenant_id,
+            audit_type=AuditType.DELETION,
+            source=SERVICE,
+            resource_type="vector_namespaces",
+            resource_id=str(event.tenant_id),
+            action="offboard",
+            status=AuditStatus.SUCCESS,
+            details={"namespaces": len(Namespace)},
+        )
+        return [
+            Outgoing(AUDIT, audit),
+            _ack(event, LifecycleAction.OFFBOARDED, True, "namespaces deleted"),
+        ]
+
+
+# --------------------------------------------------------------------------- event builders
+
+
+def _passage(hit: VectorHit) -> Passage:
+    return Passage(
+        document_id=uuid.UUID(str(hit.metadata["document_id"])),
+        chunk_index=int(hit.metadata["chunk_index"]),
+        title=str(hit.metadata.get("title", "")),
+        text=hit.text,
+        score=hit.score,
+    )
+
+
+def _context(request: ChatRequested, passages: list[Passage], version: int) -> Outgoing:
+    fields = request.model_dump(exclude={"event_id", "event_type", "occurred_at"})
+    event = ContextRetrieved(
+        **fields,
+        event_id=derived_id(request.request_id, "context"),
+        passages=passages,
+        corpus_version=version,
+    )
+    return Outgoing(CHAT_CONTEXT, event)
+
+
+def _cache_hit(request: ChatRequested, hit: VectorHit, version: int) -> list[Outgoing]:
+    citations = [Citation.model_validate(c) for c in json.loads(str(hit.metadata["citations"]))]
+    answer = ChatCompleted(
+        event_id=derived_id(request.request_id, "cached-answer"),
+        tenant_id=request.tenant_id,
+        request_id=request.request_id,
+        user_id=request.user_id,
+        question=request.question,
+        answer=hit.text,
+        citations=citations,
+        model=request.options.model,
+        usage=TokenUsage(prompt_tokens=0, completion_tokens=0),
+        cached=True,
+        config_version=request.options.config_version,
+        corpus_version=version,
+        semantic_cache=True,
+    )
+    usage = UsageRecorded(
+        event_id=derived_id(request.request_id, "usage"),
+        tenant_id=request.tenant_id,
+        request_id=request.request_id,
+        user_id=request.user_id,
+        model=request.options.model,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached=True,
+        reservation=request.reservation,
+        source=SERVICE,
+    )
+    return [
+        Outgoing(request.reply_to.topic, answer, partition=request.reply_to.partition),
+        Outgoing(USAGE, usage),
+        _search_audit(request, 0, True, version),
+    ]
+
+
+def _search_audit(request: ChatRequested, passages: int, cache_hit: bool, version: int) -> Outgoing:
+    return _audit(
+        request,
+        actor=request.user_id,
+        resource_type="vector_namespace",
+        resource_id=str(request.request_id),
+        action="search",
+        details={
+            "passages": passages,
+            "cache_hit": cache_hit,
+            "corpus_version": version,
+            "rag": request.options.rag,
+            "semantic_cache": request.options.semantic_cache,
+        },
+        id_source=request.request_id,
+    )
+
+
+def _audit(
+    source_event: Event,
+    *,
+    actor: str,
+    resource_type: str,
+    resource_id: str,
+    action: str,
+    details: dict[str, str | int | float | bool | None],
+    id_source: uuid.UUID | None = None,
+) -> Outgoing:
+    event = AuditRecorded(
+        event_id=derived_id(id_source or source_event.event_id, "retrieval-audit"),
+        tenant_id=source_event.tenant_id,
+        audit_type=AuditType.DATA_ACCESS,
+        source=SERVICE,
+        actor=actor,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action=action,
+        status=AuditStatus.SUCCESS,
+        details=details,
+    )
+    return Outgoing(AUDIT, event)
+
+
+def _ack(event: Event, action: LifecycleAction, succeeded: bool, detail: str) -> Outgoing:
+    ack = TenantLifecycleAcknowledged(
+        event_id=derived_id(event.event_id, "retrieval-ack"),
+        tenant_id=event.tenant_id,
+        service=SERVICE,
+        action=action,
+        succeeded=succeeded,
+        detail=detail,
+    )
+    return Outgoing(TENANTS_LIFECYCLE, ack)
