@@ -1,0 +1,142 @@
+"""The leakage detector: other tenants' ids and names, secrets, redaction, streamed answers."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tenantry_common.events import LeakagePolicy
+from tenantry_inference.leakage import (
+    FindingKind,
+    LeakageBlocked,
+    LeakageDetector,
+    StreamGuard,
+    TenantRegistry,
+    luhn_valid,
+    redact,
+)
+
+pytestmark = pytest.mark.unit
+
+ME = uuid.uuid4()
+OTHER = uuid.uuid4()
+TWIN = uuid.uuid4()
+
+
+@pytest.fixture
+def detector() -> LeakageDetector:
+    registry = TenantRegistry()
+    registry.upsert(ME, "Acme Corp")
+    registry.upsert(OTHER, "Globex")
+    registry.upsert(TWIN, "Acme")
+    return LeakageDetector(registry)
+
+
+def _kinds(detector: LeakageDetector, text: str) -> list[FindingKind]:
+    return [f.kind for f in detector.scan(text, tenant_id=ME)]
+
+
+def test_other_tenants_ids_are_found_with_or_without_dashes(detector: LeakageDetector) -> None:
+    assert _kinds(detector, f"see {OTHER} now") == [FindingKind.OTHER_TENANT_ID]
+    assert _kinds(detector, f"see {OTHER.hex.upper()}") == [FindingKind.OTHER_TENANT_ID]
+    assert _kinds(detector, f"my own id {ME}") == []
+    assert _kinds(detector, f"an unknown id {uuid.uuid4()}") == []
+
+
+def test_other_tenants_names_are_found_but_never_the_own_name(detector: LeakageDetector) -> None:
+    assert _kinds(detector, "Globex said hello") == [FindingKind.OTHER_TENANT_NAME]
+    assert _kinds(detector, "GLOBEX  said") == [FindingKind.OTHER_TENANT_NAME]
+    assert _kinds(detector, "globexes are not names") == []
+    # "Acme" is another tenant, but inside our own "Acme Corp" it is our name.
+    assert _kinds(detector, "Welcome to Acme Corp support") == []
+    assert _kinds(detector, "Acme is someone else") == [FindingKind.OTHER_TENANT_NAME]
+
+
+def test_removed_tenants_are_no_longer_flagged(detector: LeakageDetector) -> None:
+    detector.registry.remove(OTHER)
+    assert _kinds(detector, f"Globex {OTHER}") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("key sk-proj-abcdefghijklmnopqrstuvwx1234", FindingKind.API_KEY),
+        ("AKIAIOSFODNN7EXAMPLE is aws", FindingKind.API_KEY),
+        ("ghp_" + "a1" * 18 + " token", FindingKind.ACCESS_TOKEN),
+        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz.123", FindingKind.ACCESS_TOKEN),
+        (
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            FindingKind.JWT,
+        ),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMII", FindingKind.PRIVATE_KEY),
+        ("password = hunter22", FindingKind.CREDENTIAL),
+        ("card 4111 1111 1111 1111 exp 12/29", FindingKind.CARD_NUMBER),
+        ("card 5500-0000-0000-0004", FindingKind.CARD_NUMBER),
+    ],
+)
+def test_secrets_are_found(detector: LeakageDetector, text: str, kind: FindingKind) -> None:
+    assert _kinds(detector, text) == [kind]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112",  # fails the Luhn check
+        "call 555-0100 or 2024-05-01",
+        "the sk-short key",
+        "a password reset link",
+        "refunds take 5 business days",
+    ],
+)
+def test_ordinary_text_is_not_flagged(detector: LeakageDetector, text: str) -> None:
+    assert _kinds(detector, text) == []
+
+
+def test_luhn() -> None:
+    assert luhn_valid("4111111111111111")
+    assert not luhn_valid("4111111111111112")
+
+
+def test_redaction_replaces_every_finding(detector: LeakageDetector) -> None:
+    text = f"Globex ({OTHER}) uses sk-abcdefghijklmnopqrstuvwxyz and card 4111111111111111."
+    out = redact(text, detector.scan(text, tenant_id=ME))
+    assert out == (
+        "[REDACTED:other_tenant_name] ([REDACTED:other_tenant_id]) uses [REDACTED:api_key] "
+        "and card [REDACTED:card_number]."
+    )
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_streamed_redaction_never_releases_part_of_a_secret(
+    detector: LeakageDetector, size: int
+) -> None:
+    key = "sk-" + "Z" * 40
+    text = f"Here is the answer. The key is {key} and Globex is a competitor. Done now."
+    guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.REDACT, holdback=12)
+    released = [guard.feed(p) for p in _pieces(text, size)]
+    released.append(guard.finish())
+    assert "".join(released) == guard.answer
+    assert guard.answer == (
+        "Here is the answer. The key is [REDACTED:api_key] and [REDACTED:other_tenant_name] "
+        "is a competitor. Done now."
+    )
+    assert not any("ZZZ" in r or "Glob" in r for r in released)
+    assert len([r for r in released if r]) > 3, "text is released as it streams, not at the end"
+
+
+def test_streamed_block_stops_before_the_secret_is_released(detector: LeakageDetector) -> None:
+    text = "Sure. The card is 4111 1111 1111 1111 as requested."
+    guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.BLOCK, holdback=32)
+    released: list[str] = []
+    with pytest.raises(LeakageBlocked) as blocked:
+        for piece in _pieces(text, 2):
+            released.append(guard.feed(piece))
+        guard.finish()
+    assert blocked.value.stage == "answer"
+    assert [f.kind for f in blocked.value.findings] == [FindingKind.CARD_NUMBER]
+    assert "4111" not in "".join(released)
