@@ -1,0 +1,26 @@
+"""``python -m tenantry_auth``: serve the edge."""
+
+from __future__ import annotations
+
+import uvicorn
+from tenantry_common.logging import configure_logging
+
+from tenantry_auth.app import build_app
+from tenantry_auth.config import Settings
+
+
+def main() -> None:
+    """Run the edge with uvicorn on the configured host and port."""
+    settings = Settings()
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
+
+
+if __name__ == "__main__":
+    main()

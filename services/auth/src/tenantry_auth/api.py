@@ -1,0 +1,1027 @@
+"""The edge's HTTP API. The tenant always comes from the verified token, never from input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Query,
+    Request,
+)
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.background import BackgroundTask
+from tenantry_common.auth import EDGE_ISSUER, Principal, Role, TokenVerifier, principal_dependency
+from tenantry_common.events import (
+    AuditStatus,
+    AuditType,
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    ChatMessage,
+    Citation,
+    FailureReason,
+    TenantConfig,
+    Tier,
+)
+from tenantry_common.ids import PLATFORM_TENANT_ID
+
+from tenantry_auth import repository as repo
+from tenantry_auth import service
+from tenantry_auth.replies import NoReplyPartition, PendingReply, ReplyRouter
+from tenantry_auth.security import tenant_of_client
+
+log = logging.getLogger("tenantry.auth.api")
+
+# --------------------------------------------------------------------------- errors
+
+_STATUS: dict[type[service.EdgeError], int] = {
+    service.NotFound: 404,
+    service.Conflict: 409,
+    service.Invalid: 422,
+    service.Forbidden: 403,
+    service.InvalidClient: 401,
+    service.RateLimited: 429,
+    service.BudgetRefused: 429,
+    service.Unavailable: 503,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Refusals become 4xx with a reason; an unreachable store becomes 503, never a crash."""
+
+    async def on_edge_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, service.EdgeError)
+        status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
+        body: dict[str, Any] = {"detail": exc.detail}
+        if isinstance(exc, service.InvalidClient):
+            body = {"error": "invalid_client", "error_description": exc.detail}
+        return JSONResponse(body, status_code=status, headers=exc.headers)
+
+    async def on_store_down(request: Request, exc: Exception) -> Response:
+        log.error("store unavailable", extra={"error_type": type(exc).__name__})
+        return JSONResponse(
+            {"detail": "a backing store is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    app.add_exception_handler(service.EdgeError, on_edge_error)
+    for exc_type in (RedisError, OperationalError, DBAPIError, ConnectionError, OSError):
+        app.add_exception_handler(exc_type, on_store_down)
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (a scheme name)
+    expires_in: int
+    role: Role
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["Acme Corp"])
+    tier: Tier = Tier.FREE
+    admin_contact: str = Field(
+        min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", examples=["admin@acme.test"]
+    )
+
+
+class TenantView(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    tier: str
+    status: str
+    status_detail: str
+    config_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantCreated(TenantView):
+    client_id: str = Field(description="The tenant admin's client id.")
+    client_secret: str = Field(description="Shown once; stored only as a hash.")
+
+
+class ClientCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+    role: Literal["member", "admin"] = "member"
+
+
+class ClientView(BaseModel):
+    client_id: str
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClientCreated(ClientView):
+    client_secret: str = Field(description="Shown once; stored only as a hash.")
+
+
+class ConfigView(BaseModel):
+    version: int
+    config: TenantConfig
+
+
+class DocumentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1, description="Plain text (size limited; larger → 413).")
+
+
+class DocumentAccepted(BaseModel):
+    document_id: uuid.UUID
+    status: str
+
+
+class DocumentView(BaseModel):
+    document_id: uuid.UUID
+    title: str
+    size_bytes: int
+    content_type: str
+    status: str
+    submitted_at: datetime
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentView]
+    total: int
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=16_000)
+    conversation_id: uuid.UUID | None = None
+    stream: bool = False
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatAnswer(BaseModel):
+    request_id: uuid.UUID
+    answer: str
+    citations: list[Citation]
+    cached: bool
+    usage: Usage
+
+
+class OpenAIMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=32_000)
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completion request the platform honours (others ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=200)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _deadline_body(request_id: uuid.UUID, seconds: float) -> dict[str, Any]:
+    return {
+        "error": "deadline_exceeded",
+        "detail": f"no answer within {seconds:g} s; the request was abandoned",
+        "request_id": str(request_id),
+    }
+
+
+_FAILURE_STATUS = {
+    FailureReason.MODEL_TIMEOUT: 504,
+    FailureReason.TENANT_INACTIVE: 403,
+    FailureReason.MODEL_NOT_ALLOWED: 400,
+    FailureReason.LEAKAGE_BLOCKED: 422,
+    FailureReason.MODEL_UNAVAILABLE: 503,
+    FailureReason.INTERNAL: 502,
+}
+
+
+def _failure_body(failed: ChatFailed) -> dict[str, Any]:
+    return {
+        "error": failed.reason.value,
+        "detail": failed.message,
+        "request_id": str(failed.request_id),
+    }
+
+
+# --------------------------------------------------------------------------- the router
+
+
+def api_router(
+    *, edge: service.Edge, verifier: TokenVerifier, replies: ReplyRouter, http: httpx.AsyncClient
+) -> APIRouter:
+    """Every route of the edge, bound to its ``Edge``."""
+    router = APIRouter()
+    settings = edge.settings
+    external_tenants = {e.issuer: e.tenant_id for e in settings.external_issuers}
+
+    async def deny(
+        request: Request,
+        reason: str,
+        *,
+        tenant_id: uuid.UUID = PLATFORM_TENANT_ID,
+        actor: str | None = None,
+    ) -> None:
+        await service.record_audit(
+            edge=edge,
+            tenant_id=tenant_id,
+            audit_type=AuditType.ACCESS_DENIED,
+            action=f"{request.method} {request.url.path}",
+            resource_type="endpoint",
+            resource_id=request.url.path[:200],
+            status=AuditStatus.FAILURE,
+            actor=actor,
+            error=reason[:500],
+            ip_address=client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+        )
+
+    async def on_unverified(request: Request, reason: str) -> None:
+        await deny(request, reason)
+
+    verified = principal_dependency(verifier, on_unverified)
+
+    async def current_principal(
+        request: Request, principal: Annotated[Principal, Depends(verified)]
+    ) -> Principal:
+        reason: str | None = None
+        if principal.issuer == EDGE_ISSUER:
+            if principal.client_id is None:
+                reason = "token has no client_id"
+            elif tenant_of_client(principal.client_id) != principal.tenant_id:
+                reason = "token's client does not belong to its tenant"
+        else:
+            bound = external_tenants.get(principal.issuer)
+            if bound != principal.tenant_id:
+                reason = "external issuer may not speak for this tenant"
+            elif principal.role is Role.OPERATOR:
+                reason = "external issuers cannot grant the operator role"
+        if reason is None:
+            client = principal.client_id if principal.issuer == EDGE_ISSUER else None
+            reason = await edge.guard.refusal(tenant_id=principal.tenant_id, client_id=client)
+        if reason is not None:
+            await deny(request, reason, tenant_id=principal.tenant_id, actor=principal.subject)
+            raise HTTPException(
+                401,
+                detail=f"invalid token: {reason}",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return principal
+
+    def requires(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+        async def check(
+            request: Request, principal: Annotated[Principal, Depends(current_principal)]
+        ) -> Principal:
+            if principal.role not in roles:
+                await deny(
+                    request,
+                    f"role {principal.role.value} may not do this",
+                    tenant_id=principal.tenant_id,
+                    actor=principal.subject,
+                )
+                raise HTTPException(
+                    403, detail=f"requires role {' or '.join(r.value for r in roles)}"
+                )
+            return principal
+
+        return check
+
+    Operator = Annotated[Principal, Depends(requires(Role.OPERATOR))]
+    TenantAdmin = Annotated[Principal, Depends(requires(Role.ADMIN))]
+    TenantUser = Annotated[Principal, Depends(requires(Role.MEMBER, Role.ADMIN))]
+    AnyPrincipal = Annotated[Principal, Depends(current_principal)]
+
+    async def forbid_other_tenant(
+        request: Request, principal: Principal, tenant_id: uuid.UUID
+    ) -> None:
+        if principal.role is Role.OPERATOR or principal.tenant_id == tenant_id:
+            return
+        await deny(
+            request,
+            "another tenant's resource",
+            tenant_id=principal.tenant_id,
+            actor=principal.subject,
+        )
+        raise HTTPException(403, detail="this token may not act on another tenant")
+
+    # ----------------------------------------------------------------- identity
+
+    @router.get("/.well-known/jwks.json", tags=["identity"])
+    async def jwks() -> dict[str, Any]:
+        """The public keys of every token this edge issued that may still be valid."""
+        return edge.keys.jwks()
+
+    @router.post(
+        "/v1/oauth/token",
+        tags=["identity"],
+        response_model=TokenResponse,
+        responses={400: {"model": Problem}, 401: {"model": Problem}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    media: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["grant_type", "client_id", "client_secret"],
+                            "properties": {
+                                "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                                "client_id": {"type": "string", "maxLength": 100},
+                                "client_secret": {"type": "string", "maxLength": 200},
+                            },
+                        }
+                    }
+                    for media in ("application/x-www-form-urlencoded", "application/json")
+                },
+            }
+        },
+    )
+    async def token(request: Request) -> Response:
+        """OAuth2 client-credentials grant (form or JSON body)."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if content_type == "application/json":
+                data = json.loads(await request.body() or b"null")
+            elif content_type == "application/x-www-form-urlencoded":
+                data = dict(await request.form())
+            else:
+                return _oauth_error("invalid_request", "send a form or JSON body", 400)
+        except (ValueError, UnicodeDecodeError):
+            return _oauth_error("invalid_request", "the body could not be parsed", 400)
+        if not isinstance(data, dict):
+            return _oauth_error("invalid_request", "the body must be an object", 400)
+        grant, client_id, secret = (
+            data.get(k) for k in ("grant_type", "client_id", "client_secret")
+        )
+        if grant != "client_credentials":
+            return _oauth_error(
+                "unsupported_grant_type", "only client_credentials is supported", 400
+            )
+        if (
+            not isinstance(client_id, str)
+            or not isinstance(secret, str)
+            or not client_id
+            or not secret
+        ):
+            return _oauth_error("invalid_request", "client_id and client_secret are required", 400)
+        try:
+            access, ttl, role = await service.issue_token(
+                edge=edge, client_id=client_id, client_secret=secret
+            )
+        except service.InvalidClient as exc:
+            await deny(request, f"token request refused: {exc.detail}", actor=client_id[:100])
+            return _oauth_error("invalid_client", exc.detail, 401)
+        body = TokenResponse(access_token=access, expires_in=ttl, role=role)
+        return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+    # ----------------------------------------------------------------- tenants
+
+    def tenant_view(tenant: Any) -> TenantView:
+        return TenantView.model_validate(tenant, from_attributes=True)
+
+    @router.post("/v1/tenants", tags=["tenants"], status_code=201, response_model=TenantCreated)
+    async def create_tenant(body: TenantCreate, principal: Operator) -> TenantCreated:
+        """Onboard a tenant: it becomes active when every service has acknowledged it."""
+        made = await service.provision_tenant(
+            edge=edge,
+            name=body.name,
+            tier=body.tier,
+            admin_contact=body.admin_contact,
+            actor=principal.subject,
+        )
+        view = tenant_view(made.tenant)
+        return TenantCreated(
+            **view.model_dump(), client_id=made.client_id, client_secret=made.client_secret
+        )
+
+    @router.get("/v1/tenants", tags=["tenants"], response_model=list[TenantView])
+    async def list_tenants(principal: Operator) -> list[TenantView]:
+        """Every tenant (operators)."""
+        async with edge.sessions() as session:
+            return [tenant_view(t) for t in await repo.list_all_tenants(session=session)]
+
+    @router.get("/v1/tenants/{tenant_id}", tags=["tenants"], response_model=TenantView)
+    async def get_tenant(
+        tenant_id: uuid.UUID, request: Request, principal: AnyPrincipal
+    ) -> TenantView:
+        """A tenant's status (operators, or that tenant's own users)."""
+        await forbid_other_tenant(request, principal, tenant_id)
+        async with edge.sessions() as session:
+            tenant = await repo.get_tenant(session=session, tenant_id=tenant_id)
+        if tenant is None:
+            raise HTTPException(404, detail="no such tenant")
+        return tenant_view(tenant)
+
+    @router.delete(
+        "/v1/tenants/{tenant_id}", tags=["tenants"], status_code=202, response_model=TenantView
+    )
+    async def offboard(tenant_id: uuid.UUID, principal: Operator) -> TenantView:
+        """Offboard a tenant: every token and credential of it is refused from now on."""
+        tenant = await service.offboard_tenant(
+            edge=edge, tenant_id=tenant_id, actor=principal.subject, reason="offboarded by operator"
+        )
+        return tenant_view(tenant)
+
+    # ----------------------------------------------------------------- clients
+
+    def client_view(client: Any) -> ClientView:
+        return ClientView.model_validate(client, from_attributes=True)
+
+    @router.post("/v1/clients", tags=["clients"], status_code=201, response_model=ClientCreated)
+    async def create_client(body: ClientCreate, principal: TenantAdmin) -> ClientCreated:
+        """New client credentials for the caller's tenant (the secret is shown once)."""
+        client, secret = await service.create_client(
+            edge=edge, tenant_id=principal.tenant_id, role=Role(body.role), name=body.name
+        )
+        return ClientCreated(**client_view(client).model_dump(), client_secret=secret)
+
+    @router.get("/v1/clients", tags=["clients"], response_model=list[ClientView])
+    async def list_clients(principal: TenantAdmin) -> list[ClientView]:
+        """The caller's tenant's clients."""
+        async with edge.sessions() as session:
+            clients = await repo.list_clients(session=session, tenant_id=principal.tenant_id)
+        return [client_view(c) for c in clients]
+
+    @router.delete("/v1/clients/{client_id}", tags=["clients"], status_code=204)
+    async def revoke_client(
+        client_id: Annotated[str, Field(max_length=100)], principal: TenantAdmin
+    ) -> Response:
+        """Revoke one of the caller's tenant's clients: its tokens are refused at once."""
+        await service.revoke_client(
+            edge=edge, tenant_id=principal.tenant_id, client_id=client_id, actor=principal.subject
+        )
+        return Response(status_code=204)
+
+    @router.delete("/v1/tenants/{tenant_id}/clients/{client_id}", tags=["clients"], status_code=204)
+    async def operator_revoke_client(
+        tenant_id: uuid.UUID, client_id: Annotated[str, Field(max_length=100)], principal: Operator
+    ) -> Response:
+        """Revoke a client of any tenant (operators)."""
+        await service.revoke_client(
+            edge=edge, tenant_id=tenant_id, client_id=client_id, actor=principal.subject
+        )
+        return Response(status_code=204)
+
+    # ----------------------------------------------------------------- configuration
+
+    @router.get("/v1/config", tags=["config"], response_model=ConfigView)
+    async def get_config(principal: TenantAdmin) -> ConfigView:
+        """The caller's tenant's current configuration."""
+        config, version = await service.load_config(edge=edge, tenant_id=principal.tenant_id)
+        return ConfigView(version=version, config=config)
+
+    @router.put(
+        "/v1/config",
+        tags=["config"],
+        response_model=ConfigView,
+        responses={409: {"model": Problem}, 422: {"model": Problem}},
+    )
+    async def put_config(body: service.ConfigUpdate, principal: TenantAdmin) -> ConfigView:
+        """Change the configuration (validated, versioned, audited, published)."""
+        config, version = await service.update_config(
+            edge=edge, tenant_id=principal.tenant_id, update=body, actor=principal.subject
+        )
+        return ConfigView(version=version, config=config)
+
+    # ----------------------------------------------------------------- documents
+
+    @router.post(
+        "/v1/documents",
+        tags=["documents"],
+        status_code=202,
+        response_model=DocumentAccepted,
+        responses={413: {"model": Problem}, 415: {"model": Problem}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": DocumentCreate.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "title": {"type": "string", "maxLength": 500},
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def submit_document(request: Request, principal: TenantAdmin) -> DocumentAccepted:
+        """Submit a document (JSON text or a UTF-8 file upload) for ingestion."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            try:
+                body = DocumentCreate.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise HTTPException(
+                    422, detail=exc.errors(include_input=False, include_url=False)
+                ) from None
+            title, text, kind = body.title, body.text, "text/plain"
+        elif content_type == "multipart/form-data":
+            title, text, kind = await _read_upload(request)
+        else:
+            raise HTTPException(415, detail="send application/json or multipart/form-data")
+        if len(text.encode()) > settings.max_document_bytes:
+            raise HTTPException(
+                413, detail=f"document larger than {settings.max_document_bytes} bytes"
+            )
+        if not text.strip():
+            raise HTTPException(422, detail="the document is empty")
+        document = await service.submit_document(
+            edge=edge, principal=principal, title=title, text=text, content_type=kind
+        )
+        return DocumentAccepted(document_id=document.document_id, status=document.status)
+
+    async def _read_upload(request: Request) -> tuple[str, str, str]:
+        try:
+            form = await request.form(max_files=1, max_fields=5)
+        except Exception:
+            raise HTTPException(400, detail="the multipart body could not be parsed") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, detail="a 'file' part is required")
+        raw = await upload.read(settings.max_document_bytes + 1)
+        if len(raw) > settings.max_document_bytes:
+            raise HTTPException(
+                413, detail=f"document larger than {settings.max_document_bytes} bytes"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(415, detail="only UTF-8 text files are accepted") from None
+        if "\x00" in text:
+            raise HTTPException(415, detail="only text files are accepted")
+        title_field = form.get("title")
+        title = (
+            title_field
+            if isinstance(title_field, str) and title_field.strip()
+            else (upload.filename or "")
+        )
+        title = title.strip()[:500] or "untitled"
+        kind = (upload.content_type or "text/plain")[:100]
+        return title, text, kind
+
+    @router.get("/v1/documents", tags=["documents"], response_model=DocumentList)
+    async def list_documents(
+        principal: TenantAdmin,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> DocumentList:
+        """The caller's tenant's documents (not deleted), newest first."""
+        async with edge.sessions() as session:
+            rows, total = await repo.list_documents(
+                session=session, tenant_id=principal.tenant_id, limit=limit, offset=offset
+            )
+        return DocumentList(
+            documents=[DocumentView.model_validate(r, from_attributes=True) for r in rows],
+            total=total,
+        )
+
+    @router.delete(
+        "/v1/documents/{document_id}",
+        tags=["documents"],
+        status_code=202,
+        response_model=DocumentAccepted,
+    )
+    async def delete_document(document_id: uuid.UUID, principal: TenantAdmin) -> DocumentAccepted:
+        """Delete one of the caller's tenant's documents."""
+        await service.delete_document(edge=edge, principal=principal, document_id=document_id)
+        return DocumentAccepted(document_id=document_id, status="deleted")
+
+    # ----------------------------------------------------------------- chat
+
+    async def admit(
+        principal: Principal,
+        *,
+        request_id: uuid.UUID,
+        question: str,
+        history: list[ChatMessage],
+        conversation_id: uuid.UUID | None,
+        stream: bool,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> service.AdmittedChat:
+        try:
+            partition = replies.reply_partition()
+        except NoReplyPartition:
+            raise service.Unavailable(
+                "this replica cannot receive answers right now", {"Retry-After": "5"}
+            ) from None
+        return await service.admit_chat(
+            edge=edge,
+            principal=principal,
+            request_id=request_id,
+            question=question,
+            history=history,
+            conversation_id=conversation_id,
+            stream=stream,
+            reply_partition=partition,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+
+    def wants_stream(request: Request, stream: bool) -> bool:
+        return stream or "text/event-stream" in request.headers.get("accept", "")
+
+    async def first_event(
+        pending: PendingReply, deadline: float
+    ) -> tuple[ChatDelta | ChatCompleted | ChatFailed | None, AsyncIterator[Any]]:
+        events = pending.events(timeout_s=deadline)
+        try:
+            return await anext(events), events
+        except (TimeoutError, StopAsyncIteration):
+            return None, events
+
+    async def next_event(
+        events: AsyncIterator[Any],
+    ) -> ChatDelta | ChatCompleted | ChatFailed | None:
+        try:
+            event: ChatDelta | ChatCompleted | ChatFailed = await anext(events)
+            return event
+        except (TimeoutError, StopAsyncIteration):
+            return None
+
+    @router.post(
+        "/v1/chat",
+        tags=["chat"],
+        response_model=ChatAnswer,
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            429: {"model": Problem},
+            503: {"model": Problem},
+            504: {"model": Problem},
+        },
+    )
+    async def chat(body: ChatRequest, request: Request, principal: TenantUser) -> Response:
+        """Ask a question over the tenant's documents (JSON, or Server-Sent Events)."""
+        stream = wants_stream(request, body.stream)
+        deadline = settings.chat_deadline_s
+        request_id = uuid.uuid4()
+        pending = replies.register(request_id)
+        handed_over = False
+        try:
+            admitted = await admit(
+                principal,
+                request_id=request_id,
+                question=body.question,
+                history=[],
+                conversation_id=body.conversation_id,
+                stream=stream,
+            )
+            headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
+            first, events = await first_event(pending, deadline)
+            if first is None:
+                return JSONResponse(
+                    _deadline_body(request_id, deadline), status_code=504, headers=headers
+                )
+            if isinstance(first, ChatFailed):
+                status = _FAILURE_STATUS[first.reason]
+                return JSONResponse(_failure_body(first), status_code=status, headers=headers)
+            if not stream:
+                event: ChatDelta | ChatCompleted | ChatFailed | None = first
+                while isinstance(event, ChatDelta):
+                    event = await next_event(events)
+                if isinstance(event, ChatCompleted):
+                    return JSONResponse(service.answer_body(event), headers=headers)
+                if isinstance(event, ChatFailed):
+                    status = _FAILURE_STATUS[event.reason]
+                    return JSONResponse(_failure_body(event), status_code=status, headers=headers)
+                return JSONResponse(
+                    _deadline_body(request_id, deadline), status_code=504, headers=headers
+                )
+
+            async def sse() -> AsyncIterator[str]:
+                try:
+                    event: ChatDelta | ChatCompleted | ChatFailed | None = first
+                    while True:
+                        if isinstance(event, ChatDelta):
+                            yield _sse(
+                                "delta",
+                                {
+                                    "request_id": str(request_id),
+                                    "seq": event.seq,
+                                    "delta": event.delta,
+                                },
+                            )
+                        elif isinstance(event, ChatCompleted):
+                            yield _sse("completed", service.answer_body(event))
+                            return
+                        elif isinstance(event, ChatFailed):
+                            yield _sse("error", _failure_body(event))
+                            return
+                        else:
+                            yield _sse("error", _deadline_body(request_id, deadline))
+                            return
+                        event = await next_event(events)
+                finally:
+                    replies.forget(request_id)
+
+            handed_over = True
+            return StreamingResponse(
+                sse(),
+                media_type="text/event-stream",
+                headers=headers | {"Cache-Control": "no-cache"},
+            )
+        finally:
+            if not handed_over:
+                replies.forget(request_id)
+
+    @router.post(
+        "/v1/chat/completions",
+        tags=["chat"],
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            429: {"model": Problem},
+            504: {"model": Problem},
+        },
+    )
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, principal: TenantUser
+    ) -> Response:
+        """OpenAI-compatible chat completions (whole or streamed)."""
+        user_turns = [i for i, m in enumerate(body.messages) if m.role == "user"]
+        if not user_turns or not body.messages[user_turns[-1]].content.strip():
+            return _openai_error(
+                "the last user message is missing or empty", 400, "invalid_request_error"
+            )
+        last = user_turns[-1]
+        question = body.messages[last].content[:16_000]
+        history = [ChatMessage(role=m.role, content=m.content) for m in body.messages[:last]]
+        stream = wants_stream(request, body.stream)
+        deadline = settings.chat_deadline_s
+        request_id = uuid.uuid4()
+        pending = replies.register(request_id)
+        handed_over = False
+        try:
+            try:
+                admitted = await admit(
+                    principal,
+                    request_id=request_id,
+                    question=question,
+                    history=history,
+                    conversation_id=None,
+                    stream=stream,
+                    model=body.model,
+                    max_tokens=body.max_tokens,
+                    temperature=body.temperature,
+                )
+            except service.EdgeError as exc:
+                status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
+                kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+                return _openai_error(exc.detail, status, kind, exc.headers)
+            headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
+            timeout_detail = str(_deadline_body(request_id, deadline)["detail"])
+            first, events = await first_event(pending, deadline)
+            if first is None:
+                return _openai_error(timeout_detail, 504, "deadline_exceeded", headers)
+            if isinstance(first, ChatFailed):
+                status = _FAILURE_STATUS[first.reason]
+                return _openai_error(first.message, status, first.reason.value, headers)
+            chunk_id = f"chatcmpl-{request_id}"
+            created = int(time.time())
+            if not stream:
+                event: ChatDelta | ChatCompleted | ChatFailed | None = first
+                while isinstance(event, ChatDelta):
+                    event = await next_event(events)
+                if isinstance(event, ChatCompleted):
+                    return JSONResponse(
+                        _openai_completion(chunk_id, created, event), headers=headers
+                    )
+                if isinstance(event, ChatFailed):
+                    status = _FAILURE_STATUS[event.reason]
+                    return _openai_error(event.message, status, event.reason.value, headers)
+                return _openai_error(timeout_detail, 504, "deadline_exceeded", headers)
+            model = admitted.request.options.model
+
+            def chunk(delta: dict[str, str], finish: str | None) -> str:
+                data = {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+                return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+            def error_chunk(message: str, kind: str) -> str:
+                return f"data: {json.dumps({'error': {'message': message, 'type': kind}})}\n\n"
+
+            async def sse() -> AsyncIterator[str]:
+                try:
+                    yield chunk({"role": "assistant"}, None)
+                    event: ChatDelta | ChatCompleted | ChatFailed | None = first
+                    streamed = False
+                    while True:
+                        if isinstance(event, ChatDelta):
+                            streamed = True
+                            yield chunk({"content": event.delta}, None)
+                        elif isinstance(event, ChatCompleted):
+                            if not streamed:
+                                yield chunk({"content": event.answer}, None)
+                            yield chunk({}, "stop")
+                            break
+                        elif isinstance(event, ChatFailed):
+                            yield error_chunk(event.message, event.reason.value)
+                            break
+                        else:
+                            yield error_chunk(timeout_detail, "deadline_exceeded")
+                            break
+                        event = await next_event(events)
+                    yield "data: [DONE]\n\n"
+                finally:
+                    replies.forget(request_id)
+
+            handed_over = True
+            return StreamingResponse(
+                sse(),
+                media_type="text/event-stream",
+                headers=headers | {"Cache-Control": "no-cache"},
+            )
+        finally:
+            if not handed_over:
+                replies.forget(request_id)
+
+    # ----------------------------------------------------------------- forwarded queries
+
+    async def forward(request: Request, url: str) -> Response:
+        upstream_request = http.build_request(
+            "GET",
+            url,
+            params=request.query_params,
+            headers={
+                "Authorization": request.headers.get("authorization", ""),
+                "Accept": request.headers.get("accept", "*/*"),
+            },
+        )
+        try:
+            upstream = await http.send(upstream_request, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("forwarded query failed", extra={"error_type": type(exc).__name__})
+            return JSONResponse({"detail": "the upstream service is unreachable"}, status_code=502)
+        passed = {
+            k: v
+            for k, v in upstream.headers.items()
+            if k.lower() in ("content-type", "content-disposition", "cache-control")
+        }
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            headers=passed,
+            background=BackgroundTask(upstream.aclose),
+        )
+
+    Period = Annotated[Literal["day", "month"] | None, Query()]
+    Day = Annotated[str | None, Query(max_length=40)]
+
+    @router.get("/v1/usage", tags=["forwarded"], responses={502: {"model": Problem}})
+    async def usage(
+        request: Request,
+        principal: TenantAdmin,
+        period: Period = None,
+        start: Day = None,
+        end: Day = None,
+        format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    ) -> Response:
+        """The caller's tenant's usage (forwarded to metering)."""
+        return await forward(request, f"{settings.metering_url}/v1/usage")
+
+    @router.get(
+        "/v1/tenants/{tenant_id}/usage", tags=["forwarded"], responses={502: {"model": Problem}}
+    )
+    async def tenant_usage(
+        tenant_id: uuid.UUID,
+        request: Request,
+        principal: Operator,
+        period: Period = None,
+        start: Day = None,
+        end: Day = None,
+        format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    ) -> Response:
+        """Any tenant's usage (operators; forwarded to metering)."""
+        return await forward(request, f"{settings.metering_url}/v1/tenants/{tenant_id}/usage")
+
+    @router.get("/v1/audit/export", tags=["forwarded"], responses={502: {"model": Problem}})
+    async def audit_export(
+        request: Request,
+        principal: TenantAdmin,
+        start: Day = None,
+        end: Day = None,
+        format: Annotated[Literal["csv", "jsonl"] | None, Query()] = None,
+    ) -> Response:
+        """The caller's tenant's audit log (forwarded to audit)."""
+        return await forward(request, f"{settings.audit_url}/v1/audit/export")
+
+    @router.get("/v1/audit/verify", tags=["forwarded"], responses={502: {"model": Problem}})
+    async def audit_verify(request: Request, principal: TenantAdmin) -> Response:
+        """Verify the caller's tenant's audit hash chain (forwarded to audit)."""
+        return await forward(request, f"{settings.audit_url}/v1/audit/verify")
+
+    @router.get(
+        "/v1/tenants/{tenant_id}/audit/export",
+        tags=["forwarded"],
+        responses={502: {"model": Problem}},
+    )
+    async def tenant_audit_export(
+        tenant_id: uuid.UUID,
+        request: Request,
+        principal: Operator,
+        start: Day = None,
+        end: Day = None,
+        format: Annotated[Literal["csv", "jsonl"] | None, Query()] = None,
+    ) -> Response:
+        """Any tenant's audit log (operators; forwarded to audit)."""
+        return await forward(request, f"{settings.audit_url}/v1/tenants/{tenant_id}/audit/export")
+
+    return router
+
+
+def _oauth_error(code: str, description: str, status: int) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Basic"
+    return JSONResponse(
+        {"error": code, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": event.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": event.answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": event.usage.prompt_tokens,
+            "completion_tokens": event.usage.completion_tokens,
+            "total_tokens": event.usage.total_tokens,
+        },
+    }
+
+
+def _openai_error(
+    message: str, status: int, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": kind}},
+        status_code=status,
+        headers=headers,
+    )

@@ -1,0 +1,197 @@
+"""The edge's composition root: ``build_app(settings)`` wires stores, broker, replies, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenantry_common.auth import EDGE_ISSUER, JwksUrlKeys, KeySource, TokenVerifier
+from tenantry_common.budget import BudgetStore
+from tenantry_common.db import create_engine, ensure_database, run_migrations, session_factory
+from tenantry_common.events import Event
+from tenantry_common.health import broker_check, db_check, health_router, redis_check
+from tenantry_common.messaging import build_broker, publish_event
+from tenantry_common.metrics import metrics_router
+from tenantry_common.redis import create_redis
+from tenantry_common.telemetry import setup_tracing
+from tenantry_common.topics import TopicSpec
+
+from tenantry_auth import service
+from tenantry_auth.access import AccessGuard
+from tenantry_auth.api import api_router, install_error_handlers
+from tenantry_auth.config import Settings
+from tenantry_auth.handlers import lifecycle_router
+from tenantry_auth.keys import KeyCipher, KeyRing
+from tenantry_auth.limits import BodySizeLimit
+from tenantry_auth.ratelimit import RateLimiter
+from tenantry_auth.replies import ReplyRouter
+from tenantry_auth.security import SecretHasher
+
+log = logging.getLogger("tenantry.auth")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def migrate(settings: Settings) -> None:
+    """Create the database if needed and upgrade it, one replica at a time."""
+    await ensure_database(settings.postgres_dsn)
+    engine = create_engine(settings.postgres_dsn, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(hashtext('tenantry-auth-migrate'))"))
+            await conn.commit()
+            try:
+                await asyncio.to_thread(run_migrations, settings.postgres_dsn, MIGRATIONS)
+            finally:
+                await conn.execute(
+                    text("SELECT pg_advisory_unlock(hashtext('tenantry-auth-migrate'))")
+                )
+                await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+def build_edge(
+    settings: Settings, *, engine: AsyncEngine, redis: Redis, broker: KafkaBroker
+) -> service.Edge:
+    """The ``Edge`` the logic works with, over the given connections."""
+    sessions = session_factory(engine)
+
+    async def publish(topic: TopicSpec, event: Event) -> None:
+        await publish_event(broker, topic, event)
+
+    return service.Edge(
+        settings=settings,
+        sessions=sessions,
+        redis=redis,
+        publish=publish,
+        guard=AccessGuard(redis=redis, sessions=sessions),
+        keys=KeyRing(
+            sessions=sessions,
+            cipher=KeyCipher(settings.signing_key_secret.get_secret_value()),
+            token_ttl_s=settings.token_ttl_s,
+        ),
+        hasher=SecretHasher(
+            time_cost=settings.password_hash_time_cost,
+            memory_kib=settings.password_hash_memory_kib,
+        ),
+        budgets=BudgetStore(redis),
+        rates=RateLimiter(redis),
+    )
+
+
+def build_verifier(settings: Settings, keys: KeyRing) -> TokenVerifier:
+    """Tokens of this edge, and of the external issuers named in settings (never in tokens)."""
+    issuers: dict[str, KeySource] = {EDGE_ISSUER: keys}
+    for external in settings.external_issuers:
+        issuers[external.issuer] = JwksUrlKeys(external.jwks_url)
+    return TokenVerifier(issuers=issuers, algorithms=("EdDSA", "ES256", "RS256"))
+
+
+async def _every(seconds: float, what: str, job: object) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()  # type: ignore[operator]
+        except Exception as exc:
+            log.warning(f"{what} failed", extra={"error_type": type(exc).__name__})
+
+
+def build_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    migrate_on_start: bool = True,
+) -> FastAPI:
+    """The edge's FastAPI app; its lifespan starts and stops everything it uses."""
+    settings = settings or Settings()
+    registry = registry or CollectorRegistry()
+    tracer = setup_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
+    engine = create_engine(settings.postgres_dsn)
+    redis = create_redis(settings.redis_url)
+    broker = build_broker(settings, registry=registry, tracer_provider=tracer, client_id="edge")
+    edge = build_edge(settings, engine=engine, redis=redis, broker=broker)
+    replies = ReplyRouter(
+        redis=redis,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        namespace=settings.reply_lease_namespace,
+        lease_ttl_s=settings.reply_lease_ttl_s,
+    )
+    verifier = build_verifier(settings, edge.keys)
+    broker.include_router(lifecycle_router(settings, edge))
+    http = httpx.AsyncClient(timeout=settings.forward_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate_on_start:
+            await migrate(settings)
+        await service.ensure_platform_tenant(sessions=edge.sessions)
+        if settings.bootstrap_operator_secret is not None:
+            await service.bootstrap_operator(
+                edge=edge,
+                client_id=settings.bootstrap_operator_client_id,
+                secret=settings.bootstrap_operator_secret.get_secret_value(),
+            )
+        await edge.keys.load()
+        await broker.start()
+        await replies.start()
+        tasks = [
+            asyncio.create_task(_every(settings.key_refresh_s, "key reload", edge.keys.load)),
+            asyncio.create_task(
+                _every(
+                    settings.onboarding_sweep_s,
+                    "onboarding sweep",
+                    lambda: service.sweep_stalled_onboardings(edge=edge),
+                )
+            ),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await replies.stop()
+            await broker.stop()
+            await http.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Tenantry edge",
+        version="1.0.0",
+        description="Identity, tenants, configuration, limits and the chat API of Tenantry.",
+        lifespan=lifespan,
+    )
+    app.state.edge = edge
+    app.state.replies = replies
+    app.state.http = http
+    app.state.settings = settings
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.max_json_body_bytes,
+        upload_limit=settings.max_document_bytes + 64_000,
+        upload_paths=("/v1/documents",),
+    )
+    install_error_handlers(app)
+    app.include_router(
+        health_router(
+            {"broker": broker_check(broker), "db": db_check(engine), "redis": redis_check(redis)}
+        )
+    )
+    app.include_router(metrics_router(registry))
+    app.include_router(api_router(edge=edge, verifier=verifier, replies=replies, http=http))
+    return app

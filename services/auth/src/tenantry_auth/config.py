@@ -1,0 +1,73 @@
+"""The edge's settings (environment variables ``TENANTRY_*``)."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+from tenantry_common.settings import CommonSettings, refuse_placeholder
+
+DEFAULT_LIFECYCLE_SERVICES = ("retrieval", "inference", "metering", "audit")
+
+
+class ExternalIssuer(BaseModel):
+    """A customer's identity provider whose tokens the edge accepts, for one tenant only."""
+
+    issuer: str = Field(min_length=1)
+    jwks_url: str = Field(min_length=1)
+    tenant_id: uuid.UUID = Field(description="The only tenant this issuer may speak for.")
+
+
+class Settings(CommonSettings):
+    """Settings of the edge (services/auth)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANTRY_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    service_name: str = "auth"
+    postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry_auth"
+    http_port: int = 8000
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="How other services reach this edge."
+    )
+
+    token_ttl_s: int = Field(default=900, ge=60, le=24 * 3600)
+    #: Encrypts the signing keys' private halves at rest (AES-GCM, key derived by HKDF).
+    signing_key_secret: SecretStr = SecretStr("local-dev-signing-secret")
+    key_refresh_s: float = Field(default=15.0, gt=0, description="Reload signing keys this often.")
+    #: When set, an operator client ``bootstrap_operator_client_id`` with this secret is
+    #: created (or its secret reset) at start: the documented way to the first operator token.
+    bootstrap_operator_secret: SecretStr | None = None
+    bootstrap_operator_client_id: str = "operator"
+    external_issuers: list[ExternalIssuer] = Field(default_factory=list)
+    password_hash_time_cost: int = Field(default=2, ge=1)
+    password_hash_memory_kib: int = Field(default=19_456, ge=1024)
+
+    lifecycle_services: list[str] = Field(default_factory=lambda: list(DEFAULT_LIFECYCLE_SERVICES))
+    onboarding_timeout_s: float = Field(default=120.0, gt=0)
+    onboarding_sweep_s: float = Field(default=2.0, gt=0)
+
+    chat_deadline_s: float = Field(default=60.0, gt=0)
+    reply_lease_namespace: str = "tenantry:edge:reply-partition"
+    reply_lease_ttl_s: float = Field(default=10.0, gt=1)
+    redis_retry_after_s: int = Field(default=5, ge=1)
+
+    max_document_bytes: int = Field(default=1_000_000, ge=1)
+    max_json_body_bytes: int = Field(default=256_000, ge=1024)
+
+    metering_url: str = "http://127.0.0.1:8003"
+    audit_url: str = "http://127.0.0.1:8004"
+    forward_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        refuse_placeholder(self.signing_key_secret, self.environment, "signing_key_secret")
+        if self.bootstrap_operator_secret is not None:
+            refuse_placeholder(
+                self.bootstrap_operator_secret, self.environment, "bootstrap_operator_secret"
+            )
+            if len(self.bootstrap_operator_secret.get_secret_value()) < 16:
+                raise ValueError("bootstrap_operator_secret must be at least 16 characters")
+        return self

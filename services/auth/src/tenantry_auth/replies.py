@@ -1,0 +1,232 @@
+"""Routing chat answers back to the replica that holds the HTTP request.
+
+Each edge replica leases one partition of ``chat.responses.v1`` in Redis (``SET NX`` with a TTL
+it keeps refreshing) and reads only that partition, by manual assignment (no consumer group),
+from its end at start. Requests carry ``reply_to.partition`` = the leased partition; answers are
+dispatched to waiting requests by ``request_id``. No replica reads another replica's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from tenantry_common.events import ChatCompleted, ChatDelta, ChatFailed, ChatResponseEvent
+from tenantry_common.topics import CHAT_RESPONSES
+
+log = logging.getLogger("tenantry.auth.replies")
+
+_RESPONSE = TypeAdapter[ChatDelta | ChatCompleted | ChatFailed](ChatResponseEvent)
+
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Final = ChatCompleted | ChatFailed
+
+
+class NoReplyPartition(Exception):
+    """This replica holds no reply partition (Redis unreachable or all leased)."""
+
+
+@dataclass
+class PendingReply:
+    """Answers for one request, as they arrive; deltas are released in ``seq`` order."""
+
+    request_id: uuid.UUID
+    queue: asyncio.Queue[ChatDelta | Final] = field(default_factory=asyncio.Queue)
+    _next_seq: int = 0
+    _held: dict[int, ChatDelta] = field(default_factory=dict)
+
+    def offer(self, event: ChatDelta | Final) -> None:
+        if isinstance(event, ChatDelta):
+            if event.seq < self._next_seq:
+                return  # a redelivered piece
+            self._held[event.seq] = event
+            while self._next_seq in self._held:
+                self.queue.put_nowait(self._held.pop(self._next_seq))
+                self._next_seq += 1
+        else:
+            self.queue.put_nowait(event)
+
+    async def events(self, *, timeout_s: float) -> AsyncIterator[ChatDelta | Final]:
+        """Deltas in order then the final event; TimeoutError when the deadline passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            event = await asyncio.wait_for(self.queue.get(), remaining)
+            yield event
+            if not isinstance(event, ChatDelta):
+                return
+
+
+class ReplyRouter:
+    """Holds a partition lease, reads that partition, and dispatches answers."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        bootstrap_servers: str,
+        namespace: str,
+        lease_ttl_s: float,
+        partitions: int = CHAT_RESPONSES.partitions,
+        topic: str = CHAT_RESPONSES.name,
+    ) -> None:
+        self.redis = redis
+        self.bootstrap_servers = bootstrap_servers
+        self.namespace = namespace
+        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.partitions = partitions
+        self.topic = topic
+        self.owner = uuid.uuid4().hex
+        self.partition: int | None = None
+        self._pending: dict[uuid.UUID, PendingReply] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refresh = redis.register_script(_REFRESH)
+        self._release = redis.register_script(_RELEASE)
+        self._assigned = asyncio.Event()
+
+    def _key(self, partition: int) -> str:
+        return f"{self.namespace}:{partition}"
+
+    async def _acquire(self) -> int | None:
+        for n in range(self.partitions):
+            if await self.redis.set(self._key(n), self.owner, nx=True, px=self.lease_ttl_ms):
+                return n
+        return None
+
+    async def start(self, *, wait_s: float = 10.0) -> None:
+        """Start the lease keeper and the reader; wait (bounded) until a partition is read."""
+        self._tasks = [
+            asyncio.create_task(self._keep_lease(), name="reply-lease"),
+            asyncio.create_task(self._read(), name="reply-reader"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._assigned.wait(), wait_s)
+
+    async def stop(self) -> None:
+        """Stop reading and give the lease back."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        if self.partition is not None:
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[self._key(self.partition)], args=[self.owner])
+
+    @property
+    def ready(self) -> bool:
+        return self.partition is not None and self._assigned.is_set()
+
+    async def _keep_lease(self) -> None:
+        interval = self.lease_ttl_ms / 3000
+        while True:
+            try:
+                if self.partition is None:
+                    self.partition = await self._acquire()
+                    if self.partition is None:
+                        log.error("no free reply partition; chat is unavailable on this replica")
+                    else:
+                        log.info("reply partition leased", extra={"partition": self.partition})
+                elif not await self._refresh(
+                    keys=[self._key(self.partition)], args=[self.owner, self.lease_ttl_ms]
+                ):
+                    # Lost (e.g. Redis was away longer than the TTL): take a partition anew.
+                    log.error("reply partition lease lost", extra={"partition": self.partition})
+                    self.partition = None
+                    self._assigned.clear()
+                    continue
+            except RedisError as exc:
+                log.warning("reply lease refresh failed", extra={"error_type": type(exc).__name__})
+            await asyncio.sleep(interval)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                await self._read_assigned()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "reply reader failed; restarting", extra={"error_type": type(exc).__name__}
+                )
+                self._assigned.clear()
+                await asyncio.sleep(1.0)
+
+    async def _read_assigned(self) -> None:
+        while self.partition is None:
+            await asyncio.sleep(0.05)  # noqa: ASYNC110 (the lease keeper sets it; polling is fine)
+        partition = self.partition
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id=f"edge-replies-{partition}",
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, partition)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            await consumer.position(tp)  # resolve the end now: answers after this are ours
+            self._assigned.set()
+            while self.partition == partition:
+                batch = await consumer.getmany(tp, timeout_ms=200)
+                for record in batch.get(tp, []):
+                    self._dispatch(record.value)
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    def _dispatch(self, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        try:
+            event = _RESPONSE.validate_json(raw)
+        except ValidationError:
+            log.warning("unreadable chat response ignored")
+            return
+        pending = self._pending.get(event.request_id)
+        if pending is not None:
+            pending.offer(event)
+
+    def reply_partition(self) -> int:
+        """The partition answers must be sent to, or ``NoReplyPartition``."""
+        if not self.ready or self.partition is None:
+            raise NoReplyPartition
+        return self.partition
+
+    def register(self, request_id: uuid.UUID) -> PendingReply:
+        """Start collecting answers for a request (before it is published)."""
+        pending = PendingReply(request_id)
+        self._pending[request_id] = pending
+        return pending
+
+    def forget(self, request_id: uuid.UUID) -> None:
+        """Stop collecting answers for a request (answered, failed or abandoned)."""
+        self._pending.pop(request_id, None)

@@ -1,0 +1,317 @@
+"""Every query of the edge's database, in one module.
+
+Tenant scoping has one home: ``_scoped`` puts ``tenant_id = :tenant`` in the WHERE clause of
+every statement on a tenant table. The only statements without it are the operator's listing
+of tenants and the sweep for stalled onboardings, both named as such.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from tenantry_common.ids import utcnow
+
+from tenantry_auth.models import (
+    Client,
+    Document,
+    DocumentStatus,
+    LifecycleAck,
+    SigningKey,
+    Tenant,
+    TenantConfigVersion,
+)
+
+TenantTable = TypeVar("TenantTable", Tenant, Client, TenantConfigVersion, LifecycleAck, Document)
+
+
+def _scoped(table: type[TenantTable], tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """The WHERE clause that confines a statement to one tenant's rows."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a uuid.UUID")
+    return table.tenant_id == tenant_id
+
+
+# --------------------------------------------------------------------------- signing keys
+
+
+async def lock_signing_keys(*, session: AsyncSession) -> None:
+    """Serialise key creation and rotation across replicas (transaction-scoped lock)."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('tenantry-edge-keys'))"))
+
+
+async def list_signing_keys(*, session: AsyncSession) -> list[SigningKey]:
+    """All signing keys, oldest first."""
+    rows = await session.scalars(select(SigningKey).order_by(SigningKey.created_at))
+    return list(rows)
+
+
+async def retire_signing_keys(*, session: AsyncSession, at: datetime) -> None:
+    """Stop signing with every active key."""
+    await session.execute(
+        update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=at)
+    )
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+async def get_tenant(*, session: AsyncSession, tenant_id: uuid.UUID) -> Tenant | None:
+    """One tenant, or None."""
+    return await session.scalar(select(Tenant).where(_scoped(Tenant, tenant_id)))
+
+
+async def get_tenant_for_update(*, session: AsyncSession, tenant_id: uuid.UUID) -> Tenant | None:
+    """One tenant, locked until the end of the transaction."""
+    return await session.scalar(select(Tenant).where(_scoped(Tenant, tenant_id)).with_for_update())
+
+
+async def list_all_tenants(*, session: AsyncSession, limit: int = 1000) -> list[Tenant]:
+    """Operators' view across tenants (deliberately unscoped)."""
+    rows = await session.scalars(select(Tenant).order_by(Tenant.created_at).limit(limit))
+    return list(rows)
+
+
+async def stalled_onboardings(
+    *, session: AsyncSession, started_before: datetime
+) -> list[uuid.UUID]:
+    """Tenants still provisioning since before a moment (a cross-tenant sweep, unscoped)."""
+    rows = await session.scalars(
+        select(Tenant.tenant_id).where(
+            Tenant.status == "provisioning", Tenant.created_at < started_before
+        )
+    )
+    return list(rows)
+
+
+async def set_tenant_status(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    status: str,
+    only_from: Sequence[str],
+    detail: str = "",
+) -> bool:
+    """Move a tenant to ``status`` if it is in one of ``only_from``; True when it moved."""
+    result = await session.execute(
+        update(Tenant)
+        .where(_scoped(Tenant, tenant_id), Tenant.status.in_(list(only_from)))
+        .values(status=status, status_detail=detail, updated_at=utcnow())
+        .returning(Tenant.tenant_id)
+    )
+    return result.first() is not None
+
+
+# --------------------------------------------------------------------------- clients
+
+
+async def get_client(
+    *, session: AsyncSession, tenant_id: uuid.UUID, client_id: str
+) -> Client | None:
+    """One client of a tenant."""
+    return await session.scalar(
+        select(Client).where(_scoped(Client, tenant_id), Client.client_id == client_id)
+    )
+
+
+async def list_clients(*, session: AsyncSession, tenant_id: uuid.UUID) -> list[Client]:
+    """A tenant's clients, oldest first."""
+    rows = await session.scalars(
+        select(Client).where(_scoped(Client, tenant_id)).order_by(Client.created_at)
+    )
+    return list(rows)
+
+
+async def revoke_client(*, session: AsyncSession, tenant_id: uuid.UUID, client_id: str) -> bool:
+    """Mark one client revoked; True when it existed and was active."""
+    result = await session.execute(
+        update(Client)
+        .where(
+            _scoped(Client, tenant_id), Client.client_id == client_id, Client.revoked_at.is_(None)
+        )
+        .values(revoked_at=utcnow())
+        .returning(Client.client_id)
+    )
+    return result.first() is not None
+
+
+async def revoke_all_clients(*, session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
+    """Revoke every client of a tenant; returns their ids."""
+    result = await session.execute(
+        update(Client)
+        .where(_scoped(Client, tenant_id), Client.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .returning(Client.client_id)
+    )
+    return [r[0] for r in result]
+
+
+async def upsert_client_secret(
+    *, session: AsyncSession, tenant_id: uuid.UUID, client_id: str, role: str, secret_hash: str
+) -> None:
+    """Create a client, or give an existing one a new secret (un-revoking it): bootstrap only."""
+    stmt = insert(Client).values(
+        tenant_id=tenant_id,
+        client_id=client_id,
+        name="bootstrap operator",
+        role=role,
+        secret_hash=secret_hash,
+        created_at=utcnow(),
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Client.tenant_id, Client.client_id],
+            set_={"secret_hash": secret_hash, "role": role, "revoked_at": None},
+            where=_scoped(Client, tenant_id),
+        )
+    )
+
+
+async def access_state(
+    *, session: AsyncSession, tenant_id: uuid.UUID, client_id: str | None
+) -> tuple[str | None, bool]:
+    """(tenant status or None, whether the client is revoked or unknown)."""
+    tenant_status = await session.scalar(select(Tenant.status).where(_scoped(Tenant, tenant_id)))
+    if client_id is None:
+        return tenant_status, False
+    revoked_at = await session.execute(
+        select(Client.revoked_at).where(_scoped(Client, tenant_id), Client.client_id == client_id)
+    )
+    row = revoked_at.first()
+    return tenant_status, row is None or row[0] is not None
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+async def current_config(
+    *, session: AsyncSession, tenant_id: uuid.UUID
+) -> TenantConfigVersion | None:
+    """The newest configuration version of a tenant."""
+    return await session.scalar(
+        select(TenantConfigVersion)
+        .where(_scoped(TenantConfigVersion, tenant_id))
+        .order_by(TenantConfigVersion.version.desc())
+        .limit(1)
+    )
+
+
+async def config_history(
+    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int = 50
+) -> list[TenantConfigVersion]:
+    """A tenant's configuration versions, newest first."""
+    rows = await session.scalars(
+        select(TenantConfigVersion)
+        .where(_scoped(TenantConfigVersion, tenant_id))
+        .order_by(TenantConfigVersion.version.desc())
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def add_config_version(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    version: int,
+    config: dict[str, Any],
+    changed_by: str,
+) -> None:
+    """Store a new configuration version (the primary key refuses a concurrent duplicate)."""
+    session.add(
+        TenantConfigVersion(
+            tenant_id=tenant_id, version=version, config=config, changed_by=changed_by
+        )
+    )
+    await session.flush()
+    await session.execute(
+        update(Tenant)
+        .where(_scoped(Tenant, tenant_id))
+        .values(config_version=version, updated_at=utcnow())
+    )
+
+
+# --------------------------------------------------------------------------- lifecycle acks
+
+
+async def record_ack(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    action: str,
+    service: str,
+    succeeded: bool,
+    detail: str,
+    event_id: uuid.UUID,
+) -> bool:
+    """Store a service's acknowledgement once; True when it is new."""
+    result = await session.execute(
+        insert(LifecycleAck)
+        .values(
+            tenant_id=tenant_id,
+            action=action,
+            service=service,
+            succeeded=succeeded,
+            detail=detail[:2000],
+            event_id=event_id,
+            received_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+        .returning(LifecycleAck.service)
+    )
+    return result.first() is not None
+
+
+async def acks(*, session: AsyncSession, tenant_id: uuid.UUID, action: str) -> list[LifecycleAck]:
+    """The acknowledgements a tenant's onboarding or offboarding has received."""
+    rows = await session.scalars(
+        select(LifecycleAck).where(_scoped(LifecycleAck, tenant_id), LifecycleAck.action == action)
+    )
+    return list(rows)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+async def add_document(*, session: AsyncSession, document: Document) -> None:
+    """Record a submitted document (metadata only)."""
+    session.add(document)
+    await session.flush()
+
+
+async def list_documents(
+    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int, offset: int
+) -> tuple[list[Document], int]:
+    """A page of a tenant's documents that are not deleted, newest first, and the total."""
+    live = (_scoped(Document, tenant_id), Document.status != DocumentStatus.DELETED.value)
+    rows = await session.scalars(
+        select(Document)
+        .where(*live)
+        .order_by(Document.submitted_at.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    total = await session.scalar(select(func.count()).select_from(Document).where(*live))
+    return list(rows), int(total or 0)
+
+
+async def mark_document_deleted(
+    *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
+) -> bool:
+    """Mark a live document deleted; True when it existed."""
+    result = await session.execute(
+        update(Document)
+        .where(
+            _scoped(Document, tenant_id),
+            Document.document_id == document_id,
+            Document.status != DocumentStatus.DELETED.value,
+        )
+        .values(status=DocumentStatus.DELETED.value, deleted_at=utcnow())
+        .returning(Document.document_id)
+    )
+    return result.first() is not None

@@ -1,0 +1,939 @@
+"""The edge's logic: tenants, clients, tokens, configuration, documents and chat admission.
+
+No HTTP or broker types here: events leave through ``Edge.publish``; refusals are the
+exceptions below, which the API turns into status codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenantry_common.auth import Principal, Role
+from tenantry_common.budget import BudgetStore, RefusalReason, seconds_until_next_day
+from tenantry_common.db import transaction
+from tenantry_common.events import (
+    AuditRecorded,
+    AuditStatus,
+    AuditType,
+    ChatMessage,
+    ChatOptions,
+    ChatRequested,
+    DocumentDeleted,
+    DocumentSubmitted,
+    Event,
+    FeatureFlags,
+    LeakagePolicy,
+    LifecycleAction,
+    ReplyTo,
+    Reservation,
+    TenantConfig,
+    TenantConfigChanged,
+    TenantLifecycleAcknowledged,
+    TenantOffboarded,
+    TenantProvisioned,
+    Tier,
+)
+from tenantry_common.ids import PLATFORM_TENANT_ID, utcnow
+from tenantry_common.settings import LOCAL_MODEL
+from tenantry_common.topics import (
+    AUDIT,
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    DOCUMENTS,
+    TENANTS_CONFIG,
+    TENANTS_LIFECYCLE,
+    TopicSpec,
+)
+
+from tenantry_auth import repository as repo
+from tenantry_auth.access import AccessGuard
+from tenantry_auth.config import Settings
+from tenantry_auth.keys import KeyRing
+from tenantry_auth.models import Client, Document, DocumentStatus, Tenant, TenantStatus
+from tenantry_auth.ratelimit import RateDecision, RateLimiter
+from tenantry_auth.security import SecretHasher, new_client_id, new_client_secret, tenant_of_client
+
+log = logging.getLogger("tenantry.auth.service")
+
+SOURCE = "edge"
+Publish = Callable[[TopicSpec, Event], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+class EdgeError(Exception):
+    """A refusal the caller can read (``detail``), with optional response headers."""
+
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class NotFound(EdgeError):
+    pass
+
+
+class Conflict(EdgeError):
+    pass
+
+
+class Invalid(EdgeError):
+    pass
+
+
+class Forbidden(EdgeError):
+    pass
+
+
+class InvalidClient(EdgeError):
+    pass
+
+
+class RateLimited(EdgeError):
+    pass
+
+
+class BudgetRefused(EdgeError):
+    pass
+
+
+class Unavailable(EdgeError):
+    pass
+
+
+# --------------------------------------------------------------------------- the composition
+
+
+@dataclass
+class Edge:
+    """Everything the edge's logic works with (built once by ``app.build_app``)."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    publish: Publish
+    guard: AccessGuard
+    keys: KeyRing
+    hasher: SecretHasher
+    budgets: BudgetStore
+    rates: RateLimiter
+
+
+# --------------------------------------------------------------------------- tiers and config
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    daily_tokens: int
+    rate_per_minute: int
+    monthly_spend_micros: int
+    max_tokens_per_request: int
+
+
+TIER_LIMITS: dict[Tier, TierLimits] = {
+    Tier.FREE: TierLimits(50_000, 20, 5_000_000, 512),
+    Tier.PRO: TierLimits(500_000, 120, 100_000_000, 2_048),
+    Tier.ENTERPRISE: TierLimits(5_000_000, 600, 2_000_000_000, 8_192),
+}
+
+ALLOWED_PLACEHOLDERS = frozenset({"tenant_name", "tier", "custom_instructions"})
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+DEFAULT_TEMPLATE = (
+    "You are the assistant of {{tenant_name}} ({{tier}} plan). Answer only from the provided "
+    "context and say so when it does not contain the answer.\n{{custom_instructions}}"
+)
+
+
+def default_model(settings: Settings) -> str:
+    return LOCAL_MODEL if LOCAL_MODEL in settings.models else next(iter(settings.models))
+
+
+def default_config(*, name: str, tier: Tier, settings: Settings) -> TenantConfig:
+    """A new tenant's configuration: the tier's limits and the platform's defaults."""
+    limits = TIER_LIMITS[tier]
+    model = default_model(settings)
+    return TenantConfig(
+        tenant_name=name,
+        tier=tier,
+        model=model,
+        allowed_models=[model],
+        temperature=0.2,
+        max_tokens_per_request=limits.max_tokens_per_request,
+        system_prompt_template=DEFAULT_TEMPLATE,
+        custom_instructions="",
+        features=FeatureFlags(),
+        rate_limit_per_minute=limits.rate_per_minute,
+        daily_token_budget=limits.daily_tokens,
+        monthly_spend_budget_micros=limits.monthly_spend_micros,
+        cache_similarity_threshold=max(0.92, settings.cache_similarity_floor),
+        leakage_policy=LeakagePolicy.BLOCK,
+    )
+
+
+def check_template(template: str) -> None:
+    """Refuse unknown placeholders and stray braces in a system prompt template."""
+    names = _PLACEHOLDER.findall(template)
+    unknown = sorted({n for n in names if n not in ALLOWED_PLACEHOLDERS})
+    if unknown:
+        raise Invalid(
+            f"unknown placeholder(s) {unknown} in system_prompt_template; "
+            f"allowed: {sorted(ALLOWED_PLACEHOLDERS)}"
+        )
+    rest = _PLACEHOLDER.sub("", template)
+    if "{{" in rest or "}}" in rest:
+        raise Invalid("system_prompt_template has an unbalanced '{{' or '}}'")
+
+
+def check_config(config: TenantConfig, settings: Settings) -> None:
+    """Platform rules on top of the contract: catalogue, cache floor, template, tier caps."""
+    unknown = sorted(m for m in {config.model, *config.allowed_models} if m not in settings.models)
+    if unknown:
+        raise Invalid(f"model(s) {unknown} are not in the catalogue {sorted(settings.models)}")
+    if config.cache_similarity_threshold < settings.cache_similarity_floor:
+        raise Invalid(
+            f"cache_similarity_threshold may not be below the platform floor "
+            f"{settings.cache_similarity_floor}"
+        )
+    check_template(config.system_prompt_template)
+    limits = TIER_LIMITS[config.tier]
+    caps = {
+        "rate_limit_per_minute": (config.rate_limit_per_minute, limits.rate_per_minute),
+        "daily_token_budget": (config.daily_token_budget, limits.daily_tokens),
+        "monthly_spend_budget_micros": (
+            config.monthly_spend_budget_micros,
+            limits.monthly_spend_micros,
+        ),
+        "max_tokens_per_request": (config.max_tokens_per_request, limits.max_tokens_per_request),
+    }
+    for name, (value, cap) in caps.items():
+        if value > cap:
+            raise Invalid(f"{name} may be at most {cap} on the {config.tier.value} tier")
+
+
+class ConfigUpdate(BaseModel):
+    """What a tenant admin may change (every field optional: omitted fields stay as they are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    allowed_models: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens_per_request: int | None = Field(default=None, ge=1, le=32_768)
+    system_prompt_template: str | None = Field(default=None, max_length=8_000)
+    custom_instructions: str | None = Field(default=None, max_length=4_000)
+    features: FeatureFlags | None = None
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    daily_token_budget: int | None = Field(default=None, ge=0, le=10**12)
+    monthly_spend_budget_micros: int | None = Field(default=None, ge=0, le=10**15)
+    cache_similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    leakage_policy: LeakagePolicy | None = None
+    expected_version: int | None = Field(
+        default=None, ge=1, description="Refuse (409) unless the current version is this one."
+    )
+
+
+def merged_config(current: TenantConfig, update: ConfigUpdate) -> TenantConfig:
+    """The current config with the update applied, validated as a whole."""
+    changes = update.model_dump(exclude_none=True, exclude={"expected_version"})
+    data = current.model_dump() | changes
+    try:
+        return TenantConfig.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise Invalid(reasons) from None
+
+
+# --------------------------------------------------------------------------- audit
+
+
+async def record_audit(
+    *,
+    edge: Edge,
+    tenant_id: uuid.UUID,
+    audit_type: AuditType,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    status: AuditStatus = AuditStatus.SUCCESS,
+    actor: str | None = None,
+    error: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    details: Mapping[str, str | int | float | bool | None] | None = None,
+) -> None:
+    """Publish an AuditRecorded; an unreachable broker is logged, never fails the caller."""
+    event = AuditRecorded(
+        tenant_id=tenant_id,
+        audit_type=audit_type,
+        source=SOURCE,
+        actor=actor,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action=action,
+        status=status,
+        error=error,
+        ip_address=ip_address,
+        user_agent=(user_agent or "")[:500] or None,
+        details=dict(details or {}),
+    )
+    try:
+        await edge.publish(AUDIT, event)
+    except Exception as exc:
+        log.error("audit publish failed", extra={"error_type": type(exc).__name__})
+
+
+# --------------------------------------------------------------------------- tokens and clients
+
+
+async def issue_token(*, edge: Edge, client_id: str, client_secret: str) -> tuple[str, int, Role]:
+    """A signed access token for valid, unrevoked credentials of an active tenant."""
+    if not client_id or len(client_id) > 100 or len(client_secret) > 200:
+        raise InvalidClient("invalid client credentials")
+    tenant_id = tenant_of_client(client_id)
+    async with edge.sessions() as session:
+        client = await repo.get_client(session=session, tenant_id=tenant_id, client_id=client_id)
+    valid = await edge.hasher.verify(client.secret_hash if client else None, client_secret)
+    if client is None or not valid:
+        raise InvalidClient("invalid client credentials")
+    refusal = await edge.guard.refusal(tenant_id=tenant_id, client_id=client_id)
+    if refusal is not None:
+        raise InvalidClient(f"client may not obtain tokens: {refusal}")
+    role = Role(client.role)
+    token, ttl = edge.keys.issue(tenant_id=tenant_id, client_id=client_id, role=role)
+    return token, ttl, role
+
+
+async def create_client(
+    *, edge: Edge, tenant_id: uuid.UUID, role: Role, name: str
+) -> tuple[Client, str]:
+    """New credentials for a tenant; the secret is returned once and stored hashed."""
+    if role is Role.OPERATOR and tenant_id != PLATFORM_TENANT_ID:
+        raise Forbidden("operator clients belong to the platform only")
+    secret = new_client_secret()
+    client = Client(
+        tenant_id=tenant_id,
+        client_id=new_client_id(tenant_id),
+        name=name,
+        role=role.value,
+        secret_hash=await edge.hasher.hash(secret),
+        created_at=utcnow(),
+    )
+    async with transaction(edge.sessions) as session:
+        if await repo.get_tenant(session=session, tenant_id=tenant_id) is None:
+            raise NotFound("no such tenant")
+        session.add(client)
+    return client, secret
+
+
+async def revoke_client(*, edge: Edge, tenant_id: uuid.UUID, client_id: str, actor: str) -> None:
+    """Revoke one client: its tokens are refused from now on, on every replica."""
+    async with transaction(edge.sessions) as session:
+        if not await repo.revoke_client(session=session, tenant_id=tenant_id, client_id=client_id):
+            raise NotFound("no such active client")
+        await _redis_write(edge.guard.revoke(tenant_id=tenant_id, client_ids=[client_id]))
+    await record_audit(
+        edge=edge,
+        tenant_id=tenant_id,
+        audit_type=AuditType.CONFIGURATION_CHANGE,
+        action="revoke_client",
+        resource_type="client",
+        resource_id=client_id,
+        actor=actor,
+    )
+
+
+async def _redis_write(write: Awaitable[None]) -> None:
+    try:
+        await write
+    except RedisError as exc:
+        raise Unavailable(
+            "the revocation store (Redis) is unavailable; nothing was changed, try again"
+        ) from exc
+
+
+async def bootstrap_operator(*, edge: Edge, client_id: str, secret: str) -> None:
+    """Make sure the platform tenant and the bootstrap operator client exist."""
+    await ensure_platform_tenant(sessions=edge.sessions)
+    secret_hash = await edge.hasher.hash(secret)
+    async with transaction(edge.sessions) as session:
+        await repo.upsert_client_secret(
+            session=session,
+            tenant_id=PLATFORM_TENANT_ID,
+            client_id=client_id,
+            role=Role.OPERATOR.value,
+            secret_hash=secret_hash,
+        )
+    try:
+        await edge.redis.srem(f"tenantry:{{{PLATFORM_TENANT_ID}}}:edge:revoked-clients", client_id)
+    except RedisError:
+        log.warning("could not clear a stale revocation of the bootstrap operator")
+
+
+async def ensure_platform_tenant(*, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The platform's own tenant row (operators' tokens carry its id); always active."""
+    async with transaction(sessions) as session:
+        if await repo.get_tenant(session=session, tenant_id=PLATFORM_TENANT_ID) is None:
+            session.add(
+                Tenant(
+                    tenant_id=PLATFORM_TENANT_ID,
+                    name="platform",
+                    tier=Tier.ENTERPRISE.value,
+                    admin_contact="",
+                    status=TenantStatus.ACTIVE.value,
+                    status_detail="",
+                    config_version=0,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            try:
+                await session.flush()
+            except IntegrityError:
+                await session.rollback()
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+@dataclass(frozen=True)
+class ProvisionedTenant:
+    tenant: Tenant
+    client_id: str
+    client_secret: str
+    config_version: int
+
+
+async def provision_tenant(
+    *, edge: Edge, name: str, tier: Tier, admin_contact: str, actor: str
+) -> ProvisionedTenant:
+    """Create a tenant (provisioning), its admin credentials and tier defaults, and ask the
+    other services to provision it; it becomes active once they all acknowledge."""
+    tenant_id = uuid.uuid4()
+    config = default_config(name=name, tier=tier, settings=edge.settings)
+    secret = new_client_secret()
+    client_id = new_client_id(tenant_id)
+    secret_hash = await edge.hasher.hash(secret)
+    now = utcnow()
+    tenant = Tenant(
+        tenant_id=tenant_id,
+        name=name,
+        tier=tier.value,
+        admin_contact=admin_contact,
+        status=TenantStatus.PROVISIONING.value,
+        status_detail="waiting for " + ", ".join(sorted(edge.settings.lifecycle_services)),
+        config_version=0,
+        created_at=now,
+        updated_at=now,
+    )
+    async with transaction(edge.sessions) as session:
+        session.add(tenant)
+        session.add(
+            Client(
+                tenant_id=tenant_id,
+                client_id=client_id,
+                name="admin",
+                role=Role.ADMIN.value,
+                secret_hash=secret_hash,
+                created_at=now,
+            )
+        )
+        await session.flush()
+        await repo.add_config_version(
+            session=session,
+            tenant_id=tenant_id,
+            version=1,
+            config=config.model_dump(mode="json"),
+            changed_by=actor,
+        )
+    try:
+        await edge.publish(
+            TENANTS_CONFIG,
+            TenantConfigChanged(tenant_id=tenant_id, version=1, config=config, changed_by=actor),
+        )
+        await edge.publish(
+            TENANTS_LIFECYCLE,
+            TenantProvisioned(
+                tenant_id=tenant_id, tenant_name=name, tier=tier, config_version=1, config=config
+            ),
+        )
+    except Exception as exc:
+        await fail_onboarding(edge=edge, tenant_id=tenant_id, detail="could not publish events")
+        raise Unavailable("the broker is unavailable; the onboarding was rolled back") from exc
+    tenant.config_version = 1
+    await record_audit(
+        edge=edge,
+        tenant_id=tenant_id,
+        audit_type=AuditType.LIFECYCLE,
+        action="provision",
+        resource_type="tenant",
+        resource_id=str(tenant_id),
+        actor=actor,
+        details={"tier": tier.value},
+    )
+    return ProvisionedTenant(tenant, client_id, secret, 1)
+
+
+async def fail_onboarding(*, edge: Edge, tenant_id: uuid.UUID, detail: str) -> bool:
+    """Roll a provisioning tenant back: mark it failed, refuse its credentials, and ask every
+    service to clean up what it already created. True when this call did it."""
+    async with transaction(edge.sessions) as session:
+        moved = await repo.set_tenant_status(
+            session=session,
+            tenant_id=tenant_id,
+            status=TenantStatus.FAILED.value,
+            only_from=[TenantStatus.PROVISIONING.value],
+            detail=detail[:1000],
+        )
+        if not moved:
+            return False
+        tenant = await repo.get_tenant(session=session, tenant_id=tenant_id)
+        revoked = await repo.revoke_all_clients(session=session, tenant_id=tenant_id)
+        try:
+            await edge.guard.set_status(tenant_id=tenant_id, status=TenantStatus.FAILED.value)
+            await edge.guard.revoke(tenant_id=tenant_id, client_ids=revoked)
+        except RedisError:
+            # Never activated, so Redis holds no "active" for it: Postgres's answer stands.
+            log.warning(
+                "could not mirror a failed onboarding to Redis", extra={"tenant_id": str(tenant_id)}
+            )
+    name = tenant.name if tenant else ""
+    try:
+        await edge.publish(
+            TENANTS_LIFECYCLE,
+            TenantOffboarded(
+                tenant_id=tenant_id, tenant_name=name, reason=f"onboarding failed: {detail}"[:500]
+            ),
+        )
+    except Exception as exc:
+        log.error("cleanup request not published", extra={"error_type": type(exc).__name__})
+    await record_audit(
+        edge=edge,
+        tenant_id=tenant_id,
+        audit_type=AuditType.LIFECYCLE,
+        action="provision",
+        resource_type="tenant",
+        resource_id=str(tenant_id),
+        status=AuditStatus.FAILURE,
+        error=detail[:500],
+    )
+    return True
+
+
+async def on_lifecycle_ack(*, edge: Edge, ack: TenantLifecycleAcknowledged) -> None:
+    """Record a service's acknowledgement; activate, roll back or finish offboarding."""
+    required = set(edge.settings.lifecycle_services)
+    async with transaction(edge.sessions) as session:
+        await repo.record_ack(
+            session=session,
+            tenant_id=ack.tenant_id,
+            action=ack.action.value,
+            service=ack.service,
+            succeeded=ack.succeeded,
+            detail=ack.detail,
+            event_id=ack.event_id,
+        )
+        tenant = await repo.get_tenant_for_update(session=session, tenant_id=ack.tenant_id)
+        if tenant is None:
+            return
+        received = await repo.acks(
+            session=session, tenant_id=ack.tenant_id, action=ack.action.value
+        )
+        succeeded = {a.service for a in received if a.succeeded}
+        failed = [a for a in received if not a.succeeded and a.service in required]
+        activate = False
+        if ack.action is LifecycleAction.PROVISIONED and tenant.status == TenantStatus.PROVISIONING:
+            if failed:
+                pass  # rolled back below, outside this transaction
+            elif required <= succeeded:
+                tenant.status = TenantStatus.ACTIVE.value
+                tenant.status_detail = ""
+                tenant.updated_at = utcnow()
+                activate = True
+            else:
+                tenant.status_detail = "waiting for " + ", ".join(sorted(required - succeeded))
+        elif ack.action is LifecycleAction.OFFBOARDED and tenant.status == TenantStatus.OFFBOARDING:
+            if required <= succeeded:
+                tenant.status = TenantStatus.OFFBOARDED.value
+                tenant.status_detail = ""
+                tenant.updated_at = utcnow()
+            else:
+                tenant.status_detail = "waiting for " + ", ".join(sorted(required - succeeded))
+    if activate:
+        try:
+            await edge.guard.set_status(tenant_id=ack.tenant_id, status=TenantStatus.ACTIVE.value)
+        except RedisError:
+            log.warning("activation not mirrored to Redis; Postgres answers until it is")
+        await record_audit(
+            edge=edge,
+            tenant_id=ack.tenant_id,
+            audit_type=AuditType.LIFECYCLE,
+            action="activate",
+            resource_type="tenant",
+            resource_id=str(ack.tenant_id),
+        )
+    elif ack.action is LifecycleAction.PROVISIONED and failed:
+        detail = "; ".join(f"{a.service}: {a.detail or 'failed'}" for a in failed)
+        await fail_onboarding(edge=edge, tenant_id=ack.tenant_id, detail=detail)
+    elif ack.action is LifecycleAction.OFFBOARDED and tenant.status == TenantStatus.OFFBOARDED:
+        # On failure "offboarding" stays in Redis, which refuses just the same.
+        with contextlib.suppress(RedisError):
+            await edge.guard.set_status(
+                tenant_id=ack.tenant_id, status=TenantStatus.OFFBOARDED.value
+            )
+
+
+async def sweep_stalled_onboardings(*, edge: Edge) -> int:
+    """Roll back onboardings that did not complete in time; returns how many."""
+    cutoff = utcnow() - timedelta(seconds=edge.settings.onboarding_timeout_s)
+    async with edge.sessions() as session:
+        stalled = await repo.stalled_onboardings(session=session, started_before=cutoff)
+    done = 0
+    for tenant_id in stalled:
+        async with edge.sessions() as session:
+            received = await repo.acks(
+                session=session, tenant_id=tenant_id, action=LifecycleAction.PROVISIONED.value
+            )
+        missing = set(edge.settings.lifecycle_services) - {
+            a.service for a in received if a.succeeded
+        }
+        detail = "timed out waiting for " + ", ".join(sorted(missing))
+        done += await fail_onboarding(edge=edge, tenant_id=tenant_id, detail=detail)
+    return done
+
+
+async def offboard_tenant(*, edge: Edge, tenant_id: uuid.UUID, actor: str, reason: str) -> Tenant:
+    """Offboard a tenant: from the commit on, every token and credential of it is refused on
+    every replica; the services delete its data and acknowledge."""
+    if tenant_id == PLATFORM_TENANT_ID:
+        raise Forbidden("the platform tenant cannot be offboarded")
+    async with transaction(edge.sessions) as session:
+        tenant = await repo.get_tenant_for_update(session=session, tenant_id=tenant_id)
+        if tenant is None:
+            raise NotFound("no such tenant")
+        if tenant.status in (TenantStatus.OFFBOARDING, TenantStatus.OFFBOARDED):
+            return tenant
+        tenant.status = TenantStatus.OFFBOARDING.value
+        tenant.status_detail = "waiting for " + ", ".join(sorted(edge.settings.lifecycle_services))
+        tenant.updated_at = utcnow()
+        revoked = await repo.revoke_all_clients(session=session, tenant_id=tenant_id)
+        await session.flush()
+        # Redis first, inside the transaction: if it cannot say "refused", nothing commits.
+        await _redis_write(
+            edge.guard.set_status(tenant_id=tenant_id, status=TenantStatus.OFFBOARDING.value)
+        )
+        await _redis_write(edge.guard.revoke(tenant_id=tenant_id, client_ids=revoked))
+    try:
+        await edge.publish(
+            TENANTS_LIFECYCLE,
+            TenantOffboarded(tenant_id=tenant_id, tenant_name=tenant.name, reason=reason[:500]),
+        )
+    except Exception as exc:
+        log.error("offboarding not published", extra={"error_type": type(exc).__name__})
+        raise Unavailable(
+            "the tenant is refused from now on, but the offboarding event could not be "
+            "published; repeat the request to retry"
+        ) from exc
+    await record_audit(
+        edge=edge,
+        tenant_id=tenant_id,
+        audit_type=AuditType.LIFECYCLE,
+        action="offboard",
+        resource_type="tenant",
+        resource_id=str(tenant_id),
+        actor=actor,
+    )
+    return tenant
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+async def load_config(*, edge: Edge, tenant_id: uuid.UUID) -> tuple[TenantConfig, int]:
+    """A tenant's current configuration and its version."""
+    async with edge.sessions() as session:
+        row = await repo.current_config(session=session, tenant_id=tenant_id)
+    if row is None:
+        raise NotFound("this tenant has no configuration")
+    return TenantConfig.model_validate(row.config), row.version
+
+
+async def update_config(
+    *, edge: Edge, tenant_id: uuid.UUID, update: ConfigUpdate, actor: str
+) -> tuple[TenantConfig, int]:
+    """Validate, version, publish and audit a configuration change."""
+    current, version = await load_config(edge=edge, tenant_id=tenant_id)
+    if update.expected_version is not None and update.expected_version != version:
+        raise Conflict(f"the configuration is at version {version}, not {update.expected_version}")
+    config = merged_config(current, update)
+    check_config(config, edge.settings)
+    new_version = version + 1
+    changed = sorted(k for k, v in config.model_dump().items() if current.model_dump()[k] != v)
+    try:
+        async with transaction(edge.sessions) as session:
+            await repo.add_config_version(
+                session=session,
+                tenant_id=tenant_id,
+                version=new_version,
+                config=config.model_dump(mode="json"),
+                changed_by=actor,
+            )
+            # Published before the commit: a broker failure leaves no unpublished version.
+            await edge.publish(
+                TENANTS_CONFIG,
+                TenantConfigChanged(
+                    tenant_id=tenant_id, version=new_version, config=config, changed_by=actor
+                ),
+            )
+    except IntegrityError:
+        raise Conflict("the configuration was changed concurrently; reload and retry") from None
+    except (OSError, KafkaError) as exc:
+        raise Unavailable("the change could not be published; nothing was changed") from exc
+    await record_audit(
+        edge=edge,
+        tenant_id=tenant_id,
+        audit_type=AuditType.CONFIGURATION_CHANGE,
+        action="update_config",
+        resource_type="tenant_config",
+        resource_id=str(tenant_id),
+        actor=actor,
+        details={"version": new_version, "changed": ",".join(changed)[:500]},
+    )
+    return config, new_version
+
+
+# --------------------------------------------------------------------------- documents
+
+
+async def submit_document(
+    *, edge: Edge, principal: Principal, title: str, text: str, content_type: str
+) -> Document:
+    """Record and publish a document for ingestion (202: retrieval does the work)."""
+    document = Document(
+        tenant_id=principal.tenant_id,
+        document_id=uuid.uuid4(),
+        title=title,
+        size_bytes=len(text.encode()),
+        content_type=content_type,
+        status=DocumentStatus.SUBMITTED.value,
+        submitted_by=principal.subject,
+        submitted_at=utcnow(),
+    )
+    try:
+        async with transaction(edge.sessions) as session:
+            await repo.add_document(session=session, document=document)
+            await edge.publish(
+                DOCUMENTS,
+                DocumentSubmitted(
+                    tenant_id=principal.tenant_id,
+                    document_id=document.document_id,
+                    title=title,
+                    text=text,
+                    content_type=content_type,
+                    submitted_by=principal.subject,
+                ),
+            )
+    except Exception as exc:
+        raise Unavailable("the document could not be queued; nothing was stored") from exc
+    await record_audit(
+        edge=edge,
+        tenant_id=principal.tenant_id,
+        audit_type=AuditType.DATA_ACCESS,
+        action="submit_document",
+        resource_type="document",
+        resource_id=str(document.document_id),
+        actor=principal.subject,
+        details={"size_bytes": document.size_bytes},
+    )
+    return document
+
+
+async def delete_document(*, edge: Edge, principal: Principal, document_id: uuid.UUID) -> None:
+    """Mark a document deleted and ask retrieval to forget it."""
+    async with transaction(edge.sessions) as session:
+        found = await repo.mark_document_deleted(
+            session=session, tenant_id=principal.tenant_id, document_id=document_id
+        )
+        if not found:
+            raise NotFound("no such document")
+        try:
+            await edge.publish(
+                DOCUMENTS,
+                DocumentDeleted(
+                    tenant_id=principal.tenant_id,
+                    document_id=document_id,
+                    deleted_by=principal.subject,
+                ),
+            )
+        except Exception as exc:
+            raise Unavailable("the deletion could not be queued; nothing was changed") from exc
+    await record_audit(
+        edge=edge,
+        tenant_id=principal.tenant_id,
+        audit_type=AuditType.DELETION,
+        action="delete_document",
+        resource_type="document",
+        resource_id=str(document_id),
+        actor=principal.subject,
+    )
+
+
+# --------------------------------------------------------------------------- chat admission
+
+
+def estimate_prompt_tokens(
+    *, config: TenantConfig, question: str, history: list[ChatMessage], top_k: int
+) -> int:
+    """A generous estimate of a request's prompt tokens (reserved before it is sent)."""
+    chars = len(question) + sum(len(m.content) for m in history)
+    chars += len(config.system_prompt_template) + len(config.custom_instructions)
+    context = top_k * 400 if config.features.rag else 0
+    return math.ceil(chars / 3) + context + 64
+
+
+@dataclass(frozen=True)
+class AdmittedChat:
+    request: ChatRequested
+    rate: RateDecision
+    config: TenantConfig
+
+
+def _next_month_s(now: datetime) -> int:
+    first = (now.replace(day=1) + timedelta(days=32)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    return max(1, int((first - now).total_seconds()))
+
+
+async def admit_chat(
+    *,
+    edge: Edge,
+    principal: Principal,
+    request_id: uuid.UUID,
+    question: str,
+    history: list[ChatMessage],
+    conversation_id: uuid.UUID | None,
+    stream: bool,
+    reply_partition: int,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> AdmittedChat:
+    """Check flags, rate and budget, then publish the request; release the hold if that fails."""
+    config, version = await load_config(edge=edge, tenant_id=principal.tenant_id)
+    if stream and not config.features.streaming:
+        raise Forbidden("streaming is disabled for this tenant")
+    chosen = model or config.model
+    if chosen not in config.allowed_models:
+        raise Invalid(
+            f"model {chosen!r} is not allowed for this tenant; allowed: {config.allowed_models}"
+        )
+    limit = min(max_tokens or config.max_tokens_per_request, config.max_tokens_per_request)
+    options = ChatOptions(
+        model=chosen,
+        max_tokens=limit,
+        temperature=config.temperature if temperature is None else temperature,
+        config_version=version,
+        rag=config.features.rag,
+        semantic_cache=config.features.semantic_cache,
+        cache_similarity_threshold=config.cache_similarity_threshold,
+    )
+    now = utcnow()
+    worst_case = (
+        estimate_prompt_tokens(
+            config=config, question=question, history=history, top_k=options.top_k
+        )
+        + limit
+    )
+    try:
+        rate = await edge.rates.hit(
+            tenant_id=principal.tenant_id, per_minute=config.rate_limit_per_minute
+        )
+        if not rate.allowed:
+            raise RateLimited(
+                f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
+                rate.headers(),
+            )
+        held = await edge.budgets.reserve(
+            tenant_id=principal.tenant_id,
+            request_id=request_id,
+            tokens=worst_case,
+            day=now.date(),
+            daily_limit=config.daily_token_budget,
+            monthly_spend_limit_micros=config.monthly_spend_budget_micros,
+        )
+    except RedisError as exc:
+        raise Unavailable(
+            "rate limits and budgets cannot be checked right now (Redis unavailable); "
+            "chat is refused rather than run unmetered",
+            {"Retry-After": str(edge.settings.redis_retry_after_s)},
+        ) from exc
+    if not held.granted:
+        if held.refusal == RefusalReason.MONTHLY_SPEND:
+            raise BudgetRefused(
+                "monthly spend budget exhausted",
+                rate.headers() | {"Retry-After": str(_next_month_s(now))},
+            )
+        raise BudgetRefused(
+            f"daily token budget would be exceeded: {held.used + held.reserved} of "
+            f"{held.limit} tokens used or reserved, this request may need up to {worst_case}",
+            rate.headers() | {"Retry-After": str(seconds_until_next_day(now))},
+        )
+    deadline = now + timedelta(seconds=edge.settings.chat_deadline_s)
+    request = ChatRequested(
+        tenant_id=principal.tenant_id,
+        request_id=request_id,
+        user_id=principal.subject[:200],
+        conversation_id=conversation_id,
+        question=question,
+        history=history,
+        stream=stream,
+        reply_to=ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
+        options=options,
+        reservation=Reservation(reserved_tokens=worst_case, period_day=now.date()),
+        deadline_at=deadline.astimezone(UTC),
+    )
+    try:
+        await edge.publish(CHAT_REQUESTS, request)
+    except Exception as exc:
+        try:
+            await edge.budgets.release(
+                tenant_id=principal.tenant_id, request_id=request_id, day=now.date()
+            )
+        except RedisError:
+            log.error("reservation not released; metering reconciliation will drop it")
+        raise Unavailable("the request could not be queued; try again") from exc
+    return AdmittedChat(request, rate, config)
+
+
+def answer_body(completed: Any) -> dict[str, Any]:
+    """The JSON answer of ``POST /v1/chat`` from a ChatCompleted."""
+    return {
+        "request_id": str(completed.request_id),
+        "answer": completed.answer,
+        "citations": [c.model_dump(mode="json") for c in completed.citations],
+        "cached": completed.cached,
+        "usage": {
+            "prompt_tokens": completed.usage.prompt_tokens,
+            "completion_tokens": completed.usage.completion_tokens,
+            "total_tokens": completed.usage.total_tokens,
+        },
+    }
