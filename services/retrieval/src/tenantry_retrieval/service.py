@@ -66,6 +66,11 @@ def corpus_version_key(tenant_id: uuid.UUID) -> str:
     return tenant_key(tenant_id, "retrieval", "corpus_version")
 
 
+def cache_threshold(*, requested: float, floor: float) -> float:
+    """The similarity a cached answer needs: the tenant's, never below the platform floor."""
+    return max(requested, floor)
+
+
 def chunk_id(document_id: uuid.UUID, index: int) -> str:
     """Stable id of a chunk: re-submitting a document overwrites its chunks in place."""
     return f"{document_id}:{index}"
@@ -173,10 +178,6 @@ class RetrievalService:
 
     # ------------------------------------------------------------------ questions
 
-    def cache_threshold(self, *, requested: float) -> float:
-        """The similarity a cached answer needs: the tenant's, never below the platform floor."""
-        return max(requested, self.settings.cache_similarity_floor)
-
     async def answer_question(self, *, request: ChatRequested) -> list[Outgoing]:
         """A cached answer (with zero-token usage), or the passages for inference."""
         options = request.options
@@ -228,7 +229,10 @@ class RetrievalService:
             },
         )
         self.metrics.search_seconds.labels("cache").observe(time.perf_counter() - started)
-        threshold = self.cache_threshold(requested=request.options.cache_similarity_threshold)
+        threshold = cache_threshold(
+            requested=request.options.cache_similarity_threshold,
+            floor=self.settings.cache_similarity_floor,
+        )
         if hits and hits[0].score >= threshold:
             return hits[0]
         return None

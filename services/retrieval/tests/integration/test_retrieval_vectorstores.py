@@ -1,0 +1,192 @@
+"""One contract suite for every vector store: Chroma runs here for real (embedded, in a temp
+directory); Pinecone runs against the real service when PINECONE_API_KEY is set and is skipped
+visibly otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from tenantry_retrieval.config import RetrievalSettings
+from tenantry_retrieval.vectorstore import (
+    ChromaStore,
+    Namespace,
+    PineconeStore,
+    TenantRequired,
+    VectorRecord,
+    VectorStore,
+    namespace_for,
+)
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+PINECONE_KEY = os.environ.get("PINECONE_API_KEY")
+
+
+def _unit(seed: int) -> list[float]:
+    rng = random.Random(seed)
+    raw = [rng.gauss(0.0, 1.0) for _ in range(DIM)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+def _records(document: str, count: int, seed: int = 0) -> list[VectorRecord]:
+    return [
+        VectorRecord(
+            id=f"{document}:{i}",
+            vector=_unit(seed + i),
+            text=f"chunk {i} of {document}",
+            metadata={"document_id": document, "chunk_index": i},
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(
+    params=[
+        "chroma",
+        pytest.param(
+            "pinecone",
+            marks=pytest.mark.skipif(
+                not PINECONE_KEY, reason="PINECONE_API_KEY not set: Pinecone contract not run"
+            ),
+        ),
+    ]
+)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    if request.param == "chroma":
+        built: VectorStore = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
+    else:
+        settings = RetrievalSettings(
+            vector_backend="pinecone",
+            pinecone_api_key=PINECONE_KEY,
+            pinecone_index=os.environ.get("PINECONE_TEST_INDEX", "tenantry-contract-test"),
+        )
+        built = await asyncio.to_thread(PineconeStore.from_settings, settings, dimension=DIM)
+    yield built
+    await built.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    """Pinecone is eventually consistent; Chroma passes on the first try."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("store did not reach the expected state in time")
+        await asyncio.sleep(0.5)
+
+
+async def _count_is(store: VectorStore, tenant: uuid.UUID, kind: Namespace, n: int) -> None:
+    async def check() -> bool:
+        return await store.count(tenant_id=tenant, kind=kind) == n
+
+    await eventually(check)
+
+
+async def test_query_returns_the_nearest_records_best_first(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 10))
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 10)
+    hits = await store.query(tenant_id=tenant, kind=Namespace.DOCUMENTS, vector=_unit(3), top_k=3)
+    assert next(h.id for h in hits) == "d:3"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[0].text == "chunk 3 of d"
+    assert hits[0].metadata == {"document_id": "d", "chunk_index": 3}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(hits) == 3
+
+
+async def test_tenants_with_the_same_ids_never_see_each_other(store: VectorStore) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await store.upsert(tenant_id=a, kind=Namespace.DOCUMENTS, records=_records("d", 3))
+    b_records = [
+        VectorRecord(r.id, r.vector, "tenant B's " + r.text, r.metadata) for r in _records("d", 3)
+    ]
+    await store.upsert(tenant_id=b, kind=Namespace.DOCUMENTS, records=b_records)
+    await _count_is(store, a, Namespace.DOCUMENTS, 3)
+    await _count_is(store, b, Namespace.DOCUMENTS, 3)
+    hits_a = await store.query(tenant_id=a, kind=Namespace.DOCUMENTS, vector=_unit(0), top_k=10)
+    hits_b = await store.query(tenant_id=b, kind=Namespace.DOCUMENTS, vector=_unit(0), top_k=10)
+    assert all(not h.text.startswith("tenant B") for h in hits_a)
+    assert all(h.text.startswith("tenant B") for h in hits_b)
+    # Same tenant, other purpose: the cache namespace is separate from the documents.
+    assert await store.query(tenant_id=a, kind=Namespace.CACHE, vector=_unit(0), top_k=10) == []
+
+
+async def test_upsert_by_id_replaces_instead_of_duplicating(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 4))
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 4, 50))
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 4)
+    hits = await store.query(tenant_id=tenant, kind=Namespace.DOCUMENTS, vector=_unit(50), top_k=1)
+    assert hits[0].id == "d:0"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+async def test_filters_select_by_equality_and_comparison(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 5))
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("e", 5, 100))
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 10)
+    hits = await store.query(
+        tenant_id=tenant,
+        kind=Namespace.DOCUMENTS,
+        vector=_unit(0),
+        top_k=10,
+        where={"document_id": "e", "chunk_index": {"$gte": 3}},
+    )
+    assert sorted(h.id for h in hits) == ["e:3", "e:4"]
+
+
+async def test_delete_where_removes_only_matching_records(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 5))
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("e", 5, 100))
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 10)
+    await store.delete_where(tenant_id=tenant, kind=Namespace.DOCUMENTS, where={"document_id": "d"})
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 5)
+    hits = await store.query(tenant_id=tenant, kind=Namespace.DOCUMENTS, vector=_unit(0), top_k=10)
+    assert {h.metadata["document_id"] for h in hits} == {"e"}
+
+
+async def test_drop_deletes_the_namespace_and_tolerates_absence(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.ensure(tenant_id=tenant, kind=Namespace.CACHE)
+    await store.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=_records("q", 2))
+    await _count_is(store, tenant, Namespace.CACHE, 2)
+    await store.drop(tenant_id=tenant, kind=Namespace.CACHE)
+    await _count_is(store, tenant, Namespace.CACHE, 0)
+    assert await store.query(tenant_id=tenant, kind=Namespace.CACHE, vector=_unit(0), top_k=5) == []
+    await store.drop(tenant_id=tenant, kind=Namespace.CACHE)  # already gone: no error
+    await store.drop(tenant_id=uuid.uuid4(), kind=Namespace.DOCUMENTS)
+
+
+@pytest.mark.parametrize(
+    "bad_tenant", [None, "", "tenant-a", namespace_for(uuid.uuid4(), Namespace.DOCUMENTS)]
+)
+async def test_every_call_without_a_tenant_uuid_is_refused(
+    store: VectorStore, bad_tenant: object
+) -> None:
+    kind = Namespace.DOCUMENTS
+    calls = [
+        store.ensure(tenant_id=bad_tenant, kind=kind),  # type: ignore[arg-type]
+        store.upsert(tenant_id=bad_tenant, kind=kind, records=_records("d", 1)),  # type: ignore[arg-type]
+        store.query(tenant_id=bad_tenant, kind=kind, vector=_unit(0), top_k=1),  # type: ignore[arg-type]
+        store.delete_where(tenant_id=bad_tenant, kind=kind, where={"document_id": "d"}),  # type: ignore[arg-type]
+        store.count(tenant_id=bad_tenant, kind=kind),  # type: ignore[arg-type]
+        store.drop(tenant_id=bad_tenant, kind=kind),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(TenantRequired):
+            await call
+
+
+async def test_ping_answers(store: VectorStore) -> None:
+    await store.ping()

@@ -1,0 +1,104 @@
+"""Micro-batching, namespace derivation, the cache threshold floor and settings validation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from pydantic import ValidationError
+from tenantry_retrieval.config import RetrievalSettings
+from tenantry_retrieval.embeddings import MicroBatcher
+from tenantry_retrieval.service import cache_threshold
+from tenantry_retrieval.vectorstore import Namespace, TenantRequired, namespace_for
+
+pytestmark = pytest.mark.unit
+
+
+class CountingEmbedder:
+    """A fake embedder that records each call's texts."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    @property
+    def dimension(self) -> int:
+        return 2
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        await asyncio.sleep(0)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return [[float(len(t)), 1.0] for t in texts]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_burst_of_concurrent_questions_is_embedded_in_one_call() -> None:
+    fake = CountingEmbedder()
+    batcher = MicroBatcher(fake, window_s=0.02, max_batch=64)
+    texts = [f"question {'?' * i}" for i in range(10)]
+    vectors = await asyncio.gather(*(batcher.embed_one(t) for t in texts))
+    assert len(fake.calls) == 1
+    assert sorted(fake.calls[0]) == sorted(texts)
+    assert vectors == [[float(len(t)), 1.0] for t in texts], "each caller gets its own vector"
+
+
+async def test_a_burst_larger_than_max_batch_is_split() -> None:
+    fake = CountingEmbedder()
+    batcher = MicroBatcher(fake, window_s=0.05, max_batch=4)
+    await asyncio.gather(*(batcher.embed_one(str(i)) for i in range(10)))
+    assert [len(c) for c in fake.calls] == [4, 4, 2]
+
+
+async def test_an_embedding_failure_reaches_every_caller_of_the_batch() -> None:
+    batcher = MicroBatcher(CountingEmbedder(fail=True), window_s=0.01, max_batch=8)
+    results = await asyncio.gather(
+        *(batcher.embed_one(str(i)) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_namespaces_differ_by_tenant_and_purpose() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    names = {namespace_for(t, k) for t in (a, b) for k in Namespace}
+    assert len(names) == 4
+    assert namespace_for(a, Namespace.DOCUMENTS) == f"tenant-{a.hex}-docs"
+    assert namespace_for(a, Namespace.CACHE) == f"tenant-{a.hex}-cache"
+
+
+@pytest.mark.parametrize("bad", [None, "", "acme", "../other", str(uuid.uuid4())])
+def test_namespace_needs_a_uuid_tenant(bad: object) -> None:
+    with pytest.raises(TenantRequired):
+        namespace_for(bad, Namespace.DOCUMENTS)  # type: ignore[arg-type]
+
+
+def test_cache_threshold_never_goes_below_the_platform_floor() -> None:
+    assert cache_threshold(requested=0.1, floor=0.85) == 0.85
+    assert cache_threshold(requested=0.95, floor=0.85) == 0.95
+
+
+def test_settings_refuse_overlap_not_smaller_than_chunk_size() -> None:
+    with pytest.raises(ValidationError, match="chunk_overlap_chars"):
+        RetrievalSettings(chunk_size_chars=100, chunk_overlap_chars=100)
+
+
+def test_settings_refuse_pinecone_without_a_key() -> None:
+    with pytest.raises(ValidationError, match="PINECONE_API_KEY"):
+        RetrievalSettings(vector_backend="pinecone")
+
+
+def test_settings_defaults_serve_on_8001_with_embedded_chroma_under_var() -> None:
+    settings = RetrievalSettings()
+    assert settings.http_port == 8001
+    assert settings.vector_backend == "chroma"
+    assert settings.chroma_path.parts[-2:] == ("var", "chroma")
+    assert settings.chroma_http_url is None
