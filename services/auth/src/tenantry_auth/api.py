@@ -1,6 +1,5 @@
 """The edge's HTTP API. The tenant always comes from the verified token, never from input."""
 
-from __future__ import annotations
 
 import json
 import logging

@@ -105,6 +105,7 @@ class ReplyRouter:
         self._refresh = redis.register_script(_REFRESH)
         self._release = redis.register_script(_RELEASE)
         self._assigned = asyncio.Event()
+        self._leased = asyncio.Event()
 
     def _key(self, partition: int) -> str:
         return f"{self.namespace}:{partition}"
@@ -151,6 +152,7 @@ class ReplyRouter:
                     if self.partition is None:
                         log.error("no free reply partition; chat is unavailable on this replica")
                     else:
+                        self._leased.set()
                         log.info("reply partition leased", extra={"partition": self.partition})
                 elif not await self._refresh(
                     keys=[self._key(self.partition)], args=[self.owner, self.lease_ttl_ms]
@@ -158,6 +160,7 @@ class ReplyRouter:
                     # Lost (e.g. Redis was away longer than the TTL): take a partition anew.
                     log.error("reply partition lease lost", extra={"partition": self.partition})
                     self.partition = None
+                    self._leased.clear()
                     self._assigned.clear()
                     continue
             except RedisError as exc:
@@ -178,9 +181,10 @@ class ReplyRouter:
                 await asyncio.sleep(1.0)
 
     async def _read_assigned(self) -> None:
-        while self.partition is None:
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 (the lease keeper sets it; polling is fine)
+        await self._leased.wait()
         partition = self.partition
+        if partition is None:
+            return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=None,
