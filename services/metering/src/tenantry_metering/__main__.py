@@ -1,0 +1,25 @@
+"""``python -m tenantry_metering``: serve metering on its port."""
+
+from __future__ import annotations
+
+import uvicorn
+from tenantry_common.logging import configure_logging
+
+from tenantry_metering.app import build_app
+from tenantry_metering.config import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
+
+
+if __name__ == "__main__":
+    main()

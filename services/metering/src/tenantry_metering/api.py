@@ -1,0 +1,233 @@
+"""The usage query API the edge forwards to: tenant from the verified token, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import date, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from tenantry_common.auth import Principal, Role, TokenVerifier, principal_dependency
+
+from tenantry_metering import repository as repo
+from tenantry_metering import service
+from tenantry_metering.repository import AggregateRow
+from tenantry_metering.runtime import Runtime
+
+Period = Literal["day", "month"]
+Format = Literal["json", "csv"]
+
+#: Cells a spreadsheet would run as a formula (CSV injection): prefixed with a quote.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\x00")
+
+
+class UsageLine(BaseModel):
+    period: str = Field(description="YYYY-MM-DD (day) or YYYY-MM (month), UTC.")
+    model: str
+    requests: int
+    cached_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_micros: int
+    unpriced_requests: int = Field(description="Requests of models missing from the catalogue.")
+
+
+class PeriodSummary(BaseModel):
+    period: str
+    requests: int
+    total_tokens: int
+    cost_micros: int
+    budget_kind: Literal["daily_tokens", "monthly_spend"]
+    budget_limit: int | None = Field(description="Tokens (day) or micro-dollars (month).")
+    budget_used: int = Field(description="Tokens (day) or micro-dollars (month).")
+    percent_used: float | None
+    remaining: int | None
+
+
+class UsageReport(BaseModel):
+    tenant_id: uuid.UUID
+    period: Period
+    start: date
+    end: date
+    lines: list[UsageLine]
+    periods: list[PeriodSummary]
+
+
+def neutralise(cell: object) -> str:
+    """A CSV cell that no spreadsheet will evaluate as a formula."""
+    text = "" if cell is None else str(cell)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _label(period: Period, day: date) -> str:
+    return day.isoformat() if period == "day" else day.isoformat()[:7]
+
+
+def build_report(
+    *,
+    tenant_id: uuid.UUID,
+    period: Period,
+    start: date,
+    end: date,
+    rows: list[AggregateRow],
+    directory: service.TenantDirectory,
+) -> UsageReport:
+    """Lines per period and model, and per period the budget used and remaining."""
+    config = directory.budgets_of(tenant_id)
+    lines = [
+        UsageLine(
+            period=_label(period, r.period),
+            model=r.model,
+            requests=r.requests,
+            cached_requests=r.cached_requests,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            total_tokens=r.total_tokens,
+            cost_micros=r.cost_micros,
+            unpriced_requests=r.unpriced_requests,
+        )
+        for r in rows
+    ]
+    summaries: list[PeriodSummary] = []
+    for label in sorted({line.period for line in lines}):
+        of_period = [line for line in lines if line.period == label]
+        tokens = sum(line.total_tokens for line in of_period)
+        cost = sum(line.cost_micros for line in of_period)
+        if period == "day":
+            limit = config.daily_token_budget if config else None
+            used = tokens
+        else:
+            limit = config.monthly_spend_budget_micros if config else None
+            used = cost
+        summaries.append(
+            PeriodSummary(
+                period=label,
+                requests=sum(line.requests for line in of_period),
+                total_tokens=tokens,
+                cost_micros=cost,
+                budget_kind="daily_tokens" if period == "day" else "monthly_spend",
+                budget_limit=limit,
+                budget_used=used,
+                # Integers until the last step: basis points, then two decimals.
+                percent_used=(used * 10_000 // limit) / 100 if limit else None,
+                remaining=max(0, limit - used) if limit is not None else None,
+            )
+        )
+    return UsageReport(
+        tenant_id=tenant_id, period=period, start=start, end=end, lines=lines, periods=summaries
+    )
+
+
+CSV_COLUMNS = (
+    "period",
+    "model",
+    "requests",
+    "cached_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_micros",
+    "unpriced_requests",
+    "budget_kind",
+    "budget_limit",
+    "budget_used",
+    "percent_used",
+    "remaining",
+)
+
+
+def report_csv(report: UsageReport) -> str:
+    """One CSV line per period and model, with its period's budget columns."""
+    by_period = {p.period: p for p in report.periods}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for line in report.lines:
+        summary = by_period[line.period]
+        values = line.model_dump() | {
+            k: getattr(summary, k)
+            for k in ("budget_kind", "budget_limit", "budget_used", "percent_used", "remaining")
+        }
+        writer.writerow([neutralise(values[c]) for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
+    """``GET /v1/usage`` (the token's tenant) and ``GET /v1/tenants/{id}/usage`` (operators)."""
+    router = APIRouter(tags=["usage"])
+    CurrentPrincipal = Annotated[Principal, Depends(principal_dependency(verifier))]
+
+    async def answer(
+        tenant_id: uuid.UUID, period: Period, start: date | None, end: date | None, fmt: Format
+    ) -> Response:
+        today = service.utc_today()
+        end = end or today
+        start = start or (end - timedelta(days=29) if period == "day" else end.replace(day=1))
+        if start > end:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "start must not be after end")
+        if (end - start).days > runtime.settings.query_max_days:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"at most {runtime.settings.query_max_days} days per query",
+            )
+        async with runtime.db().connect() as conn:
+            if period == "day":
+                rows = await repo.daily_rows(conn, tenant_id=tenant_id, start=start, end=end)
+            else:
+                rows = await repo.monthly_rows(
+                    conn,
+                    tenant_id=tenant_id,
+                    start=service.first_of_month(start),
+                    end=service.first_of_month(end),
+                )
+        report = build_report(
+            tenant_id=tenant_id,
+            period=period,
+            start=start,
+            end=end,
+            rows=rows,
+            directory=runtime.directory,
+        )
+        if fmt == "csv":
+            return Response(
+                report_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="usage-{tenant_id}-{period}.csv"'
+                },
+            )
+        return Response(report.model_dump_json(), media_type="application/json")
+
+    @router.get("/v1/usage", response_model=UsageReport)
+    async def own_usage(
+        principal: CurrentPrincipal,
+        period: Period = "day",
+        start: date | None = None,
+        end: date | None = None,
+        format: Annotated[Format, Query()] = "json",
+    ) -> Response:
+        """The caller's tenant's usage (tenant admins and operators)."""
+        if not principal.can_admin(principal.tenant_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "usage needs the admin role")
+        return await answer(principal.tenant_id, period, start, end, format)
+
+    @router.get("/v1/tenants/{tenant_id}/usage", response_model=UsageReport)
+    async def tenant_usage(
+        tenant_id: uuid.UUID,
+        principal: CurrentPrincipal,
+        period: Period = "day",
+        start: date | None = None,
+        end: date | None = None,
+        format: Annotated[Format, Query()] = "json",
+    ) -> Response:
+        """Any tenant's usage, for operators only."""
+        if principal.role is not Role.OPERATOR:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
+        return await answer(tenant_id, period, start, end, format)
+
+    return router

@@ -1,0 +1,36 @@
+"""Metering's settings (environment variables ``TENANTRY_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+from tenantry_common.settings import CommonSettings
+
+
+class Settings(CommonSettings):
+    """Settings of the metering service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANTRY_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    service_name: str = "metering"
+    postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry_metering"
+    http_port: int = 8003
+    jwks_url: str = Field(
+        default="http://127.0.0.1:8000/.well-known/jwks.json",
+        description="The edge's JWKS: keys to verify forwarded tokens with (never from a token).",
+    )
+
+    usage_group_id: str = "metering.usage"
+    lifecycle_group_id: str = "metering.lifecycle"
+
+    usage_batch_max_records: int = Field(default=1000, ge=1, le=10_000)
+    usage_batch_timeout_ms: int = Field(default=200, ge=1)
+    rollup_interval_s: float = Field(default=2.0, gt=0, description="Publish rollups this often.")
+    reconcile_interval_s: float = Field(default=60.0, gt=0, description="Redis ↔ ledger period.")
+    reconcile_days: int = Field(
+        default=2, ge=0, description="Also reconcile this many days before today (UTC)."
+    )
+    threshold_percents: tuple[int, ...] = (80,)
+    query_max_days: int = Field(default=400, ge=1)

@@ -1,0 +1,258 @@
+"""The service's shared resources and the work done after (and between) batches: settling,
+publishing budget events and rollups, and reconciling Redis with the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenantry_common.budget import BudgetStore
+from tenantry_common.events import (
+    LifecycleAction,
+    TenantConfigChanged,
+    TenantLifecycleAcknowledged,
+    TenantOffboarded,
+    TenantProvisioned,
+    UsageRecorded,
+)
+from tenantry_common.ids import derived_id
+from tenantry_common.messaging import publish_event
+from tenantry_common.topics import AUDIT, BUDGETS, TENANTS_LIFECYCLE, USAGE_DAILY
+
+from tenantry_metering import repository as repo
+from tenantry_metering import service
+from tenantry_metering.config import Settings
+from tenantry_metering.metrics import MeteringMetrics
+from tenantry_metering.repository import AggregateRow
+
+log = logging.getLogger("tenantry.metering")
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers, the API and the background loops share (one per process)."""
+
+    settings: Settings
+    broker: KafkaBroker
+    metrics: MeteringMetrics
+    directory: service.TenantDirectory = field(default_factory=service.TenantDirectory)
+    engine: AsyncEngine | None = None
+    redis: Redis | None = None
+    budgets: BudgetStore | None = None
+    #: Held from a batch's ledger commit until its Redis settlement, and by reconciliation,
+    #: so a reconcile never reads a total that a pending settlement will add to again.
+    settle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    alert_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dirty_rollups: dict[tuple[uuid.UUID, date, str], AggregateRow] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def db(self) -> AsyncEngine:
+        if self.engine is None:
+            raise RuntimeError("metering is not started")
+        return self.engine
+
+    def budget_store(self) -> BudgetStore:
+        if self.budgets is None:
+            raise RuntimeError("metering is not started")
+        return self.budgets
+
+    # ----------------------------------------------------------------------- usage
+
+    async def ingest(self, events: Sequence[UsageRecorded]) -> None:
+        """Record a batch once, settle it in Redis, count it, queue its rollups and alerts."""
+        if not events:
+            return
+        async with self.settle_lock:
+            batch = await service.record_usage(
+                engine=self.db(),
+                events=events,
+                catalogue=self.settings.models,
+                directory=self.directory,
+                thresholds=self.settings.threshold_percents,
+            )
+            await self.budget_store().settle_many(batch.settlements)
+        for row in batch.new_rows:
+            self.metrics.tokens.labels(str(row.tenant_id), row.model, "prompt").inc(
+                row.prompt_tokens
+            )
+            self.metrics.tokens.labels(str(row.tenant_id), row.model, "completion").inc(
+                row.completion_tokens
+            )
+            self.metrics.cost.labels(str(row.tenant_id), row.model).inc(row.cost_micros)
+            if not row.priced:
+                self.metrics.unpriced.labels(row.model).inc()
+                log.warning(
+                    "usage of a model missing from the catalogue recorded at cost 0",
+                    extra={"tenant_id": str(row.tenant_id), "model": row.model},
+                )
+        self.metrics.events.labels("recorded").inc(len(batch.new_rows))
+        self.metrics.events.labels("duplicate").inc(batch.duplicates)
+        for daily in batch.daily:
+            self.dirty_rollups[(daily.tenant_id, daily.period, daily.model)] = daily
+        if batch.alerts_recorded:
+            await self.publish_alerts_safely(sorted(batch.tenants))
+
+    # ----------------------------------------------------------------------- budgets
+
+    async def publish_pending_alerts(self, tenant_ids: Sequence[uuid.UUID]) -> int:
+        """Publish the outbox's budget events (and audit records) of these tenants."""
+        published = 0
+        async with self.alert_lock:
+            async with self.db().connect() as conn:
+                alerts = await repo.pending_alerts(conn, tenant_ids=tenant_ids)
+            for alert in alerts:
+                event, audit = service.budget_events(alert)
+                await publish_event(self.broker, BUDGETS, event)
+                await publish_event(self.broker, AUDIT, audit)
+                async with self.db().begin() as conn:
+                    await repo.mark_alert_published(conn, alert=alert)
+                self.metrics.alerts.labels(alert.kind, str(alert.threshold_percent)).inc()
+                published += 1
+        return published
+
+    async def publish_alerts_safely(self, tenant_ids: Sequence[uuid.UUID]) -> None:
+        # The alerts are committed in the outbox; a failed publish is retried by the loop.
+        try:
+            await self.publish_pending_alerts(tenant_ids)
+        except Exception as exc:
+            log.warning("budget events not published yet", extra={"error_type": type(exc).__name__})
+
+    async def config_changed(self, event: TenantConfigChanged) -> None:
+        """Keep the newest config; re-check today's budgets (a lowered budget may be crossed)."""
+        if not self.directory.apply(event):
+            return
+        if self.directory.budgets_of(event.tenant_id) is None:
+            return
+        recorded = await service.evaluate_budgets(
+            engine=self.db(),
+            tenant_id=event.tenant_id,
+            day=service.utc_today(),
+            directory=self.directory,
+            thresholds=self.settings.threshold_percents,
+        )
+        if recorded:
+            await self.publish_alerts_safely([event.tenant_id])
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def provisioned(self, event: TenantProvisioned) -> None:
+        """Nothing to create for a new tenant; take its config and acknowledge."""
+        self.directory.apply_config(event.tenant_id, event.config_version, event.config)
+        await self._ack(event.tenant_id, event.event_id, LifecycleAction.PROVISIONED)
+
+    async def offboarded(self, event: TenantOffboarded) -> None:
+        """Stop watching the tenant's budgets; keep its ledger (billing records); acknowledge."""
+        async with self.db().begin() as conn:
+            await repo.mark_offboarded(conn, tenant_id=event.tenant_id)
+        self.directory.offboarded.add(event.tenant_id)
+        await self._ack(
+            event.tenant_id,
+            event.event_id,
+            LifecycleAction.OFFBOARDED,
+            detail="usage ledger kept as billing records; budgets no longer watched",
+        )
+
+    async def _ack(
+        self, tenant_id: uuid.UUID, source_id: uuid.UUID, action: LifecycleAction, detail: str = ""
+    ) -> None:
+        await publish_event(
+            self.broker,
+            TENANTS_LIFECYCLE,
+            TenantLifecycleAcknowledged(
+                event_id=derived_id(source_id, "metering-ack"),
+                tenant_id=tenant_id,
+                service="metering",
+                action=action,
+                succeeded=True,
+                detail=detail,
+            ),
+        )
+
+    # ----------------------------------------------------------------------- background
+
+    async def flush_rollups(self) -> int:
+        """Publish the day/model rows changed since the last flush to ``usage.daily.v1``."""
+        dirty, self.dirty_rollups = self.dirty_rollups, {}
+        sent = 0
+        try:
+            for (tenant_id, day, model), row in dirty.items():
+                await publish_event(
+                    self.broker,
+                    USAGE_DAILY,
+                    service.rollup_event(row),
+                    key=f"{tenant_id}:{day.isoformat()}:{model}".encode(),
+                )
+                sent += 1
+        except Exception:
+            # Put back what was not sent, unless a newer row replaced it meanwhile.
+            for key, row in list(dirty.items())[sent:]:
+                self.dirty_rollups.setdefault(key, row)
+            raise
+        return sent
+
+    async def reconcile_now(self) -> int:
+        """Reset Redis's settled counters to the ledger's totals (recent days)."""
+        async with self.settle_lock:
+            count = await service.reconcile(
+                engine=self.db(),
+                budgets=self.budget_store(),
+                today=service.utc_today(),
+                days_back=self.settings.reconcile_days,
+            )
+        self.metrics.reconciled.inc(count)
+        return count
+
+    async def _every(self, interval_s: float, name: str, job: object) -> None:
+        assert callable(job)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    f"{name} failed; will try again", extra={"error_type": type(exc).__name__}
+                )
+
+    async def _flush_outbox(self) -> None:
+        async with self.db().connect() as conn:
+            tenants = await repo.tenants_with_pending_alerts(conn)
+        if tenants:
+            await self.publish_pending_alerts(tenants)
+
+    async def _periodic_flush(self) -> None:
+        await self.flush_rollups()
+        await self._flush_outbox()
+
+    def start_background(self) -> None:
+        self.tasks = [
+            asyncio.create_task(
+                self._every(
+                    self.settings.rollup_interval_s, "rollup/outbox flush", self._periodic_flush
+                )
+            ),
+            asyncio.create_task(
+                self._every(
+                    self.settings.reconcile_interval_s, "reconciliation", self.reconcile_now
+                )
+            ),
+        ]
+
+    async def stop_background(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks = []
+        with contextlib.suppress(Exception):
+            await self._periodic_flush()

@@ -1,0 +1,392 @@
+"""Metering's logic: price and record usage once, keep aggregates, watch budgets, reconcile.
+
+No broker or HTTP types here: handlers decode and publish, this module decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenantry_common.budget import BudgetStore, Settlement
+from tenantry_common.events import (
+    AuditRecorded,
+    AuditStatus,
+    AuditType,
+    BudgetExhausted,
+    BudgetKind,
+    BudgetThresholdCrossed,
+    TenantConfig,
+    TenantConfigChanged,
+    UsageRecorded,
+    UsageRolledUp,
+)
+from tenantry_common.ids import derived_id, utcnow
+from tenantry_common.messaging import PermanentError
+from tenantry_common.settings import ModelSpec
+
+from tenantry_metering import repository as repo
+from tenantry_metering.repository import AggregateDelta, AggregateRow, AlertRow, LedgerRow
+
+log = logging.getLogger("tenantry.metering")
+
+EXHAUSTED_PERCENT = 100
+
+
+def first_of_month(day: date) -> date:
+    return day.replace(day=1)
+
+
+def period_label(kind: str, day: date) -> str:
+    """The UTC period an alert is keyed by: ``YYYY-MM-DD`` for days, ``YYYY-MM`` for months."""
+    return day.isoformat() if kind == BudgetKind.DAILY_TOKENS else day.isoformat()[:7]
+
+
+def fingerprint(event: UsageRecorded) -> bytes:
+    """SHA-256 of the event's canonical JSON (pydantic's dump of the validated model)."""
+    return hashlib.sha256(event.model_dump_json().encode()).digest()
+
+
+def price(*, catalogue: Mapping[str, ModelSpec], event: UsageRecorded) -> tuple[int, bool]:
+    """(cost in micro-dollars, whether the model was in the catalogue).
+
+    An unknown model is recorded at cost 0 and flagged (``priced = false``) rather than
+    dead-lettered: its tokens still count against the daily budget and the edge's reservation
+    is still settled; the flag (and a metric) tells operators to add the model's price.
+    """
+    spec = catalogue.get(event.model)
+    if spec is None:
+        return 0, False
+    return spec.cost_micros(event.prompt_tokens, event.completion_tokens), True
+
+
+# --------------------------------------------------------------------------- tenant config
+
+
+@dataclass
+class TenantDirectory:
+    """The latest config per tenant (from ``tenants.config.v1``) and who was offboarded."""
+
+    configs: dict[uuid.UUID, tuple[int, TenantConfig]] = field(default_factory=dict)
+    offboarded: set[uuid.UUID] = field(default_factory=set)
+
+    def apply(self, event: TenantConfigChanged) -> bool:
+        """Keep the config if it is newer than the one held; True when it replaced it."""
+        held = self.configs.get(event.tenant_id)
+        if held is not None and held[0] >= event.version:
+            return False
+        self.configs[event.tenant_id] = (event.version, event.config)
+        return True
+
+    def apply_config(self, tenant_id: uuid.UUID, version: int, config: TenantConfig) -> None:
+        held = self.configs.get(tenant_id)
+        if held is None or held[0] < version:
+            self.configs[tenant_id] = (version, config)
+
+    def budgets_of(self, tenant_id: uuid.UUID) -> TenantConfig | None:
+        """The config whose budgets are watched, or None (unknown or offboarded tenant)."""
+        if tenant_id in self.offboarded:
+            return None
+        held = self.configs.get(tenant_id)
+        return held[1] if held else None
+
+
+# --------------------------------------------------------------------------- recording usage
+
+
+@dataclass(frozen=True)
+class RecordedBatch:
+    """What one batch changed, for the caller to settle, count and publish after commit."""
+
+    new_rows: list[LedgerRow]
+    duplicates: int
+    settlements: list[Settlement]
+    daily: list[AggregateRow]
+    alerts_recorded: int
+    tenants: set[uuid.UUID]
+
+
+def _ledger_row(event: UsageRecorded, catalogue: Mapping[str, ModelSpec]) -> LedgerRow:
+    cost, priced = price(catalogue=catalogue, event=event)
+    return LedgerRow(
+        tenant_id=event.tenant_id,
+        event_id=event.event_id,
+        request_id=event.request_id,
+        occurred_at=event.occurred_at,
+        day=event.occurred_at.astimezone(UTC).date(),
+        model=event.model,
+        user_id=event.user_id,
+        source=event.source,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached=event.cached,
+        cost_micros=cost,
+        priced=priced,
+        payload_sha256=fingerprint(event),
+    )
+
+
+def _deltas(rows: Iterable[LedgerRow], *, monthly: bool) -> list[AggregateDelta]:
+    sums: dict[tuple[uuid.UUID, date, str], list[int]] = {}
+    for r in rows:
+        key = (r.tenant_id, first_of_month(r.day) if monthly else r.day, r.model)
+        s = sums.setdefault(key, [0, 0, 0, 0, 0, 0])
+        s[0] += 1
+        s[1] += int(r.cached)
+        s[2] += r.prompt_tokens
+        s[3] += r.completion_tokens
+        s[4] += r.cost_micros
+        s[5] += int(not r.priced)
+    return [AggregateDelta(k[0], k[1], k[2], *v) for k, v in sums.items()]
+
+
+def crossed_alerts(
+    *,
+    tenant_id: uuid.UUID,
+    kind: BudgetKind,
+    day: date,
+    used: int,
+    limit: int,
+    thresholds: Sequence[int],
+) -> list[AlertRow]:
+    """The thresholds (and 100 %) that ``used`` has reached; a limit of 0 is not watched."""
+    if limit <= 0:
+        return []
+    period = period_label(kind, day)
+    return [
+        AlertRow(tenant_id, kind.value, period, pct, used, limit)
+        for pct in (*thresholds, EXHAUSTED_PERCENT)
+        if used * 100 >= limit * pct
+    ]
+
+
+async def _budget_alerts(
+    conn: AsyncConnection,
+    *,
+    touched_days: set[tuple[uuid.UUID, date]],
+    directory: TenantDirectory,
+    thresholds: Sequence[int],
+) -> list[AlertRow]:
+    watched = {(t, d) for t, d in touched_days if directory.budgets_of(t) is not None}
+    if not watched:
+        return []
+    day_keys = sorted(watched)
+    month_keys = sorted({(t, first_of_month(d)) for t, d in watched})
+    day_used = await repo.day_token_totals(conn, keys=day_keys)
+    month_used = await repo.month_spend_totals(conn, keys=month_keys)
+    alerts: list[AlertRow] = []
+    for tenant_id, day in day_keys:
+        config = directory.budgets_of(tenant_id)
+        assert config is not None
+        alerts += crossed_alerts(
+            tenant_id=tenant_id,
+            kind=BudgetKind.DAILY_TOKENS,
+            day=day,
+            used=day_used.get((tenant_id, day), 0),
+            limit=config.daily_token_budget,
+            thresholds=thresholds,
+        )
+    for tenant_id, month in month_keys:
+        config = directory.budgets_of(tenant_id)
+        assert config is not None
+        alerts += crossed_alerts(
+            tenant_id=tenant_id,
+            kind=BudgetKind.MONTHLY_SPEND,
+            day=month,
+            used=month_used.get((tenant_id, month), 0),
+            limit=config.monthly_spend_budget_micros,
+            thresholds=thresholds,
+        )
+    return alerts
+
+
+async def record_usage(
+    *,
+    engine: AsyncEngine,
+    events: Sequence[UsageRecorded],
+    catalogue: Mapping[str, ModelSpec],
+    directory: TenantDirectory,
+    thresholds: Sequence[int],
+) -> RecordedBatch:
+    """Write a batch into the ledger once per event id, with its aggregates and budget alerts,
+    in one transaction. The same id with a different payload is refused (PermanentError)."""
+    rows: dict[tuple[uuid.UUID, uuid.UUID], LedgerRow] = {}
+    for event in events:
+        row = _ledger_row(event, catalogue)
+        key = (row.tenant_id, row.event_id)
+        held = rows.get(key)
+        if held is not None and held.payload_sha256 != row.payload_sha256:
+            raise PermanentError(f"usage event {row.event_id} seen twice with different payloads")
+        rows.setdefault(key, row)
+    async with engine.begin() as conn:
+        inserted = await repo.insert_ledger_rows(conn, rows=list(rows.values()))
+        seen_before = [k for k in rows if k not in inserted]
+        if seen_before:
+            stored = await repo.ledger_fingerprints(conn, keys=seen_before)
+            for key in seen_before:
+                if stored.get(key) != rows[key].payload_sha256:
+                    raise PermanentError(
+                        f"usage event {key[1]} is already in the ledger with a different payload"
+                    )
+        new_rows = [row for key, row in rows.items() if key in inserted]
+        daily = await repo.add_to_aggregates(
+            conn, monthly=False, deltas=_deltas(new_rows, monthly=False)
+        )
+        await repo.add_to_aggregates(conn, monthly=True, deltas=_deltas(new_rows, monthly=True))
+        alerts = await _budget_alerts(
+            conn,
+            touched_days={(r.tenant_id, r.day) for r in new_rows},
+            directory=directory,
+            thresholds=thresholds,
+        )
+        alerts_recorded = await repo.insert_alerts(conn, alerts=alerts)
+    # Every event id of the batch is settled, redeliveries too: an earlier attempt may have
+    # committed the ledger and stopped before Redis; the settle script's marker makes it once.
+    first_event = {(e.tenant_id, e.event_id): e for e in reversed(events)}
+    settlements = [
+        Settlement(
+            tenant_id=row.tenant_id,
+            event_id=row.event_id,
+            request_id=row.request_id,
+            reserved_day=first_event[key].reservation.period_day,
+            usage_day=row.day,
+            tokens=row.prompt_tokens + row.completion_tokens,
+            cost_micros=row.cost_micros,
+        )
+        for key, row in rows.items()
+    ]
+    return RecordedBatch(
+        new_rows=new_rows,
+        duplicates=len(events) - len(new_rows),
+        settlements=settlements,
+        daily=daily,
+        alerts_recorded=alerts_recorded,
+        tenants={r.tenant_id for r in rows.values()},
+    )
+
+
+async def evaluate_budgets(
+    *,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+    day: date,
+    directory: TenantDirectory,
+    thresholds: Sequence[int],
+) -> int:
+    """Re-check one tenant's day and month against its (possibly new) budgets."""
+    async with engine.begin() as conn:
+        alerts = await _budget_alerts(
+            conn, touched_days={(tenant_id, day)}, directory=directory, thresholds=thresholds
+        )
+        return await repo.insert_alerts(conn, alerts=alerts)
+
+
+# --------------------------------------------------------------------------- budget events
+
+
+def budget_events(
+    alert: AlertRow,
+) -> tuple[BudgetThresholdCrossed | BudgetExhausted, AuditRecorded]:
+    """The budget event and its audit record for an alert (ids derived: republishing is safe)."""
+    kind = BudgetKind(alert.kind)
+    alert_id = derived_id(
+        alert.tenant_id, f"budget:{alert.kind}:{alert.period}:{alert.threshold_percent}"
+    )
+    event: BudgetThresholdCrossed | BudgetExhausted
+    if alert.threshold_percent >= EXHAUSTED_PERCENT:
+        event = BudgetExhausted(
+            event_id=alert_id,
+            tenant_id=alert.tenant_id,
+            kind=kind,
+            period=alert.period,
+            used=alert.used,
+            limit=alert.limit,
+        )
+        action = "exhausted"
+    else:
+        event = BudgetThresholdCrossed(
+            event_id=alert_id,
+            tenant_id=alert.tenant_id,
+            kind=kind,
+            period=alert.period,
+            used=alert.used,
+            limit=alert.limit,
+            threshold_percent=alert.threshold_percent,
+        )
+        action = "threshold_crossed"
+    audit = AuditRecorded(
+        event_id=derived_id(alert_id, "audit"),
+        tenant_id=alert.tenant_id,
+        audit_type=AuditType.BUDGET,
+        source="metering",
+        resource_type="budget",
+        resource_id=f"{alert.kind}:{alert.period}",
+        action=action,
+        status=AuditStatus.SUCCESS,
+        details={
+            "kind": alert.kind,
+            "period": alert.period,
+            "threshold_percent": alert.threshold_percent,
+            "used": alert.used,
+            "limit": alert.limit,
+        },
+    )
+    return event, audit
+
+
+def rollup_event(row: AggregateRow) -> UsageRolledUp:
+    """The analysts' record of one tenant's day and model (id derived from its content)."""
+    return UsageRolledUp(
+        event_id=derived_id(
+            row.tenant_id, f"rollup:{row.period}:{row.model}:{row.requests}:{row.cost_micros}"
+        ),
+        tenant_id=row.tenant_id,
+        day=row.period,
+        model=row.model,
+        requests=row.requests,
+        cached_requests=row.cached_requests,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cost_micros=row.cost_micros,
+    )
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+async def reconcile(
+    *, engine: AsyncEngine, budgets: BudgetStore, today: date, days_back: int
+) -> int:
+    """Set Redis's settled totals to the ledger's for every tenant with recent usage.
+
+    Call it while no settlement is between its ledger commit and its Redis update (the
+    caller holds the settlement lock), or a settlement could be counted twice.
+    Returns how many (tenant, day) pairs were reconciled.
+    """
+    since = today - timedelta(days=days_back)
+    days = [since + timedelta(days=i) for i in range(days_back + 1)]
+    async with engine.connect() as conn:
+        tenants = await repo.tenants_with_usage_since(conn, since=since)
+        if not tenants:
+            return 0
+        day_keys = [(t, d) for t in tenants for d in days]
+        month_keys = sorted({(t, first_of_month(d)) for t, d in day_keys})
+        day_used = await repo.day_token_totals(conn, keys=day_keys)
+        month_used = await repo.month_spend_totals(conn, keys=month_keys)
+    for tenant_id, day in day_keys:
+        await budgets.reconcile(
+            tenant_id=tenant_id,
+            day=day,
+            ledger_tokens=day_used.get((tenant_id, day), 0),
+            ledger_spend_micros=month_used.get((tenant_id, first_of_month(day)), 0),
+        )
+    return len(day_keys)
+
+
+def utc_today() -> date:
+    return utcnow().date()
