@@ -38,6 +38,7 @@ def build_deps(settings: Settings, *, registry: CollectorRegistry) -> InferenceD
             api_keys={name: settings.model_api_key(name) for name in catalogue},
             timeout_s=settings.model_timeout_s,
             max_retries=settings.model_max_retries,
+            timeouts=settings.model_timeouts,
         ),
         counters={},
         metrics=InferenceMetrics(registry),

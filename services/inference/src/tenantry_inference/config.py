@@ -12,6 +12,14 @@ class Settings(CommonSettings):
     service_name: str = "inference"
     http_port: int = 8002
 
+    chat_group_id: str = Field(
+        default="inference.chat",
+        description="Consumer group of chat.context.v1 (shared by replicas).",
+    )
+    lifecycle_group_id: str = Field(
+        default="inference.lifecycle",
+        description="Consumer group that acknowledges lifecycle events.",
+    )
     local_model_base_url: str | None = Field(
         default=None,
         description="Overrides the catalogue's base URL of the local model (smollm2-135m).",
@@ -22,6 +30,9 @@ class Settings(CommonSettings):
     )
     model_timeout_s: float = Field(
         default=60.0, gt=0, description="Per attempt: connect, and each wait for the next chunk."
+    )
+    model_timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Per-model overrides of model_timeout_s."
     )
     model_max_retries: int = Field(
         default=2,
@@ -35,9 +46,9 @@ class Settings(CommonSettings):
         default=16, ge=1, description="A prompt leaving less room than this in the window fails."
     )
     leakage_holdback_chars: int = Field(
-        default=48,
+        default=24,
         ge=0,
-        description="Streamed text held back until scanned (grows with the longest tenant name).",
+        description="Streamed characters held back until scanned (multi-word patterns: cards).",
     )
 
     def catalogue(self) -> dict[str, ModelSpec]:

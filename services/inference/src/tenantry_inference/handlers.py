@@ -35,9 +35,6 @@ from tenantry_inference.service import (
     apply_provisioned,
 )
 
-CHAT_GROUP = "inference.chat"
-LIFECYCLE_GROUP = "inference.lifecycle"
-
 
 class BrokerOutbox:
     """The service's events, published on their topics (answers to the request's partition)."""
@@ -72,7 +69,7 @@ def register_handlers(broker: KafkaBroker, *, settings: Settings, deps: Inferenc
     directory: TenantDirectory = deps.directory
 
     # Options come as a dict (one definition for every service), which hides the overload.
-    @broker.subscriber(CHAT_CONTEXT.name, **subscriber_options(settings, CHAT_GROUP))  # type: ignore[untyped-decorator]
+    @broker.subscriber(CHAT_CONTEXT.name, **subscriber_options(settings, settings.chat_group_id))  # type: ignore[untyped-decorator]
     async def on_context_retrieved(event: ContextRetrieved) -> None:
         await answer_request(request=event, deps=deps, outbox=outbox)
 
@@ -84,7 +81,9 @@ def register_handlers(broker: KafkaBroker, *, settings: Settings, deps: Inferenc
     async def on_tenant_lifecycle_seen(event: LifecycleEvent) -> None:
         _apply_lifecycle(directory, event)
 
-    @broker.subscriber(TENANTS_LIFECYCLE.name, **subscriber_options(settings, LIFECYCLE_GROUP))  # type: ignore[untyped-decorator]
+    @broker.subscriber(
+        TENANTS_LIFECYCLE.name, **subscriber_options(settings, settings.lifecycle_group_id)
+    )  # type: ignore[untyped-decorator]
     async def on_tenant_lifecycle(event: LifecycleEvent) -> None:
         action = _apply_lifecycle(directory, event)
         if action is None:

@@ -20,16 +20,19 @@ Known limits of pattern matching (why this is a net, not a guarantee):
 * Only secrets with a recognisable shape are found; a random password without a ``password=``
   label, or a provider's key format not listed here, goes through. Card numbers are matched on
   digits and the Luhn check alone, so 1 in 10 random long digit runs pass as cards.
-* Streaming: text is released only once scanned, holding back the last ``holdback`` characters
-  and the whole trailing word; a secret longer than that window spread over several words could
-  be released in part before the rest of it is recognised (then the answer is failed, but the
-  early part has reached the client).
+* Streaming: text is released only once scanned, holding back the last ``holdback`` characters,
+  the trailing word, and any tail that could still grow into a tenant's name. A multi-word secret
+  longer than the holdback (a card number written with many separators, a labelled credential
+  whose label came long before the value) can be released in part before the rest is
+  recognised: the rest is then withheld (redact) or the answer failed (block), but the early
+  part has reached the client.
 * The name list is one regular-expression alternation: fine for thousands of tenants, not for
   millions (use an Aho-Corasick automaton then).
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import re
 import uuid
@@ -62,7 +65,14 @@ class Finding:
 
 
 _SECRET_PATTERNS: tuple[tuple[FindingKind, re.Pattern[str]], ...] = (
-    (FindingKind.PRIVATE_KEY, re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
+    (
+        FindingKind.PRIVATE_KEY,
+        # The whole block; without its END line, everything after the header.
+        re.compile(
+            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
+            r"(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*\Z)"
+        ),
+    ),
     (
         FindingKind.JWT,
         re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
@@ -112,6 +122,7 @@ class TenantRegistry:
         self._names: dict[uuid.UUID, str] = {}
         self._pattern: re.Pattern[str] | None = None
         self._owners: dict[str, set[uuid.UUID]] = {}
+        self._sorted_keys: list[str] = []
 
     def upsert(self, tenant_id: uuid.UUID, name: str) -> None:
         """Record (or rename) a tenant."""
@@ -152,8 +163,27 @@ class TenantRegistry:
             else:
                 self._pattern = re.compile(r"(?!x)x")  # matches nothing
             self._owners = owners
+            self._sorted_keys = sorted(owners)
             return self._pattern, owners
         return self._pattern, self._owners
+
+    def pending_name_start(self, text: str, start: int) -> int | None:
+        """The earliest word start at or after ``start`` whose rest of ``text`` could still
+        grow into a registered name (so a streamed name is never released half-way)."""
+        self.name_pattern()
+        keys = self._sorted_keys
+        if not keys:
+            return None
+        for i in range(max(start, len(text) - self.longest_name()), len(text)):
+            if not text[i].isalnum() or (i > 0 and text[i - 1].isalnum()):
+                continue
+            fragment = _name_key(text[i:])
+            at = bisect.bisect_left(keys, fragment)
+            if at < len(keys) and keys[at] == fragment:
+                at += 1  # a whole name here; is it also the start of a longer one?
+            if at < len(keys) and keys[at].startswith(fragment):
+                return i
+        return None
 
 
 class LeakageDetector:
@@ -230,13 +260,19 @@ class LeakageBlocked(Exception):
         self.stage = stage
 
 
+#: How far before the released point a scan starts, so a pattern whose first words were
+#: already released (``Bearer``, ``password=``) is still recognised and its rest withheld.
+LOOKBACK_CHARS = 64
+
+
 @dataclass
 class StreamGuard:
     """Releases streamed text only after it was scanned, redacting or blocking as configured.
 
-    Text is held back until it is ``holdback`` characters from the end and its word is complete,
-    so a pattern is seen whole before any part of it is released. What ``feed``/``finish``
-    return, concatenated, is exactly ``answer``.
+    Held back: the last ``holdback`` characters (multi-word patterns such as card numbers), the
+    trailing word (it may still grow into a key or token), any tail that could still become a
+    tenant's name, and any match that is not complete yet. What ``feed``/``finish`` return,
+    concatenated, is exactly ``answer``.
     """
 
     detector: LeakageDetector
@@ -262,26 +298,41 @@ class StreamGuard:
         return self.released
 
     def _advance(self, *, final: bool) -> str:
-        found = self.detector.scan(self.raw, tenant_id=self.tenant_id, start=self._committed)
-        if found and self.policy is LeakagePolicy.BLOCK:
-            self.findings.extend(found)
-            raise LeakageBlocked(found, "answer")
-        if final:
-            boundary = len(self.raw)
-        else:
-            trailing_word = len(self.raw)
-            while trailing_word > self._committed and not self.raw[trailing_word - 1].isspace():
-                trailing_word -= 1
-            boundary = max(min(len(self.raw) - self.holdback, trailing_word), self._committed)
-            for f in found:
-                if f.start < boundary < f.end:
-                    boundary = max(f.start, self._committed)
+        committed = self._committed
+        scanned = self.detector.scan(
+            self.raw, tenant_id=self.tenant_id, start=max(0, committed - LOOKBACK_CHARS)
+        )
+        # Matches reaching into released text: only their unreleased part can still be withheld.
+        found = [
+            Finding(f.kind, max(f.start, committed), f.end) for f in scanned if f.end > committed
+        ]
+        late = any(f.start < committed for f in scanned if f.end > committed)
+        boundary = len(self.raw) if final else self._safe_boundary()
+        for f in found:
+            if f.start < boundary < f.end:
+                boundary = max(f.start, committed)
         settled = [f for f in found if f.end <= boundary]
+        if self.policy is LeakagePolicy.BLOCK and (settled or late):
+            blocked = settled or found
+            self.findings.extend(blocked)
+            raise LeakageBlocked(blocked, "answer")
         self.findings.extend(settled)
-        new = redact(self.raw[self._committed : boundary], _shift(settled, -self._committed))
+        new = redact(self.raw[committed:boundary], _shift(settled, -committed))
         self._committed = boundary
         self.released += new
         return new
+
+    def _safe_boundary(self) -> int:
+        raw, committed = self.raw, self._committed
+        boundary = len(raw) - self.holdback
+        trailing_word = len(raw)
+        while trailing_word > committed and not raw[trailing_word - 1].isspace():
+            trailing_word -= 1
+        boundary = min(boundary, trailing_word)
+        name_start = self.detector.registry.pending_name_start(raw, committed)
+        if name_start is not None:
+            boundary = min(boundary, name_start)
+        return max(boundary, committed)
 
 
 def _shift(findings: Sequence[Finding], offset: int) -> list[Finding]:

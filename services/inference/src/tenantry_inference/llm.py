@@ -48,10 +48,12 @@ class ModelGateway:
         api_keys: dict[str, str | None],
         timeout_s: float,
         max_retries: int,
+        timeouts: dict[str, float] | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.api_keys = api_keys
         self.timeout_s = timeout_s
+        self.timeouts = dict(timeouts or {})
         self.max_retries = max_retries
         self._clients: dict[str, openai.AsyncOpenAI] = {}
 
@@ -68,7 +70,7 @@ class ModelGateway:
             self._clients[model] = openai.AsyncOpenAI(
                 base_url=spec.base_url,
                 api_key=key or _NO_KEY,
-                timeout=self.timeout_s,
+                timeout=self.timeouts.get(model, self.timeout_s),
                 max_retries=self.max_retries,
             )
         return self._clients[model]

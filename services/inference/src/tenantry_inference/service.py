@@ -145,7 +145,7 @@ class InferenceDeps:
     counters: dict[str, TokenCounter]
     metrics: InferenceMetrics
     min_completion_tokens: int = 16
-    holdback_chars: int = 48
+    holdback_chars: int = 24
     total_timeout_s: float = 300.0
 
     @property
@@ -357,7 +357,7 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         detector=detector,
         tenant_id=request.tenant_id,
         policy=resolved.policy,
-        holdback=max(deps.holdback_chars, deps.directory.registry.longest_name() + 1),
+        holdback=deps.holdback_chars,
     )
     called = time.monotonic()
     seq = 0

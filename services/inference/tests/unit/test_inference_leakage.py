@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from tenantry_common.events import LeakagePolicy
 from tenantry_inference.leakage import (
     FindingKind,
@@ -133,10 +132,62 @@ def test_streamed_block_stops_before_the_secret_is_released(detector: LeakageDet
     text = "Sure. The card is 4111 1111 1111 1111 as requested."
     guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.BLOCK, holdback=32)
     released: list[str] = []
-    with pytest.raises(LeakageBlocked) as blocked:
+
+    def run() -> None:
         for piece in _pieces(text, 2):
             released.append(guard.feed(piece))
         guard.finish()
+
+    with pytest.raises(LeakageBlocked) as blocked:
+        run()
     assert blocked.value.stage == "answer"
     assert [f.kind for f in blocked.value.findings] == [FindingKind.CARD_NUMBER]
     assert "4111" not in "".join(released)
+
+
+def test_streamed_names_are_held_until_they_cannot_become_another_tenants_name(
+    detector: LeakageDetector,
+) -> None:
+    # No fixed holdback: only the name-prefix hold keeps "Glob…" back.
+    guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.REDACT, holdback=0)
+    released = [
+        guard.feed(p) for p in ["We ", "met ", "Glo", "bex ", "today. ", "Acme ", "Corp ", "rocks."]
+    ]
+    released.append(guard.finish())
+    assert "".join(released) == guard.answer
+    assert guard.answer == "We met [REDACTED:other_tenant_name] today. Acme Corp rocks."
+    assert not any("Glo" in r for r in released)
+
+
+def test_streaming_the_own_name_is_not_blocked_while_it_could_be_another_name(
+    detector: LeakageDetector,
+) -> None:
+    # "Acme" alone is another tenant; "Acme Corp" is us. Blocking must wait for the next word.
+    guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.BLOCK, holdback=0)
+    out = [guard.feed(p) for p in ["Welcome to ", "Acme", " Corp", " support."]]
+    out.append(guard.finish())
+    assert "".join(out) == "Welcome to Acme Corp support."
+
+
+def test_a_secret_after_an_already_released_label_is_still_withheld(
+    detector: LeakageDetector,
+) -> None:
+    token = "abcdefghijklmnopqrstuvwxyz0123456789"
+    guard = StreamGuard(detector=detector, tenant_id=ME, policy=LeakagePolicy.REDACT, holdback=0)
+    out = [
+        guard.feed("Use Bearer "),
+        guard.feed(token[:10]),
+        guard.feed(token[10:]),
+        guard.feed(" ok"),
+    ]
+    out.append(guard.finish())
+    assert "".join(out) == guard.answer
+    assert "abcdefghij" not in guard.answer
+    assert guard.answer.startswith("Use Bearer ")
+    assert "[REDACTED:access_token]" in guard.answer
+
+
+def test_a_private_key_block_is_redacted_whole(detector: LeakageDetector) -> None:
+    text = "key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----\nbye"
+    out = redact(text, detector.scan(text, tenant_id=ME))
+    assert out == "key:\n[REDACTED:private_key]\nbye"

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-
 from tenantry_common.events import ChatMessage, Passage
 from tenantry_inference.prompts import (
     DEFAULT_TEMPLATE,
@@ -60,7 +59,8 @@ def test_default_template_uses_only_known_placeholders() -> None:
         DEFAULT_TEMPLATE, tenant_name="Acme", tier="free", custom_instructions="be brief"
     )
     assert "{{" not in resolved
-    assert "Acme" in resolved and "free" in resolved and "be brief" in resolved
+    for value in ("Acme", "free", "be brief"):
+        assert value in resolved
 
 
 def test_system_message_ends_with_the_fixed_isolation_rules() -> None:
@@ -85,7 +85,7 @@ def test_passages_are_fenced_as_untrusted_and_cannot_close_the_fence() -> None:
     assert msg.content.count("<untrusted_passages>") == 1
     assert msg.content.count("</untrusted_passages>") == 1
     assert msg.content.count("</passage>") == 1
-    assert 'title="x\' evil=\'1"' in msg.content
+    assert "title=\"x' evil='1\"" in msg.content
     assert msg.content.index("</untrusted_passages>") < msg.content.index("Question: How long")
     assert "Refunds take 5 days." in msg.content
 
@@ -120,7 +120,9 @@ def test_context_is_trimmed_lowest_score_first_to_fit_the_window() -> None:
     assert built.prompt_tokens + built.max_tokens <= 450
     assert built.prompt_tokens == counter.count_messages(built.messages)
     content = built.messages[-1].content
-    assert "best" in content and "good" in content and "worst" not in content
+    assert "best" in content
+    assert "good" in content
+    assert "worst" not in content
 
 
 def test_max_tokens_is_capped_by_the_window_and_old_history_goes_first() -> None:
