@@ -10,7 +10,6 @@ from faststream.kafka import KafkaBroker
 from metering_testkit import TestIssuer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_common.db import create_engine
-
 from tenantry_metering.config import Settings
 
 

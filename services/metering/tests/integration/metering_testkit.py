@@ -29,7 +29,6 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import derived_id
 from tenantry_common.settings import LOCAL_MODEL
-
 from tenantry_metering.app import build_app
 from tenantry_metering.config import Settings
 

@@ -28,7 +28,6 @@ from tenantry_common.messaging import (
 )
 from tenantry_common.settings import LOCAL_MODEL, default_catalogue
 from tenantry_common.topics import TENANTS_LIFECYCLE, USAGE, USAGE_DAILY
-
 from tenantry_metering import repository
 from tenantry_metering.config import Settings
 
@@ -45,7 +44,7 @@ async def test_duplicate_and_out_of_order_deliveries_count_once(
 ) -> None:
     tenant = uuid.uuid4()
     now = datetime.now(UTC).replace(hour=12)
-    # Occurred-at times shuffled against publication order; every event published 1–3 times,
+    # Occurred-at times shuffled against publication order; every event published 1 to 3 times,
     # redeliveries interleaved with later events.
     events = [
         usage(tenant, prompt=10 + i, completion=5 + i, occurred_at=now - timedelta(minutes=i))
