@@ -160,7 +160,8 @@ def report_csv(report: UsageReport) -> str:
 def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     """``GET /v1/usage`` (the token's tenant) and ``GET /v1/tenants/{id}/usage`` (operators)."""
     router = APIRouter(tags=["usage"])
-    CurrentPrincipal = Annotated[Principal, Depends(principal_dependency(verifier))]
+    # A local Annotated alias would not resolve under postponed annotations: a default it is.
+    current_principal = Depends(principal_dependency(verifier))
 
     async def answer(
         tenant_id: uuid.UUID, period: Period, start: date | None, end: date | None, fmt: Format
@@ -205,7 +206,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
 
     @router.get("/v1/usage", response_model=UsageReport)
     async def own_usage(
-        principal: CurrentPrincipal,
+        principal: Principal = current_principal,
         period: Period = "day",
         start: date | None = None,
         end: date | None = None,
@@ -219,7 +220,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     @router.get("/v1/tenants/{tenant_id}/usage", response_model=UsageReport)
     async def tenant_usage(
         tenant_id: uuid.UUID,
-        principal: CurrentPrincipal,
+        principal: Principal = current_principal,
         period: Period = "day",
         start: date | None = None,
         end: date | None = None,

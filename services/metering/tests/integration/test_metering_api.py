@@ -1,0 +1,120 @@
+"""The usage query API: tenant from a verified token, JSON and CSV, and tenant isolation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from faststream.kafka import KafkaBroker
+from metering_testkit import TestIssuer, config_changed, ledger_count, running, usage, wait_until
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenantry_common.messaging import publish_event
+from tenantry_common.settings import LOCAL_MODEL, default_catalogue
+from tenantry_common.topics import TENANTS_CONFIG, USAGE
+from tenantry_metering.config import Settings
+
+pytestmark = pytest.mark.integration
+
+PRICE = default_catalogue()[LOCAL_MODEL]
+DAY = datetime(2025, 7, 14, 8, tzinfo=UTC)
+
+
+async def test_usage_query_json_and_csv_show_only_the_token_tenants_usage(
+    metering_settings: Settings, engine: AsyncEngine, producer: KafkaBroker, issuer: TestIssuer
+) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    async with running(metering_settings, issuer) as (app, http):
+        await publish_event(
+            producer, TENANTS_CONFIG, config_changed(a, daily_tokens=2_000, monthly_micros=1_000)
+        )
+        await publish_event(producer, USAGE, usage(a, prompt=300, completion=200, occurred_at=DAY))
+        # A model missing from the catalogue, named like a spreadsheet formula.
+        await publish_event(
+            producer,
+            USAGE,
+            usage(a, prompt=10, completion=0, model="=HYPERLINK(1)", occurred_at=DAY),
+        )
+        await publish_event(producer, USAGE, usage(b, prompt=7_777, completion=1, occurred_at=DAY))
+
+        async def recorded() -> bool:
+            return await ledger_count(engine, a) == 2 and await ledger_count(engine, b) == 1
+
+        await wait_until(recorded, what="usage recorded")
+        await wait_until(lambda: _known(app, a), what="config known")
+        query = {"period": "day", "start": "2025-07-01", "end": "2025-07-31"}
+
+        response = await http.get(
+            "/v1/usage", params=query, headers=issuer.headers(tenant_id=a, role="admin")
+        )
+        assert response.status_code == 200, response.text
+        report = response.json()
+        assert report["tenant_id"] == str(a)
+        assert sorted(line["model"] for line in report["lines"]) == ["=HYPERLINK(1)", LOCAL_MODEL]
+        assert all(line["prompt_tokens"] != 7_777 for line in report["lines"])
+        (day,) = report["periods"]
+        assert (day["period"], day["total_tokens"], day["budget_limit"]) == (
+            "2025-07-14",
+            510,
+            2_000,
+        )
+        assert (day["percent_used"], day["remaining"]) == (25.5, 1_490)
+        assert day["cost_micros"] == PRICE.cost_micros(300, 200)
+
+        month = await http.get(
+            "/v1/usage",
+            params={"period": "month", "start": "2025-07-01", "end": "2025-07-31"},
+            headers=issuer.headers(tenant_id=a, role="admin"),
+        )
+        (summary,) = month.json()["periods"]
+        assert summary["budget_kind"] == "monthly_spend"
+        assert summary["budget_used"] == PRICE.cost_micros(300, 200)
+
+        csv_response = await http.get(
+            "/v1/usage",
+            params=query | {"format": "csv"},
+            headers=issuer.headers(tenant_id=a, role="admin"),
+        )
+        assert csv_response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(csv_response.text)))
+        assert sorted(r["model"] for r in rows) == ["'=HYPERLINK(1)", LOCAL_MODEL]
+        assert "7777" not in csv_response.text
+
+        # Tenant A's token never reaches B: not by the own-tenant path, not by B's path.
+        forbidden = await http.get(
+            f"/v1/tenants/{b}/usage",
+            params=query,
+            headers=issuer.headers(tenant_id=a, role="admin"),
+        )
+        assert forbidden.status_code == 403
+        member = await http.get(
+            "/v1/usage", params=query, headers=issuer.headers(tenant_id=a, role="member")
+        )
+        assert member.status_code == 403
+        assert (await http.get("/v1/usage", params=query)).status_code == 401
+        forged = TestIssuer().headers(tenant_id=b, role="operator")
+        assert (
+            await http.get(f"/v1/tenants/{b}/usage", params=query, headers=forged)
+        ).status_code == 401
+
+        operator = await http.get(
+            f"/v1/tenants/{b}/usage",
+            params=query,
+            headers=issuer.headers(tenant_id=uuid.UUID(int=0), role="operator"),
+        )
+        assert operator.status_code == 200
+        assert [line["prompt_tokens"] for line in operator.json()["lines"]] == [7_777]
+
+        bad = await http.get(
+            "/v1/usage",
+            params={"start": "2025-07-31", "end": "2025-07-01"},
+            headers=issuer.headers(tenant_id=a, role="admin"),
+        )
+        assert bad.status_code == 400
+        assert "start" in bad.json()["detail"]
+
+
+async def _known(app, tenant: uuid.UUID) -> bool:
+    return app.state.runtime.directory.budgets_of(tenant) is not None
