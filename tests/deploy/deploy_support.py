@@ -25,7 +25,10 @@ MODEL_SERVER_PORT = 8081
 
 #: What a service's ScaledObject must scale on: (consumer group, topic) pairs.
 CONSUMER_GROUPS: dict[str, list[tuple[str, str]]] = {
-    "retrieval": [("retrieval.questions", "chat.requests.v1"), ("retrieval.documents", "documents.v1")],
+    "retrieval": [
+        ("retrieval.questions", "chat.requests.v1"),
+        ("retrieval.documents", "documents.v1"),
+    ],
     "inference": [("inference.chat", "chat.context.v1")],
     "metering": [("metering.usage", "usage.v1")],
     "audit": [("audit.records", "audit.v1")],
@@ -54,7 +57,8 @@ def documented_ports() -> dict[str, int]:
 def load_module(path: Path, name: str) -> ModuleType:
     """Import a script of the repository (deploy/*.py) by its path."""
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -147,7 +151,11 @@ def render_with_kubectl(overlay: Path) -> list[dict[str, Any]]:
     binary = kubectl()
     assert binary is not None
     result = subprocess.run(
-        [binary, "kustomize", str(overlay)], capture_output=True, text=True, check=False, timeout=120
+        [binary, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -174,9 +182,8 @@ def render_lite(directory: Path) -> list[dict[str, Any]]:
         target = patch["target"]
         ops = yaml.safe_load(patch["patch"])
         for obj in objects:
-            if obj["kind"] == target.get("kind", obj["kind"]) and obj["metadata"]["name"] == target.get(
-                "name", obj["metadata"]["name"]
-            ):
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            if target.get("kind", kind) == kind and target.get("name", name) == name:
                 for op in ops:
                     _apply_json_patch(obj, op)
     for image in kustomization.get("images", []):

@@ -75,8 +75,10 @@ def test_topics_are_created_from_topics_py_before_any_service(compose: dict[str,
     job = compose["services"]["topics"]
     script = " ".join(job["entrypoint"])
     # The names the one-shot job calls must exist in libs/common.
-    assert "ensure_topics" in script and hasattr(messaging, "ensure_topics")
-    assert "all_topics_with_dlqs" in script and hasattr(topics, "all_topics_with_dlqs")
+    assert "ensure_topics" in script
+    assert hasattr(messaging, "ensure_topics")
+    assert "all_topics_with_dlqs" in script
+    assert hasattr(topics, "all_topics_with_dlqs")
     assert job["depends_on"]["kafka"]["condition"] == "service_healthy"
     for service in SERVICES:
         condition = compose["services"][service]["depends_on"]["topics"]["condition"]
@@ -106,12 +108,15 @@ def test_service_builds_from_the_one_dockerfile_and_checks_readiness(
     assert svc["build"]["args"]["SERVICE"] == service
     assert svc["environment"]["TENANTRY_HTTP_PORT"] == str(documented_ports()[service])
     assert svc["healthcheck"]["test"] == ["CMD", "python", "/app/healthcheck.py", "/readyz"]
-    assert svc["read_only"] is True and "/tmp" in svc["tmpfs"]
+    assert svc["read_only"] is True
+    assert "/tmp" in svc["tmpfs"]
     assert svc["cap_drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_stop_grace_period_covers_the_graceful_timeout(compose: dict[str, Any], service: str) -> None:
+def test_stop_grace_period_covers_the_graceful_timeout(
+    compose: dict[str, Any], service: str
+) -> None:
     svc = compose["services"][service]
     timeout = float(svc["environment"].get("TENANTRY_GRACEFUL_TIMEOUT_S", 0)) or float(
         CommonSettings.model_fields["graceful_timeout_s"].default

