@@ -1,0 +1,696 @@
+"""Retrieval end to end on real parts: the session's broker, Redis, embedded Chroma in a temp
+directory and the local all-MiniLM-L6-v2 embedder. Events go in on the topics, and what the
+service publishes is read back from the topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from tenantry_common.events import (
+    AuditRecorded,
+    AuditType,
+    ChatCompleted,
+    ChatOptions,
+    ChatRequested,
+    Citation,
+    ContextRetrieved,
+    DocumentDeleted,
+    DocumentSubmitted,
+    Event,
+    LifecycleAction,
+    ReplyTo,
+    Reservation,
+    TenantConfig,
+    TenantLifecycleAcknowledged,
+    TenantOffboarded,
+    TenantProvisioned,
+    Tier,
+    TokenUsage,
+    UsageRecorded,
+    parse_event,
+)
+from tenantry_common.ids import derived_id
+from tenantry_common.messaging import DLQ_HEADER_ERROR, publish_event
+from tenantry_common.topics import (
+    AUDIT,
+    CHAT_CONTEXT,
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    DOCUMENTS,
+    TENANTS_LIFECYCLE,
+    USAGE,
+)
+from tenantry_retrieval.app import build_app
+from tenantry_retrieval.chunking import chunk_text
+from tenantry_retrieval.config import RetrievalSettings
+from tenantry_retrieval.embeddings import LocalEmbedder
+from tenantry_retrieval.service import RetrievalService, corpus_version_key
+from tenantry_retrieval.vectorstore import Namespace, namespace_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m"
+REPLY = ReplyTo(topic=CHAT_RESPONSES.name, partition=5)
+WAIT_S = 120.0
+E = TypeVar("E", bound=Event)
+
+
+# --------------------------------------------------------------------------- reading topics
+
+
+class Collector:
+    """Reads every topic retrieval writes (and the DLQs) from the start, in the background."""
+
+    TOPICS = (
+        CHAT_CONTEXT.name,
+        CHAT_RESPONSES.name,
+        USAGE.name,
+        AUDIT.name,
+        TENANTS_LIFECYCLE.name,
+        CHAT_REQUESTS.dlq,
+        DOCUMENTS.dlq,
+    )
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            *self.TOPICS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        self.events: list[Event] = []
+        self.where: dict[uuid.UUID, tuple[str, int]] = {}  # event_id → (topic, partition)
+        self.dead: list[ConsumerRecord[bytes, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        async for record in self.consumer:
+            if record.topic.endswith(".dlq"):
+                self.dead.append(record)
+                continue
+            try:
+                event = parse_event(record.value)
+            except ValueError:
+                continue
+            self.events.append(event)
+            self.where[event.event_id] = (record.topic, record.partition)
+
+    def find(self, cls: type[E], predicate: Callable[[E], bool] = lambda e: True) -> list[E]:
+        return [e for e in self.events if isinstance(e, cls) and predicate(e)]
+
+    async def wait_for(
+        self, cls: type[E], predicate: Callable[[E], bool], timeout: float = WAIT_S
+    ) -> E:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = self.find(cls, predicate)
+            if found:
+                return found[0]
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no {cls.__name__} matched in {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT_S) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+async def embedder() -> AsyncIterator[LocalEmbedder]:
+    model = await asyncio.to_thread(LocalEmbedder)
+    yield model
+    await model.close()
+
+
+@pytest.fixture(scope="module")
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture(scope="module")
+async def app(
+    kafka_bootstrap: str,
+    redis_url: str,
+    embedder: LocalEmbedder,
+    registry: CollectorRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[FastAPI]:
+    settings = RetrievalSettings(
+        environment="test",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        redis_url=redis_url,
+        chroma_path=tmp_path_factory.mktemp("chroma"),
+        consumer_retry_backoff_s=0.01,
+        question_workers=2,
+    )
+    application = build_app(
+        settings,
+        embedder=embedder,
+        registry=registry,
+        group_prefix=f"test-{uuid.uuid4().hex[:6]}-",
+    )
+    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=60):
+        yield application
+
+
+@pytest.fixture(scope="module")
+async def collector(kafka_bootstrap: str) -> AsyncIterator[Collector]:
+    reader = Collector(kafka_bootstrap)
+    await reader.start()
+    yield reader
+    await reader.stop()
+
+
+@pytest.fixture
+def service(app: FastAPI) -> RetrievalService:
+    return app.state.service  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- factories and steps
+
+
+def chat_request(
+    tenant: uuid.UUID,
+    question: str,
+    *,
+    model: str = MODEL,
+    config_version: int = 1,
+    rag: bool = True,
+    semantic_cache: bool = True,
+    threshold: float = 0.9,
+) -> ChatRequested:
+    return ChatRequested(
+        tenant_id=tenant,
+        request_id=uuid.uuid4(),
+        user_id="user-1",
+        question=question,
+        reply_to=REPLY,
+        options=ChatOptions(
+            model=model,
+            max_tokens=64,
+            temperature=0.0,
+            config_version=config_version,
+            rag=rag,
+            semantic_cache=semantic_cache,
+            cache_similarity_threshold=threshold,
+            top_k=4,
+        ),
+        reservation=Reservation(reserved_tokens=500, period_day=date(2025, 1, 2)),
+    )
+
+
+async def ingest(
+    app: FastAPI,
+    collector: Collector,
+    tenant: uuid.UUID,
+    text: str,
+    *,
+    document_id: uuid.UUID | None = None,
+    title: str = "Handbook",
+) -> AuditRecorded:
+    event = DocumentSubmitted(
+        tenant_id=tenant,
+        document_id=document_id or uuid.uuid4(),
+        title=title,
+        text=text,
+        submitted_by="admin-1",
+    )
+    await publish_event(app.state.broker, DOCUMENTS, event)
+    audit_id = derived_id(event.event_id, "retrieval-audit")
+    return await collector.wait_for(AuditRecorded, lambda e: e.event_id == audit_id)
+
+
+async def ask(app: FastAPI, collector: Collector, request: ChatRequested) -> Event:
+    """Publish a question; its outcome: a cached ChatCompleted or a ContextRetrieved."""
+    await publish_event(app.state.broker, CHAT_REQUESTS, request)
+
+    def answered(e: Event) -> bool:
+        return getattr(e, "request_id", None) == request.request_id and (
+            isinstance(e, ContextRetrieved) or (isinstance(e, ChatCompleted) and e.cached)
+        )
+
+    return await collector.wait_for(Event, answered)
+
+
+def completed(
+    tenant: uuid.UUID,
+    question: str,
+    answer: str,
+    *,
+    corpus_version: int,
+    config_version: int = 1,
+    semantic_cache: bool = True,
+    citations: list[Citation] | None = None,
+) -> ChatCompleted:
+    return ChatCompleted(
+        tenant_id=tenant,
+        request_id=uuid.uuid4(),
+        user_id="user-1",
+        question=question,
+        answer=answer,
+        citations=citations or [],
+        model=MODEL,
+        usage=TokenUsage(prompt_tokens=40, completion_tokens=12),
+        config_version=config_version,
+        corpus_version=corpus_version,
+        semantic_cache=semantic_cache,
+    )
+
+
+async def cache_count(service: RetrievalService, tenant: uuid.UUID) -> int:
+    return await service.store.count(tenant_id=tenant, kind=Namespace.CACHE)
+
+
+async def fill_cache(
+    app: FastAPI, service: RetrievalService, answer: ChatCompleted, *, expect: int
+) -> None:
+    await publish_event(app.state.broker, CHAT_RESPONSES, answer)
+
+    async def filled() -> bool:
+        return await cache_count(service, answer.tenant_id) == expect
+
+    await eventually(filled)
+
+
+HANDBOOK = (
+    "Employee handbook of Acme Corporation.\n\n"
+    "Every employee receives twenty-five vacation days per year. Vacation requests go to the "
+    "people team at least two weeks ahead.\n\n"
+    "Security canary for this workspace: {canary}. Never share it outside the company."
+)
+
+
+def canary(tenant: uuid.UUID) -> str:
+    return f"CANARY-{tenant.hex}"
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_health_readiness_and_metrics_endpoints(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://retrieval") as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"broker": "ok", "redis": "ok", "vector_store": "ok"}
+        metrics = await client.get("/metrics")
+        assert "llm_cache_hits_total" in metrics.text
+        assert "llm_cache_misses_total" in metrics.text
+
+
+async def test_resubmitting_a_document_replaces_its_chunks_and_deleting_removes_them(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenant, document, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    secret_sentence = f"The launch code word is {uuid.uuid4().hex}."
+    paragraphs = [
+        f"Paragraph {i}. " + secret_sentence + " Filler about policies and procedures. " * 6
+        for i in range(8)
+    ]
+    text = "\n\n".join(paragraphs)
+    settings = service.settings
+    expected = len(
+        chunk_text(text, size=settings.chunk_size_chars, overlap=settings.chunk_overlap_chars)
+    )
+    assert expected >= 3
+
+    first = await ingest(app, collector, tenant, text, document_id=document)
+    await ingest(app, collector, tenant, "A second document that stays.", document_id=other)
+    again = await ingest(app, collector, tenant, text, document_id=document)
+    docs = Namespace.DOCUMENTS
+    assert await service.store.count(tenant_id=tenant, kind=docs) == expected + 1, "no duplicates"
+
+    await ingest(app, collector, tenant, "Now the document is short.", document_id=document)
+    assert await service.store.count(tenant_id=tenant, kind=docs) == 2
+    hits = await service.store.query(
+        tenant_id=tenant,
+        kind=docs,
+        vector=(await service.embedder.embed(["Now the document is short."]))[0],
+        top_k=10,
+    )
+    mine = [h for h in hits if h.metadata["document_id"] == str(document)]
+    assert [(h.metadata["chunk_index"], h.text) for h in mine] == [
+        (0, "Now the document is short.")
+    ]
+
+    deletion = DocumentDeleted(tenant_id=tenant, document_id=document, deleted_by="admin-1")
+    await publish_event(app.state.broker, DOCUMENTS, deletion)
+    deleted_audit = await collector.wait_for(
+        AuditRecorded, lambda e: e.event_id == derived_id(deletion.event_id, "retrieval-audit")
+    )
+    assert await service.store.count(tenant_id=tenant, kind=docs) == 1, "only the other document"
+    assert await service.corpus_version(tenant_id=tenant) == 5, "every ingest and delete bumps it"
+
+    for audit in (first, again, deleted_audit):
+        assert audit.audit_type == AuditType.DATA_ACCESS
+        assert audit.resource_id == str(document)
+        assert secret_sentence not in audit.model_dump_json(), "audit events carry no text"
+    assert (first.action, first.details["chunks"]) == ("ingest", expected)
+    assert deleted_audit.action == "delete"
+
+
+async def test_many_tenants_with_near_identical_documents_never_see_each_others_data(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenants = [uuid.uuid4() for _ in range(6)]
+    await asyncio.gather(
+        *(ingest(app, collector, t, HANDBOOK.format(canary=canary(t))) for t in tenants)
+    )
+    question = "How many vacation days do employees get?"
+
+    contexts = await asyncio.gather(
+        *(ask(app, collector, chat_request(t, question)) for t in tenants)
+    )
+    for tenant, context in zip(tenants, contexts, strict=True):
+        assert isinstance(context, ContextRetrieved), "empty caches: every tenant misses"
+        assert context.passages, "the tenant's own handbook is found"
+        texts = " ".join(p.text for p in context.passages)
+        assert canary(tenant) in texts
+        assert all(canary(o) not in texts for o in tenants if o != tenant)
+
+    # Every tenant but the last caches the very same question, model and versions.
+    cached_tenants, uncached = tenants[:-1], tenants[-1]
+    for tenant in cached_tenants:
+        version = await service.corpus_version(tenant_id=tenant)
+        answer = completed(tenant, question, f"25 days ({canary(tenant)})", corpus_version=version)
+        await fill_cache(app, service, answer, expect=1)
+
+    outcomes = await asyncio.gather(
+        *(ask(app, collector, chat_request(t, question)) for t in tenants)
+    )
+    for tenant, outcome in zip(cached_tenants, outcomes[:-1], strict=True):
+        assert isinstance(outcome, ChatCompleted)
+        assert outcome.cached
+        assert outcome.answer == f"25 days ({canary(tenant)})"
+    assert isinstance(outcomes[-1], ContextRetrieved), "other tenants' entries never hit"
+    assert canary(uncached) in " ".join(p.text for p in outcomes[-1].passages)
+
+    # Nothing retrieval published for one of these tenants carries another tenant's canary.
+    for tenant in tenants:
+        published = [e for e in collector.events if e.tenant_id == tenant]
+        dumped = " ".join(e.model_dump_json() for e in published)
+        assert all(canary(o) not in dumped for o in tenants if o != tenant)
+
+
+async def test_paraphrases_hit_the_cache_and_different_questions_miss(
+    app: FastAPI, collector: Collector, service: RetrievalService, registry: CollectorRegistry
+) -> None:
+    tenant = uuid.uuid4()
+    citation = Citation(document_id=uuid.uuid4(), chunk_index=2, title="Help center", score=0.8)
+    original = completed(
+        tenant,
+        "How do I reset my password?",
+        "Open Settings, then Security, then Reset password.",
+        corpus_version=0,
+        citations=[citation],
+    )
+    await fill_cache(app, service, original, expect=1)
+
+    for paraphrase in (
+        "How can I reset my password?",
+        "I forgot my password, how do I reset it?",
+        "what's the way to reset my password",
+    ):
+        request = chat_request(tenant, paraphrase)
+        hit = await ask(app, collector, request)
+        assert isinstance(hit, ChatCompleted), paraphrase
+        assert hit.cached
+        assert hit.answer == original.answer
+        assert hit.citations == [citation]
+        assert hit.usage == TokenUsage(prompt_tokens=0, completion_tokens=0)
+        assert hit.event_id == derived_id(request.request_id, "cached-answer")
+        assert collector.where[hit.event_id] == (REPLY.topic, REPLY.partition)
+        usage = await collector.wait_for(
+            UsageRecorded, lambda e, r=request: e.request_id == r.request_id
+        )
+        assert usage.event_id == derived_id(request.request_id, "usage")
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.cached) == (0, 0, True)
+        assert usage.reservation == request.reservation
+        assert usage.source == "retrieval"
+
+    misses = [
+        chat_request(tenant, "How do I change my email address?"),
+        chat_request(tenant, "What is the refund policy for annual plans?"),
+        # The tenant asks for any similarity at all; the platform floor still refuses it.
+        chat_request(tenant, "How do I change my email address?", threshold=0.0),
+    ]
+    for request in misses:
+        assert isinstance(await ask(app, collector, request), ContextRetrieved)
+    assert not collector.find(
+        UsageRecorded, lambda e: e.request_id in {r.request_id for r in misses}
+    ), "a miss leaves usage to inference"
+
+    label = {"tenant_id": str(tenant)}
+    assert registry.get_sample_value("llm_cache_hits_total", label) == 3
+    assert registry.get_sample_value("llm_cache_misses_total", label) == 3
+
+    # The cached answers retrieval itself published are not cached again: a later answer on
+    # the same reply partition (so read after them) is the only new entry.
+    barrier = completed(tenant, "Where is the office?", "Berlin.", corpus_version=0)
+    await publish_event(app.state.broker, CHAT_RESPONSES, barrier, partition=REPLY.partition)
+    await eventually(lambda: _equals(cache_count(service, tenant), 2))
+    await asyncio.sleep(0.5)
+    assert await cache_count(service, tenant) == 2
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
+async def test_a_cached_answer_is_not_served_after_the_corpus_or_config_changes(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenant = uuid.uuid4()
+    await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    question = "How many vacation days do employees get?"
+    version = await service.corpus_version(tenant_id=tenant)
+    await fill_cache(
+        app, service, completed(tenant, question, "25.", corpus_version=version), expect=1
+    )
+    assert isinstance(await ask(app, collector, chat_request(tenant, question)), ChatCompleted)
+
+    new_prompt = await ask(app, collector, chat_request(tenant, question, config_version=2))
+    assert isinstance(new_prompt, ContextRetrieved), "a new prompt-template version misses"
+    other_model = await ask(app, collector, chat_request(tenant, question, model="gpt-4o-mini"))
+    assert isinstance(other_model, ContextRetrieved), "another model misses"
+
+    await ingest(app, collector, tenant, "Vacation allowance rises to thirty days in 2026.")
+    after_ingest = await ask(app, collector, chat_request(tenant, question))
+    assert isinstance(after_ingest, ContextRetrieved), "a changed corpus misses"
+    assert after_ingest.corpus_version == version + 1
+
+    # An answer generated against the old corpus arriving late is not cached either.
+    stale = completed(tenant, "What is the dress code?", "Casual.", corpus_version=version)
+    fresh = completed(tenant, "Is there parking?", "Yes.", corpus_version=version + 1)
+    await publish_event(app.state.broker, CHAT_RESPONSES, stale)
+    await fill_cache(app, service, fresh, expect=2)
+
+
+async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
+    app: FastAPI, collector: Collector, service: RetrievalService, redis_client: Any
+) -> None:
+    tenant, neighbour = uuid.uuid4(), uuid.uuid4()
+    config = TenantConfig(
+        tenant_name="Acme",
+        tier=Tier.PRO,
+        model=MODEL,
+        allowed_models=[MODEL],
+        temperature=0.2,
+        max_tokens_per_request=256,
+        system_prompt_template="You are helpful.",
+        rate_limit_per_minute=60,
+        daily_token_budget=100_000,
+        monthly_spend_budget_micros=5_000_000,
+        cache_similarity_threshold=0.9,
+    )
+    provisioned = TenantProvisioned(
+        tenant_id=tenant, tenant_name="Acme", tier=Tier.PRO, config_version=1, config=config
+    )
+    await publish_event(app.state.broker, TENANTS_LIFECYCLE, provisioned)
+    ack = await collector.wait_for(
+        TenantLifecycleAcknowledged,
+        lambda e: e.tenant_id == tenant and e.action == LifecycleAction.PROVISIONED,
+    )
+    assert (ack.service, ack.succeeded) == ("retrieval", True)
+    names = {c.name for c in service.store._client.list_collections()}  # type: ignore[attr-defined]
+    assert {namespace_for(tenant, k) for k in Namespace} <= names
+
+    for t in (tenant, neighbour):
+        await ingest(app, collector, t, HANDBOOK.format(canary=canary(t)))
+        answer = completed(t, "Vacation days?", "25.", corpus_version=1)
+        await fill_cache(app, service, answer, expect=1)
+
+    offboarded = TenantOffboarded(tenant_id=tenant, tenant_name="Acme", reason="contract ended")
+    await publish_event(app.state.broker, TENANTS_LIFECYCLE, offboarded)
+    ack = await collector.wait_for(
+        TenantLifecycleAcknowledged,
+        lambda e: e.tenant_id == tenant and e.action == LifecycleAction.OFFBOARDED,
+    )
+    assert (ack.service, ack.succeeded) == ("retrieval", True)
+    assert ack.event_id == derived_id(offboarded.event_id, "retrieval-ack")
+    names = {c.name for c in service.store._client.list_collections()}  # type: ignore[attr-defined]
+    assert not {namespace_for(tenant, k) for k in Namespace} & names
+    assert await redis_client.exists(corpus_version_key(tenant)) == 0
+    for kind in Namespace:
+        assert await service.store.count(tenant_id=tenant, kind=kind) == 0
+        assert await service.store.count(tenant_id=neighbour, kind=kind) == 1, "neighbour intact"
+    deletion = await collector.wait_for(
+        AuditRecorded, lambda e: e.tenant_id == tenant and e.audit_type == AuditType.DELETION
+    )
+    assert deletion.action == "offboard"
+
+
+async def test_feature_flags_turn_retrieval_and_the_cache_off(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenant = uuid.uuid4()
+    await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    question = "How many vacation days do employees get?"
+    await fill_cache(app, service, completed(tenant, question, "25.", corpus_version=1), expect=1)
+
+    no_rag = await ask(app, collector, chat_request(tenant, "Who approves vacation?", rag=False))
+    assert isinstance(no_rag, ContextRetrieved)
+    assert no_rag.passages == []
+    assert no_rag.question == "Who approves vacation?"
+
+    nothing = await ask(
+        app, collector, chat_request(tenant, question, rag=False, semantic_cache=False)
+    )
+    assert isinstance(nothing, ContextRetrieved), "cache off: even an exact question misses"
+    assert nothing.passages == []
+
+    rag_only = await ask(app, collector, chat_request(tenant, question, semantic_cache=False))
+    assert isinstance(rag_only, ContextRetrieved)
+    assert rag_only.passages
+    assert rag_only.options.semantic_cache is False, "the request's fields travel on"
+
+    not_allowed = completed(
+        tenant, "Is there parking?", "Yes.", corpus_version=1, semantic_cache=False
+    )
+    allowed = completed(tenant, "Where is the office?", "Berlin.", corpus_version=1)
+    await publish_event(app.state.broker, CHAT_RESPONSES, not_allowed)
+    await fill_cache(app, service, allowed, expect=2)  # read after not_allowed: same partition
+
+
+async def test_context_carries_every_request_field_and_passages_for_citations(
+    app: FastAPI, collector: Collector
+) -> None:
+    tenant = uuid.uuid4()
+    audit = await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    request = chat_request(tenant, "How many vacation days do employees get?", semantic_cache=False)
+    context = await ask(app, collector, request)
+    assert isinstance(context, ContextRetrieved)
+    request_fields = request.model_dump(exclude={"event_id", "event_type", "occurred_at"})
+    assert context.model_dump(include=set(request_fields)) == request_fields
+    assert context.corpus_version == 1
+    passage = context.passages[0]
+    assert str(passage.document_id) == audit.resource_id
+    assert (passage.chunk_index, passage.title) == (0, "Handbook")
+    assert 0.0 < passage.score <= 1.0
+    search = await collector.wait_for(
+        AuditRecorded,
+        lambda e: e.tenant_id == tenant and e.action == "search",
+    )
+    assert search.details["passages"] == len(context.passages)
+    assert "vacation" not in search.model_dump_json()
+
+
+async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
+    app: FastAPI, collector: Collector, kafka_bootstrap: str
+) -> None:
+    tenant = uuid.uuid4()
+    key = str(tenant).encode()
+    missing_options = chat_request(tenant, "Hi?").model_dump(mode="json")
+    del missing_options["options"]
+    future_document = DocumentSubmitted(
+        tenant_id=tenant, document_id=uuid.uuid4(), title="t", text="x", submitted_by="a"
+    ).model_dump(mode="json") | {"schema_version": 99}
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for topic, value in (
+            (CHAT_REQUESTS.name, b"{not json"),
+            (CHAT_REQUESTS.name, json.dumps(missing_options).encode()),
+            (DOCUMENTS.name, b"\x00\x01garbage"),
+            (DOCUMENTS.name, json.dumps(future_document).encode()),
+        ):
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+    # The next good messages of the same tenant (same partitions) are processed.
+    await ingest(app, collector, tenant, "Still working.")
+    good = await ask(app, collector, chat_request(tenant, "Still working?"))
+    assert isinstance(good, ContextRetrieved)
+
+    async def all_dead() -> bool:
+        return len([r for r in collector.dead if r.key == key]) == 4
+
+    await eventually(all_dead)
+    dead = [r for r in collector.dead if r.key == key]
+    assert sorted(r.topic for r in dead) == [CHAT_REQUESTS.dlq] * 2 + [DOCUMENTS.dlq] * 2
+    errors = [dict(r.headers)[DLQ_HEADER_ERROR].decode() for r in dead]
+    assert any("options" in e for e in errors)
+    assert any("unsupported schema_version 99" in e for e in errors)
+
+
+async def test_a_large_document_does_not_hold_up_another_tenants_question(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    big_tenant, asking_tenant = uuid.uuid4(), uuid.uuid4()
+    await ingest(app, collector, asking_tenant, HANDBOOK.format(canary=canary(asking_tenant)))
+    paragraphs = [
+        f"Clause {i}. The supplier shall deliver goods of batch {i} within {i % 30 + 1} days; "
+        "late delivery incurs a penalty of one percent per day, capped at ten percent. " * 4
+        for i in range(120)
+    ]
+    big = DocumentSubmitted(
+        tenant_id=big_tenant,
+        document_id=uuid.uuid4(),
+        title="Master supply agreement",
+        text="\n\n".join(paragraphs),
+        submitted_by="admin-1",
+    )
+    total = len(chunk_text(big.text, size=800, overlap=120))
+    await publish_event(app.state.broker, DOCUMENTS, big)
+
+    async def ingest_started() -> bool:
+        return await service.store.count(tenant_id=big_tenant, kind=Namespace.DOCUMENTS) > 0
+
+    await eventually(ingest_started)
+    answer = await ask(
+        app, collector, chat_request(asking_tenant, "Vacation days?", semantic_cache=False)
+    )
+    assert isinstance(answer, ContextRetrieved)
+    stored = await service.store.count(tenant_id=big_tenant, kind=Namespace.DOCUMENTS)
+    assert stored < total, "the question was answered while the large document was still ingesting"
+    await collector.wait_for(
+        AuditRecorded, lambda e: e.event_id == derived_id(big.event_id, "retrieval-audit")
+    )
+    assert await service.store.count(tenant_id=big_tenant, kind=Namespace.DOCUMENTS) == total
