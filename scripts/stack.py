@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,16 @@ def ready(port: int) -> bool:
         return False
 
 
+def operator_secret() -> str:
+    """The local operator's bootstrap secret: made once per checkout, kept in var/ (not in git)."""
+    path = VAR / "operator.secret"
+    if not path.exists():
+        VAR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def service_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TENANTRY_KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP)
@@ -153,7 +164,9 @@ def up(args: argparse.Namespace) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", module],
             cwd=ROOT,
-            env=env | {"TENANTRY_HTTP_PORT": str(port)},
+            env=env
+            | {"TENANTRY_HTTP_PORT": str(port)}
+            | ({"TENANTRY_BOOTSTRAP_OPERATOR_SECRET": operator_secret()} if name == "auth" else {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
