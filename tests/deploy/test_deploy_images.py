@@ -285,3 +285,11 @@ def test_healthcheck_port_comes_from_the_environment_then_the_service_default() 
     assert healthcheck.resolve_port(["hc"], {"TENANTRY_HTTP_PORT": "9100"}) == 9100
     assert healthcheck.resolve_port(["hc"], {"SERVICE_MODULE": "tenantry_metering"}) == 8003
     assert healthcheck.resolve_port(["hc", "/readyz", "8123"], {}) == 8123
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_use_the_uv_version_make_installs(dockerfile: Path) -> None:
+    # `--frozen` must read uv.lock with the uv that wrote it (the Makefile's UV_VERSION).
+    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile is not None
+    assert f"ARG UV_IMAGE=ghcr.io/astral-sh/uv:{makefile.group(1)}" in dockerfile.read_text()
