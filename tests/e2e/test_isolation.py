@@ -1,0 +1,120 @@
+"""Isolation through every read surface: many tenants with near-identical documents, each with
+a unique canary; every tenant probes every surface; no canary or id of another tenant crosses."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import System
+
+pytestmark = pytest.mark.e2e
+
+N_TENANTS = 4
+
+
+def _token(http: httpx.Client, client_id: str, secret: str) -> str:
+    r = http.post(
+        "/v1/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def _h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def tenants(system: System, operator_secret_file: Path) -> list[dict[str, str]]:
+    http = httpx.Client(base_url=system.edge.url, timeout=120)
+    operator = _token(http, "operator", operator_secret_file.read_text())
+    made = []
+    for i in range(N_TENANTS):
+        canary = f"CANARY-{uuid.uuid4().hex[:12].upper()}"
+        r = http.post(
+            "/v1/tenants",
+            json={"name": f"Iso {i} {canary[-4:]}", "tier": "pro", "admin_contact": "a@iso.test"},
+            headers=_h(operator),
+        )
+        assert r.status_code == 201, r.text
+        body = r.json()
+        made.append(
+            {
+                "tenant_id": body["tenant_id"],
+                "token": _token(http, body["client_id"], body["client_secret"]),
+                "canary": canary,
+            }
+        )
+    deadline = time.monotonic() + 120
+    for t in made:
+        while http.get(f"/v1/tenants/{t['tenant_id']}", headers=_h(operator)).json()["status"] != "active":
+            assert time.monotonic() < deadline, "tenant not active in time"
+            time.sleep(0.5)
+    for t in made:
+        # Near-identical documents: only the canary differs.
+        text = (
+            "Refund policy. Items may be returned within 30 days for a full refund. "
+            f"The secret refund approval code is {t['canary']}."
+        )
+        r = http.post("/v1/documents", json={"title": "Refund policy", "text": text}, headers=_h(t["token"]))
+        assert r.status_code == 202, r.text
+        t["document_id"] = r.json()["document_id"]
+    return made
+
+
+def _ask(http: httpx.Client, token: str, question: str) -> httpx.Response:
+    return http.post("/v1/chat", json={"question": question}, headers=_h(token))
+
+
+def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[str, str]]) -> None:
+    http = httpx.Client(base_url=system.edge.url, timeout=180)
+    question = "What is the secret refund approval code?"
+    # Warm: wait until each tenant's own document is retrievable (its own citation appears).
+    for t in tenants:
+        deadline = time.monotonic() + 90
+        while True:
+            r = _ask(http, t["token"], question)
+            assert r.status_code == 200, r.text
+            if any(c["document_id"] == t["document_id"] for c in r.json()["citations"]):
+                break
+            assert time.monotonic() < deadline, "own document never retrieved"
+            time.sleep(2)
+    for t in tenants:
+        others = [o for o in tenants if o is not t]
+        # Answers and citations (asked twice: the second may come from the cache).
+        for _ in range(2):
+            body = _ask(http, t["token"], question).json()
+            for c in body["citations"]:
+                assert c["document_id"] == t["document_id"]
+            for o in others:
+                assert o["canary"] not in body["answer"]
+        surfaces = {
+            "documents": http.get("/v1/documents", headers=_h(t["token"])),
+            "config": http.get("/v1/config", headers=_h(t["token"])),
+            "usage": http.get("/v1/usage", params={"period": "day"}, headers=_h(t["token"])),
+            "audit": http.get("/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])),
+        }
+        for name, response in surfaces.items():
+            assert response.status_code == 200, (name, response.text)
+            for o in others:
+                assert o["canary"] not in response.text, name
+                assert o["tenant_id"] not in response.text, name
+                assert o["document_id"] not in response.text, name
+        # Direct access to another tenant's resources is refused.
+        for o in others:
+            assert http.get(f"/v1/tenants/{o['tenant_id']}", headers=_h(t["token"])).status_code in (403, 404)
+            assert http.delete(f"/v1/documents/{o['document_id']}", headers=_h(t["token"])).status_code in (403, 404)
+            forwarded = http.get(f"/v1/tenants/{o['tenant_id']}/usage", headers=_h(t["token"]))
+            assert forwarded.status_code == 403
+            exported = http.get(f"/v1/tenants/{o['tenant_id']}/audit/export", headers=_h(t["token"]))
+            assert exported.status_code == 403
+    # The other tenants' documents are still there (nobody could delete them).
+    for t in tenants:
+        listed = http.get("/v1/documents", headers=_h(t["token"])).json()
+        assert t["document_id"] in {d["document_id"] for d in listed["documents"]}
