@@ -79,19 +79,23 @@ class Runtime:
                 thresholds=self.settings.threshold_percents,
             )
             await self.budget_store().settle_many(batch.settlements)
+        # Summed per tenant and model first: one counter update per label set, not per event.
+        sums: dict[tuple[str, str], list[int]] = {}
         for row in batch.new_rows:
-            self.metrics.tokens.labels(str(row.tenant_id), row.model, "prompt").inc(
-                row.prompt_tokens
-            )
-            self.metrics.tokens.labels(str(row.tenant_id), row.model, "completion").inc(
-                row.completion_tokens
-            )
-            self.metrics.cost.labels(str(row.tenant_id), row.model).inc(row.cost_micros)
-            if not row.priced:
-                self.metrics.unpriced.labels(row.model).inc()
+            s = sums.setdefault((str(row.tenant_id), row.model), [0, 0, 0, 0])
+            s[0] += row.prompt_tokens
+            s[1] += row.completion_tokens
+            s[2] += row.cost_micros
+            s[3] += int(not row.priced)
+        for (tenant, model), (prompt, completion, cost, unpriced) in sums.items():
+            self.metrics.tokens.labels(tenant, model, "prompt").inc(prompt)
+            self.metrics.tokens.labels(tenant, model, "completion").inc(completion)
+            self.metrics.cost.labels(tenant, model).inc(cost)
+            if unpriced:
+                self.metrics.unpriced.labels(model).inc(unpriced)
                 log.warning(
                     "usage of a model missing from the catalogue recorded at cost 0",
-                    extra={"tenant_id": str(row.tenant_id), "model": row.model},
+                    extra={"tenant_id": tenant, "model": model, "events": unpriced},
                 )
         self.metrics.events.labels("recorded").inc(len(batch.new_rows))
         self.metrics.events.labels("duplicate").inc(batch.duplicates)
