@@ -60,7 +60,9 @@ def stream_body() -> str:
     }
     words = CONTENT.split(" ")
     thirds = [" ".join(words[:3]), " " + " ".join(words[3:6]), " " + " ".join(words[6:])]
-    deltas: list[tuple[dict[str, object], str | None]] = [({"role": "assistant", "content": ""}, None)]
+    deltas: list[tuple[dict[str, object], str | None]] = [
+        ({"role": "assistant", "content": ""}, None)
+    ]
     deltas += [({"content": part}, None) for part in thirds]
     deltas.append(({}, "stop"))
     events = [
@@ -88,7 +90,9 @@ def models_body() -> str:
     return json.dumps(
         {
             "object": "list",
-            "data": [{"id": MODEL, "object": "model", "created": 1_700_000_000, "owned_by": "bench"}],
+            "data": [
+                {"id": MODEL, "object": "model", "created": 1_700_000_000, "owned_by": "bench"}
+            ],
         },
         separators=(",", ":"),
     )
@@ -162,7 +166,7 @@ def main() -> int:
     cmd = prepare(prefix=args.prefix.resolve(), port=args.port, workers=args.workers)
     subprocess.run([*cmd, "-t"], check=True)
     # Become nginx, so that a signal sent to this process reaches the server itself.
-    os.execvp(cmd[0], cmd)
+    os.execvp(cmd[0], cmd)  # noqa: S606
 
 
 if __name__ == "__main__":

@@ -81,9 +81,7 @@ def litellm_launch(
         "--num_workers",
         str(workers),
     ]
-    return Launch(
-        cmd=cmd, env=env, headers={}, ready_path="/health/liveliness"
-    )
+    return Launch(cmd=cmd, env=env, headers={}, ready_path="/health/liveliness")
 
 
 def portkey_launch(*, install_dir: Path, port: int, upstream_base_url: str) -> Launch:

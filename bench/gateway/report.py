@@ -20,7 +20,7 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
 
 
 def ratios(points: Points) -> dict[int, dict[str, Any]]:
-    """Per concurrency: Tenantry's ok-rps and p99 against LiteLLM's, its ok-rps against Portkey's."""
+    """Per concurrency: our ok-rps and p99 against LiteLLM's, our ok-rps against Portkey's."""
     levels = sorted({c for per_target in points.values() for c in per_target})
     out: dict[int, dict[str, Any]] = {}
     for level in levels:
@@ -50,7 +50,7 @@ def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
 def _verdict(value: float | None, met: bool | None) -> str:
     if value is None:
         return "pending"
-    return f"{value:.2f}× {'✓' if met else '✗'}"
+    return f"{value:.2f}x {'✓' if met else '✗'}"
 
 
 def markdown(points: Points, meta: Mapping[str, Any]) -> str:

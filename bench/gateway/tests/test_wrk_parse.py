@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import instant  # noqa: E402
-import report  # noqa: E402
-import wrk  # noqa: E402
+import instant
+import report
+import wrk
 
 pytestmark = pytest.mark.unit
 

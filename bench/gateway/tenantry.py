@@ -1,0 +1,233 @@
+"""Tenantry as a bench target: onboard tenants through the edge API, gateway mode, tokens.
+
+The stack must run with the bench's model catalogue (``catalogue_env``) so that inference calls
+the instant server, and with a bootstrap operator secret so that the bench can get an operator
+token (``TENANTRY_BOOTSTRAP_OPERATOR_SECRET``; the edge creates the ``operator`` client at start).
+Everything here goes through the edge's public HTTP API, as an operator and tenant admins would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from procs import http_status
+
+MODEL = "instant"
+OPERATOR_CLIENT_ID = "operator"
+# The bench's operator secret when the caller gives none (local stacks only: the edge refuses
+# placeholders outside local/test environments).
+LOCAL_OPERATOR_SECRET = "local-bench-operator-secret"
+
+# Edge API paths (services/auth/src/tenantry_auth/api.py).
+TOKEN_PATH = "/v1/oauth/token"
+TENANTS_PATH = "/v1/tenants"
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+
+
+class EdgeRefused(RuntimeError):
+    """The edge answered an onboarding call with an unexpected status."""
+
+
+def catalogue(*, instant_base_url: str) -> dict[str, dict[str, Any]]:
+    """The model catalogue for the bench: one model served by the instant server."""
+    return {
+        MODEL: {
+            "base_url": instant_base_url,
+            "served_name": MODEL,
+            "input_price_micros_per_mtok": 50_000,
+            "output_price_micros_per_mtok": 100_000,
+            "context_window": 8192,
+        }
+    }
+
+
+def catalogue_env(*, instant_base_url: str) -> dict[str, str]:
+    """Environment for every Tenantry service (``make up`` passes it through)."""
+    return {"TENANTRY_MODELS": json.dumps(catalogue(instant_base_url=instant_base_url))}
+
+
+@dataclass(frozen=True)
+class BenchTenant:
+    """A tenant the bench onboarded, with its admin client credentials."""
+
+    tenant_id: str
+    client_id: str
+    client_secret: str
+
+
+def _call(
+    edge_url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    token: str | None = None,
+    payload: Mapping[str, Any] | None = None,
+    form: Mapping[str, str] | None = None,
+    expect: tuple[int, ...] = (200, 201, 202),
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """One JSON call to the edge; raise EdgeRefused (with the edge's reason) on another status."""
+    headers = {"Accept": "application/json"}
+    body: bytes | None = None
+    if payload is not None:
+        body = json.dumps(payload).encode()
+        headers["Content-Type"] = "application/json"
+    elif form is not None:
+        body = urllib.parse.urlencode(form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    status, raw = http_status(
+        edge_url + path, method=method, body=body, headers=headers, timeout_s=timeout_s
+    )
+    if status not in expect:
+        reason = raw[:500].decode(errors="replace")
+        raise EdgeRefused(f"{method} {path} -> {status or 'no connection'}: {reason}")
+    return json.loads(raw) if raw else {}
+
+
+def client_token(*, edge_url: str, client_id: str, client_secret: str) -> str:
+    """An access token by the client-credentials grant (form-encoded, as OAuth 2 defines it)."""
+    answer = _call(
+        edge_url,
+        TOKEN_PATH,
+        method="POST",
+        form={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        },
+        expect=(200,),
+    )
+    return str(answer["access_token"])
+
+
+def operator_token(*, edge_url: str, secret: str) -> str:
+    """The bootstrap operator's token."""
+    return client_token(edge_url=edge_url, client_id=OPERATOR_CLIENT_ID, client_secret=secret)
+
+
+def onboard(*, edge_url: str, operator: str, name: str) -> BenchTenant:
+    """Create one enterprise tenant as an operator; returns its admin credentials."""
+    answer = _call(
+        edge_url,
+        TENANTS_PATH,
+        method="POST",
+        token=operator,
+        payload={"name": name, "tier": "enterprise", "admin_contact": "bench@tenantry.invalid"},
+    )
+    return BenchTenant(
+        tenant_id=str(answer["tenant_id"]),
+        client_id=str(answer["client_id"]),
+        client_secret=str(answer["client_secret"]),
+    )
+
+
+def wait_active(*, edge_url: str, operator: str, tenant_ids: list[str], timeout_s: float) -> None:
+    """Poll until every tenant is active (all services acknowledged its provisioning)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(tenant_ids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for tenant_id in pending:
+            answer = _call(edge_url, f"{TENANTS_PATH}/{tenant_id}", token=operator)
+            if answer.get("status") == "failed":
+                raise EdgeRefused(f"tenant {tenant_id} failed onboarding: {answer}")
+            if answer.get("status") != "active":
+                still.append(tenant_id)
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise TimeoutError(f"{len(pending)} tenants not active after {timeout_s:.0f} s")
+
+
+def gateway_mode_update() -> dict[str, Any]:
+    """Gateway mode: the instant model, no RAG, no semantic cache, every control on, and
+    enterprise-tier ceilings so that the controls run without refusing the bench's load."""
+    return {
+        "model": MODEL,
+        "allowed_models": [MODEL],
+        "max_tokens_per_request": 64,
+        "features": {
+            "rag": False,
+            "streaming": True,
+            "semantic_cache": False,
+            "fine_tuning": False,
+        },
+        "rate_limit_per_minute": 600,
+        "daily_token_budget": 5_000_000,
+        "monthly_spend_budget_micros": 2_000_000_000,
+    }
+
+
+def set_gateway_mode(*, edge_url: str, operator: str, tenant_id: str) -> None:
+    """Apply gateway_mode_update to one tenant's configuration (as an operator)."""
+    _call(
+        edge_url,
+        f"{TENANTS_PATH}/{tenant_id}/config",
+        method="PATCH",
+        token=operator,
+        payload=gateway_mode_update(),
+    )
+
+
+def prepare_tenants(
+    *,
+    edge_url: str,
+    operator_secret: str,
+    count: int,
+    state_file: Path,
+    run_label: str,
+    activation_timeout_s: float = 180.0,
+) -> list[str]:
+    """Onboard `count` tenants in gateway mode (or reuse those in state_file) and return one
+    fresh access token per tenant."""
+    operator = operator_token(edge_url=edge_url, secret=operator_secret)
+    tenants = _reusable(state_file=state_file, edge_url=edge_url, count=count)
+    if tenants is None:
+        tenants = [
+            onboard(edge_url=edge_url, operator=operator, name=f"bench-{run_label}-{i:03d}")
+            for i in range(count)
+        ]
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps([asdict(t) for t in tenants], indent=1))
+        wait_active(
+            edge_url=edge_url,
+            operator=operator,
+            tenant_ids=[t.tenant_id for t in tenants],
+            timeout_s=activation_timeout_s,
+        )
+    for tenant in tenants:
+        set_gateway_mode(edge_url=edge_url, operator=operator, tenant_id=tenant.tenant_id)
+    return [
+        client_token(edge_url=edge_url, client_id=t.client_id, client_secret=t.client_secret)
+        for t in tenants
+    ]
+
+
+def _reusable(*, state_file: Path, edge_url: str, count: int) -> list[BenchTenant] | None:
+    """Tenants of an earlier run whose credentials still work (the stack kept its database)."""
+    if not state_file.exists():
+        return None
+    try:
+        tenants = [BenchTenant(**row) for row in json.loads(state_file.read_text())]
+    except (ValueError, TypeError):
+        return None
+    if len(tenants) < count:
+        return None
+    try:
+        client_token(
+            edge_url=edge_url,
+            client_id=tenants[0].client_id,
+            client_secret=tenants[0].client_secret,
+        )
+    except EdgeRefused:
+        return None
+    return tenants[:count]
