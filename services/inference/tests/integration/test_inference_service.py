@@ -12,9 +12,13 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -51,7 +55,7 @@ from tenantry_common.events import (
     UsageRecorded,
     parse_event,
 )
-from tenantry_common.ids import derived_id
+from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.localstack import free_port
 from tenantry_common.messaging import ensure_topics, publish_event
 from tenantry_common.settings import LOCAL_MODEL, ModelSpec, default_catalogue
@@ -105,7 +109,7 @@ class ScriptedOpenAI:
         if behaviour == "always-500":
             return JSONResponse({"error": {"message": "boom"}}, 500, headers=fast_retry)
         if behaviour == "slow":
-            await asyncio.sleep(10)
+            await asyncio.sleep(2)
         text = SCRIPTED_ANSWER
         if behaviour == "leaky":
             text = f"Sure. Our other customer {OTHER_TENANT_NAME} uses the key {LEAK_KEY} daily."
@@ -382,6 +386,7 @@ def context(
     model: str = LOCAL_MODEL,
     passages: list[Passage] | None = None,
     max_tokens: int = 40,
+    deadline_at: datetime | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -400,6 +405,7 @@ def context(
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
         corpus_version=7,
+        deadline_at=deadline_at,
     )
 
 
@@ -565,6 +571,30 @@ async def test_a_model_the_tenant_may_not_use_fails_without_calling_it(harness: 
     (usage,) = await harness.usage(request.request_id)
     assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
     assert len(harness.sent_messages) == calls
+
+
+async def test_a_request_past_its_deadline_fails_without_calling_the_model(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    question = f"too late {uuid.uuid4().hex}"
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=question,
+        model="scripted-429",
+        deadline_at=utcnow() - timedelta(seconds=1),
+    )
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatFailed)
+    assert final.reason is FailureReason.MODEL_TIMEOUT
+    assert "deadline" in final.message
+    assert server.count(question) == 0
+    (usage,) = await harness.usage(request.request_id)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
 
 
 # --------------------------------------------------------------------------- scripted failures
@@ -755,3 +785,47 @@ async def test_health_readiness_and_llm_metrics_are_served(harness: Harness) -> 
         assert name in text
     assert 'status="success"' in text
     assert 'type="completion"' in text
+
+
+async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
+    kafka_bootstrap: str, model_server_url: str
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "TENANTRY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TENANTRY_HTTP_PORT": str(port),
+        "TENANTRY_LOCAL_MODEL_BASE_URL": model_server_url,
+        "TENANTRY_CHAT_GROUP_ID": f"inference.chat.test-{uuid.uuid4().hex[:6]}",
+        "TENANTRY_LIFECYCLE_GROUP_ID": f"inference.lifecycle.test-{uuid.uuid4().hex[:6]}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tenantry_inference"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                assert proc.poll() is None, "the service exited early"
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "never became ready"
+                await asyncio.sleep(0.2)
+            assert "llm_requests_total" in (await http.get("/metrics")).text
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal (so the status says SIGTERM).
+        assert await asyncio.to_thread(proc.wait, 30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    # Logs are JSON lines from our handler.
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert records
+    assert all(r["service"] == "inference" for r in records)
+    assert any("shutdown complete" in r["message"].lower() for r in records), output[-2000:]
