@@ -36,6 +36,7 @@ class ApiContext:
     engine: AsyncEngine
     broker: KafkaBroker
     metrics: AuditMetrics
+    authenticate: Callable[[Request], Awaitable[Principal]]
 
 
 class BrokenLink(BaseModel):
@@ -58,7 +59,16 @@ def _context(request: Request) -> ApiContext:
     return context
 
 
+async def _caller(request: Request) -> Principal:
+    return await _context(request).authenticate(request)
+
+
+# Module-level aliases: FastAPI resolves (postponed) annotations from the module's globals.
 Context = Annotated[ApiContext, Depends(_context)]
+Caller = Annotated[Principal, Depends(_caller)]
+Start = Annotated[datetime | None, Query(description="Inclusive, ISO 8601 with offset.")]
+End = Annotated[datetime | None, Query(description="Exclusive, ISO 8601 with offset.")]
+Format = Annotated[ExportFormat, Query(alias="format")]
 
 
 async def _audit(context: ApiContext, event: AuditRecorded) -> None:
@@ -129,13 +139,9 @@ def _time_range(
     return start, end
 
 
-def build_router(principal_dependency: Callable[..., Awaitable[Principal]]) -> APIRouter:
-    """The export and verify routes, with tokens verified by ``principal_dependency``."""
+def build_router() -> APIRouter:
+    """The export and verify routes (tokens verified by ``ApiContext.authenticate``)."""
     router = APIRouter(prefix="/v1", tags=["audit"])
-    Caller = Annotated[Principal, Depends(principal_dependency)]
-    Start = Annotated[datetime | None, Query(description="Inclusive, ISO 8601 with offset.")]
-    End = Annotated[datetime | None, Query(description="Exclusive, ISO 8601 with offset.")]
-    Format = Annotated[ExportFormat, Query(alias="format")]
 
     async def export(
         request: Request,

@@ -85,8 +85,14 @@ def build_app(
             await engine.dispose()
 
     app = FastAPI(title="Tenantry audit", version="1", lifespan=lifespan)
-    app.state.audit = ApiContext(settings=settings, engine=engine, broker=broker, metrics=metrics)
+    app.state.audit = ApiContext(
+        settings=settings,
+        engine=engine,
+        broker=broker,
+        metrics=metrics,
+        authenticate=principal_dependency(verifier),
+    )
     app.include_router(health_router({"broker": broker_check(broker), "db": db_check(engine)}))
     app.include_router(metrics_router(registry))
-    app.include_router(build_router(principal_dependency(verifier)))
+    app.include_router(build_router())
     return app

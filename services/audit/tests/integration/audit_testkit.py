@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -11,7 +12,10 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tenantry_audit.app import MIGRATIONS
+from tenantry_audit.config import AuditSettings, writer_dsn_for
 from tenantry_common.auth import API_AUDIENCE, EDGE_ISSUER, StaticKeys, TokenVerifier
+from tenantry_common.db import run_migrations
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
 
 
@@ -81,3 +85,64 @@ def make_event(
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    predicate: Any,
+    *,
+    expect: int = 1,
+    timeout_s: float = 20.0,
+) -> list[Any]:
+    """Records of a topic (from the beginning) whose decoded value matches ``predicate``."""
+    import asyncio
+    import json
+
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(found) < expect and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for record in records:
+                    value = json.loads(record.value)
+                    if predicate(value):
+                        found.append(value)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def wait_for(predicate: Any, *, timeout_s: float = 20.0, interval_s: float = 0.1) -> None:
+    """Poll an async predicate until it holds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)
+
+
+async def new_audit_settings(make_database: Any, kafka_bootstrap: str) -> AuditSettings:
+    """Settings on a new database, migrated as the owner; no background jobs, no auto-migrate."""
+    owner_dsn = await make_database("audit")
+    await asyncio.to_thread(run_migrations, owner_dsn, MIGRATIONS)
+    return AuditSettings(
+        environment="test",
+        postgres_dsn=owner_dsn,
+        writer_dsn=writer_dsn_for(owner_dsn),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        migrate_on_start=False,
+        background_jobs=False,
+        consumer_retry_backoff_s=0.01,
+    )

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from audit_testkit import new_audit_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tenantry_audit.app import MIGRATIONS
-from tenantry_audit.config import AuditSettings, writer_dsn_for
-from tenantry_common.db import create_engine, run_migrations
+from tenantry_audit.config import AuditSettings
+from tenantry_common.db import create_engine
 
 
 @pytest.fixture
 async def audit_settings(
     make_database: Callable[[str], Awaitable[str]], kafka_bootstrap: str
 ) -> AuditSettings:
-    """Settings on a new database, migrated as the owner; no background jobs, no auto-migrate."""
-    owner_dsn = await make_database("audit")
-    await asyncio.to_thread(run_migrations, owner_dsn, MIGRATIONS)
-    return AuditSettings(
-        environment="test",
-        postgres_dsn=owner_dsn,
-        writer_dsn=writer_dsn_for(owner_dsn),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        migrate_on_start=False,
-        background_jobs=False,
-        consumer_retry_backoff_s=0.01,
-    )
+    """A fresh, migrated database for this test."""
+    return await new_audit_settings(make_database, kafka_bootstrap)
 
 
 @pytest.fixture

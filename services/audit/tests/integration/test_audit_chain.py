@@ -10,7 +10,6 @@ from audit_testkit import make_event
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tenantry_audit import service
 from tenantry_audit.chain import GENESIS_HASH
 
@@ -40,14 +39,18 @@ async def test_duplicates_are_stored_once_and_sequences_stay_contiguous(
     async with writer_engine.connect() as conn:
         rows = (
             await conn.execute(
-                text("SELECT sequence, event_id FROM audit_records WHERE tenant_id = :t ORDER BY 1"),
+                text(
+                    "SELECT sequence, event_id FROM audit_records WHERE tenant_id = :t ORDER BY 1"
+                ),
                 {"t": tenant},
             )
         ).all()
     assert [r.sequence for r in rows] == [1, 2, 3, 4, 5, 6]
     assert len({r.event_id for r in rows}) == 6
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.checked == 6 and report.head_sequence == 6
+    assert report.ok
+    assert report.checked == 6
+    assert report.head_sequence == 6
 
 
 async def test_tenants_have_separate_chains(writer_engine: AsyncEngine) -> None:
@@ -60,7 +63,9 @@ async def test_tenants_have_separate_chains(writer_engine: AsyncEngine) -> None:
     assert (report_a.ok, report_a.head_sequence) == (True, 2)
     assert (report_b.ok, report_b.head_sequence) == (True, 1)
     empty = await service.verify_chain(engine=writer_engine, tenant_id=uuid.uuid4())
-    assert empty.ok and empty.checked == 0 and empty.head_sequence is None
+    assert empty.ok
+    assert empty.checked == 0
+    assert empty.head_sequence is None
 
 
 @pytest.mark.parametrize(
@@ -134,7 +139,8 @@ async def test_editing_details_json_is_detected(writer_engine, superuser) -> Non
         """UPDATE audit_records SET details_json = '{"n":4}'
            WHERE tenant_id = $1 AND sequence = 4""",
     )
-    assert report.first_break is not None and report.first_break.sequence == 4
+    assert report.first_break is not None
+    assert report.first_break.sequence == 4
 
 
 async def test_editing_a_record_and_rehashing_it_breaks_the_next_link(
@@ -144,11 +150,15 @@ async def test_editing_a_record_and_rehashing_it_breaks_the_next_link(
     await _append(writer_engine, tenant, 5)
     async with writer_engine.connect() as conn:
         row = (
-            await conn.execute(
-                text("SELECT * FROM audit_records WHERE tenant_id = :t AND sequence = 2"),
-                {"t": tenant},
+            (
+                await conn.execute(
+                    text("SELECT * FROM audit_records WHERE tenant_id = :t AND sequence = 2"),
+                    {"t": tenant},
+                )
             )
-        ).mappings().one()
+            .mappings()
+            .one()
+        )
     # A careful forger recomputes the edited record's own hashes...
     from tenantry_audit.chain import RecordContent, link_hash
 
@@ -197,7 +207,8 @@ async def test_deleting_the_first_record_is_detected(writer_engine, superuser) -
         superuser,
         "DELETE FROM audit_records WHERE tenant_id = $1 AND sequence = 1",
     )
-    assert report.first_break is not None and report.first_break.sequence == 1
+    assert report.first_break is not None
+    assert report.first_break.sequence == 1
 
 
 async def test_reordering_records_is_detected(writer_engine, superuser) -> None:
@@ -220,7 +231,8 @@ async def test_reordering_timestamps_is_detected(writer_engine, superuser) -> No
         "UPDATE audit_records SET occurred_at = occurred_at - interval '1 hour' "
         "WHERE tenant_id = $1 AND sequence = 5",
     )
-    assert report.first_break is not None and report.first_break.sequence == 5
+    assert report.first_break is not None
+    assert report.first_break.sequence == 5
 
 
 async def test_moving_a_record_to_another_tenant_is_detected(writer_engine, superuser) -> None:
@@ -233,12 +245,11 @@ async def test_moving_a_record_to_another_tenant_is_detected(writer_engine, supe
         tenant,
         other,
     )
-    await superuser.execute(
-        "UPDATE audit_chain_heads SET sequence = 4 WHERE tenant_id = $1", other
-    )
+    await superuser.execute("UPDATE audit_chain_heads SET sequence = 4 WHERE tenant_id = $1", other)
     assert (await service.verify_chain(engine=writer_engine, tenant_id=tenant)).first_break
     broken = (await service.verify_chain(engine=writer_engine, tenant_id=other)).first_break
-    assert broken is not None and broken.sequence == 4
+    assert broken is not None
+    assert broken.sequence == 4
 
 
 async def test_the_first_record_links_to_genesis(writer_engine) -> None:

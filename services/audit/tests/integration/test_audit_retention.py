@@ -10,7 +10,6 @@ import pytest
 from audit_testkit import make_event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tenantry_audit import service
 from tenantry_common.ids import utcnow
 
@@ -72,7 +71,8 @@ async def test_retention_removes_exactly_the_expired_records_and_verify_still_pa
     again = await service.apply_retention(engine=writer_engine, retention_days=365, now=now)
     assert again.results == []
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.head_sequence == 8
+    assert report.ok
+    assert report.head_sequence == 8
 
 
 async def test_a_tombstone_is_folded_into_the_checkpoint_once_the_prefix_expires(
@@ -92,7 +92,8 @@ async def test_a_tombstone_is_folded_into_the_checkpoint_once_the_prefix_expires
     first = await service.apply_retention(engine=writer_engine, retention_days=390, now=now)
     assert [(r.removed, r.tombstoned, r.checkpoint_sequence) for r in first.results] == [(2, 1, 1)]
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.checked == 2  # record 2 and the tombstone of 3
+    assert report.ok
+    assert report.checked == 2
 
     second = await service.apply_retention(engine=writer_engine, retention_days=365, now=now)
     assert [(r.removed, r.tombstoned, r.checkpoint_sequence) for r in second.results] == [(1, 0, 3)]
@@ -105,7 +106,9 @@ async def test_a_tombstone_is_folded_into_the_checkpoint_once_the_prefix_expires
         ).scalar_one()
     assert tombstones == 0
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.checked == 0 and report.start_sequence == 3
+    assert report.ok
+    assert report.checked == 0
+    assert report.start_sequence == 3
 
 
 async def test_retention_removes_the_whole_chain_when_everything_expired(
@@ -115,18 +118,20 @@ async def test_retention_removes_the_whole_chain_when_everything_expired(
     tenant = uuid.uuid4()
     await service.append_records(
         engine=writer_engine,
-        events=[
-            make_event(tenant, i, occurred_at=now - timedelta(days=500 - i)) for i in range(4)
-        ],
+        events=[make_event(tenant, i, occurred_at=now - timedelta(days=500 - i)) for i in range(4)],
     )
     run = await service.apply_retention(engine=writer_engine, retention_days=365, now=now)
     assert [(r.removed, r.checkpoint_sequence, r.tombstoned) for r in run.results] == [(4, 4, 0)]
     assert await _ages(writer_engine, tenant) == []
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.checked == 0 and report.start_sequence == 4
+    assert report.ok
+    assert report.checked == 0
+    assert report.start_sequence == 4
     await service.append_records(engine=writer_engine, events=[make_event(tenant, 10)])
     report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
-    assert report.ok and report.checked == 1 and report.head_sequence == 5
+    assert report.ok
+    assert report.checked == 1
+    assert report.head_sequence == 5
 
 
 async def test_retention_dry_run_changes_nothing(writer_engine: AsyncEngine) -> None:
@@ -159,7 +164,8 @@ async def test_retention_refuses_to_erase_a_broken_chain(
     run = await service.apply_retention(engine=writer_engine, retention_days=365, now=now)
     assert len(run.results) == 1
     refused = run.results[0].refused
-    assert refused is not None and refused.sequence == 2
+    assert refused is not None
+    assert refused.sequence == 2
     assert run.results[0].removed == 0
     assert len(await _ages(writer_engine, tenant)) == 4, "the evidence stays"
 
@@ -181,15 +187,16 @@ async def test_tampering_with_a_tombstone_or_checkpoint_is_detected(
     await service.apply_retention(engine=writer_engine, retention_days=365, now=now)
     assert (await service.verify_chain(engine=writer_engine, tenant_id=tenant)).ok
     await superuser.execute(
-        "UPDATE audit_retention_tombstones SET content_hash = repeat('a', 64) "
-        "WHERE tenant_id = $1",
+        "UPDATE audit_retention_tombstones SET content_hash = repeat('a', 64) WHERE tenant_id = $1",
         tenant,
     )
     broken = (await service.verify_chain(engine=writer_engine, tenant_id=tenant)).first_break
-    assert broken is not None and broken.sequence == 4
+    assert broken is not None
+    assert broken.sequence == 4
     await superuser.execute(
         "UPDATE audit_retention_checkpoints SET hash = repeat('b', 64) WHERE tenant_id = $1",
         tenant,
     )
     broken = (await service.verify_chain(engine=writer_engine, tenant_id=tenant)).first_break
-    assert broken is not None and broken.sequence == 2
+    assert broken is not None
+    assert broken.sequence == 2
