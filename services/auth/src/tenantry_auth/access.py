@@ -31,12 +31,14 @@ _REFUSED_STATUSES = {
 }
 
 
-def status_key(tenant_id: uuid.UUID) -> str:
-    return tenant_key(tenant_id, "edge", "tenant-status")
+def access_key(tenant_id: uuid.UUID) -> str:
+    """One hash per tenant: field ``status`` and a field ``revoked:<client id>`` per revoked
+    client. One key, so an eviction or a flush loses all of it or none of it."""
+    return tenant_key(tenant_id, "edge", "access")
 
 
-def revoked_key(tenant_id: uuid.UUID) -> str:
-    return tenant_key(tenant_id, "edge", "revoked-clients")
+def _revoked_field(client_id: str) -> str:
+    return f"revoked:{client_id}"
 
 
 class AccessGuard:
@@ -49,14 +51,13 @@ class AccessGuard:
     async def refusal(self, *, tenant_id: uuid.UUID, client_id: str | None) -> str | None:
         """Why this tenant/client may not act now, or None when it may."""
         redis_ok = True
+        key = access_key(tenant_id)
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(status_key(tenant_id))
-            if client_id is not None:
-                pipe.sismember(revoked_key(tenant_id), client_id)
-            results = await pipe.execute()
-            status = results[0].decode() if results[0] is not None else None
-            if client_id is not None and results[1]:
+            fields = ["status"] + ([_revoked_field(client_id)] if client_id is not None else [])
+            values = await self.redis.hmget(key, fields)
+            raw = values[0]
+            status = raw.decode() if isinstance(raw, bytes) else raw
+            if client_id is not None and values[1] is not None:
                 return "client credentials revoked"
             if status == TenantStatus.ACTIVE.value:
                 return None
@@ -71,23 +72,36 @@ class AccessGuard:
             status, revoked = await repo.access_state(
                 session=session, tenant_id=tenant_id, client_id=client_id
             )
+            revoked_ids = await repo.revoked_client_ids(session=session, tenant_id=tenant_id)
         if status is None:
             return "unknown tenant"
+        if redis_ok:
+            # Rebuild the mirror in one transaction: the revocations first, then the status
+            # (HSETNX: never overwrite a refusal written meanwhile by an offboarding), so no
+            # reader ever sees a status without the revocations that go with it.
+            with contextlib.suppress(RedisError):
+                pipe = self.redis.pipeline(transaction=True)
+                if revoked_ids:
+                    pipe.hset(key, mapping={_revoked_field(c): "1" for c in revoked_ids})
+                pipe.hsetnx(key, "status", status)
+                await pipe.execute()
         if revoked:
             return "client credentials revoked or unknown"
-        if redis_ok:
-            # NX: never overwrite a refusal written meanwhile by an offboarding.
-            with contextlib.suppress(RedisError):
-                await self.redis.set(status_key(tenant_id), status, nx=True)
         if status != TenantStatus.ACTIVE.value:
             return f"tenant is {status}"
         return None
 
     async def set_status(self, *, tenant_id: uuid.UUID, status: str) -> None:
         """Record a tenant's status in Redis (raises if Redis cannot be written)."""
-        await self.redis.set(status_key(tenant_id), status)
+        await self.redis.hset(access_key(tenant_id), "status", status)
 
     async def revoke(self, *, tenant_id: uuid.UUID, client_ids: list[str]) -> None:
         """Record revoked clients in Redis (raises if Redis cannot be written)."""
         if client_ids:
-            await self.redis.sadd(revoked_key(tenant_id), *client_ids)
+            await self.redis.hset(
+                access_key(tenant_id), mapping={_revoked_field(c): "1" for c in client_ids}
+            )
+
+    async def unrevoke(self, *, tenant_id: uuid.UUID, client_id: str) -> None:
+        """Forget a revocation (only for the bootstrap operator, whose secret was reset)."""
+        await self.redis.hdel(access_key(tenant_id), _revoked_field(client_id))

@@ -1,6 +1,5 @@
 """The edge's HTTP API. The tenant always comes from the verified token, never from input."""
 
-
 import json
 import logging
 import time

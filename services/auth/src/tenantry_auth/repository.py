@@ -186,6 +186,14 @@ async def access_state(
     return tenant_status, row is None or row[0] is not None
 
 
+async def revoked_client_ids(*, session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
+    """The ids of a tenant's revoked clients (to rebuild the Redis mirror)."""
+    rows = await session.scalars(
+        select(Client.client_id).where(_scoped(Client, tenant_id), Client.revoked_at.is_not(None))
+    )
+    return list(rows)
+
+
 # --------------------------------------------------------------------------- configuration
 
 

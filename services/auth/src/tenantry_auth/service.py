@@ -383,7 +383,7 @@ async def bootstrap_operator(*, edge: Edge, client_id: str, secret: str) -> None
             secret_hash=secret_hash,
         )
     try:
-        await edge.redis.srem(f"tenantry:{{{PLATFORM_TENANT_ID}}}:edge:revoked-clients", client_id)
+        await edge.guard.unrevoke(tenant_id=PLATFORM_TENANT_ID, client_id=client_id)
     except RedisError:
         log.warning("could not clear a stale revocation of the bootstrap operator")
 

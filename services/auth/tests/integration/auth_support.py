@@ -20,11 +20,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from asgi_lifespan import LifespanManager
-
 from tenantry_auth.app import build_app, migrate
 from tenantry_auth.config import Settings
 from tenantry_common.events import (
-    AuditRecorded,
     ChatCompleted,
     ChatDelta,
     ChatFailed,
@@ -74,7 +72,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def edge_settings(kafka_bootstrap: str, auth_dsn: str, redis_url: str, lease_namespace: str) -> Settings:
+def edge_settings(
+    kafka_bootstrap: str, auth_dsn: str, redis_url: str, lease_namespace: str
+) -> Settings:
     return Settings(
         environment="test",
         kafka_bootstrap_servers=kafka_bootstrap,
@@ -83,7 +83,7 @@ def edge_settings(kafka_bootstrap: str, auth_dsn: str, redis_url: str, lease_nam
         bootstrap_operator_secret=OPERATOR_SECRET,
         reply_lease_namespace=lease_namespace,
         chat_deadline_s=4.0,
-        onboarding_timeout_s=8.0,
+        onboarding_timeout_s=25.0,
         onboarding_sweep_s=1.0,
         consumer_retry_backoff_s=0.05,
     )
@@ -114,7 +114,9 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     await p.stop()
 
 
-async def send(producer: AIOKafkaProducer, topic: str, event: Event, partition: int | None = None) -> None:
+async def send(
+    producer: AIOKafkaProducer, topic: str, event: Event, partition: int | None = None
+) -> None:
     await producer.send_and_wait(
         topic,
         event.model_dump_json().encode(),
@@ -131,11 +133,14 @@ class Collector:
 
     def of(self, kind: type[Event], **match: Any) -> list[Any]:
         return [
-            e for e in self.events
+            e
+            for e in self.events
             if isinstance(e, kind) and all(getattr(e, k) == v for k, v in match.items())
         ]
 
-    async def wait_for(self, kind: type[Event], timeout: float = 15.0, count: int = 1, **match: Any) -> list[Any]:
+    async def wait_for(
+        self, kind: type[Event], timeout: float = 15.0, count: int = 1, **match: Any
+    ) -> list[Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.of(kind, **match)
@@ -150,7 +155,10 @@ async def topics_seen(kafka_bootstrap: str) -> AsyncIterator[Collector]:
     """Events on audit, documents, config and lifecycle topics (read from the beginning)."""
     collector = Collector()
     consumer = AIOKafkaConsumer(
-        "audit.v1", "documents.v1", "tenants.config.v1", "tenants.lifecycle.v1",
+        "audit.v1",
+        "documents.v1",
+        "tenants.config.v1",
+        "tenants.lifecycle.v1",
         bootstrap_servers=kafka_bootstrap,
         group_id=f"test-collector-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
@@ -190,14 +198,23 @@ class Responder:
         topic, partition = request.reply_to.topic, request.reply_to.partition
         common = {"tenant_id": request.tenant_id, "request_id": request.request_id}
         if "[fail]" in request.question:
-            await send(self.producer, topic, ChatFailed(**common, reason=FailureReason.MODEL_UNAVAILABLE, message="model is down"), partition)
+            await send(
+                self.producer,
+                topic,
+                ChatFailed(
+                    **common, reason=FailureReason.MODEL_UNAVAILABLE, message="model is down"
+                ),
+                partition,
+            )
             return
         pieces = ["The answer ", "is ", "forty-two."]
         if request.stream:
             # Sent out of order on purpose: the edge orders deltas by seq.
             order = [1, 0, 2] if "[shuffle]" in request.question else [0, 1, 2]
             for i in order:
-                await send(self.producer, topic, ChatDelta(**common, seq=i, delta=pieces[i]), partition)
+                await send(
+                    self.producer, topic, ChatDelta(**common, seq=i, delta=pieces[i]), partition
+                )
                 await asyncio.sleep(0.05)
         await send(
             self.producer,
@@ -230,6 +247,8 @@ async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIt
     )
     await consumer.start()
 
+    answering: set[asyncio.Task[None]] = set()
+
     async def run() -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=100)
@@ -237,7 +256,9 @@ async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIt
                 for record in records:
                     event = parse_event(record.value)
                     assert isinstance(event, ChatRequested)
-                    asyncio.create_task(r.answer(event))
+                    task = asyncio.create_task(r.answer(event))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
 
     task = asyncio.create_task(run())
     yield r
@@ -268,16 +289,31 @@ async def operator_token(client: httpx.AsyncClient) -> str:
     return await get_token(client, "operator", OPERATOR_SECRET)
 
 
-async def ack_all(producer: AIOKafkaProducer, tenant_id: uuid.UUID, action: LifecycleAction, *, services=SERVICES, succeeded: bool = True) -> None:
+async def ack_all(
+    producer: AIOKafkaProducer,
+    tenant_id: uuid.UUID,
+    action: LifecycleAction,
+    *,
+    services=SERVICES,
+    succeeded: bool = True,
+) -> None:
     for name in services:
         await send(
             producer,
             "tenants.lifecycle.v1",
-            TenantLifecycleAcknowledged(tenant_id=tenant_id, service=name, action=action, succeeded=succeeded, detail="" if succeeded else "disk full"),
+            TenantLifecycleAcknowledged(
+                tenant_id=tenant_id,
+                service=name,
+                action=action,
+                succeeded=succeeded,
+                detail="" if succeeded else "disk full",
+            ),
         )
 
 
-async def wait_status(c: httpx.AsyncClient, token: str, tenant_id: uuid.UUID | str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_status(
+    c: httpx.AsyncClient, token: str, tenant_id: uuid.UUID | str, status: str, timeout: float = 20.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -305,7 +341,11 @@ def onboard(client, operator_token, producer) -> Callable[..., Any]:
     async def make(tier: str = "pro", name: str | None = None) -> TenantHandle:
         r = await client.post(
             "/v1/tenants",
-            json={"name": name or f"t-{uuid.uuid4().hex[:6]}", "tier": tier, "admin_contact": "a@b.test"},
+            json={
+                "name": name or f"t-{uuid.uuid4().hex[:6]}",
+                "tier": tier,
+                "admin_contact": "a@b.test",
+            },
             headers=bearer(operator_token),
         )
         assert r.status_code == 201, r.text
@@ -314,10 +354,14 @@ def onboard(client, operator_token, producer) -> Callable[..., Any]:
         await ack_all(producer, tenant_id, LifecycleAction.PROVISIONED)
         await wait_status(client, operator_token, tenant_id, "active")
         admin = await get_token(client, created["client_id"], created["client_secret"])
-        m = await client.post("/v1/clients", json={"name": "frontend", "role": "member"}, headers=bearer(admin))
+        m = await client.post(
+            "/v1/clients", json={"name": "frontend", "role": "member"}, headers=bearer(admin)
+        )
         assert m.status_code == 201, m.text
         member = await get_token(client, m.json()["client_id"], m.json()["client_secret"])
-        return TenantHandle(tenant_id, created["client_id"], created["client_secret"], admin, member)
+        return TenantHandle(
+            tenant_id, created["client_id"], created["client_secret"], admin, member
+        )
 
     return make
 
@@ -333,10 +377,14 @@ class Replica:
 
 def start_replica(settings: Settings, extra_env: dict[str, str] | None = None) -> Replica:
     port = free_port()
-    env = os.environ | settings_env(settings) | {"TENANTRY_HTTP_PORT": str(port)} | (extra_env or {})
+    env = (
+        os.environ | settings_env(settings) | {"TENANTRY_HTTP_PORT": str(port)} | (extra_env or {})
+    )
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = (LOG_DIR / f"edge-{port}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tenantry_auth"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tenantry_auth"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

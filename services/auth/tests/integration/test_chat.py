@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from auth_support import bearer
 from tenantry_common.budget import BudgetStore
 from tenantry_common.redis import create_redis
@@ -20,14 +19,20 @@ async def tenant(onboard):
     return await onboard(tier="pro")
 
 
-async def test_chat_round_trip_answers_with_the_documented_shape(client, tenant, responder, edge_app) -> None:
-    r = await client.post("/v1/chat", json={"question": "What is the answer?"}, headers=bearer(tenant.member_token))
+async def test_chat_round_trip_answers_with_the_documented_shape(
+    client, tenant, responder, edge_app
+) -> None:
+    r = await client.post(
+        "/v1/chat", json={"question": "What is the answer?"}, headers=bearer(tenant.member_token)
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"request_id", "answer", "citations", "cached", "usage"}
     assert body["answer"] == "The answer is forty-two."
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
-    [request] = [q for q in responder.for_tenant(tenant.tenant_id) if str(q.request_id) == body["request_id"]]
+    [request] = [
+        q for q in responder.for_tenant(tenant.tenant_id) if str(q.request_id) == body["request_id"]
+    ]
     # The request names this replica's leased partition and carries the config snapshot.
     assert request.reply_to.topic == CHAT_RESPONSES.name
     assert request.reply_to.partition == edge_app.state.replies.partition
@@ -39,13 +44,19 @@ async def test_chat_round_trip_answers_with_the_documented_shape(client, tenant,
     assert r.headers["RateLimit-Limit"] == "120"
 
 
-async def test_chat_reservation_is_held_in_the_tenant_budget(client, tenant, responder, edge_settings) -> None:
-    r = await client.post("/v1/chat", json={"question": "hold it"}, headers=bearer(tenant.member_token))
+async def test_chat_reservation_is_held_in_the_tenant_budget(
+    client, tenant, responder, edge_settings
+) -> None:
+    r = await client.post(
+        "/v1/chat", json={"question": "hold it"}, headers=bearer(tenant.member_token)
+    )
     assert r.status_code == 200
     [request] = responder.for_tenant(tenant.tenant_id)
     redis = create_redis(edge_settings.redis_url)
     try:
-        snap = await BudgetStore(redis).snapshot(tenant_id=tenant.tenant_id, day=request.reservation.period_day)
+        snap = await BudgetStore(redis).snapshot(
+            tenant_id=tenant.tenant_id, day=request.reservation.period_day
+        )
     finally:
         await redis.aclose()
     # Nobody settles here (metering does): the worst case stays reserved.
@@ -54,7 +65,9 @@ async def test_chat_reservation_is_held_in_the_tenant_budget(client, tenant, res
 
 async def test_chat_streams_server_sent_events_in_seq_order(client, tenant, responder) -> None:
     r = await client.post(
-        "/v1/chat", json={"question": "stream it [shuffle]", "stream": True}, headers=bearer(tenant.member_token)
+        "/v1/chat",
+        json={"question": "stream it [shuffle]", "stream": True},
+        headers=bearer(tenant.member_token),
     )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -62,20 +75,28 @@ async def test_chat_streams_server_sent_events_in_seq_order(client, tenant, resp
     kinds = [b.split("\n")[0].removeprefix("event: ") for b in events]
     assert kinds == ["delta", "delta", "delta", "completed"]
     deltas = [b.split("data: ", 1)[1] for b in events[:3]]
-    assert '"seq":0' in deltas[0] and '"seq":1' in deltas[1] and '"seq":2' in deltas[2]
+    assert '"seq":0' in deltas[0]
+    assert '"seq":1' in deltas[1]
+    assert '"seq":2' in deltas[2]
     assert "forty-two" in events[3]
 
 
 async def test_accept_event_stream_header_selects_sse(client, tenant, responder) -> None:
     r = await client.post(
-        "/v1/chat", json={"question": "hi"}, headers=bearer(tenant.member_token) | {"Accept": "text/event-stream"}
+        "/v1/chat",
+        json={"question": "hi"},
+        headers=bearer(tenant.member_token) | {"Accept": "text/event-stream"},
     )
     assert r.headers["content-type"].startswith("text/event-stream")
     assert "event: completed" in r.text
 
 
-async def test_unanswered_chat_ends_with_504_and_a_clear_body(client, tenant, responder, edge_settings) -> None:
-    r = await client.post("/v1/chat", json={"question": "[silent]"}, headers=bearer(tenant.member_token))
+async def test_unanswered_chat_ends_with_504_and_a_clear_body(
+    client, tenant, responder, edge_settings
+) -> None:
+    r = await client.post(
+        "/v1/chat", json={"question": "[silent]"}, headers=bearer(tenant.member_token)
+    )
     assert r.status_code == 504
     body = r.json()
     assert body["error"] == "deadline_exceeded"
@@ -84,7 +105,9 @@ async def test_unanswered_chat_ends_with_504_and_a_clear_body(client, tenant, re
 
 
 async def test_failed_chat_is_reported_with_its_reason(client, tenant, responder) -> None:
-    r = await client.post("/v1/chat", json={"question": "[fail]"}, headers=bearer(tenant.member_token))
+    r = await client.post(
+        "/v1/chat", json={"question": "[fail]"}, headers=bearer(tenant.member_token)
+    )
     assert r.status_code == 503
     assert r.json()["error"] == "model_unavailable"
 
@@ -92,13 +115,23 @@ async def test_failed_chat_is_reported_with_its_reason(client, tenant, responder
 async def test_openai_compatible_completion_shape(client, tenant, responder) -> None:
     r = await client.post(
         "/v1/chat/completions",
-        json={"model": "smollm2-135m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "max_tokens": 50},
+        json={
+            "model": "smollm2-135m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+            ],
+            "max_tokens": 50,
+        },
         headers=bearer(tenant.member_token),
     )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "The answer is forty-two."}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "The answer is forty-two.",
+    }
     assert body["usage"]["total_tokens"] == 16
     [request] = responder.for_tenant(tenant.tenant_id)
     assert request.options.max_tokens == 50
@@ -128,12 +161,18 @@ async def test_openai_model_outside_the_tenants_allowed_list_is_400(client, tena
     assert "not allowed" in r.json()["error"]["message"]
 
 
-async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(client, tenant, responder) -> None:
-    r = await client.put("/v1/config", json={"rate_limit_per_minute": 2}, headers=bearer(tenant.admin_token))
+async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
+    client, tenant, responder
+) -> None:
+    r = await client.put(
+        "/v1/config", json={"rate_limit_per_minute": 2}, headers=bearer(tenant.admin_token)
+    )
     assert r.status_code == 200, r.text
     codes = []
     for _ in range(3):
-        r = await client.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+        r = await client.post(
+            "/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)
+        )
         codes.append(r.status_code)
     assert codes == [200, 200, 429]
     assert int(r.headers["Retry-After"]) >= 1
@@ -142,14 +181,22 @@ async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(cli
     assert "rate limit" in r.json()["detail"]
 
 
-async def test_budget_refuses_with_429_when_the_reservation_would_overshoot(client, tenant, responder) -> None:
+async def test_budget_refuses_with_429_when_the_reservation_would_overshoot(
+    client, tenant, responder
+) -> None:
     r = await client.put(
-        "/v1/config", json={"daily_token_budget": 3000, "max_tokens_per_request": 1000}, headers=bearer(tenant.admin_token)
+        "/v1/config",
+        json={"daily_token_budget": 3000, "max_tokens_per_request": 1000},
+        headers=bearer(tenant.admin_token),
     )
     assert r.status_code == 200, r.text
-    first = await client.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+    first = await client.post(
+        "/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)
+    )
     assert first.status_code == 200
-    second = await client.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+    second = await client.post(
+        "/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)
+    )
     assert second.status_code == 429
     assert "daily token budget" in second.json()["detail"]
     assert int(second.headers["Retry-After"]) >= 1
@@ -158,11 +205,21 @@ async def test_budget_refuses_with_429_when_the_reservation_would_overshoot(clie
 
 async def test_streaming_disabled_by_feature_flag_is_403(client, tenant) -> None:
     r = await client.put(
-        "/v1/config", json={"features": {"rag": True, "streaming": False, "semantic_cache": True, "fine_tuning": False}},
+        "/v1/config",
+        json={
+            "features": {
+                "rag": True,
+                "streaming": False,
+                "semantic_cache": True,
+                "fine_tuning": False,
+            }
+        },
         headers=bearer(tenant.admin_token),
     )
     assert r.status_code == 200
-    r = await client.post("/v1/chat", json={"question": "q", "stream": True}, headers=bearer(tenant.member_token))
+    r = await client.post(
+        "/v1/chat", json={"question": "q", "stream": True}, headers=bearer(tenant.member_token)
+    )
     assert r.status_code == 403
 
 

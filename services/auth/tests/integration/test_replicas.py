@@ -5,11 +5,9 @@ limits and budgets hold across both."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import httpx
 import pytest
-
 from auth_support import bearer, get_token
 from tenantry_common.redis import create_redis
 
@@ -25,7 +23,9 @@ async def _clients(replicas):
     return [httpx.AsyncClient(base_url=r.url, timeout=30) for r in replicas]
 
 
-async def test_each_replica_leases_its_own_reply_partition(replicas, edge_settings, edge_app) -> None:
+async def test_each_replica_leases_its_own_reply_partition(
+    replicas, edge_settings, edge_app
+) -> None:
     redis = create_redis(edge_settings.redis_url)
     try:
         keys = [k async for k in redis.scan_iter(match=f"{edge_settings.reply_lease_namespace}:*")]
@@ -36,11 +36,16 @@ async def test_each_replica_leases_its_own_reply_partition(replicas, edge_settin
     assert len(set(owners.values())) == 3
 
 
-async def test_answers_reach_the_replica_that_holds_the_request(replicas, tenant, responder) -> None:
+async def test_answers_reach_the_replica_that_holds_the_request(
+    replicas, tenant, responder
+) -> None:
     clients = await _clients(replicas)
     try:
         results = await asyncio.gather(
-            *(c.post("/v1/chat", json={"question": f"q{i}"}, headers=bearer(tenant.member_token)) for i, c in enumerate(clients * 3))
+            *(
+                c.post("/v1/chat", json={"question": f"q{i}"}, headers=bearer(tenant.member_token))
+                for i, c in enumerate(clients * 3)
+            )
         )
     finally:
         for c in clients:
@@ -51,23 +56,37 @@ async def test_answers_reach_the_replica_that_holds_the_request(replicas, tenant
 
 
 async def test_real_sse_stream_over_http(replicas, tenant, responder) -> None:
-    async with httpx.AsyncClient(base_url=replicas[0].url, timeout=30) as c:
-        async with c.stream("POST", "/v1/chat", json={"question": "stream", "stream": True}, headers=bearer(tenant.member_token)) as r:
-            assert r.status_code == 200
-            chunks = [chunk async for chunk in r.aiter_text()]
+    async with (
+        httpx.AsyncClient(base_url=replicas[0].url, timeout=30) as c,
+        c.stream(
+            "POST",
+            "/v1/chat",
+            json={"question": "stream", "stream": True},
+            headers=bearer(tenant.member_token),
+        ) as r,
+    ):
+        assert r.status_code == 200
+        chunks = [chunk async for chunk in r.aiter_text()]
     text = "".join(chunks)
-    assert text.count("event: delta") == 3 and "event: completed" in text
+    assert text.count("event: delta") == 3
+    assert "event: completed" in text
 
 
 async def test_revocation_is_refused_immediately_on_both_replicas(replicas, tenant) -> None:
     one, two = await _clients(replicas)
     try:
-        made = (await one.post("/v1/clients", json={"role": "member"}, headers=bearer(tenant.admin_token))).json()
+        made = (
+            await one.post(
+                "/v1/clients", json={"role": "member"}, headers=bearer(tenant.admin_token)
+            )
+        ).json()
         token = await get_token(one, made["client_id"], made["client_secret"])
         path = f"/v1/tenants/{tenant.tenant_id}"
         assert (await one.get(path, headers=bearer(token))).status_code == 200
         assert (await two.get(path, headers=bearer(token))).status_code == 200
-        assert (await two.delete(f"/v1/clients/{made['client_id']}", headers=bearer(tenant.admin_token))).status_code == 204
+        assert (
+            await two.delete(f"/v1/clients/{made['client_id']}", headers=bearer(tenant.admin_token))
+        ).status_code == 204
         # No waiting: the very next request on either replica is refused.
         assert (await one.get(path, headers=bearer(token))).status_code == 401
         assert (await two.get(path, headers=bearer(token))).status_code == 401
@@ -76,7 +95,9 @@ async def test_revocation_is_refused_immediately_on_both_replicas(replicas, tena
         await two.aclose()
 
 
-async def test_offboarding_is_refused_immediately_on_both_replicas(replicas, tenant, operator_token) -> None:
+async def test_offboarding_is_refused_immediately_on_both_replicas(
+    replicas, tenant, operator_token
+) -> None:
     one, two = await _clients(replicas)
     try:
         path = f"/v1/tenants/{tenant.tenant_id}"
@@ -86,7 +107,9 @@ async def test_offboarding_is_refused_immediately_on_both_replicas(replicas, ten
         for c in (one, two):
             for token in (tenant.admin_token, tenant.member_token):
                 assert (await c.get(path, headers=bearer(token))).status_code == 401
-            r = await c.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+            r = await c.post(
+                "/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)
+            )
             assert r.status_code == 401
     finally:
         await one.aclose()
@@ -96,10 +119,15 @@ async def test_offboarding_is_refused_immediately_on_both_replicas(replicas, ten
 async def test_rate_limit_holds_across_two_replicas(replicas, tenant, responder) -> None:
     one, two = await _clients(replicas)
     try:
-        r = await one.put("/v1/config", json={"rate_limit_per_minute": 5}, headers=bearer(tenant.admin_token))
+        r = await one.put(
+            "/v1/config", json={"rate_limit_per_minute": 5}, headers=bearer(tenant.admin_token)
+        )
         assert r.status_code == 200
         results = await asyncio.gather(
-            *(c.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)) for c in [one, two] * 6)
+            *(
+                c.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+                for c in [one, two] * 6
+            )
         )
     finally:
         await one.aclose()
@@ -112,16 +140,21 @@ async def test_token_budget_holds_across_two_replicas(replicas, tenant, responde
     one, two = await _clients(replicas)
     try:
         r = await one.put(
-            "/v1/config", json={"max_tokens_per_request": 1000, "daily_token_budget": 10_000}, headers=bearer(tenant.admin_token)
+            "/v1/config",
+            json={"max_tokens_per_request": 1000, "daily_token_budget": 10_000},
+            headers=bearer(tenant.admin_token),
         )
         assert r.status_code == 200
         results = await asyncio.gather(
-            *(c.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token)) for c in [one, two] * 5)
+            *(
+                c.post("/v1/chat", json={"question": "q"}, headers=bearer(tenant.member_token))
+                for c in [one, two] * 5
+            )
         )
     finally:
         await one.aclose()
         await two.aclose()
-    granted = [q for q in responder.for_tenant(tenant.tenant_id)]
+    granted = list(responder.for_tenant(tenant.tenant_id))
     reserved = sum(q.reservation.reserved_tokens for q in granted)
     assert reserved <= 10_000
     assert len(granted) == 10_000 // granted[0].reservation.reserved_tokens

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
+from auth_support import SERVICES, ack_all, bearer, get_token, wait_status
 from tenantry_common.events import (
     AuditRecorded,
     AuditType,
@@ -15,8 +15,6 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
 )
-
-from auth_support import SERVICES, ack_all, bearer, get_token, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +42,11 @@ async def test_tenant_becomes_active_only_after_every_service_acknowledged(
     # Credentials of a provisioning tenant are refused.
     r = await client.post(
         "/v1/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": created["client_id"], "client_secret": created["client_secret"]},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": created["client_id"],
+            "client_secret": created["client_secret"],
+        },
     )
     assert r.status_code == 401
     await ack_all(producer, tenant_id, LifecycleAction.PROVISIONED, services=SERVICES[:3])
@@ -64,7 +66,9 @@ async def test_failed_ack_rolls_onboarding_back_and_asks_for_cleanup(
     created = await _create(client, operator_token, tier="pro")
     tenant_id = uuid.UUID(created["tenant_id"])
     await ack_all(producer, tenant_id, LifecycleAction.PROVISIONED, services=["retrieval"])
-    await ack_all(producer, tenant_id, LifecycleAction.PROVISIONED, services=["metering"], succeeded=False)
+    await ack_all(
+        producer, tenant_id, LifecycleAction.PROVISIONED, services=["metering"], succeeded=False
+    )
     body = await wait_status(client, operator_token, tenant_id, "failed")
     assert "metering" in body["status_detail"]
     cleanup = await topics_seen.wait_for(TenantOffboarded, tenant_id=tenant_id)
@@ -74,16 +78,24 @@ async def test_failed_ack_rolls_onboarding_back_and_asks_for_cleanup(
     await wait_status(client, operator_token, tenant_id, "failed")
     r = await client.post(
         "/v1/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": created["client_id"], "client_secret": created["client_secret"]},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": created["client_id"],
+            "client_secret": created["client_secret"],
+        },
     )
     assert r.status_code == 401
-    audits = await topics_seen.wait_for(AuditRecorded, tenant_id=tenant_id, audit_type=AuditType.LIFECYCLE)
+    audits = await topics_seen.wait_for(
+        AuditRecorded, tenant_id=tenant_id, audit_type=AuditType.LIFECYCLE
+    )
     assert any(a.status == "failure" for a in audits)
 
 
-async def test_onboarding_that_times_out_is_rolled_back(client, operator_token, topics_seen) -> None:
+async def test_onboarding_that_times_out_is_rolled_back(
+    client, operator_token, topics_seen
+) -> None:
     created = await _create(client, operator_token)
     tenant_id = uuid.UUID(created["tenant_id"])
-    body = await wait_status(client, operator_token, tenant_id, "failed", timeout=30)
+    body = await wait_status(client, operator_token, tenant_id, "failed", timeout=60)
     assert "timed out" in body["status_detail"]
     await topics_seen.wait_for(TenantOffboarded, tenant_id=tenant_id)

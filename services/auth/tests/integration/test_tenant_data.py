@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from auth_support import bearer, get_token
 from tenantry_common.events import (
     AuditRecorded,
@@ -24,20 +23,31 @@ async def tenant(onboard):
     return await onboard(tier="free")
 
 
-async def test_document_json_submit_list_delete_publishes_events(client, tenant, topics_seen) -> None:
-    r = await client.post("/v1/documents", json={"title": "Guide", "text": "hello world"}, headers=bearer(tenant.admin_token))
+async def test_document_json_submit_list_delete_publishes_events(
+    client, tenant, topics_seen
+) -> None:
+    r = await client.post(
+        "/v1/documents",
+        json={"title": "Guide", "text": "hello world"},
+        headers=bearer(tenant.admin_token),
+    )
     assert r.status_code == 202, r.text
     doc_id = uuid.UUID(r.json()["document_id"])
     [event] = await topics_seen.wait_for(DocumentSubmitted, document_id=doc_id)
-    assert event.tenant_id == tenant.tenant_id and event.text == "hello world"
+    assert event.tenant_id == tenant.tenant_id
+    assert event.text == "hello world"
     listed = (await client.get("/v1/documents", headers=bearer(tenant.admin_token))).json()
     assert [d["document_id"] for d in listed["documents"]] == [str(doc_id)]
     assert listed["documents"][0]["size_bytes"] == 11
     r = await client.delete(f"/v1/documents/{doc_id}", headers=bearer(tenant.admin_token))
     assert r.status_code == 202
     await topics_seen.wait_for(DocumentDeleted, document_id=doc_id)
-    assert (await client.get("/v1/documents", headers=bearer(tenant.admin_token))).json()["total"] == 0
-    assert (await client.delete(f"/v1/documents/{doc_id}", headers=bearer(tenant.admin_token))).status_code == 404
+    assert (await client.get("/v1/documents", headers=bearer(tenant.admin_token))).json()[
+        "total"
+    ] == 0
+    assert (
+        await client.delete(f"/v1/documents/{doc_id}", headers=bearer(tenant.admin_token))
+    ).status_code == 404
 
 
 async def test_document_file_upload_is_accepted(client, tenant, topics_seen) -> None:
@@ -47,42 +57,71 @@ async def test_document_file_upload_is_accepted(client, tenant, topics_seen) -> 
         headers=bearer(tenant.admin_token),
     )
     assert r.status_code == 202, r.text
-    [event] = await topics_seen.wait_for(DocumentSubmitted, document_id=uuid.UUID(r.json()["document_id"]))
-    assert event.title == "notes.md" and event.content_type == "text/markdown"
+    [event] = await topics_seen.wait_for(
+        DocumentSubmitted, document_id=uuid.UUID(r.json()["document_id"])
+    )
+    assert event.title == "notes.md"
+    assert event.content_type == "text/markdown"
 
 
 async def test_oversized_documents_are_413(client, tenant, edge_settings) -> None:
     big = "x" * (edge_settings.max_document_bytes + 1)
-    r = await client.post("/v1/documents", files={"file": ("big.txt", big.encode(), "text/plain")}, headers=bearer(tenant.admin_token))
+    r = await client.post(
+        "/v1/documents",
+        files={"file": ("big.txt", big.encode(), "text/plain")},
+        headers=bearer(tenant.admin_token),
+    )
     assert r.status_code == 413
-    r = await client.post("/v1/documents", json={"title": "t", "text": big}, headers=bearer(tenant.admin_token))
+    r = await client.post(
+        "/v1/documents", json={"title": "t", "text": big}, headers=bearer(tenant.admin_token)
+    )
     assert r.status_code == 413
 
 
 async def test_binary_upload_is_415(client, tenant) -> None:
-    r = await client.post("/v1/documents", files={"file": ("a.bin", b"\xff\xfe\x00\x01", "application/octet-stream")}, headers=bearer(tenant.admin_token))
+    r = await client.post(
+        "/v1/documents",
+        files={"file": ("a.bin", b"\xff\xfe\x00\x01", "application/octet-stream")},
+        headers=bearer(tenant.admin_token),
+    )
     assert r.status_code == 415
 
 
 async def test_members_cannot_manage_documents_or_config(client, tenant) -> None:
-    assert (await client.get("/v1/documents", headers=bearer(tenant.member_token))).status_code == 403
+    assert (
+        await client.get("/v1/documents", headers=bearer(tenant.member_token))
+    ).status_code == 403
     assert (await client.get("/v1/config", headers=bearer(tenant.member_token))).status_code == 403
 
 
-async def test_config_update_is_versioned_published_and_audited(client, tenant, topics_seen) -> None:
+async def test_config_update_is_versioned_published_and_audited(
+    client, tenant, topics_seen
+) -> None:
     r = await client.put(
         "/v1/config",
-        json={"temperature": 0.5, "custom_instructions": "Be kind.", "system_prompt_template": "{{tenant_name}} on {{ tier }}: {{custom_instructions}}"},
+        json={
+            "temperature": 0.5,
+            "custom_instructions": "Be kind.",
+            "system_prompt_template": "{{tenant_name}} on {{ tier }}: {{custom_instructions}}",
+        },
         headers=bearer(tenant.admin_token),
     )
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 2
-    [changed] = await topics_seen.wait_for(TenantConfigChanged, tenant_id=tenant.tenant_id, version=2)
+    [changed] = await topics_seen.wait_for(
+        TenantConfigChanged, tenant_id=tenant.tenant_id, version=2
+    )
     assert changed.config.temperature == 0.5
-    audits = await topics_seen.wait_for(AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE)
+    audits = await topics_seen.wait_for(
+        AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE
+    )
     assert audits[-1].details["version"] == 2
     assert "temperature" in str(audits[-1].details["changed"])
-    stale = await client.put("/v1/config", json={"temperature": 0.1, "expected_version": 1}, headers=bearer(tenant.admin_token))
+    stale = await client.put(
+        "/v1/config",
+        json={"temperature": 0.1, "expected_version": 1},
+        headers=bearer(tenant.admin_token),
+    )
     assert stale.status_code == 409
 
 
@@ -103,21 +142,38 @@ async def test_invalid_config_is_refused_with_a_reason(client, tenant, change, r
     r = await client.put("/v1/config", json=change, headers=bearer(tenant.admin_token))
     assert r.status_code == 422, r.text
     assert reason in str(r.json()["detail"])
-    assert (await client.get("/v1/config", headers=bearer(tenant.admin_token))).json()["version"] == 1
+    assert (await client.get("/v1/config", headers=bearer(tenant.admin_token))).json()[
+        "version"
+    ] == 1
 
 
 async def test_revoked_client_is_refused_at_once(client, tenant, topics_seen) -> None:
-    made = (await client.post("/v1/clients", json={"role": "member"}, headers=bearer(tenant.admin_token))).json()
+    made = (
+        await client.post(
+            "/v1/clients", json={"role": "member"}, headers=bearer(tenant.admin_token)
+        )
+    ).json()
     token = await get_token(client, made["client_id"], made["client_secret"])
-    assert (await client.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token))).status_code == 200
+    assert (
+        await client.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token))
+    ).status_code == 200
     r = await client.delete(f"/v1/clients/{made['client_id']}", headers=bearer(tenant.admin_token))
     assert r.status_code == 204
     agent = f"revoked-{uuid.uuid4().hex[:6]}"
-    r = await client.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token) | {"User-Agent": agent})
+    r = await client.get(
+        f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token) | {"User-Agent": agent}
+    )
     assert r.status_code == 401
     [event] = await topics_seen.wait_for(AuditRecorded, user_agent=agent)
     assert event.tenant_id == tenant.tenant_id  # the token was verified, so its tenant is known
-    r = await client.post("/v1/oauth/token", data={"grant_type": "client_credentials", "client_id": made["client_id"], "client_secret": made["client_secret"]})
+    r = await client.post(
+        "/v1/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": made["client_id"],
+            "client_secret": made["client_secret"],
+        },
+    )
     assert r.status_code == 401
     # The admin's own token is untouched.
     assert (await client.get("/v1/config", headers=bearer(tenant.admin_token))).status_code == 200
@@ -133,8 +189,17 @@ async def test_offboarding_refuses_every_token_at_once_and_finishes_on_acks(
     assert r.status_code == 202
     assert r.json()["status"] == "offboarding"
     for token in (tenant.admin_token, tenant.member_token):
-        assert (await client.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token))).status_code == 401
-    r = await client.post("/v1/oauth/token", data={"grant_type": "client_credentials", "client_id": tenant.admin_client_id, "client_secret": tenant.admin_secret})
+        assert (
+            await client.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(token))
+        ).status_code == 401
+    r = await client.post(
+        "/v1/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": tenant.admin_client_id,
+            "client_secret": tenant.admin_secret,
+        },
+    )
     assert r.status_code == 401
     await topics_seen.wait_for(TenantOffboarded, tenant_id=tenant.tenant_id)
     await ack_all(producer, tenant.tenant_id, LifecycleAction.OFFBOARDED)
@@ -142,5 +207,7 @@ async def test_offboarding_refuses_every_token_at_once_and_finishes_on_acks(
 
 
 async def test_platform_tenant_cannot_be_offboarded(client, operator_token) -> None:
-    r = await client.delete("/v1/tenants/00000000-0000-0000-0000-000000000000", headers=bearer(operator_token))
+    r = await client.delete(
+        "/v1/tenants/00000000-0000-0000-0000-000000000000", headers=bearer(operator_token)
+    )
     assert r.status_code == 403

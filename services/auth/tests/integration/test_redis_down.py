@@ -1,0 +1,136 @@
+"""When Redis is down: chat fails closed (503 + Retry-After: limits and budgets cannot be
+guaranteed), authentication and revocation fall back to Postgres, refusal-making changes are
+refused (503) rather than left unenforced, and everything recovers when Redis returns."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import httpx
+import pytest
+from auth_support import bearer, get_token, start_replica, stop_replica
+from tenantry_common.localstack import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("redis-server did not start")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+async def _until(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.3)
+    raise AssertionError("condition not met in time")
+
+
+async def test_redis_outage_fails_chat_closed_and_keeps_revocation_exact(
+    edge_settings, onboard, client, operator_token, responder
+) -> None:
+    tenant = await onboard(tier="pro")
+    port = free_port()
+    redis_proc = _start_redis(port)
+    replica = start_replica(edge_settings, {"TENANTRY_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    try:
+        async with httpx.AsyncClient(base_url=replica.url, timeout=30) as edge:
+            member = await get_token(edge, *(await _member(client, tenant)))
+            assert (
+                await edge.post("/v1/chat", json={"question": "up"}, headers=bearer(member))
+            ).status_code == 200
+
+            _stop(redis_proc)
+            r = await edge.post("/v1/chat", json={"question": "down"}, headers=bearer(member))
+            assert r.status_code == 503
+            assert int(r.headers["Retry-After"]) >= 1
+            assert "Redis" in r.json()["detail"]
+            assert (await edge.get("/readyz")).status_code == 503
+
+            # Authentication still works, answered by Postgres.
+            assert (
+                await edge.get("/v1/config", headers=bearer(tenant.admin_token))
+            ).status_code == 200
+            # Offboarding needs the revocation store: refused, and nothing changed.
+            r = await edge.delete(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(operator_token))
+            assert r.status_code == 503
+            assert (
+                await edge.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(member))
+            ).json()["status"] == "active"
+            # A revocation made elsewhere (another replica, Redis up there) is refused here at once.
+            client_id = _claims_client(member)
+            assert (
+                await client.delete(f"/v1/clients/{client_id}", headers=bearer(tenant.admin_token))
+            ).status_code == 204
+            assert (
+                await edge.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(member))
+            ).status_code == 401
+
+            # Redis returns (empty): the replica leases a partition again and chat resumes.
+            redis_proc = _start_redis(port)
+            admin_member = await get_token(edge, *(await _member(client, tenant)))
+
+            async def chat_ok():
+                r = await edge.post(
+                    "/v1/chat", json={"question": "back"}, headers=bearer(admin_member)
+                )
+                return r.status_code == 200
+
+            await _until(chat_ok)
+            # The revocation still holds after Redis came back empty.
+            assert (
+                await edge.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(member))
+            ).status_code == 401
+    finally:
+        stop_replica(replica)
+        if redis_proc.poll() is None:
+            _stop(redis_proc)
+
+
+async def _member(client, tenant) -> tuple[str, str]:
+    made = (
+        await client.post(
+            "/v1/clients", json={"role": "member"}, headers=bearer(tenant.admin_token)
+        )
+    ).json()
+    return made["client_id"], made["client_secret"]
+
+
+def _claims_client(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["client_id"])
