@@ -70,6 +70,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status, headers=exc.headers)
 
     async def on_store_down(request: Request, exc: Exception) -> Response:
+        if _is_data_error(exc):
+            # Postgres refused a value (e.g. a NUL character in text): the input's fault.
+            return JSONResponse({"detail": "the input holds characters that cannot be stored"}, 422)
         log.error("store unavailable", extra={"error_type": type(exc).__name__})
         return JSONResponse(
             {"detail": "a backing store is unavailable; try again shortly"},
@@ -80,6 +83,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(service.EdgeError, on_edge_error)
     for exc_type in (RedisError, OperationalError, DBAPIError, ConnectionError, OSError):
         app.add_exception_handler(exc_type, on_store_down)
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """Whether a database error is SQLSTATE class 22 (data exception: bad input value)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return isinstance(code, str) and code.startswith("22")
 
 
 # --------------------------------------------------------------------------- schemas

@@ -306,7 +306,7 @@ async def record_audit(
 
 async def issue_token(*, edge: Edge, client_id: str, client_secret: str) -> tuple[str, int, Role]:
     """A signed access token for valid, unrevoked credentials of an active tenant."""
-    if not client_id or len(client_id) > 100 or len(client_secret) > 200:
+    if not client_id or len(client_id) > 100 or len(client_secret) > 200 or "\x00" in client_id:
         raise InvalidClient("invalid client credentials")
     tenant_id = tenant_of_client(client_id)
     async with edge.sessions() as session:

@@ -312,7 +312,7 @@ async def ack_all(
 
 
 async def wait_status(
-    c: httpx.AsyncClient, token: str, tenant_id: uuid.UUID | str, status: str, timeout: float = 20.0
+    c: httpx.AsyncClient, token: str, tenant_id: uuid.UUID | str, status: str, timeout: float = 45.0
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}

@@ -211,3 +211,17 @@ async def test_platform_tenant_cannot_be_offboarded(client, operator_token) -> N
         "/v1/tenants/00000000-0000-0000-0000-000000000000", headers=bearer(operator_token)
     )
     assert r.status_code == 403
+
+
+async def test_nul_characters_in_input_are_refused_not_500(client, operator_token) -> None:
+    r = await client.post(
+        "/v1/tenants",
+        json={"name": "bad\u0000name", "tier": "free", "admin_contact": "a@b.test"},
+        headers=bearer(operator_token),
+    )
+    assert r.status_code == 422
+    r = await client.post(
+        "/v1/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": "x\u0000y", "client_secret": "z"},
+    )
+    assert r.status_code == 401
