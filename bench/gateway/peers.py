@@ -80,6 +80,11 @@ def litellm_launch(
         str(port),
         "--num_workers",
         str(workers),
+        # uvicorn's supervisor replaces a worker that misses a 5 s health ping; on 2 shared
+        # cores a busy or still-importing worker misses it, and was being killed and re-spawned
+        # in a loop (each re-spawn burning a core for ~10 s of imports). 60 s keeps them alive.
+        "--timeout_worker_healthcheck",
+        "60",
     ]
     return Launch(cmd=cmd, env=env, headers={}, ready_path="/health/liveliness")
 

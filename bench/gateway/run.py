@@ -344,8 +344,9 @@ def versions() -> dict[str, str]:
     """What was measured, for the record."""
     out: dict[str, str] = {}
     site_packages = VAR / "litellm-venv" / "lib"
-    for dist_info in site_packages.glob("python*/site-packages/litellm-*.dist-info"):
-        out["litellm"] = dist_info.name.removeprefix("litellm-").removesuffix(".dist-info")
+    for name in ("litellm", "opentelemetry_sdk"):
+        for dist_info in site_packages.glob(f"python*/site-packages/{name}-*.dist-info"):
+            out[name] = dist_info.name.removeprefix(f"{name}-").removesuffix(".dist-info")
     package = VAR / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
     if package.exists():
         out["portkey"] = json.loads(package.read_text())["version"]

@@ -10,6 +10,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BENCH_VAR="${BENCH_VAR:-$ROOT/var/bench}"
 LITELLM_VERSION="${LITELLM_VERSION:-1.106.2}"
 PORTKEY_VERSION="${PORTKEY_VERSION:-1.15.2}"
+# LiteLLM's proxy imports its OpenTelemetry plumbing on every request; without the SDK the
+# import fails and is retried each time (about a third of its CPU in a profile here). Its own
+# Docker image ships the SDK, so the bench installs it too: LiteLLM is measured at its best.
+OTEL_SDK_VERSION="${OTEL_SDK_VERSION:-1.45.2}"
 PYTHON="${BENCH_PYTHON:-python3.11}"
 
 mkdir -p "$BENCH_VAR"
@@ -27,14 +31,19 @@ fi
 
 # LiteLLM: a separate virtualenv, never the project's .venv or uv.lock.
 LITELLM_VENV="$BENCH_VAR/litellm-venv"
-if [ ! -x "$LITELLM_VENV/bin/litellm" ] \
-  || [ "$("$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null)" != "$LITELLM_VERSION" ]; then
+installed() {
+  "$LITELLM_VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null
+}
+if [ ! -x "$LITELLM_VENV/bin/litellm" ] || [ "$(installed litellm)" != "$LITELLM_VERSION" ] \
+  || [ "$(installed opentelemetry-sdk)" != "$OTEL_SDK_VERSION" ]; then
   if command -v uv >/dev/null; then
     uv venv --quiet --allow-existing --python "$PYTHON" "$LITELLM_VENV"
-    uv pip install --quiet --python "$LITELLM_VENV/bin/python" "litellm[proxy]==$LITELLM_VERSION"
+    uv pip install --quiet --python "$LITELLM_VENV/bin/python" \
+      "litellm[proxy]==$LITELLM_VERSION" "opentelemetry-sdk==$OTEL_SDK_VERSION"
   else
     "$PYTHON" -m venv "$LITELLM_VENV"
-    "$LITELLM_VENV/bin/pip" install --quiet "litellm[proxy]==$LITELLM_VERSION"
+    "$LITELLM_VENV/bin/pip" install --quiet \
+      "litellm[proxy]==$LITELLM_VERSION" "opentelemetry-sdk==$OTEL_SDK_VERSION"
   fi
 fi
 
@@ -47,7 +56,7 @@ if [ ! -f "$PORTKEY_DIR/node_modules/@portkey-ai/gateway/package.json" ] \
   (cd "$PORTKEY_DIR" && npm install --silent --no-audit --no-fund "@portkey-ai/gateway@$PORTKEY_VERSION")
 fi
 
-echo "litellm $("$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
+echo "litellm $(installed litellm) (opentelemetry-sdk $(installed opentelemetry-sdk))"
 echo "portkey $(node -p "require('$PORTKEY_DIR/node_modules/@portkey-ai/gateway/package.json').version")"
 echo "$(nginx -v 2>&1)"
 echo "wrk $(wrk -v 2>&1 | head -1)"

@@ -27,6 +27,8 @@ LOCAL_OPERATOR_SECRET = "local-bench-operator-secret"
 # Edge API paths (services/auth/src/tenantry_auth/api.py).
 TOKEN_PATH = "/v1/oauth/token"
 TENANTS_PATH = "/v1/tenants"
+CLIENTS_PATH = "/v1/clients"
+CONFIG_PATH = "/v1/config"
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 
 
@@ -54,11 +56,13 @@ def catalogue_env(*, instant_base_url: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class BenchTenant:
-    """A tenant the bench onboarded, with its admin client credentials."""
+    """A tenant the bench onboarded: its admin client, and a member client as a frontend's."""
 
     tenant_id: str
-    client_id: str
-    client_secret: str
+    admin_client_id: str
+    admin_client_secret: str
+    member_client_id: str = ""
+    member_client_secret: str = ""
 
 
 def _call(
@@ -124,8 +128,26 @@ def onboard(*, edge_url: str, operator: str, name: str) -> BenchTenant:
     )
     return BenchTenant(
         tenant_id=str(answer["tenant_id"]),
-        client_id=str(answer["client_id"]),
-        client_secret=str(answer["client_secret"]),
+        admin_client_id=str(answer["client_id"]),
+        admin_client_secret=str(answer["client_secret"]),
+    )
+
+
+def add_member_client(*, edge_url: str, admin: str, tenant: BenchTenant) -> BenchTenant:
+    """A member client for the tenant (what a product's frontend would hold), as its admin."""
+    answer = _call(
+        edge_url,
+        CLIENTS_PATH,
+        method="POST",
+        token=admin,
+        payload={"name": "bench frontend", "role": "member"},
+    )
+    return BenchTenant(
+        tenant_id=tenant.tenant_id,
+        admin_client_id=tenant.admin_client_id,
+        admin_client_secret=tenant.admin_client_secret,
+        member_client_id=str(answer["client_id"]),
+        member_client_secret=str(answer["client_secret"]),
     )
 
 
@@ -167,15 +189,9 @@ def gateway_mode_update() -> dict[str, Any]:
     }
 
 
-def set_gateway_mode(*, edge_url: str, operator: str, tenant_id: str) -> None:
-    """Apply gateway_mode_update to one tenant's configuration (as an operator)."""
-    _call(
-        edge_url,
-        f"{TENANTS_PATH}/{tenant_id}/config",
-        method="PATCH",
-        token=operator,
-        payload=gateway_mode_update(),
-    )
+def set_gateway_mode(*, edge_url: str, admin: str) -> None:
+    """Apply gateway_mode_update to the tenant of the admin token (PUT /v1/config)."""
+    _call(edge_url, CONFIG_PATH, method="PUT", token=admin, payload=gateway_mode_update())
 
 
 def prepare_tenants(
@@ -188,28 +204,46 @@ def prepare_tenants(
     activation_timeout_s: float = 180.0,
 ) -> list[str]:
     """Onboard `count` tenants in gateway mode (or reuse those in state_file) and return one
-    fresh access token per tenant."""
-    operator = operator_token(edge_url=edge_url, secret=operator_secret)
+    fresh member access token per tenant."""
     tenants = _reusable(state_file=state_file, edge_url=edge_url, count=count)
     if tenants is None:
-        tenants = [
+        operator = operator_token(edge_url=edge_url, secret=operator_secret)
+        created = [
             onboard(edge_url=edge_url, operator=operator, name=f"bench-{run_label}-{i:03d}")
             for i in range(count)
         ]
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps([asdict(t) for t in tenants], indent=1))
         wait_active(
             edge_url=edge_url,
             operator=operator,
-            tenant_ids=[t.tenant_id for t in tenants],
+            tenant_ids=[t.tenant_id for t in created],
             timeout_s=activation_timeout_s,
         )
+        tenants = [
+            add_member_client(edge_url=edge_url, admin=_admin_token(edge_url, t), tenant=t)
+            for t in created
+        ]
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps([asdict(t) for t in tenants], indent=1))
+        state_file.chmod(0o600)
+    # Applied on every run, so that a reused tenant is in gateway mode whatever happened since.
     for tenant in tenants:
-        set_gateway_mode(edge_url=edge_url, operator=operator, tenant_id=tenant.tenant_id)
+        set_gateway_mode(edge_url=edge_url, admin=_admin_token(edge_url, tenant))
     return [
-        client_token(edge_url=edge_url, client_id=t.client_id, client_secret=t.client_secret)
+        client_token(
+            edge_url=edge_url,
+            client_id=t.member_client_id,
+            client_secret=t.member_client_secret,
+        )
         for t in tenants
     ]
+
+
+def _admin_token(edge_url: str, tenant: BenchTenant) -> str:
+    return client_token(
+        edge_url=edge_url,
+        client_id=tenant.admin_client_id,
+        client_secret=tenant.admin_client_secret,
+    )
 
 
 def _reusable(*, state_file: Path, edge_url: str, count: int) -> list[BenchTenant] | None:
@@ -225,8 +259,8 @@ def _reusable(*, state_file: Path, edge_url: str, count: int) -> list[BenchTenan
     try:
         client_token(
             edge_url=edge_url,
-            client_id=tenants[0].client_id,
-            client_secret=tenants[0].client_secret,
+            client_id=tenants[0].member_client_id,
+            client_secret=tenants[0].member_client_secret,
         )
     except EdgeRefused:
         return None
