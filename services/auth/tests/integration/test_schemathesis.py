@@ -12,14 +12,32 @@ import asyncio
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-
 from auth_support import bearer
+from hypothesis import HealthCheck, given, settings
 
 pytestmark = pytest.mark.integration
 
 FORWARDED = ("/v1/usage", "/v1/audit/", "/usage", "/audit/export")
 MAX_EXAMPLES = 12
+
+
+def _runner(operation, base_url: str, who: str, token: str, failures: list[str]):
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy())
+    def run(case) -> None:
+        response = case.call(base_url=base_url, headers=bearer(token), timeout=30)
+        if response.status_code >= 500:
+            failures.append(
+                f"{who} {case.method} {case.formatted_path} -> {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+
+    return run
 
 
 def _fuzz(base_url: str, schema_dict: dict, tokens: dict[str, str]) -> list[str]:
@@ -29,24 +47,8 @@ def _fuzz(base_url: str, schema_dict: dict, tokens: dict[str, str]) -> list[str]
         operation = result.ok()
         if any(part in operation.path for part in FORWARDED):
             continue
-        for who, token in tokens.items():  # noqa: B007 (bound per iteration; run() is called at once)
-
-            @settings(
-                max_examples=MAX_EXAMPLES,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=operation.as_strategy())
-            def run(case) -> None:
-                response = case.call(base_url=base_url, headers=bearer(token), timeout=30)
-                if response.status_code >= 500:
-                    failures.append(
-                        f"{who} {case.method} {case.formatted_path} -> {response.status_code}: "
-                        f"{response.text[:300]}"
-                    )
-
-            run()
+        for who, token in tokens.items():
+            _runner(operation, base_url, who, token, failures)()
     return failures
 
 
