@@ -1,0 +1,129 @@
+"""Pure rules of the edge: templates, config caps, client ids, estimates, reply ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from tenantry_auth.config import Settings
+from tenantry_auth.keys import KeyCipher
+from tenantry_auth.ratelimit import RateDecision
+from tenantry_auth.replies import PendingReply
+from tenantry_auth.security import new_client_id, tenant_of_client
+from tenantry_auth.service import (
+    TIER_LIMITS,
+    ConfigUpdate,
+    Invalid,
+    check_config,
+    check_template,
+    default_config,
+    estimate_prompt_tokens,
+    merged_config,
+)
+from tenantry_common.events import ChatCompleted, ChatDelta, Tier, TokenUsage
+from tenantry_common.ids import PLATFORM_TENANT_ID
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings(environment="test")
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["", "plain", "{{tenant_name}}", "{{ tier }} and {{custom_instructions}}", "{ single } braces"],
+)
+def test_templates_with_known_placeholders_pass(template: str) -> None:
+    check_template(template)
+
+
+@pytest.mark.parametrize(
+    "template", ["{{other_tenant}}", "{{tenant_name}", "}} {{", "{{ tenant_name.__class__ }}"]
+)
+def test_templates_with_unknown_placeholders_or_stray_braces_fail(template: str) -> None:
+    with pytest.raises(Invalid):
+        check_template(template)
+
+
+@pytest.mark.parametrize(
+    ("tier", "tokens"), [(Tier.FREE, 50_000), (Tier.PRO, 500_000), (Tier.ENTERPRISE, 5_000_000)]
+)
+def test_tier_defaults_match_the_seeds(tier: Tier, tokens: int) -> None:
+    config = default_config(name="x", tier=tier, settings=SETTINGS)
+    assert config.daily_token_budget == tokens == TIER_LIMITS[tier].daily_tokens
+    check_config(config, SETTINGS)
+    assert config.cache_similarity_threshold >= SETTINGS.cache_similarity_floor
+
+
+def test_config_update_above_the_tier_cap_is_refused() -> None:
+    config = default_config(name="x", tier=Tier.FREE, settings=SETTINGS)
+    with pytest.raises(Invalid, match="rate_limit_per_minute"):
+        check_config(merged_config(config, ConfigUpdate(rate_limit_per_minute=10_000)), SETTINGS)
+
+
+def test_config_update_keeps_omitted_fields() -> None:
+    config = default_config(name="x", tier=Tier.PRO, settings=SETTINGS)
+    updated = merged_config(config, ConfigUpdate(temperature=1.0))
+    assert updated.temperature == 1.0
+    assert updated.model_dump(exclude={"temperature"}) == config.model_dump(exclude={"temperature"})
+
+
+def test_client_ids_carry_their_tenant_and_others_are_platform() -> None:
+    tenant = uuid.uuid4()
+    assert tenant_of_client(new_client_id(tenant)) == tenant
+    assert tenant_of_client("operator") == PLATFORM_TENANT_ID
+    assert tenant_of_client("not-a-uuid.abc") == PLATFORM_TENANT_ID
+
+
+def test_prompt_estimate_grows_with_the_question() -> None:
+    config = default_config(name="x", tier=Tier.PRO, settings=SETTINGS)
+    short = estimate_prompt_tokens(config=config, question="a", history=[], top_k=4)
+    long = estimate_prompt_tokens(config=config, question="a" * 3000, history=[], top_k=4)
+    assert long - short >= 999
+
+
+def test_key_cipher_round_trips_and_binds_the_kid() -> None:
+    cipher = KeyCipher("secret")
+    blob = cipher.encrypt("kid-1", b"private")
+    assert cipher.decrypt("kid-1", blob) == b"private"
+    with pytest.raises(Exception):  # noqa: B017, PT011 (any authentication failure)
+        cipher.decrypt("kid-2", blob)
+
+
+def test_refused_rate_decision_has_retry_after_and_ratelimit_headers() -> None:
+    headers = RateDecision(
+        allowed=False, limit=5, remaining=0, retry_after_s=12, reset_s=60
+    ).headers()
+    assert headers["Retry-After"] == "12"
+    assert headers["RateLimit-Limit"] == "5"
+    assert headers["RateLimit-Remaining"] == "0"
+
+
+async def test_pending_reply_releases_deltas_in_seq_order_then_the_final() -> None:
+    tenant, request = uuid.uuid4(), uuid.uuid4()
+    pending = PendingReply(request)
+    for seq in (2, 0, 1, 1):
+        pending.offer(ChatDelta(tenant_id=tenant, request_id=request, seq=seq, delta=str(seq)))
+    pending.offer(
+        ChatCompleted(
+            tenant_id=tenant,
+            request_id=request,
+            user_id="u",
+            question="q",
+            answer="012",
+            model="m",
+            usage=TokenUsage(prompt_tokens=1, completion_tokens=1),
+            config_version=1,
+            corpus_version=0,
+        )
+    )
+    seen = [e async for e in pending.events(timeout_s=1)]
+    assert [getattr(e, "delta", "final") for e in seen] == ["0", "1", "2", "final"]
+
+
+async def test_pending_reply_times_out() -> None:
+    pending = PendingReply(uuid.uuid4())
+    with pytest.raises(TimeoutError):
+        async for _ in pending.events(timeout_s=0.05):
+            pass
+    await asyncio.sleep(0)
