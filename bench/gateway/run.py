@@ -3,10 +3,10 @@
 All three forward OpenAI-compatible chat completions to the same instant server (nginx answering
 from its config), loaded by wrk (1 thread) with the same body, rotating one bearer token per
 tenant, at the same connection counts, for a bounded time per point. Results go to
-``bench/gateway/results/latest.{json,md}``.
+``bench/gateway/results/<UTC start>.{json,md}`` and ``latest.{json,md}``.
 
 Before the first run: ``bash bench/gateway/setup.sh`` (nginx, wrk, LiteLLM's venv, Portkey).
-Tenantry is not started here: start it first with the bench's catalogue and operator secret::
+Tenantry is not started here: start it first with the bench's model catalogue::
 
     eval "$(.venv/bin/python bench/gateway/run.py --print-stack-env)" && make up
 
@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -218,7 +220,9 @@ class Bench:
                 operator_secret=self.args.operator_secret,
                 count=self.args.tenants,
                 state_file=VAR / "tenantry-tenants.json",
-                run_label=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+                # Letters only: a long digit run in a tenant's name (which its system prompt
+                # carries) can pass the Luhn check and be blocked as a card number.
+                run_label="".join(secrets.choice(string.ascii_lowercase) for _ in range(6)),
             )
         except (tenantry.EdgeRefused, TimeoutError, KeyError) as exc:
             self.pending["tenantry"] = f"onboarding failed: {exc}"
@@ -308,11 +312,15 @@ class Bench:
             "ratios": report.ratios(self.points),
             "wrk_reports": self.raw,
         }
-        (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        stamp = started_at.replace(":", "").replace("-", "").removesuffix("+0000")
+        text = json.dumps(data, indent=1, default=str) + "\n"
+        (RESULTS / f"{stamp}.json").write_text(text)
+        (RESULTS / "latest.json").write_text(text)
         table = report.markdown(self.points, meta)
         if self.pending:
             table += "\n" + "\n".join(f"- {k}: pending — {v}" for k, v in self.pending.items())
             table += "\n"
+        (RESULTS / f"{stamp}.md").write_text(table)
         (RESULTS / "latest.md").write_text(table)
         return RESULTS / "latest.md"
 
@@ -355,6 +363,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def operator_secret() -> str:
+    """The secret `make up` gave the edge's bootstrap operator (scripts/stack.py keeps it in
+    var/operator.secret), else the environment's, else empty (onboarding is then refused)."""
+    path = ROOT / "var" / "operator.secret"
+    if path.exists():
+        return path.read_text().strip()
+    return os.environ.get("TENANTRY_BOOTSTRAP_OPERATOR_SECRET", "")
+
+
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
@@ -383,10 +400,9 @@ def main() -> int:
     parser.add_argument("--edge-url", default="http://127.0.0.1:8000")
     parser.add_argument(
         "--operator-secret",
-        default=os.environ.get(
-            "TENANTRY_BOOTSTRAP_OPERATOR_SECRET", tenantry.LOCAL_OPERATOR_SECRET
-        ),
-        help="the edge's TENANTRY_BOOTSTRAP_OPERATOR_SECRET",
+        default=None,
+        help="the edge's bootstrap operator secret (default: var/operator.secret, which "
+        "`make up` creates, else $TENANTRY_BOOTSTRAP_OPERATOR_SECRET)",
     )
     parser.add_argument(
         "--print-stack-env",
@@ -396,12 +412,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.print_stack_env:
         env = tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
-        env["TENANTRY_BOOTSTRAP_OPERATOR_SECRET"] = args.operator_secret
         for key, value in env.items():
             print(f"export {key}={shlex.quote(value)}")
         return 0
     if any(c < 1 for c in args.connections) or args.duration < 1 or args.duration > 300:
         parser.error("connections must be >= 1 and duration within 1..300 s")
+    if args.operator_secret is None:
+        args.operator_secret = operator_secret()
     check_installed()
     return Bench(args).run()
 

@@ -2,7 +2,8 @@
 
 The stack must run with the bench's model catalogue (``catalogue_env``) so that inference calls
 the instant server, and with a bootstrap operator secret so that the bench can get an operator
-token (``TENANTRY_BOOTSTRAP_OPERATOR_SECRET``; the edge creates the ``operator`` client at start).
+token (the edge creates the ``operator`` client at start; ``make up`` keeps the secret in
+``var/operator.secret``).
 Everything here goes through the edge's public HTTP API, as an operator and tenant admins would.
 """
 
@@ -20,9 +21,6 @@ from procs import http_status
 
 MODEL = "instant"
 OPERATOR_CLIENT_ID = "operator"
-# The bench's operator secret when the caller gives none (local stacks only: the edge refuses
-# placeholders outside local/test environments).
-LOCAL_OPERATOR_SECRET = "local-bench-operator-secret"
 
 # Edge API paths (services/auth/src/tenantry_auth/api.py).
 TOKEN_PATH = "/v1/oauth/token"
@@ -209,7 +207,7 @@ def prepare_tenants(
     if tenants is None:
         operator = operator_token(edge_url=edge_url, secret=operator_secret)
         created = [
-            onboard(edge_url=edge_url, operator=operator, name=f"bench-{run_label}-{i:03d}")
+            onboard(edge_url=edge_url, operator=operator, name=f"bench {run_label} tenant {i:03d}")
             for i in range(count)
         ]
         wait_active(
