@@ -220,6 +220,7 @@ class Bench:
                 operator_secret=self.args.operator_secret,
                 count=self.args.tenants,
                 state_file=VAR / "tenantry-tenants.json",
+                broker_started_at=_mtime(ROOT / "var" / "run" / "kafka.pid"),
                 # Letters only: a long digit run in a tenant's name (which its system prompt
                 # carries) can pass the Luhn check and be blocked as a card number.
                 run_label="".join(secrets.choice(string.ascii_lowercase) for _ in range(6)),
@@ -361,6 +362,13 @@ def versions() -> dict[str, str]:
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
     out["nginx"] = nginx.stderr.strip().removeprefix("nginx version: ")
     return out
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def operator_secret() -> str:

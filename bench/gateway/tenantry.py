@@ -199,11 +199,14 @@ def prepare_tenants(
     count: int,
     state_file: Path,
     run_label: str,
+    broker_started_at: float | None = None,
     activation_timeout_s: float = 180.0,
 ) -> list[str]:
     """Onboard `count` tenants in gateway mode (or reuse those in state_file) and return one
     fresh member access token per tenant."""
-    tenants = _reusable(state_file=state_file, edge_url=edge_url, count=count)
+    tenants = _reusable(
+        state_file=state_file, edge_url=edge_url, count=count, newer_than=broker_started_at
+    )
     if tenants is None:
         operator = operator_token(edge_url=edge_url, secret=operator_secret)
         created = [
@@ -244,9 +247,17 @@ def _admin_token(edge_url: str, tenant: BenchTenant) -> str:
     )
 
 
-def _reusable(*, state_file: Path, edge_url: str, count: int) -> list[BenchTenant] | None:
-    """Tenants of an earlier run whose credentials still work (the stack kept its database)."""
+def _reusable(
+    *, state_file: Path, edge_url: str, count: int, newer_than: float | None
+) -> list[BenchTenant] | None:
+    """Tenants of an earlier run on the same broker whose credentials still work.
+
+    The local broker keeps its topics in memory: after a restart the services have forgotten
+    tenants onboarded before it, so those are not reused.
+    """
     if not state_file.exists():
+        return None
+    if newer_than is not None and state_file.stat().st_mtime < newer_than:
         return None
     try:
         tenants = [BenchTenant(**row) for row in json.loads(state_file.read_text())]
