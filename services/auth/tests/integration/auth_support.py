@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,7 +375,9 @@ class Replica:
     proc: subprocess.Popen[bytes]
 
 
-def start_replica(settings: Settings, extra_env: dict[str, str] | None = None) -> Replica:
+async def start_replica(settings: Settings, extra_env: dict[str, str] | None = None) -> Replica:
+    """Start ``python -m tenantry_auth`` and wait (without blocking the event loop, so the
+    in-process edge keeps heartbeating its consumer group) until it is ready."""
     port = free_port()
     env = (
         os.environ | settings_env(settings) | {"TENANTRY_HTTP_PORT": str(port)} | (extra_env or {})
@@ -385,37 +387,37 @@ def start_replica(settings: Settings, extra_env: dict[str, str] | None = None) -
     proc = subprocess.Popen(
         [sys.executable, "-m", "tenantry_auth"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"edge replica exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Replica(url, proc)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_replica(Replica(url, proc))
-    raise TimeoutError("edge replica not ready")
+    replica = Replica(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(timeout=2) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"edge replica exited with {proc.returncode}; see {log.name}")
+            try:
+                if (await c.get(f"{replica.url}/readyz")).status_code == 200:
+                    return replica
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    await stop_replica(replica)
+    raise TimeoutError(f"edge replica not ready; see {log.name}")
 
 
-def stop_replica(replica: Replica) -> None:
+async def stop_replica(replica: Replica) -> None:
     if replica.proc.poll() is None:
         replica.proc.terminate()
         try:
-            replica.proc.wait(20)
+            await asyncio.to_thread(replica.proc.wait, 30)
         except subprocess.TimeoutExpired:
             replica.proc.kill()
-            replica.proc.wait()
+            await asyncio.to_thread(replica.proc.wait)
 
 
 @pytest.fixture(scope="session")
-def replicas(edge_settings: Settings, edge_app) -> Iterator[list[Replica]]:
+async def replicas(edge_settings: Settings, edge_app) -> AsyncIterator[list[Replica]]:
     """Two edge processes sharing Postgres, Redis and the broker with the in-process edge."""
-    started = [start_replica(edge_settings), start_replica(edge_settings)]
+    started = list(await asyncio.gather(start_replica(edge_settings), start_replica(edge_settings)))
     try:
         yield started
     finally:
-        for r in started:
-            stop_replica(r)
+        await asyncio.gather(*(stop_replica(r) for r in started))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,12 @@ from auth_support import bearer, get_token, settings_env
 pytestmark = pytest.mark.integration
 
 
-def _cli(edge_settings, *args: str) -> dict:
+async def _cli(edge_settings, *args: str) -> dict:
+    """Run the CLI in a thread, so this session's consumers keep heartbeating meanwhile."""
+    return await asyncio.to_thread(_cli_sync, edge_settings, *args)
+
+
+def _cli_sync(edge_settings, *args: str) -> dict:
     env = os.environ | settings_env(edge_settings)
     env.pop("TENANTRY_BOOTSTRAP_OPERATOR_SECRET")
     out = subprocess.run(
@@ -29,13 +35,13 @@ def _cli(edge_settings, *args: str) -> dict:
 async def test_bootstrap_operator_prints_credentials_that_get_an_operator_token(
     client, edge_settings
 ) -> None:
-    made = _cli(edge_settings, "bootstrap-operator", "--client-id", "ops-cli")
+    made = await _cli(edge_settings, "bootstrap-operator", "--client-id", "ops-cli")
     token = await get_token(client, made["client_id"], made["client_secret"])
     assert (await client.get("/v1/tenants", headers=bearer(token))).status_code == 200
 
 
 async def test_rotate_key_is_published_in_jwks(client, edge_app, edge_settings) -> None:
-    made = _cli(edge_settings, "rotate-key")
+    made = await _cli(edge_settings, "rotate-key")
     await edge_app.state.edge.keys.load()
     kids = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
     assert made["kid"] in kids

@@ -66,7 +66,9 @@ async def test_redis_outage_fails_chat_closed_and_keeps_revocation_exact(
     tenant = await onboard(tier="pro")
     port = free_port()
     redis_proc = _start_redis(port)
-    replica = start_replica(edge_settings, {"TENANTRY_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    replica = await start_replica(
+        edge_settings, {"TENANTRY_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    )
     try:
         async with httpx.AsyncClient(base_url=replica.url, timeout=30) as edge:
             member = await get_token(edge, *(await _member(client, tenant)))
@@ -116,7 +118,7 @@ async def test_redis_outage_fails_chat_closed_and_keeps_revocation_exact(
                 await edge.get(f"/v1/tenants/{tenant.tenant_id}", headers=bearer(member))
             ).status_code == 401
     finally:
-        stop_replica(replica)
+        await stop_replica(replica)
         if redis_proc.poll() is None:
             _stop(redis_proc)
 
