@@ -226,3 +226,55 @@ async def test_streaming_disabled_by_feature_flag_is_403(client, tenant) -> None
 async def test_operator_cannot_chat(client, operator_token) -> None:
     r = await client.post("/v1/chat", json={"question": "q"}, headers=bearer(operator_token))
     assert r.status_code == 403
+
+
+async def test_unanswered_streaming_chat_is_504_not_a_hang(client, tenant, responder) -> None:
+    r = await client.post(
+        "/v1/chat",
+        json={"question": "[silent]", "stream": True},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 504
+    assert r.json()["error"] == "deadline_exceeded"
+
+
+async def test_reservation_is_released_when_publishing_fails(
+    edge_app, tenant, edge_settings
+) -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from tenantry_auth import service
+    from tenantry_common.auth import Principal, Role
+
+    async def broken_publish(topic, event) -> None:
+        raise ConnectionError("broker away")
+
+    edge = dataclasses.replace(edge_app.state.edge, publish=broken_publish)
+    now = datetime.now(UTC)
+    principal = Principal(
+        tenant_id=tenant.tenant_id,
+        subject="s",
+        role=Role.MEMBER,
+        issuer="tenantry-edge",
+        issued_at=now,
+        expires_at=now,
+        raw_token="x",
+    )
+    with pytest.raises(service.Unavailable):
+        await service.admit_chat(
+            edge=edge,
+            principal=principal,
+            request_id=uuid.uuid4(),
+            question="q",
+            history=[],
+            conversation_id=None,
+            stream=False,
+            reply_partition=0,
+        )
+    redis = create_redis(edge_settings.redis_url)
+    try:
+        snap = await BudgetStore(redis).snapshot(tenant_id=tenant.tenant_id, day=now.date())
+    finally:
+        await redis.aclose()
+    assert snap.tokens_reserved == 0
