@@ -21,7 +21,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE = os.environ.get("TENANTRY_EDGE_URL", "http://127.0.0.1:8000")
-SECRET_FILE = ROOT / "var" / "operator.secret"
+SECRET_FILE = Path(os.environ.get("TENANTRY_OPERATOR_SECRET_FILE", ROOT / "var" / "operator.secret"))
 
 TENANTS = {
     "Acme Outdoor": [
