@@ -36,6 +36,15 @@ class AuditSettings(CommonSettings):
     export_batch_rows: int = Field(default=1000, ge=1, le=100_000, description="Rows per fetch.")
     verify_batch_rows: int = Field(default=2000, ge=1, le=100_000)
     background_jobs: bool = Field(default=True, description="Run the anchor and retention loops.")
+    records_batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Most audit.v1 records appended in one transaction (one offset commit).",
+    )
+    records_batch_timeout_ms: int = Field(
+        default=100, ge=1, description="How long a batch fetch waits for records to arrive."
+    )
 
     @model_validator(mode="after")
     def _writer_is_not_the_owner(self) -> AuditSettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_common.events import AuditRecorded, LifecycleEvent
@@ -16,6 +18,23 @@ RECORDS_GROUP = "audit.records"
 LIFECYCLE_GROUP = "audit.lifecycle"
 
 
+def records_subscriber_options(settings: AuditSettings, group_id: str) -> dict[str, Any]:
+    """A batch subscriber: one append transaction and one offset commit per partition per batch.
+
+    The reliable-consumer middleware bisects a failing batch down to its bad records (they are
+    dead-lettered, the rest appended) and commits only after the batch has ended. One consumer
+    per group member (no ``max_workers``): a batch holds a partition's records in offset order,
+    and ``append_records`` keeps each tenant's events in that order, so chains follow the topic.
+    """
+    options = subscriber_options(settings, group_id)
+    options.pop("max_workers", None)
+    return options | {
+        "batch": True,
+        "max_records": settings.records_batch_max_records,
+        "batch_timeout_ms": settings.records_batch_timeout_ms,
+    }
+
+
 def register_handlers(
     broker: KafkaBroker,
     *,
@@ -27,9 +46,13 @@ def register_handlers(
     """Subscribe audit to ``audit.v1`` and ``tenants.lifecycle.v1``."""
 
     # FastStream's decorators are untyped; the handlers' own signatures are what matter.
-    @broker.subscriber(AUDIT.name, **subscriber_options(settings, group_prefix + RECORDS_GROUP))  # type: ignore[untyped-decorator]
-    async def on_audit_recorded(event: AuditRecorded) -> None:
-        result = await service.append_records(engine=engine, events=[event])
+    @broker.subscriber(
+        AUDIT.name, **records_subscriber_options(settings, group_prefix + RECORDS_GROUP)
+    )  # type: ignore[untyped-decorator]
+    async def on_audit_recorded(events: list[AuditRecorded]) -> None:
+        # Redeliveries (and a half of a bisected batch that runs again) are no-ops: the
+        # append skips event ids already in the tenant's chain, under the head's lock.
+        result = await service.append_records(engine=engine, events=events)
         metrics.appended.inc(result.appended)
         metrics.duplicates.inc(result.duplicates)
 
