@@ -30,6 +30,7 @@ class ContextFilter(logging.Filter):
         record.trace_id = format(span.trace_id, "032x") if span.is_valid else None
         if not getattr(record, "tenant_id", None):
             record.tenant_id = current_tenant.get()
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
         for name in FORBIDDEN_FIELDS & record.__dict__.keys():
             setattr(record, name, "[redacted]")
         return True

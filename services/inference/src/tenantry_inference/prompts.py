@@ -118,6 +118,7 @@ def build_prompt(
     context_window: int,
     max_tokens: int,
     min_completion_tokens: int,
+    answer_reserve_tokens: int = 256,
 ) -> BuiltPrompt:
     """Fit system, history, passages and question in the window; trim lowest scores first."""
     kept_history = list(history)
@@ -131,8 +132,9 @@ def build_prompt(
         raise PromptTooLong(
             f"the question needs {base_tokens} tokens; the model's window is {context_window}"
         )
-    completion = max(min(max_tokens, context_window - base_tokens), 1)
-
+    # Passages get the room before a generous max_tokens does: the answer is sure of
+    # min(max_tokens, answer_reserve_tokens), then whatever the window has left, up to max_tokens.
+    reserve = min(max_tokens, max(min_completion_tokens, answer_reserve_tokens))
     ranked = sorted(passages, key=lambda p: p.score, reverse=True)
     while True:
         messages = [
@@ -141,9 +143,10 @@ def build_prompt(
             user_message(question=question, passages=ranked, tenant_name=tenant_name),
         ]
         prompt_tokens = counter.count_messages(messages)
-        if prompt_tokens + completion <= context_window or not ranked:
+        if prompt_tokens + reserve <= context_window or not ranked:
             break
         ranked.pop()  # the lowest score goes first
+    completion = max(min(max_tokens, context_window - prompt_tokens), 1)
     return BuiltPrompt(
         messages=messages,
         passages=ranked,

@@ -162,3 +162,22 @@ def test_a_question_too_long_for_the_window_is_refused() -> None:
             max_tokens=10,
             min_completion_tokens=16,
         )
+
+
+def test_a_generous_max_tokens_does_not_crowd_out_the_passages() -> None:
+    counter = WordCounter()
+    built = build_prompt(
+        system=ChatMessage(role="system", content="sys"),
+        history=[],
+        question="what now",
+        passages=[_passage(0.9, 100, "best"), _passage(0.7, 100, "good")],
+        tenant_name="Acme",
+        counter=counter,
+        context_window=600,
+        max_tokens=600,
+        min_completion_tokens=16,
+        answer_reserve_tokens=128,
+    )
+    assert [p.title for p in built.passages] == ["doc-best", "doc-good"]
+    assert built.prompt_tokens + built.max_tokens <= 600
+    assert built.max_tokens >= 128
