@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from faststream.kafka import KafkaBroker
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_common.auth import Principal, Role
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
@@ -21,6 +21,7 @@ from tenantry_common.messaging import publish_event
 from tenantry_common.topics import AUDIT
 
 from tenantry_audit import service
+from tenantry_audit.anchors import AnchorsUnavailable, anchors_for
 from tenantry_audit.config import AuditSettings
 from tenantry_audit.export import ExportFormat, encode
 from tenantry_audit.metrics import AuditMetrics
@@ -52,6 +53,10 @@ class VerifyResponse(BaseModel):
     head_sequence: int | None
     head_hash: str | None
     first_broken_link: BrokenLink | None
+    anchors_checked: int | None = Field(
+        default=None,
+        description="Published anchors compared with the chain (null unless against_anchors).",
+    )
 
 
 def _context(request: Request) -> ApiContext:
@@ -69,6 +74,13 @@ Caller = Annotated[Principal, Depends(_caller)]
 Start = Annotated[datetime | None, Query(description="Inclusive, ISO 8601 with offset.")]
 End = Annotated[datetime | None, Query(description="Exclusive, ISO 8601 with offset.")]
 Format = Annotated[ExportFormat, Query(alias="format")]
+AgainstAnchors = Annotated[
+    bool,
+    Query(
+        description="Also check the chain against the heads published on the anchors topic "
+        "(detects a rewrite of the whole tail, head row included)."
+    ),
+]
 
 
 async def _audit(context: ApiContext, event: AuditRecorded) -> None:
@@ -192,11 +204,25 @@ def build_router() -> APIRouter:
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
-    async def verify(context: ApiContext, tenant_id: uuid.UUID) -> VerifyResponse:
+    async def verify(
+        context: ApiContext, tenant_id: uuid.UUID, against_anchors: bool
+    ) -> VerifyResponse:
+        anchors = None
+        if against_anchors:
+            # Read before the chain's snapshot is taken: every anchor read is then in it.
+            try:
+                anchors = await anchors_for(settings=context.settings, tenant_id=tenant_id)
+            except AnchorsUnavailable as exc:
+                log.error("anchors unavailable", extra={"error": str(exc)})
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="published anchors cannot be read; try again",
+                ) from None
         report = await service.verify_chain(
             engine=context.engine,
             tenant_id=tenant_id,
             batch_rows=context.settings.verify_batch_rows,
+            anchors=anchors,
         )
         context.metrics.verifications.labels("ok" if report.ok else "broken").inc()
         broken = report.first_break
@@ -210,6 +236,7 @@ def build_router() -> APIRouter:
             first_broken_link=BrokenLink(sequence=broken.sequence, reason=broken.reason)
             if broken
             else None,
+            anchors_checked=report.anchors_checked,
         )
 
     @router.get("/audit/export", summary="Export the caller's tenant's audit log (tenant admin)")
@@ -242,17 +269,26 @@ def build_router() -> APIRouter:
         return await export(request, context, principal, tenant_id, start, end, fmt)
 
     @router.get("/audit/verify", summary="Verify the caller's tenant's audit chain (tenant admin)")
-    async def verify_own(request: Request, context: Context, principal: Caller) -> VerifyResponse:
+    async def verify_own(
+        request: Request,
+        context: Context,
+        principal: Caller,
+        against_anchors: AgainstAnchors = False,
+    ) -> VerifyResponse:
         if not principal.can_admin(principal.tenant_id):
             raise await _deny(request, context, principal, "verify", "tenant admin role required")
-        return await verify(context, principal.tenant_id)
+        return await verify(context, principal.tenant_id, against_anchors)
 
     @router.get("/tenants/{tenant_id}/audit/verify", summary="Verify any tenant's chain (operator)")
     async def verify_any(
-        tenant_id: uuid.UUID, request: Request, context: Context, principal: Caller
+        tenant_id: uuid.UUID,
+        request: Request,
+        context: Context,
+        principal: Caller,
+        against_anchors: AgainstAnchors = False,
     ) -> VerifyResponse:
         if principal.role is not Role.OPERATOR:
             raise await _deny(request, context, principal, "verify", "operator role required")
-        return await verify(context, tenant_id)
+        return await verify(context, tenant_id, against_anchors)
 
     return router

@@ -85,6 +85,7 @@ def build_app(
             await engine.dispose()
 
     app = FastAPI(title="Tenantry audit", version="1", lifespan=lifespan)
+    app.state.broker = broker  # for the AsyncAPI document (scripts/asyncapi.py)
     app.state.audit = ApiContext(
         settings=settings,
         engine=engine,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -150,6 +150,14 @@ class ChainEntry:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A chain head published earlier (``AuditChainAnchored``): ``sequence`` had ``head_hash``."""
+
+    sequence: int
+    head_hash: str
+
+
+@dataclass(frozen=True)
 class ChainBreak:
     """The first place where the stored chain does not hold."""
 
@@ -160,11 +168,27 @@ class ChainBreak:
 class ChainVerifier:
     """Walks a chain in sequence order, one entry at a time (bounded memory)."""
 
-    def __init__(self, *, start_sequence: int = 0, start_hash: str = GENESIS_HASH) -> None:
+    def __init__(
+        self,
+        *,
+        start_sequence: int = 0,
+        start_hash: str = GENESIS_HASH,
+        anchors: Iterable[Anchor] | None = None,
+    ) -> None:
         self.last_sequence = start_sequence
         self.last_hash = start_hash
         self.checked = 0
         self.broken: ChainBreak | None = None
+        #: Anchored heads by sequence (None: not checking against anchors).
+        self.anchors: dict[int, set[str]] | None = None
+        #: Anchors compared with the walked chain; those behind the retention checkpoint
+        #: (their records are gone) cannot be compared and are not counted.
+        self.anchors_checked = 0
+        if anchors is not None:
+            self.anchors = {}
+            for anchor in anchors:
+                self.anchors.setdefault(anchor.sequence, set()).add(anchor.head_hash)
+            self._check_anchor(start_sequence, start_hash, what="the retention checkpoint")
 
     def feed(self, entry: ChainEntry) -> ChainBreak | None:
         """Check the next entry; returns (and keeps) the first break found."""
@@ -198,6 +222,27 @@ class ChainVerifier:
         self.last_sequence = entry.sequence
         self.last_hash = computed
         self.checked += 1
+        return self._check_anchor(entry.sequence, computed, what="the chain")
+
+    def _check_anchor(self, sequence: int, chain_hash: str, *, what: str) -> ChainBreak | None:
+        # A rewrite of the whole tail (head row included) is consistent inside the database;
+        # only a head published before the rewrite, kept outside it, tells the difference.
+        if self.anchors is None or sequence not in self.anchors or sequence == 0:
+            return None
+        anchored = self.anchors[sequence]
+        self.anchors_checked += 1
+        if len(anchored) > 1:
+            return self._break(
+                sequence,
+                f"anchors published for record {sequence} disagree "
+                "(the chain was rewritten after it was anchored)",
+            )
+        if chain_hash not in anchored:
+            return self._break(
+                sequence,
+                f"{what} at record {sequence} does not match its anchored head "
+                "(this record or one before it was rewritten)",
+            )
         return None
 
     def finish(self, *, head_sequence: int | None, head_hash: str | None) -> ChainBreak | None:
@@ -207,7 +252,7 @@ class ChainVerifier:
         if head_sequence is None or head_hash is None:
             if self.checked:
                 return self._break(1, "records exist but the chain head is missing")
-            return None
+            return self._check_anchors_beyond_end()
         if self.last_sequence < head_sequence:
             return self._break(
                 self.last_sequence + 1,
@@ -220,7 +265,17 @@ class ChainVerifier:
             return self._break(
                 head_sequence, "the chain head's hash does not match the last record"
             )
-        return None
+        return self._check_anchors_beyond_end()
+
+    def _check_anchors_beyond_end(self) -> ChainBreak | None:
+        beyond = [s for s in self.anchors or () if s > self.last_sequence]
+        if not beyond:
+            return None
+        return self._break(
+            self.last_sequence + 1,
+            f"a head was anchored at record {max(beyond)} but the chain ends at "
+            f"{self.last_sequence} (records removed from the tail)",
+        )
 
     def _break(self, sequence: int, reason: str) -> ChainBreak:
         self.broken = ChainBreak(sequence=sequence, reason=reason)

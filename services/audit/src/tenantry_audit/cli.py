@@ -16,6 +16,7 @@ from tenantry_common.db import create_engine
 from tenantry_common.messaging import build_broker
 
 from tenantry_audit import jobs, service
+from tenantry_audit.anchors import AnchorsUnavailable, anchors_for
 from tenantry_audit.app import migrate as migrate_database
 from tenantry_audit.config import AuditSettings
 
@@ -51,17 +52,37 @@ def migrate() -> None:
 @cli.command()
 def verify(
     tenant: Annotated[uuid.UUID, typer.Option(help="The tenant whose chain to walk.")],
+    against_anchors: Annotated[
+        bool,
+        typer.Option(
+            "--against-anchors",
+            help="Also check the chain against the heads published on the anchors topic "
+            "(TENANTRY_ANCHORS_TOPIC / TENANTRY_ANCHORS_BOOTSTRAP_SERVERS).",
+        ),
+    ] = False,
 ) -> None:
-    """Walk a tenant's chain and report the first broken link (exit status 1 if broken)."""
+    """Walk a tenant's chain and report the first broken link (exit status 1 if broken,
+    2 if the anchors cannot be read)."""
 
     async def run() -> service.VerifyReport:
         settings = AuditSettings()
+        # Anchors first: every anchor read is then in the chain's (later) snapshot.
+        anchors = (
+            await anchors_for(settings=settings, tenant_id=tenant) if against_anchors else None
+        )
         async with _engine(settings) as engine:
             return await service.verify_chain(
-                engine=engine, tenant_id=tenant, batch_rows=settings.verify_batch_rows
+                engine=engine,
+                tenant_id=tenant,
+                batch_rows=settings.verify_batch_rows,
+                anchors=anchors,
             )
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except AnchorsUnavailable as exc:
+        typer.echo(json.dumps({"tenant_id": str(tenant), "ok": None, "error": str(exc)}))
+        raise typer.Exit(2) from None
     broken = report.first_break
     typer.echo(
         json.dumps(
@@ -75,6 +96,7 @@ def verify(
                 "first_broken_link": {"sequence": broken.sequence, "reason": broken.reason}
                 if broken
                 else None,
+                "anchors_checked": report.anchors_checked,
             }
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from sqlalchemy.engine import make_url
 from tenantry_common.settings import CommonSettings
+from tenantry_common.topics import AUDIT_ANCHORS
 
 #: The non-owner role the service connects as (created by the first migration).
 WRITER_ROLE = "tenantry_audit_writer"
@@ -36,6 +37,14 @@ class AuditSettings(CommonSettings):
     export_batch_rows: int = Field(default=1000, ge=1, le=100_000, description="Rows per fetch.")
     verify_batch_rows: int = Field(default=2000, ge=1, le=100_000)
     background_jobs: bool = Field(default=True, description="Run the anchor and retention loops.")
+    anchors_topic: str = Field(
+        default=AUDIT_ANCHORS.name,
+        description="Where verify reads published chain heads (or a copy kept out of reach).",
+    )
+    anchors_bootstrap_servers: str | None = Field(
+        default=None, description="The anchors' broker, if not kafka_bootstrap_servers."
+    )
+    anchors_read_timeout_s: float = Field(default=30.0, gt=0)
     records_batch_max_records: int = Field(
         default=500,
         ge=1,

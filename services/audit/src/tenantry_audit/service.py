@@ -22,6 +22,7 @@ from tenantry_common.ids import derived_id, utcnow
 
 from tenantry_audit.chain import (
     GENESIS_HASH,
+    Anchor,
     ChainBreak,
     ChainEntry,
     ChainVerifier,
@@ -141,6 +142,8 @@ class VerifyReport:
     head_sequence: int | None
     head_hash: str | None
     first_break: ChainBreak | None
+    #: Anchors compared with the chain (None: not verified against anchors).
+    anchors_checked: int | None = None
 
 
 _RECORD_COLUMNS = [*RecordContent.__dataclass_fields__]
@@ -190,11 +193,14 @@ async def verify_chain(
     tenant_id: uuid.UUID,
     batch_rows: int = 2000,
     until_sequence: int | None = None,
+    anchors: Sequence[Anchor] | None = None,
 ) -> VerifyReport:
     """Walk a tenant's chain from its retention checkpoint, streamed; report the first break.
 
     With ``until_sequence`` only the chain up to that position is checked (retention uses it
-    before removing a prefix); otherwise the walk must end at the recorded chain head.
+    before removing a prefix); otherwise the walk must end at the recorded chain head. With
+    ``anchors`` (heads published earlier, read before this call so that each is already in the
+    snapshot) the chain must also pass through every anchored head and reach the last one.
     """
     async with engine.connect() as conn:
         # One snapshot for checkpoint, records and head, so concurrent appends cannot
@@ -208,7 +214,9 @@ async def verify_chain(
                 )
             )
         ).first()
-        verifier = ChainVerifier(start_sequence=start_sequence, start_hash=start_hash)
+        verifier = ChainVerifier(
+            start_sequence=start_sequence, start_hash=start_hash, anchors=anchors
+        )
         result = await conn.stream(
             _chain_query(tenant_id, start_sequence, until_sequence).execution_options(
                 yield_per=batch_rows
@@ -255,6 +263,7 @@ async def verify_chain(
         head_sequence=head_sequence,
         head_hash=head_hash,
         first_break=verifier.broken,
+        anchors_checked=None if anchors is None else verifier.anchors_checked,
     )
 
 

@@ -14,11 +14,11 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from audit_testkit import TestIssuer, make_event, read_topic, wait_for
+from audit_testkit import TestIssuer, make_event, read_topic, rewrite_tail, wait_for
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tenantry_audit import service
+from tenantry_audit import jobs, service
 from tenantry_audit.app import build_app
 from tenantry_audit.config import AuditSettings
 from tenantry_common.events import TenantOffboarded, TenantProvisioned
@@ -275,6 +275,35 @@ async def test_verify_endpoint_reports_the_first_broken_link(
     operator = issuer.headers(tenant_id=uuid.UUID(int=0), role="operator")
     via_operator = (await client.get(f"/v1/tenants/{a}/audit/verify", headers=operator)).json()
     assert via_operator["first_broken_link"] == broken["first_broken_link"]
+
+
+async def test_verify_against_anchors_finds_a_tail_rewritten_with_its_head_row(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    writer_engine: AsyncEngine,
+    superuser: asyncpg.Connection,
+    issuer: TestIssuer,
+) -> None:
+    a = uuid.uuid4()
+    await service.append_records(engine=writer_engine, events=[make_event(a, i) for i in range(5)])
+    publisher = jobs.AnchorPublisher(engine=writer_engine, broker=app.state.audit.broker)
+    assert await publisher.publish() >= 1  # the head at 5 goes out before the rewrite
+    await rewrite_tail(superuser, a, from_sequence=2)
+
+    headers = issuer.headers(tenant_id=a, role="admin")
+    plain = (await client.get("/v1/audit/verify", headers=headers)).json()
+    assert (plain["ok"], plain["anchors_checked"]) == (True, None)
+    anchored = await client.get("/v1/audit/verify?against_anchors=true", headers=headers)
+    assert anchored.status_code == 200
+    body = anchored.json()
+    assert (body["ok"], body["anchors_checked"]) == (False, 1)
+    assert body["first_broken_link"]["sequence"] == 5
+    assert "anchored head" in body["first_broken_link"]["reason"]
+    operator = issuer.headers(tenant_id=uuid.UUID(int=0), role="operator")
+    via_operator = (
+        await client.get(f"/v1/tenants/{a}/audit/verify?against_anchors=true", headers=operator)
+    ).json()
+    assert via_operator["first_broken_link"] == body["first_broken_link"]
 
 
 async def test_redelivered_events_on_the_topic_are_stored_once(
