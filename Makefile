@@ -73,8 +73,9 @@ bench: install ## benchmarks (not pass/fail); see bench/README.md
 logs: ## follow the local stack's logs
 	tail -n 50 -F var/log/*.log
 
-schemas: install ## export event JSON Schemas to docs/schemas
+schemas: install ## export event JSON Schemas (docs/schemas) and AsyncAPI documents (docs/asyncapi)
 	$(PY) -m tenantry_common.schemas docs/schemas
+	$(PY) scripts/asyncapi.py docs/asyncapi
 
 k8s-topics: install ## regenerate k8s/base/kafka-topics.yaml from topics.py
 	$(PY) deploy/gen_k8s_topics.py

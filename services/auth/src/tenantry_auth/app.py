@@ -127,6 +127,7 @@ def build_app(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         namespace=settings.reply_lease_namespace,
         lease_ttl_s=settings.reply_lease_ttl_s,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
     verifier = build_verifier(settings, edge.keys)
     broker.include_router(lifecycle_router(settings, edge))
@@ -177,6 +178,7 @@ def build_app(
         lifespan=lifespan,
     )
     app.state.edge = edge
+    app.state.broker = broker  # for the AsyncAPI document (scripts/asyncapi.py)
     app.state.replies = replies
     app.state.http = http
     app.state.settings = settings

@@ -69,6 +69,7 @@ def build_app(
 
     app = FastAPI(title="Tenantry metering", lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.broker = broker  # for the AsyncAPI document (scripts/asyncapi.py)
     app.include_router(
         health_router(
             {
