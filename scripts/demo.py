@@ -21,7 +21,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE = os.environ.get("TENANTRY_EDGE_URL", "http://127.0.0.1:8000")
-SECRET_FILE = Path(os.environ.get("TENANTRY_OPERATOR_SECRET_FILE", ROOT / "var" / "operator.secret"))
+SECRET_FILE = Path(
+    os.environ.get("TENANTRY_OPERATOR_SECRET_FILE", ROOT / "var" / "operator.secret")
+)
 
 TENANTS = {
     "Acme Outdoor": [
@@ -115,7 +117,16 @@ def onboard(http: httpx.Client, operator: str, name: str, tier: str = "pro") -> 
         time.sleep(0.5)
         status = http.get(f"/v1/tenants/{tenant_id}", headers=auth(operator)).json()["status"]
     print(f"  {name}: tenant {tenant_id} active (every service acknowledged)")
-    return Tenant(name, tenant_id, token(http, body["client_id"], body["client_secret"]))
+    tenant = Tenant(name, tenant_id, token(http, body["client_id"], body["client_secret"]))
+    # Short answers: the local 135M model on two CPU cores writes ~20 tokens/s.
+    r = http.put(
+        "/v1/config",
+        json={"max_tokens_per_request": 120, "custom_instructions": "Answer in two sentences."},
+        headers=auth(tenant.admin_token),
+    )
+    if r.status_code != 200:
+        fail(f"config of {name}: {r.status_code} {r.text}")
+    return tenant
 
 
 def ask(http: httpx.Client, tenant: Tenant, question: str) -> dict[str, Any]:
