@@ -10,6 +10,7 @@ the instant model server and the five services.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import shutil
@@ -391,7 +392,11 @@ async def _published(bootstrap: str, topic: str) -> tuple[Counter[str], int]:
         ids: Counter[str] = Counter()
         bad = 0
         deadline = time.monotonic() + 60
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}")
             batches = await consumer.getmany(timeout_ms=1000)
@@ -562,14 +567,20 @@ def run_fault_injection(
         for round_ in range(config.rounds):
             for name in CONSUMERS:
                 service = system.services[name]
+                # Restarts overlap (the next service dies while this one still boots), but a
+                # service is killed again only once its previous restart is ready.
+                service.wait_ready()
                 service.kill9()
                 mark(f"kill -9 {name} (round {round_ + 1})")
                 time.sleep(config.down_s)
-                started = time.monotonic()
                 service.restarts += 1
-                service.start(wait=True)
-                mark(f"{name} restarted, ready after {time.monotonic() - started:.1f}s")
+                service.start(wait=False)
+                mark(f"{name} restarting")
                 time.sleep(config.steady_s)
+        for name in CONSUMERS:
+            started = time.monotonic()
+            system.services[name].wait_ready()
+            mark(f"{name} ready (waited {time.monotonic() - started:.1f}s)")
         pg.restart(down_s=config.down_s)
         mark(f"Postgres restarted (immediate stop, {config.down_s:g}s down)")
         time.sleep(config.steady_s * 2)
@@ -583,15 +594,27 @@ def run_fault_injection(
             raise RuntimeError("the load generator did not finish")
         report.results = warm + load.results
         mark(f"all {len(report.results)} requests finished")
-        _settle_and_check(
-            report,
-            system=system,
-            pg=pg,
-            redis=redis,
-            tenants=tenants,
-            kafka_bootstrap=kafka_bootstrap,
-            mark=mark,
+        (work_dir / "logs" / "requests.json").write_text(
+            json.dumps([dataclasses.asdict(r) for r in report.results], indent=0)
         )
+        mark(
+            "outcomes: "
+            + ", ".join(
+                f"{k} x{n}" for k, n in Counter(r.kind for r in report.results).most_common()
+            )
+        )
+        try:
+            _settle_and_check(
+                report,
+                system=system,
+                pg=pg,
+                redis=redis,
+                tenants=tenants,
+                kafka_bootstrap=kafka_bootstrap,
+                mark=mark,
+            )
+        except Exception as exc:  # a check that could not run is a failed check, with why
+            report.check("the checks ran to the end", False, f"{type(exc).__name__}: {exc}")
         unhealthy = [s.name for s in system.services.values() if not s.healthy()]
         report.check("every service healthy at the end", not unhealthy, f"unhealthy: {unhealthy}")
         return report
@@ -636,6 +659,13 @@ def _settle_and_check(
 
     settled = _poll(ledger_complete, config.settle_timeout_s, 2.0)
     mark(f"ledger {'complete' if settled else 'INCOMPLETE'}: {len(ledger)} rows")
+    if not settled:
+        missing = admitted - {row["request_id"] for row in ledger}
+        by_id = {r.request_id: r for r in report.results}
+        report.figures["admitted but never metered (first 10)"] = [
+            (by_id[m].index, by_id[m].status, by_id[m].reason, by_id[m].stream)
+            for m in sorted(missing)[:10]
+        ]
 
     http = httpx.Client(base_url=system.edge.url, timeout=60)
     usage_api: dict[str, tuple[int, int]] = {}
