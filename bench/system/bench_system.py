@@ -1,0 +1,457 @@
+"""System benchmark: chat through the edge's HTTP API on a running stack, RAG on/off, cache
+hit/miss, at a fixed arrival rate, with many tenants holding many chunks; memory at rest.
+
+Needs ``make up`` with the bench catalogue (``bench/gateway/run.py --print-stack-env``: one model,
+``instant``, served by nginx on 127.0.0.1:18090, which this script starts and stops itself).
+
+What it does, in order (every step bounded):
+
+1. onboards ``--tenants`` tenants through the edge (or reuses them on the same broker);
+2. fills each tenant's Chroma documents collection with ``--chunks`` chunks **directly**
+   (precomputed random unit vectors of the embedder's dimension, not embedded text: embedding
+   100 x 10k chunks at ≈ 15 chunks/s would take ≈ 19 hours here). Retrieval is stopped while
+   its embedded Chroma directory is written, then started again by ``scripts/stack.py up``;
+3. records each service's RSS at rest (started, idle, before any chat load);
+4. per mode, a sequential probe (one request at a time) and an open-loop load at ``--rate``
+   requests/s for ``--duration`` s (latency from each request's scheduled send time, so a
+   stalled server is not hidden by a stalled client);
+5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
+
+Modes: ``rag`` (RAG on, cache off, a new question each time), ``gateway`` (RAG off, cache off),
+``cache-miss`` (RAG and cache on, new questions), ``cache-hit`` (RAG and cache on, each tenant's
+question answered once before, so it is served from the semantic cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "bench" / "gateway"))
+
+import instant  # noqa: E402
+import procs  # noqa: E402
+import tenantry  # noqa: E402
+
+VAR = ROOT / "var" / "bench"
+RESULTS = HERE / "results"
+SERVICES = ("auth", "retrieval", "inference", "metering", "audit")
+INSTANT_PORT = 18090
+DIMENSION = 384  # all-MiniLM-L6-v2, the local embedder
+WORDS = [
+    "refund",
+    "annual",
+    "plan",
+    "invoice",
+    "seat",
+    "upgrade",
+    "downgrade",
+    "contract",
+    "renewal",
+    "trial",
+    "discount",
+    "support",
+    "region",
+    "storage",
+    "export",
+    "retention",
+    "policy",
+    "billing",
+    "cycle",
+    "tax",
+    "receipt",
+    "quota",
+    "limit",
+]
+
+
+def log(message: str) -> None:
+    print(f"[system] {message}", flush=True)
+
+
+def rss_mb() -> dict[str, float]:
+    """RSS of each service `make up` started (pids in var/run/<name>.pid)."""
+    out: dict[str, float] = {}
+    for name in SERVICES:
+        try:
+            pid = int((ROOT / "var" / "run" / f"{name}.pid").read_text().strip())
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[name] = round(int(line.split()[1]) / 1024, 1)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def mode_config(mode: str) -> dict[str, Any]:
+    """The tenant configuration of a mode (every control on; ceilings above the load)."""
+    update = tenantry.gateway_mode_update()
+    update["features"] = dict(update["features"])
+    update["features"]["rag"] = mode in ("rag", "cache-miss", "cache-hit")
+    update["features"]["semantic_cache"] = mode in ("cache-miss", "cache-hit")
+    update["rate_limit_per_minute"] = 6_000
+    return update
+
+
+def question(rng: random.Random) -> str:
+    """A question no earlier request asked (words only: digits could look like card numbers)."""
+    return "What does the " + " ".join(rng.choice(WORDS) for _ in range(6)) + " say?"
+
+
+def body(text: str) -> bytes:
+    return json.dumps(
+        {"model": tenantry.MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 64}
+    ).encode()
+
+
+# ------------------------------------------------------------------------------ preparation
+
+
+def prepare_tenants(args: argparse.Namespace) -> list[tenantry.BenchTenant]:
+    """Onboard (or reuse) the tenants; returns them with their credentials."""
+    state = VAR / "system-tenants.json"
+    tenantry.prepare_tenants(
+        edge_url=args.edge_url,
+        operator_secret=(ROOT / "var" / "operator.secret").read_text().strip(),
+        count=args.tenants,
+        state_file=state,
+        run_label="system"
+        + uuid.uuid4().hex[:6].translate(str.maketrans("0123456789", "ghijklmnop")),
+        broker_started_at=(ROOT / "var" / "run" / "kafka.pid").stat().st_mtime,
+        activation_timeout_s=300,
+    )
+    return [tenantry.BenchTenant(**row) for row in json.loads(state.read_text())][: args.tenants]
+
+
+def set_mode(args: argparse.Namespace, tenants: list[tenantry.BenchTenant], mode: str) -> None:
+    update = mode_config(mode)
+    for t in tenants:
+        admin = tenantry.client_token(
+            edge_url=args.edge_url, client_id=t.admin_client_id, client_secret=t.admin_client_secret
+        )
+        tenantry._call(
+            args.edge_url, tenantry.CONFIG_PATH, method="PUT", token=admin, payload=update
+        )
+    time.sleep(2)  # inference reads config changes from tenants.config.v1
+
+
+def member_tokens(args: argparse.Namespace, tenants: list[tenantry.BenchTenant]) -> list[str]:
+    return [
+        tenantry.client_token(
+            edge_url=args.edge_url,
+            client_id=t.member_client_id,
+            client_secret=t.member_client_secret,
+        )
+        for t in tenants
+    ]
+
+
+def stop_retrieval() -> None:
+    pid = int((ROOT / "var" / "run" / "retrieval.pid").read_text().strip())
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    (ROOT / "var" / "run" / "retrieval.pid").unlink(missing_ok=True)
+
+
+def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
+    """Write `chunks` random-vector chunks into every tenant's documents collection."""
+    import chromadb
+    import numpy as np
+
+    client = chromadb.PersistentClient(path=str(ROOT / "var" / "chroma"))
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    filled = 0
+    for t in tenants:
+        name = f"tenant-{uuid.UUID(t.tenant_id).hex}-docs"
+        collection = client.get_or_create_collection(
+            name, metadata={"hnsw:space": "cosine"}, embedding_function=None
+        )
+        if collection.count() >= chunks:
+            continue
+        document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, t.tenant_id))
+        for start in range(0, chunks, 2_000):
+            n = min(2_000, chunks - start)
+            vectors = rng.standard_normal((n, DIMENSION)).astype("float32")
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            collection.upsert(
+                ids=[f"{document_id}:{start + i}" for i in range(n)],
+                embeddings=vectors,
+                documents=[f"Bench chunk {start + i} of a synthetic handbook." for i in range(n)],
+                metadatas=[
+                    {"document_id": document_id, "chunk_index": start + i, "title": "handbook"}
+                    for i in range(n)
+                ],
+            )
+        filled += 1
+    return {"tenants_filled": filled, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def start_stack() -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stack.py"), "up", "--no-model"],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
+
+
+# ------------------------------------------------------------------------------ load
+
+
+async def one(
+    session: aiohttp.ClientSession, url: str, token: str, text: str
+) -> tuple[int, bool | None]:
+    """Send one chat request; (status, whether it was a cache hit)."""
+    async with session.post(
+        url,
+        data=body(text),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    ) as response:
+        raw = await response.read()
+    if response.status != 200:
+        return response.status, None
+    usage = json.loads(raw).get("usage", {})
+    return 200, usage.get("prompt_tokens") == 0
+
+
+async def run_load(
+    *,
+    url: str,
+    tokens: list[str],
+    questions: list[str] | None,
+    rate: float,
+    duration_s: float,
+    seed: int,
+    sequential: bool = False,
+) -> dict[str, Any]:
+    """Open-loop load (or one request at a time); latency from each scheduled send time."""
+    rng = random.Random(seed)
+    count = int(rate * duration_s)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    hits = 0
+    timeout = aiohttp.ClientTimeout(total=30)
+    connector = aiohttp.TCPConnector(limit=400)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def send(i: int, scheduled: float) -> None:
+            nonlocal hits
+            tenant = i % len(tokens)
+            text = questions[tenant] if questions is not None else question(rng)
+            try:
+                status, hit = await one(session, url, tokens[tenant], text)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                return
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            if status == 200:
+                latencies.append((loop.time() - scheduled) * 1000)
+                hits += bool(hit)
+
+        tasks = []
+        for i in range(count):
+            scheduled = start + i / rate
+            if sequential:
+                await send(i, loop.time())
+                continue
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(i, scheduled)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=60)
+        elapsed = loop.time() - start
+    ok = len(latencies)
+    latencies.sort()
+
+    def pct(q: float) -> float | None:
+        return round(latencies[min(ok - 1, int(q * ok))], 1) if ok else None
+
+    return {
+        "requests": count,
+        "ok": ok,
+        "statuses": statuses,
+        "achieved_ok_per_s": round(ok / elapsed, 1),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(latencies[-1], 1) if ok else None,
+        "mean_ms": round(statistics.fmean(latencies), 1) if ok else None,
+        "cache_hits": hits,
+        "load_average": load_average(),
+    }
+
+
+def fill_cache(url: str, tokens: list[str], questions: list[str]) -> None:
+    """Ask each tenant's question once (a miss that fills the cache), one at a time."""
+    asyncio.run(
+        run_load(
+            url=url,
+            tokens=tokens,
+            questions=questions,
+            rate=len(tokens),
+            duration_s=1,
+            seed=1,
+            sequential=True,
+        )
+    )
+    time.sleep(3)  # retrieval's cache-fill subscriber stores the answers
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# System bench {result['started_at']}",
+        "",
+        f"{result['tenants']} tenants x {result['chunks']} chunks; rate {result['rate']} req/s, "
+        f"{result['duration_s']} s per mode.",
+        "",
+        "| mode | kind | ok / sent | ok req/s | p50 ms | p90 ms | p99 ms | cache hits | load |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for mode, runs in result["modes"].items():
+        for kind, r in runs.items():
+            lines.append(
+                f"| {mode} | {kind} | {r['ok']} / {r['requests']} | {r['achieved_ok_per_s']} "
+                f"| {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['cache_hits']} "
+                f"| {r['load_average']} |"
+            )
+    lines += ["", "RSS at rest (MiB): " + json.dumps(result["rss_at_rest_mb"])]
+    lines += ["RSS after the load (MiB): " + json.dumps(result.get("rss_after_mb", {}))]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--edge-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--chunks", type=int, default=10_000, help="chunks per tenant")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s (open loop)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per mode")
+    parser.add_argument("--probe", type=int, default=40, help="sequential requests per mode")
+    parser.add_argument(
+        "--modes", default="gateway,rag,cache-miss,cache-hit", help="comma-separated"
+    )
+    args = parser.parse_args()
+    if not (1 <= args.duration <= 300 and 0 < args.rate <= 2_000 and args.tenants >= 1):
+        parser.error("duration within 1..300 s, rate within 0..2000, tenants >= 1")
+    if procs.http_status(f"{args.edge_url}/readyz")[0] != 200:
+        sys.exit("[system] the edge is not ready: start the stack (see bench/README.md)")
+    if not procs.port_free(INSTANT_PORT):
+        sys.exit(f"[system] port {INSTANT_PORT} is taken; the bench catalogue needs it for nginx")
+    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    nginx = procs.start(
+        name="system-nginx",
+        cmd=instant.prepare(prefix=VAR / "nginx-system", port=INSTANT_PORT),
+        log_dir=VAR / "logs",
+    )
+    result: dict[str, Any] = {
+        "started_at": started_at,
+        "tenants": args.tenants,
+        "chunks": args.chunks,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "modes": {},
+    }
+    try:
+        procs.wait_until(
+            lambda: procs.http_status(f"http://127.0.0.1:{INSTANT_PORT}/healthz")[0] == 200,
+            proc=nginx,
+            timeout_s=15,
+            what="nginx",
+        )
+        log(f"tenants: {args.tenants} (load {load_average()})")
+        tenants = prepare_tenants(args)
+        log(f"chunks: {args.chunks} per tenant, retrieval stopped while Chroma is written")
+        stop_retrieval()
+        try:
+            result["fill"] = fill_chunks(tenants, args.chunks, seed=7)
+        finally:
+            start_stack()
+        log(f"filled: {result['fill']}")
+        time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
+        result["rss_at_rest_mb"] = rss_mb()
+        result["load_at_rest"] = load_average()
+        log(f"RSS at rest: {result['rss_at_rest_mb']} (load {result['load_at_rest']})")
+        url = f"{args.edge_url}{tenantry.CHAT_COMPLETIONS_PATH}"
+        rng = random.Random(11)
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            set_mode(args, tenants, mode)
+            tokens = member_tokens(args, tenants)
+            questions = None
+            if mode == "cache-hit":
+                questions = [question(rng) for _ in tokens]
+                fill_cache(url, tokens, questions)
+            runs: dict[str, Any] = {}
+            runs["sequential"] = asyncio.run(
+                run_load(
+                    url=url,
+                    tokens=tokens,
+                    questions=questions,
+                    rate=args.probe,
+                    duration_s=1,
+                    seed=rng.randrange(1 << 30),
+                    sequential=True,
+                )
+            )
+            runs[f"{args.rate:g}/s"] = asyncio.run(
+                run_load(
+                    url=url,
+                    tokens=tokens,
+                    questions=questions,
+                    rate=args.rate,
+                    duration_s=args.duration,
+                    seed=rng.randrange(1 << 30),
+                )
+            )
+            result["modes"][mode] = runs
+            log(f"{mode}: {json.dumps(runs)}")
+        result["rss_after_mb"] = rss_mb()
+    finally:
+        nginx.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=1)
+    (RESULTS / f"{started_at}.json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / "latest.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

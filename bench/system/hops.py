@@ -1,0 +1,117 @@
+"""Where the time goes along one chat request, per hop, from the services' spans.
+
+Reads the JSON-lines file ``otlp_sink.py`` writes. For every trace that holds the edge's
+``POST /v1/chat/completions`` server span, it measures (milliseconds, from the edge's span):
+
+* edge: request in → ``chat.requests.v1`` published (auth, rate limit, budget, publish);
+* broker → retrieval: publish done → retrieval's ``process`` span starts (fetch wait);
+* retrieval: its handler, incl. publishing ``chat.context.v1`` (and its audit event);
+* broker → inference: ``chat.context.v1`` published → inference's ``process`` span starts;
+* inference: until ``chat.responses.v1`` is published (model call, leakage check);
+* inference after the answer: usage and audit publishes, offset commit (off the answer's path);
+* broker → edge: answer published → the edge's HTTP span ends (reply reader, response body).
+
+Prints a Markdown table of p50 / p90 per hop and writes it to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+EDGE = "tenantry-auth"
+HOPS = [
+    ("edge: HTTP in → chat.requests.v1 published", "http_start", "req_published"),
+    ("broker → retrieval (fetch wait)", "req_published", "retrieval_start"),
+    ("retrieval handler → chat.context.v1 published", "retrieval_start", "ctx_published"),
+    ("broker → inference (fetch wait)", "ctx_published", "inference_start"),
+    ("inference → chat.responses.v1 published", "inference_start", "resp_published"),
+    ("broker → edge reply reader → HTTP response", "resp_published", "http_end"),
+]
+AFTER = [
+    ("(off path) retrieval: audit publish + commit", "ctx_published", "retrieval_end"),
+    ("(off path) inference: usage + audit publish + commit", "resp_published", "inference_end"),
+]
+
+
+def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The instants of one request's trace, in ms since the edge's HTTP span started."""
+
+    def one(service: str, name: str) -> dict[str, Any] | None:
+        found = [s for s in spans if s["service"] == service and s["name"] == name]
+        return min(found, key=lambda s: s["start_ns"]) if found else None
+
+    http = one(EDGE, "POST /v1/chat/completions")
+    req = one(EDGE, "chat.requests.v1 publish")
+    ret = one("tenantry-retrieval", "chat.requests.v1 process")
+    ctx = one("tenantry-retrieval", "chat.context.v1 publish")
+    inf = one("tenantry-inference", "chat.context.v1 process")
+    resp = one("tenantry-inference", "chat.responses.v1 publish")
+    if None in (http, req, ret, ctx, inf, resp):
+        return None
+    t0 = http["start_ns"]  # type: ignore[index]
+
+    def ms(ns: int) -> float:
+        return (ns - t0) / 1e6
+
+    return {
+        "http_start": 0.0,
+        "req_published": ms(req["end_ns"]),  # type: ignore[index]
+        "retrieval_start": ms(ret["start_ns"]),  # type: ignore[index]
+        "retrieval_end": ms(ret["end_ns"]),  # type: ignore[index]
+        "ctx_published": ms(ctx["end_ns"]),  # type: ignore[index]
+        "inference_start": ms(inf["start_ns"]),  # type: ignore[index]
+        "inference_end": ms(inf["end_ns"]),  # type: ignore[index]
+        "resp_published": ms(resp["end_ns"]),  # type: ignore[index]
+        "http_end": ms(http["end_ns"]),  # type: ignore[index]
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(path: Path, *, skip: int = 0) -> tuple[str, int]:
+    """The per-hop table (Markdown) of the complete traces in path, and how many there were."""
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        traces[row["trace_id"]].append(row)
+    requests = [m for spans in traces.values() if (m := marks(spans)) is not None]
+    requests.sort(key=lambda m: m["http_end"])
+    requests = requests[skip:]
+    if not requests:
+        return "(no complete chat traces)", 0
+    lines = ["| hop | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
+    for label, a, b in HOPS + AFTER:
+        values = [m[b] - m[a] for m in requests]
+        lines.append(f"| {label} | {statistics.median(values):.1f} | {pct(values, 0.9):.1f} |")
+    total = [m["http_end"] for m in requests]
+    lines.append(
+        f"| **edge's HTTP span, total** | **{statistics.median(total):.1f}** "
+        f"| **{pct(total, 0.9):.1f}** |"
+    )
+    return "\n".join(lines), len(requests)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("spans", type=Path)
+    parser.add_argument("--skip", type=int, default=0, help="ignore the first N requests")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    text, count = table(args.spans, skip=args.skip)
+    text = f"{count} requests\n\n{text}"
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
