@@ -90,6 +90,7 @@ class ReplyRouter:
         lease_ttl_s: float,
         partitions: int = CHAT_RESPONSES.partitions,
         topic: str = CHAT_RESPONSES.name,
+        fetch_max_wait_ms: int = 10,
     ) -> None:
         self.redis = redis
         self.bootstrap_servers = bootstrap_servers
@@ -97,6 +98,7 @@ class ReplyRouter:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.partitions = partitions
         self.topic = topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.owner = uuid.uuid4().hex
         self.partition: int | None = None
         self._pending: dict[uuid.UUID, PendingReply] = {}
@@ -157,7 +159,19 @@ class ReplyRouter:
                 elif not await self._refresh(
                     keys=[self._key(self.partition)], args=[self.owner, self.lease_ttl_ms]
                 ):
-                    # Lost (e.g. Redis was away longer than the TTL): take a partition anew.
+                    # Lost (Redis restarted empty, or was away longer than the TTL). Take the
+                    # same partition back when it is free: the reader never stopped, so no
+                    # answer was missed. (Re-leasing it without this, the reader kept running
+                    # while ``_assigned`` stayed cleared: chat answered 503 for good.)
+                    if await self.redis.set(
+                        self._key(self.partition), self.owner, nx=True, px=self.lease_ttl_ms
+                    ):
+                        log.warning(
+                            "reply partition lease lost and taken back",
+                            extra={"partition": self.partition},
+                        )
+                        await asyncio.sleep(interval)
+                        continue
                     log.error("reply partition lease lost", extra={"partition": self.partition})
                     self.partition = None
                     self._leased.clear()
@@ -190,6 +204,9 @@ class ReplyRouter:
             group_id=None,
             enable_auto_commit=False,
             client_id=f"edge-replies-{partition}",
+            # Every answer waits on this fetch; the local broker answers a fetch only at its
+            # deadline (aiokafka's default 500 ms), see tenantry_common.messaging.
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         self._consumer = consumer
         await consumer.start()
@@ -199,7 +216,7 @@ class ReplyRouter:
             await consumer.seek_to_end(tp)
             await consumer.position(tp)  # resolve the end now: answers after this are ours
             self._assigned.set()
-            while self.partition == partition:
+            while self.partition == partition and self._assigned.is_set():
                 batch = await consumer.getmany(tp, timeout_ms=200)
                 for record in batch.get(tp, []):
                     self._dispatch(record.value)
