@@ -24,7 +24,7 @@ from tenantry_common.topics import (
 )
 from tests.e2e.harness import System
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 CONSUMED_TOPICS = [
     CHAT_REQUESTS,

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.harness import System
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 N_TENANTS = 4
 
