@@ -59,6 +59,7 @@ def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
         return (ns - t0) / 1e6
 
     return {
+        "t0_ns": float(t0),
         "http_start": 0.0,
         "req_published": ms(req["end_ns"]),  # type: ignore[index]
         "retrieval_start": ms(ret["start_ns"]),  # type: ignore[index]
@@ -76,15 +77,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def table(path: Path, *, skip: int = 0) -> tuple[str, int]:
+def table(path: Path, *, skip: int = 0, limit: int | None = None) -> tuple[str, int]:
     """The per-hop table (Markdown) of the complete traces in path, and how many there were."""
     traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in path.read_text().splitlines():
         row = json.loads(line)
         traces[row["trace_id"]].append(row)
     requests = [m for spans in traces.values() if (m := marks(spans)) is not None]
-    requests.sort(key=lambda m: m["http_end"])
-    requests = requests[skip:]
+    requests.sort(key=lambda m: m["t0_ns"])  # in arrival order
+    requests = requests[skip:] if limit is None else requests[skip : skip + limit]
     if not requests:
         return "(no complete chat traces)", 0
     lines = ["| hop | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
@@ -103,9 +104,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spans", type=Path)
     parser.add_argument("--skip", type=int, default=0, help="ignore the first N requests")
+    parser.add_argument("--limit", type=int, default=None, help="then take at most N")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text, count = table(args.spans, skip=args.skip)
+    text, count = table(args.spans, skip=args.skip, limit=args.limit)
     text = f"{count} requests\n\n{text}"
     print(text)
     if args.out:

@@ -79,6 +79,14 @@ class CommonSettings(BaseSettings):
     graceful_timeout_s: float = Field(
         default=20.0, description="Time to finish in-flight messages."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=10,
+        ge=0,
+        description="Longest a hot-path consumer's fetch waits for data (see messaging.py).",
+    )
+    kafka_linger_ms: int = Field(
+        default=0, ge=0, description="Producer linger; 0 sends at once (batches form under load)."
+    )
 
     postgres_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
     redis_url: str = "redis://127.0.0.1:6379/0"

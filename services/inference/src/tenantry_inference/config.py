@@ -16,6 +16,13 @@ class Settings(CommonSettings):
         default="inference.chat",
         description="Consumer group of chat.context.v1 (shared by replicas).",
     )
+    chat_workers: int = Field(
+        default=4,
+        ge=1,
+        description="Consumers of chat.context.v1 in this process (concurrency between "
+        "partitions; each partition's requests stay in order). One at a time capped the "
+        "whole chat path at ≈ 65 requests/s (≈ 15 ms per request in this handler).",
+    )
     lifecycle_group_id: str = Field(
         default="inference.lifecycle",
         description="Consumer group that acknowledges lifecycle events.",

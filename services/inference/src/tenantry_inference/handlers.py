@@ -69,7 +69,11 @@ def register_handlers(broker: KafkaBroker, *, settings: Settings, deps: Inferenc
     directory: TenantDirectory = deps.directory
 
     # Options come as a dict (one definition for every service), which hides the overload.
-    @broker.subscriber(CHAT_CONTEXT.name, **subscriber_options(settings, settings.chat_group_id))  # type: ignore[untyped-decorator]
+    chat_options = subscriber_options(settings, settings.chat_group_id, low_latency=True) | {
+        "max_workers": settings.chat_workers
+    }
+
+    @broker.subscriber(CHAT_CONTEXT.name, **chat_options)  # type: ignore[untyped-decorator]
     async def on_context_retrieved(event: ContextRetrieved) -> None:
         await answer_request(request=event, deps=deps, outbox=outbox)
 

@@ -45,9 +45,9 @@ def register_handlers(
     group_prefix: str = "",
 ) -> None:
     """Declare retrieval's four subscribers on the broker (``group_prefix`` isolates tests)."""
-    question_options = subscriber_options(settings, group_prefix + GROUP_QUESTIONS) | {
-        "max_workers": settings.question_workers
-    }
+    question_options = subscriber_options(
+        settings, group_prefix + GROUP_QUESTIONS, low_latency=True
+    ) | {"max_workers": settings.question_workers}
 
     @broker.subscriber(CHAT_REQUESTS.name, **question_options)  # type: ignore[untyped-decorator]
     async def on_chat_requested(event: ChatRequested) -> None:
