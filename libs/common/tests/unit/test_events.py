@@ -215,3 +215,15 @@ def test_json_schemas_are_exported_for_every_event(tmp_path) -> None:
     usage = json.loads((tmp_path / "UsageRecorded.json").read_text())
     assert usage["properties"]["schema_version"]
     assert "tenant_id" in usage["required"]
+
+
+def test_committed_json_schemas_match_the_contracts(tmp_path) -> None:
+    from pathlib import Path
+
+    from tenantry_common.schemas import export_schemas
+
+    committed = Path(__file__).resolve().parents[4] / "docs" / "schemas"
+    for path in export_schemas(tmp_path):
+        assert (committed / path.name).read_text() == path.read_text(), (
+            f"docs/schemas/{path.name} is stale: run `make schemas`"
+        )
