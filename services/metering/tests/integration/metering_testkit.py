@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,14 +10,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
-import jwt
 from aiokafka import AIOKafkaConsumer
 from asgi_lifespan import LifespanManager
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tenantry_common.auth import API_AUDIENCE, EDGE_ISSUER, StaticKeys, TokenVerifier
 from tenantry_common.events import (
     Reservation,
     TenantConfig,
@@ -29,42 +23,9 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import derived_id
 from tenantry_common.settings import LOCAL_MODEL
+from tenantry_common.testing.tokens import TestIssuer
 from tenantry_metering.app import build_app
 from tenantry_metering.config import Settings
-
-
-class TestIssuer:
-    """Signs tokens the way the edge does (EdDSA, kid, iss, aud, tenant_id, role)."""
-
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.key = Ed25519PrivateKey.generate()
-        self.kid = f"test-{uuid.uuid4().hex[:8]}"
-        raw = self.key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-        self.jwks = {
-            "keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA"}]
-        }
-
-    def verifier(self) -> TokenVerifier:
-        return TokenVerifier(issuers={EDGE_ISSUER: StaticKeys(self.jwks)})
-
-    def headers(self, *, tenant_id: uuid.UUID, role: str) -> dict[str, str]:
-        now = int(time.time())
-        claims = {
-            "iss": EDGE_ISSUER,
-            "aud": API_AUDIENCE,
-            "sub": "user-1",
-            "tenant_id": str(tenant_id),
-            "role": role,
-            "iat": now,
-            "exp": now + 600,
-        }
-        token = jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})
-        return {"Authorization": f"Bearer {token}"}
 
 
 def usage(
