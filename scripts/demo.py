@@ -129,6 +129,26 @@ def onboard(http: httpx.Client, operator: str, name: str, tier: str = "pro") -> 
     return tenant
 
 
+def wait_indexed(http: httpx.Client, tenant: Tenant, timeout_s: float = 180) -> None:
+    """Wait until retrieval has indexed every document (its `ingest` records in the audit log)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = http.get(
+            "/v1/audit/export", params={"format": "jsonl"}, headers=auth(tenant.admin_token)
+        )
+        indexed = {
+            record.get("resource_id")
+            for record in map(json.loads, r.text.splitlines() if r.status_code == 200 else [])
+            if record.get("action") == "ingest" and record.get("status") == "success"
+        }
+        if tenant.document_ids <= indexed:
+            print(f"  {tenant.name}: {len(indexed)} documents chunked, embedded and indexed")
+            return
+        if time.monotonic() > deadline:
+            fail(f"{tenant.name}: documents not indexed within {timeout_s:.0f}s")
+        time.sleep(1)
+
+
 def ask(http: httpx.Client, tenant: Tenant, question: str) -> dict[str, Any]:
     r = http.post("/v1/chat", json={"question": question}, headers=auth(tenant.admin_token))
     if r.status_code != 200:
@@ -198,16 +218,13 @@ def main() -> None:
             if "Reference code" in text:
                 tenant.canary = text.rsplit("Reference code ", 1)[1].rstrip(".")
         print(f"  {tenant.name}: {len(docs)} documents accepted")
-    time.sleep(3)  # ingestion is asynchronous: chunk, embed, index
+    for tenant in tenants:
+        wait_indexed(http, tenant)  # ingestion is asynchronous: chunk, embed, index
 
     for tenant in tenants:
         others = [t for t in tenants if t is not tenant]
         banner(f"{tenant.name}: questions through the edge (POST /v1/chat)")
         body = ask(http, tenant, QUESTION)
-        deadline = time.monotonic() + 60
-        while not body["citations"] and time.monotonic() < deadline:
-            time.sleep(2)  # documents still being indexed
-            body = ask(http, tenant, QUESTION + " Please answer briefly.")
         show_answer(tenant, "plain", body, others)
         streamed = ask_streamed(http, tenant, "What do you ship, and how long does it take?")
         if streamed:

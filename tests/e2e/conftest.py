@@ -58,6 +58,8 @@ def system(
                 "TENANTRY_ANCHOR_INTERVAL_S": "5",
             },
             "retrieval": {"TENANTRY_CHROMA_PATH": str(work / "chroma")},
+            # The local model on a busy 2-core machine can be slow to start an answer.
+            "inference": {"TENANTRY_MODEL_TIMEOUT_S": "180"},
         },
     )
     try:
