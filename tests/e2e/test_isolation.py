@@ -47,22 +47,29 @@ def tenants(system: System, operator_secret_file: Path) -> list[dict[str, str]]:
         made.append(
             {
                 "tenant_id": body["tenant_id"],
-                "token": _token(http, body["client_id"], body["client_secret"]),
+                "client_id": body["client_id"],
+                "client_secret": body["client_secret"],
                 "canary": canary,
             }
         )
     deadline = time.monotonic() + 120
     for t in made:
-        while http.get(f"/v1/tenants/{t['tenant_id']}", headers=_h(operator)).json()["status"] != "active":
+        while (
+            http.get(f"/v1/tenants/{t['tenant_id']}", headers=_h(operator)).json()["status"]
+            != "active"
+        ):
             assert time.monotonic() < deadline, "tenant not active in time"
             time.sleep(0.5)
+        t["token"] = _token(http, t.pop("client_id"), t.pop("client_secret"))
     for t in made:
         # Near-identical documents: only the canary differs.
         text = (
             "Refund policy. Items may be returned within 30 days for a full refund. "
             f"The secret refund approval code is {t['canary']}."
         )
-        r = http.post("/v1/documents", json={"title": "Refund policy", "text": text}, headers=_h(t["token"]))
+        r = http.post(
+            "/v1/documents", json={"title": "Refund policy", "text": text}, headers=_h(t["token"])
+        )
         assert r.status_code == 202, r.text
         t["document_id"] = r.json()["document_id"]
     return made
@@ -98,7 +105,9 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             "documents": http.get("/v1/documents", headers=_h(t["token"])),
             "config": http.get("/v1/config", headers=_h(t["token"])),
             "usage": http.get("/v1/usage", params={"period": "day"}, headers=_h(t["token"])),
-            "audit": http.get("/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])),
+            "audit": http.get(
+                "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
+            ),
         }
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
@@ -108,11 +117,17 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
                 assert o["document_id"] not in response.text, name
         # Direct access to another tenant's resources is refused.
         for o in others:
-            assert http.get(f"/v1/tenants/{o['tenant_id']}", headers=_h(t["token"])).status_code in (403, 404)
-            assert http.delete(f"/v1/documents/{o['document_id']}", headers=_h(t["token"])).status_code in (403, 404)
+            assert http.get(
+                f"/v1/tenants/{o['tenant_id']}", headers=_h(t["token"])
+            ).status_code in (403, 404)
+            assert http.delete(
+                f"/v1/documents/{o['document_id']}", headers=_h(t["token"])
+            ).status_code in (403, 404)
             forwarded = http.get(f"/v1/tenants/{o['tenant_id']}/usage", headers=_h(t["token"]))
             assert forwarded.status_code == 403
-            exported = http.get(f"/v1/tenants/{o['tenant_id']}/audit/export", headers=_h(t["token"]))
+            exported = http.get(
+                f"/v1/tenants/{o['tenant_id']}/audit/export", headers=_h(t["token"])
+            )
             assert exported.status_code == 403
     # The other tenants' documents are still there (nobody could delete them).
     for t in tenants:
