@@ -19,7 +19,7 @@ from tenantry_audit.config import AuditSettings
 from tenantry_common.ids import utcnow
 from tenantry_common.localstack import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 RECORDS = 100_000
 
