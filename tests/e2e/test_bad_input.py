@@ -52,10 +52,18 @@ def _token(http: httpx.Client, client_id: str, secret: str) -> str:
     [
         ("POST", "/v1/chat", {"json": {}}),
         ("POST", "/v1/chat", {"json": {"question": ""}}),
-        ("POST", "/v1/chat", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+        (
+            "POST",
+            "/v1/chat",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        ),
         ("POST", "/v1/chat", {"json": {"question": "x" * 20_000}}),
         ("POST", "/v1/chat/completions", {"json": {"messages": []}}),
-        ("POST", "/v1/chat/completions", {"json": {"messages": [{"role": "wizard", "content": "hi"}]}}),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"json": {"messages": [{"role": "wizard", "content": "hi"}]}},
+        ),
         ("POST", "/v1/documents", {"json": {"title": "", "text": "x"}}),
         ("POST", "/v1/documents", {"json": {"title": "big", "text": "x" * 2_000_000}}),
         ("DELETE", "/v1/documents/not-a-uuid", {}),
@@ -67,7 +75,9 @@ def _token(http: httpx.Client, client_id: str, secret: str) -> str:
         ("POST", "/v1/oauth/token", {"data": {"grant_type": "password"}}),
     ],
 )
-def test_bad_input_gets_a_clear_4xx(system: System, operator_secret_file: Path, method, path, kwargs) -> None:
+def test_bad_input_gets_a_clear_4xx(
+    system: System, operator_secret_file: Path, method, path, kwargs
+) -> None:
     http = httpx.Client(base_url=system.edge.url, timeout=60)
     token = _token(http, "operator", operator_secret_file.read_text())
     headers = {"Authorization": f"Bearer {token}"} | kwargs.pop("headers", {})
@@ -109,7 +119,9 @@ async def test_malformed_bytes_on_every_topic_are_dead_lettered_and_services_sta
                 headers=[("content-type", b"application/json")],
             )
             await producer.send_and_wait(
-                spec.name, b'{"event_type": "' + marker + b'"}', key=str(uuid.uuid4()).encode(),
+                spec.name,
+                b'{"event_type": "' + marker + b'"}',
+                key=str(uuid.uuid4()).encode(),
                 headers=[("content-type", b"application/json")],
             )
     finally:
