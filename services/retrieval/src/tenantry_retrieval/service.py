@@ -32,7 +32,7 @@ from tenantry_common.events import (
     TokenUsage,
     UsageRecorded,
 )
-from tenantry_common.ids import derived_id
+from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.logging import log_extra
 from tenantry_common.messaging import is_transient
 from tenantry_common.tenancy import tenant_key
@@ -182,6 +182,11 @@ class RetrievalService:
         """A cached answer (with zero-token usage), or the passages for inference."""
         options = request.options
         version = await self.corpus_version(tenant_id=request.tenant_id)
+        if request.deadline_at is not None and request.deadline_at <= utcnow():
+            # The edge has given up on it (e.g. a backlog after a restart): no embedding or
+            # search; inference ends it at once with ChatFailed and a zero-token usage record,
+            # which settles the reservation.
+            return [_context(request, [], version)]
         if not options.rag and not options.semantic_cache:
             return [_context(request, [], version), _search_audit(request, 0, False, version)]
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -619,6 +619,26 @@ async def test_context_carries_every_request_field_and_passages_for_citations(
     )
     assert search.details["passages"] == len(context.passages)
     assert "vacation" not in search.model_dump_json()
+
+
+async def test_a_request_past_its_deadline_is_passed_on_without_search_or_cache(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenant = uuid.uuid4()
+    await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    question = "How many vacation days do employees get?"
+    answer = completed(tenant, question, "Twenty-five.", corpus_version=1)
+    await fill_cache(app, service, answer, expect=1)
+    request = chat_request(tenant, question).model_copy(
+        update={"deadline_at": datetime.now(UTC) - timedelta(seconds=1)}
+    )
+    outcome = await ask(app, collector, request)
+    assert isinstance(outcome, ContextRetrieved), "no cached answer for an abandoned request"
+    assert outcome.passages == []
+    # The same question in time is answered from the cache: only the deadline made the difference.
+    fresh = await ask(app, collector, chat_request(tenant, question))
+    assert isinstance(fresh, ChatCompleted)
+    assert fresh.cached
 
 
 async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
