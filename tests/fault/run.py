@@ -53,7 +53,7 @@ class FaultConfig:
     steady_s: float = 5.0  # load between one recovery and the next fault
     down_s: float = 2.0  # how long a killed process or a store stays away
     chat_deadline_s: float = 45.0
-    settle_timeout_s: float = 120.0
+    settle_timeout_s: float = 300.0  # polls: returns as soon as the system has settled
     reconcile_interval_s: float = 2.0
 
     @property
