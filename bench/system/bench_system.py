@@ -109,7 +109,6 @@ def mode_config(mode: str) -> dict[str, Any]:
     update["features"] = dict(update["features"])
     update["features"]["rag"] = mode in ("rag", "cache-miss", "cache-hit")
     update["features"]["semantic_cache"] = mode in ("cache-miss", "cache-hit")
-    update["rate_limit_per_minute"] = 6_000
     return update
 
 
@@ -240,7 +239,8 @@ async def one(
     if response.status != 200:
         return response.status, None
     usage = json.loads(raw).get("usage", {})
-    return 200, usage.get("prompt_tokens") == 0
+    # A semantic-cache hit is answered with zero-token usage (nothing was generated).
+    return 200, usage.get("total_tokens") == 0
 
 
 async def run_load(
@@ -363,6 +363,7 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=10_000, help="chunks per tenant")
     parser.add_argument("--rate", type=float, default=100.0, help="requests/s (open loop)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per mode")
+    parser.add_argument("--no-fill", action="store_true", help="keep the collections as they are")
     parser.add_argument("--probe", type=int, default=40, help="sequential requests per mode")
     parser.add_argument(
         "--modes", default="gateway,rag,cache-miss,cache-hit", help="comma-separated"
@@ -397,14 +398,17 @@ def main() -> int:
         )
         log(f"tenants: {args.tenants} (load {load_average()})")
         tenants = prepare_tenants(args)
-        log(f"chunks: {args.chunks} per tenant, retrieval stopped while Chroma is written")
-        stop_retrieval()
-        try:
-            result["fill"] = fill_chunks(tenants, args.chunks, seed=7)
-        finally:
-            start_stack()
-        log(f"filled: {result['fill']}")
-        time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
+        if args.no_fill:
+            result["fill"] = "skipped (--no-fill: collections filled by an earlier run)"
+        else:
+            log(f"chunks: {args.chunks} per tenant, retrieval stopped while Chroma is written")
+            stop_retrieval()
+            try:
+                result["fill"] = fill_chunks(tenants, args.chunks, seed=7)
+            finally:
+                start_stack()
+            log(f"filled: {result['fill']}")
+            time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
         result["rss_at_rest_mb"] = rss_mb()
         result["load_at_rest"] = load_average()
         log(f"RSS at rest: {result['rss_at_rest_mb']} (load {result['load_at_rest']})")
