@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: help install tools up down status demo test test-unit test-integration test-e2e \
+.PHONY: help install tools up down status demo test test-unit test-integration test-e2e test-fault \
         lint fmt typecheck bench logs schemas clean k8s-topics deploy-check images compose-up \
         compose-down
 
@@ -41,7 +41,7 @@ demo: up ## start the stack and run the two-tenant demo through the edge API
 
 test: install tools ## every test: unit, integration (real services) and end-to-end
 	bash scripts/ensure-services.sh
-	$(PYTEST) -m "unit or integration or e2e or fault" -p no:cacheprovider
+	$(PYTEST) -m "unit or integration or e2e" -p no:cacheprovider
 
 test-unit: install ## unit tests only (no services)
 	$(PYTEST) -m unit -q
@@ -52,7 +52,10 @@ test-integration: install ## integration tests (real broker, Postgres, Redis, Ch
 
 test-e2e: install ## end-to-end tests through the edge's HTTP API
 	bash scripts/ensure-services.sh
-	$(PYTEST) -m "e2e or fault"
+	$(PYTEST) -m e2e
+
+test-fault: install ## fault injection under load (kill -9, Postgres and Redis restarts); ~10 min
+	$(PYTEST) -m fault
 
 lint: install ## ruff, mypy and hadolint
 	.venv/bin/ruff check .

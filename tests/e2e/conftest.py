@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from tenantry_common.testing.fixtures import private_broker
 
 from tests.e2e.harness import System, build_system
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The whole system gets a broker of its own: its consumer groups (the services' real ones)
+    must not inherit the backlog that the packages' tests left on the session broker."""
+    with private_broker() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")

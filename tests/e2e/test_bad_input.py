@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from tenantry_common.messaging import DLQ_HEADER_ERROR
 from tenantry_common.topics import (
     AUDIT,
@@ -22,6 +21,7 @@ from tenantry_common.topics import (
     TENANTS_LIFECYCLE,
     USAGE,
 )
+
 from tests.e2e.harness import System
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -18,6 +18,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ def _use_containers() -> bool:
     return os.environ.get("TENANTRY_TEST_CONTAINERS") == "1"
 
 
+@contextmanager
+def private_broker() -> Iterator[str]:
+    """A Tansu broker of its own (every topic created), for tests whose consumer groups must
+    not inherit other tests' backlog on the session broker; stopped on exit."""
+    port = free_port()
+    proc = start_tansu(port, LOG_DIR / f"tansu-{port}.log")
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        asyncio.run(ensure_topics(bootstrap, all_topics_with_dlqs()))
+        yield bootstrap
+    finally:
+        stop_process(proc)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a broker holding every platform topic (and its DLQ)."""
@@ -58,14 +73,8 @@ def kafka_bootstrap() -> Iterator[str]:
             asyncio.run(ensure_topics(bootstrap, all_topics_with_dlqs()))
             yield bootstrap
         return
-    port = free_port()
-    proc = start_tansu(port, LOG_DIR / f"tansu-{port}.log")
-    bootstrap = f"127.0.0.1:{port}"
-    try:
-        asyncio.run(ensure_topics(bootstrap, all_topics_with_dlqs()))
+    with private_broker() as bootstrap:
         yield bootstrap
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
