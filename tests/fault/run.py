@@ -110,6 +110,8 @@ class FaultReport:
     checks: list[Check] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     log_dir: Path | None = None
+    #: Wall-clock start (epoch seconds), to place broker timestamps on the timeline.
+    started_at: float = field(default_factory=time.time)
 
     @property
     def ok(self) -> bool:
@@ -377,8 +379,23 @@ async def _audit_rows(dsn: str) -> Counter[str]:
         await conn.close()
 
 
-async def _published(bootstrap: str, topic: str) -> tuple[Counter[str], int]:
-    """Every event id on a topic (how many times each was published) and the bad messages."""
+@dataclass(frozen=True)
+class Placement:
+    """Where one event sat on its topic, and who published it (for a post-mortem)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    summary: str
+
+
+async def _published(
+    bootstrap: str, topic: str, placements: dict[str, Placement] | None = None
+) -> tuple[Counter[str], int]:
+    """Every event id on a topic (how many times each was published) and the bad messages.
+
+    ``placements``, when given, is filled with each id's first partition and offset.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -407,9 +424,21 @@ async def _published(bootstrap: str, topic: str) -> tuple[Counter[str], int]:
             for records in batches.values():
                 for record in records:
                     try:
-                        ids[str(json.loads(record.value)["event_id"])] += 1
+                        body = json.loads(record.value)
+                        event_id = str(body["event_id"])
                     except (ValueError, KeyError, TypeError):
                         bad += 1
+                        continue
+                    ids[event_id] += 1
+                    if placements is not None and event_id not in placements:
+                        placements[event_id] = Placement(
+                            partition=record.partition,
+                            offset=record.offset,
+                            timestamp_ms=record.timestamp,
+                            summary=" ".join(
+                                str(body.get(k)) for k in ("source", "audit_type", "action")
+                            ),
+                        )
         return ids, bad
     finally:
         await consumer.stop()
@@ -693,7 +722,8 @@ def _settle_and_check(
 
     # Audit: every event id published on audit.v1 is recorded exactly once.
     audit_dsn = pg.dsn("tenantry_audit")
-    published, malformed = asyncio.run(_published(kafka_bootstrap, AUDIT.name))
+    placements: dict[str, Placement] = {}
+    published, malformed = asyncio.run(_published(kafka_bootstrap, AUDIT.name, placements))
     stored: Counter[str] = Counter()
 
     def audit_complete() -> bool:
@@ -704,6 +734,17 @@ def _settle_and_check(
     _poll(audit_complete, config.settle_timeout_s, 2.0)
     dead, _ = asyncio.run(_published(kafka_bootstrap, AUDIT.dlq))
     dupes = {e: n for e, n in stored.items() if n > 1}
+    missing = sorted(set(published) - set(stored), key=lambda e: placements[e].timestamp_ms)
+    if missing:
+        report.figures["audit ids never stored (partition, offset, ms after start, what)"] = [
+            (
+                placements[e].partition,
+                placements[e].offset,
+                placements[e].timestamp_ms - int(report.started_at * 1000),
+                placements[e].summary,
+            )
+            for e in missing[:10]
+        ]
     report.figures["audit events published (with redeliveries) / distinct"] = (
         sum(published.values()),
         len(published),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,10 +19,30 @@ from sqlalchemy.ext.asyncio import (
 
 
 def create_engine(dsn: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    """An asyncpg engine that checks connections before use (survives a Postgres restart)."""
-    return create_async_engine(
+    """An asyncpg engine that checks connections before use and whose commits are durable.
+
+    Pre-ping survives a Postgres restart. Every consumer commits its Kafka offsets right after
+    its database commit, so a commit the server acknowledges must survive a server crash: with
+    ``synchronous_commit = off`` (a server, database or role default some clusters set for
+    speed) Postgres acknowledges before the WAL is flushed and a crash loses the last few
+    hundred milliseconds of acknowledged transactions — records whose offsets are already
+    committed, i.e. lost for good. Such sessions are raised to ``on``; stronger settings
+    (``remote_write``, ``remote_apply``) and ``local`` are left as they are.
+    """
+    engine = create_async_engine(
         dsn, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
     )
+    event.listen(engine.sync_engine, "connect", _durable_commits)
+    return engine
+
+
+def _durable_commits(dbapi_connection: Any, _record: Any) -> None:
+    async def raise_if_off(conn: asyncpg.Connection) -> None:
+        # Outside any transaction (simple protocol), so the SET holds for the session.
+        if await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off":
+            await conn.execute("SET synchronous_commit = on")
+
+    dbapi_connection.run_async(raise_if_off)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
