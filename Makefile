@@ -39,9 +39,9 @@ status: ## what is running
 demo: up ## start the stack and run the two-tenant demo through the edge API
 	$(PY) scripts/demo.py
 
-test: install tools ## every test: unit, integration (real services) and end-to-end
+test: install tools ## every test: unit, integration (real services), end-to-end and fault injection
 	bash scripts/ensure-services.sh
-	$(PYTEST) -m "unit or integration or e2e" -p no:cacheprovider
+	$(PYTEST) -m "unit or integration or e2e or fault" -p no:cacheprovider
 
 test-unit: install ## unit tests only (no services)
 	$(PYTEST) -m unit -q
@@ -54,7 +54,7 @@ test-e2e: install ## end-to-end tests through the edge's HTTP API
 	bash scripts/ensure-services.sh
 	$(PYTEST) -m e2e
 
-test-fault: install ## fault injection under load (kill -9, Postgres and Redis restarts); ~10 min
+test-fault: install ## fault injection under load (kill -9, Postgres and Redis restarts); ~4 min
 	$(PYTEST) -m fault
 
 lint: install ## ruff, mypy and hadolint
