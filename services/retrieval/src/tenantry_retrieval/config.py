@@ -69,6 +69,13 @@ class RetrievalSettings(CommonSettings):
 
     # --- semantic cache
     cache_ttl_s: int = Field(default=24 * 3600, ge=1, description="Lifetime of a cached answer.")
+    question_vector_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        description="Recently embedded questions kept per process (≈ 3 KiB each at 384 "
+        "dimensions), so a repeated question and the cache fill after a miss skip the "
+        "embedding. 0 turns it off.",
+    )
 
     # --- consumers: questions run on several consumers (between partitions) so that a burst
     # from many tenants shares one encode call.

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import uuid
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -200,3 +204,50 @@ class MicroBatcher:
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
+
+
+class QuestionVectors:
+    """The vectors of recently embedded questions, per tenant (a bounded LRU, in memory).
+
+    A repeated question is not embedded again, and neither is the question of an answer being
+    put into the semantic cache (it was embedded a moment before, when it was asked). Entries
+    are keyed by tenant as well as text, so one tenant cannot tell from a faster answer that
+    another tenant asked the same question. A vector depends only on the text and the embedder,
+    so an entry never goes stale; the semantic cache's own checks (model, config and corpus
+    version, similarity floor) still decide every hit.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[uuid.UUID, bytes], array[float]] = OrderedDict()
+
+    @staticmethod
+    def _key(tenant_id: uuid.UUID, text: str) -> tuple[uuid.UUID, bytes]:
+        return tenant_id, hashlib.sha256(text.encode("utf-8")).digest()
+
+    def get(self, tenant_id: uuid.UUID, text: str) -> Vector | None:
+        """The question's vector if it was embedded recently for this tenant."""
+        key = self._key(tenant_id, text)
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found.tolist()
+
+    def put(self, tenant_id: uuid.UUID, text: str, vector: Vector) -> None:
+        """Remember a question's vector (the least recently used entry makes room)."""
+        if self.max_entries <= 0:
+            return
+        key = self._key(tenant_id, text)
+        self._entries[key] = array("d", vector)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Drop every entry of one tenant (offboarding)."""
+        for key in [k for k in self._entries if k[0] == tenant_id]:
+            del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -34,6 +34,12 @@ class RetrievalMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.question_vectors_reused = Counter(
+            "retrieval_question_vectors_reused_total",
+            "Question embeddings served from the per-tenant recent-questions memory.",
+            ["purpose"],
+            registry=registry,
+        )
         self.search_seconds = Histogram(
             "retrieval_search_seconds",
             "Time of one vector search in a tenant's namespace.",

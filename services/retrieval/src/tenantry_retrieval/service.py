@@ -40,7 +40,7 @@ from tenantry_common.topics import AUDIT, CHAT_CONTEXT, TENANTS_LIFECYCLE, USAGE
 
 from tenantry_retrieval.chunking import chunk_text
 from tenantry_retrieval.config import RetrievalSettings
-from tenantry_retrieval.embeddings import Embedder, MicroBatcher
+from tenantry_retrieval.embeddings import Embedder, MicroBatcher, QuestionVectors, Vector
 from tenantry_retrieval.metrics import RetrievalMetrics
 from tenantry_retrieval.vectorstore import Namespace, VectorHit, VectorRecord, VectorStore
 
@@ -87,6 +87,24 @@ class RetrievalService:
     redis: Redis
     metrics: RetrievalMetrics
     _last_purge: dict[uuid.UUID, float] = field(default_factory=dict)
+    question_vectors: QuestionVectors | None = None
+
+    def __post_init__(self) -> None:
+        if self.question_vectors is None:
+            self.question_vectors = QuestionVectors(self.settings.question_vector_cache_size)
+
+    async def _question_vector(self, *, tenant_id: uuid.UUID, text: str, purpose: str) -> Vector:
+        """The question's embedding: from the tenant's recent questions, or embedded now."""
+        assert self.question_vectors is not None
+        vector = self.question_vectors.get(tenant_id, text)
+        if vector is not None:
+            self.metrics.question_vectors_reused.labels(purpose).inc()
+            return vector
+        started = time.perf_counter()
+        vector = await self.batcher.embed_one(text)
+        self.metrics.embed_seconds.observe(time.perf_counter() - started)
+        self.question_vectors.put(tenant_id, text, vector)
+        return vector
 
     # ------------------------------------------------------------------ corpus version
 
@@ -190,9 +208,9 @@ class RetrievalService:
         if not options.rag and not options.semantic_cache:
             return [_context(request, [], version), _search_audit(request, 0, False, version)]
 
-        started = time.perf_counter()
-        vector = await self.batcher.embed_one(request.question)
-        self.metrics.embed_seconds.observe(time.perf_counter() - started)
+        vector = await self._question_vector(
+            tenant_id=request.tenant_id, text=request.question, purpose="question"
+        )
 
         if options.semantic_cache:
             cached = await self._lookup_cache(request=request, vector=vector, version=version)
@@ -250,7 +268,9 @@ class RetrievalService:
             return False
         if completed.corpus_version != await self.corpus_version(tenant_id=completed.tenant_id):
             return False  # the documents changed since: the entry could never be served
-        vector = await self.batcher.embed_one(completed.question)
+        vector = await self._question_vector(
+            tenant_id=completed.tenant_id, text=completed.question, purpose="cache_fill"
+        )
         now = int(time.time())
         record = VectorRecord(
             id=str(completed.request_id),  # a redelivered answer overwrites, never duplicates
@@ -306,6 +326,8 @@ class RetrievalService:
                 raise
             return [_ack(event, LifecycleAction.OFFBOARDED, False, type(exc).__name__)]
         self._last_purge.pop(event.tenant_id, None)
+        if self.question_vectors is not None:
+            self.question_vectors.forget_tenant(event.tenant_id)
         audit = AuditRecorded(
             event_id=derived_id(event.event_id, "retrieval-audit"),
             tenant_id=event.tenant_id,

@@ -479,6 +479,42 @@ async def test_paraphrases_hit_the_cache_and_different_questions_miss(
     assert await cache_count(service, tenant) == 2
 
 
+async def test_a_question_is_embedded_once_for_its_cache_fill_and_repeats_but_per_tenant(
+    app: FastAPI, collector: Collector, service: RetrievalService, registry: CollectorRegistry
+) -> None:
+    def embedded() -> float:
+        return registry.get_sample_value("retrieval_embed_seconds_count") or 0.0
+
+    def reused(purpose: str) -> float:
+        sample = "retrieval_question_vectors_reused_total"
+        return registry.get_sample_value(sample, {"purpose": purpose}) or 0.0
+
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    question = f"Which plan includes single sign-on? ({tenant.hex[:6]})"
+    before = embedded(), reused("question"), reused("cache_fill")
+
+    assert isinstance(await ask(app, collector, chat_request(tenant, question)), ContextRetrieved)
+    assert embedded() == before[0] + 1
+
+    # Inference's answer comes back: it goes into the cache under the vector computed a moment
+    # ago for the question, without embedding it again.
+    await fill_cache(
+        app, service, completed(tenant, question, "The Business plan.", corpus_version=0), expect=1
+    )
+    assert (embedded(), reused("cache_fill")) == (before[0] + 1, before[2] + 1)
+
+    # The same question again: a cache hit, and no embedding at all.
+    hit = await ask(app, collector, chat_request(tenant, question))
+    assert isinstance(hit, ChatCompleted)
+    assert hit.cached
+    assert (embedded(), reused("question")) == (before[0] + 1, before[1] + 1)
+
+    # Another tenant asking the very same text pays its own embedding (no cross-tenant timing
+    # signal) and, with an empty cache namespace of its own, gets no cached answer.
+    assert isinstance(await ask(app, collector, chat_request(other, question)), ContextRetrieved)
+    assert (embedded(), reused("question")) == (before[0] + 2, before[1] + 1)
+
+
 async def _equals(value: Any, expected: int) -> bool:
     return bool(await value == expected)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 from pydantic import ValidationError
 from tenantry_retrieval.config import RetrievalSettings
-from tenantry_retrieval.embeddings import MicroBatcher
+from tenantry_retrieval.embeddings import MicroBatcher, QuestionVectors
 from tenantry_retrieval.service import cache_threshold
 from tenantry_retrieval.vectorstore import Namespace, TenantRequired, namespace_for
 
@@ -102,3 +102,33 @@ def test_settings_defaults_serve_on_8001_with_embedded_chroma_under_var() -> Non
     assert settings.vector_backend == "chroma"
     assert settings.chroma_path.parts[-2:] == ("var", "chroma")
     assert settings.chroma_http_url is None
+
+
+def test_question_vectors_are_kept_per_tenant_and_evicted_least_recently_used_first() -> None:
+    vectors = QuestionVectors(max_entries=2)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    vectors.put(a, "refund policy?", [0.6, 0.8])
+    assert vectors.get(a, "refund policy?") == [0.6, 0.8]
+    assert vectors.get(b, "refund policy?") is None, "another tenant's entry is never served"
+    assert vectors.get(a, "Refund policy?") is None, "the exact text only"
+    vectors.put(a, "shipping?", [1.0, 0.0])
+    assert vectors.get(a, "refund policy?") is not None  # now the most recently used
+    vectors.put(b, "warranty?", [0.0, 1.0])
+    assert len(vectors) == 2
+    assert vectors.get(a, "shipping?") is None, "the least recently used entry made room"
+    assert vectors.get(a, "refund policy?") == [0.6, 0.8]
+
+
+def test_question_vectors_forget_an_offboarded_tenant_and_can_be_turned_off() -> None:
+    vectors = QuestionVectors(max_entries=10)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    vectors.put(a, "q1", [1.0])
+    vectors.put(a, "q2", [1.0])
+    vectors.put(b, "q1", [1.0])
+    vectors.forget_tenant(a)
+    assert (vectors.get(a, "q1"), vectors.get(a, "q2")) == (None, None)
+    assert vectors.get(b, "q1") == [1.0]
+    off = QuestionVectors(max_entries=0)
+    off.put(a, "q1", [1.0])
+    assert off.get(a, "q1") is None
+    assert len(off) == 0
