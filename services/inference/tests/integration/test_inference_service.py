@@ -3,7 +3,8 @@
 Answers come from the real local model server (SmolLM2 through llama-cpp-python). A scripted
 OpenAI-compatible server (a small Starlette app started here) stands in only for the failure
 cases the real server cannot be made to produce: 429, 500s, timeouts and leaking answers; the
-tests using it say "scripted" in their names.
+tests using it say "scripted" in their names. The ``python -m`` SIGTERM test also uses it, to hold
+one answer in flight while the process is told to stop.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -59,6 +62,7 @@ from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.localstack import free_port
 from tenantry_common.messaging import ensure_topics, publish_event
 from tenantry_common.settings import LOCAL_MODEL, ModelSpec, default_catalogue
+from tenantry_common.testing.fixtures import LOG_DIR, private_broker
 from tenantry_common.topics import (
     AUDIT,
     CHAT_CONTEXT,
@@ -82,6 +86,10 @@ SCRIPTED_MODELS = {
     "scripted-leak": "leaky",
     "scripted-zero-usage": "zero-usage",
 }
+#: Served name of the scripted behaviour that holds its answer until the test releases it.
+HELD = "held-until-released"
+#: What uvicorn logs when it starts the app's lifespan shutdown (the broker's stop).
+SHUTDOWN_STARTED = "Waiting for application shutdown."
 OTHER_TENANT_NAME = "Globex Industries"
 
 
@@ -94,6 +102,9 @@ class ScriptedOpenAI:
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        #: HELD: set when such a request arrives; its answer starts only once ``release`` is set.
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
 
     def count(self, question: str) -> int:
         return self.calls.get(question, 0)
@@ -110,6 +121,9 @@ class ScriptedOpenAI:
             return JSONResponse({"error": {"message": "boom"}}, 500, headers=fast_retry)
         if behaviour == "slow":
             await asyncio.sleep(2)
+        if behaviour == HELD:
+            self.held.set()
+            await asyncio.wait_for(self.release.wait(), 120)
         text = SCRIPTED_ANSWER
         if behaviour == "leaky":
             text = f"Sure. Our other customer {OTHER_TENANT_NAME} uses the key {LEAK_KEY} daily."
@@ -787,46 +801,155 @@ async def test_health_readiness_and_llm_metrics_are_served(harness: Harness) -> 
     assert 'type="completion"' in text
 
 
-@pytest.mark.skip(reason="fails in the full suite (never ready within 180 s); under investigation")
-async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
-    kafka_bootstrap: str, model_server_url: str
-) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "TENANTRY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+# --------------------------------------------------------------------------- the process
+
+
+@pytest.fixture
+def own_broker() -> Iterator[str]:
+    """A broker of the test's own: a fresh consumer group on the session broker would replay
+    every earlier test's requests, configs and lifecycle events (and answer the requests again)."""
+    with private_broker() as bootstrap:
+        yield bootstrap
+
+
+def service_env(bootstrap: str, port: int, scripted_url: str, chat_group: str) -> dict[str, str]:
+    """The child's environment: no TENANTRY_* setting inherited, only what the test chooses."""
+    models = default_catalogue() | {
+        "scripted-held": ModelSpec(
+            base_url=scripted_url,
+            served_name=HELD,
+            input_price_micros_per_mtok=1,
+            output_price_micros_per_mtok=1,
+            context_window=2048,
+        )
+    }
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    return inherited | {
+        "TENANTRY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "TENANTRY_HTTP_PORT": str(port),
-        "TENANTRY_LOCAL_MODEL_BASE_URL": model_server_url,
-        "TENANTRY_CHAT_GROUP_ID": f"inference.chat.test-{uuid.uuid4().hex[:6]}",
+        "TENANTRY_MODELS": json.dumps({k: v.model_dump(mode="json") for k, v in models.items()}),
+        "TENANTRY_CHAT_GROUP_ID": chat_group,
         "TENANTRY_LIFECYCLE_GROUP_ID": f"inference.lifecycle.test-{uuid.uuid4().hex[:6]}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tenantry_inference"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+
+
+async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+    finally:
+        await admin.close()
+    found = offsets.get(tp)
+    return found.offset if found is not None and found.offset >= 0 else None
+
+
+async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
+    own_broker: str, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The process becomes ready, and on SIGTERM finishes the answer in flight (answer, usage,
+    audit, offset committed) before it exits, starting nothing new."""
+    server, scripted_url = scripted
+    server.held.clear()
+    server.release.clear()
+    port = free_port()
+    chat_group = f"inference.chat.test-{uuid.uuid4().hex[:6]}"
+    reply_topic = f"test.inference.replies.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(own_broker, [TopicSpec(reply_topic, 4)])
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"inference-{port}.log"
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    # The child's output goes to a file: a pipe nobody reads fills up (64 KiB) and the child
+    # then blocks in its first log write after that, with its event loop (and /readyz) inside.
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tenantry_inference"],
+            env=service_env(own_broker, port, scripted_url, chat_group),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    tap = Tap(own_broker, [reply_topic, USAGE.name, AUDIT.name])
+    await tap.start()
+    publisher = KafkaBroker(own_broker)
+    await publisher.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            deadline = asyncio.get_running_loop().time() + 180
+            deadline = asyncio.get_running_loop().time() + 120
             while True:
-                assert proc.poll() is None, "the service exited early"
+                assert proc.poll() is None, f"the service exited early:\n{output()[-3000:]}"
                 with contextlib.suppress(httpx.TransportError):
                     if (await http.get("/readyz")).status_code == 200:
                         break
-                assert asyncio.get_running_loop().time() < deadline, "never became ready"
+                assert asyncio.get_running_loop().time() < deadline, output()[-3000:]
                 await asyncio.sleep(0.2)
             assert "llm_requests_total" in (await http.get("/metrics")).text
-        proc.send_signal(signal.SIGTERM)
+
+            request = context(
+                uuid.uuid4(), reply_topic, question="Are you still there?", model="scripted-held"
+            )
+            queued = context(uuid.uuid4(), reply_topic, question="And now?", model="scripted-held")
+            await publish_event(publisher, CHAT_CONTEXT, request, partition=0)
+            # Joining the consumer group takes a while on Tansu.
+            await asyncio.wait_for(server.held.wait(), 120)
+            # Behind the held one on the same partition: not started once stopping began.
+            await publish_event(publisher, CHAT_CONTEXT, queued, partition=0)
+
+            proc.send_signal(signal.SIGTERM)
+        # Hold the answer until the app's own shutdown (stopping the broker) is under way.
+        shutdown_deadline = asyncio.get_running_loop().time() + 30
+        while SHUTDOWN_STARTED not in output():
+            assert proc.poll() is None, f"exited with the answer in flight:\n{output()[-3000:]}"
+            assert asyncio.get_running_loop().time() < shutdown_deadline, "SIGTERM ignored"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        assert proc.poll() is None, f"exited with the answer in flight:\n{output()[-3000:]}"
+        assert not tap.events(for_request(request.request_id))
+        server.release.set()
+
         # uvicorn shuts down gracefully, then re-raises the signal (so the status says SIGTERM).
-        assert await asyncio.to_thread(proc.wait, 30) in (0, -signal.SIGTERM)
+        status = await asyncio.to_thread(proc.wait, 60)
+        assert status in (0, -signal.SIGTERM), output()[-3000:]
+
+        (final,) = await tap.wait(
+            lambda e: for_request(request.request_id)(e) and isinstance(e, ChatCompleted), 1, 30
+        )
+        assert isinstance(final, ChatCompleted)
+        assert final.answer == SCRIPTED_ANSWER
+        await tap.wait(
+            lambda e: for_request(request.request_id)(e) and isinstance(e, UsageRecorded), 1, 30
+        )
+        await tap.wait(
+            lambda e: isinstance(e, AuditRecorded) and e.resource_id == str(request.request_id),
+            1,
+            30,
+        )
+        # Committed before exit, and only that one: a restarted replica answers the queued
+        # request, never the finished one again.
+        tp = TopicPartition(CHAT_CONTEXT.name, 0)
+        assert await committed_offset(own_broker, chat_group, tp) == 1, output()[-3000:]
+        assert not tap.events(for_request(queued.request_id))
     finally:
+        server.release.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    output = proc.stdout.read().decode() if proc.stdout else ""
+        await publisher.stop()
+        await tap.stop()
+
     # Logs are JSON lines from our handler.
-    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in output().splitlines() if line.startswith("{")]
     assert records
     assert all(r["service"] == "inference" for r in records)
-    assert any("shutdown complete" in r["message"].lower() for r in records), output[-2000:]
+    messages = [r["message"] for r in records]
+    assert "Application shutdown complete." in messages, output()[-3000:]
+    assert "offset commit failed" not in messages, output()[-3000:]
+    processed = [
+        i
+        for i, r in enumerate(records)
+        if r["message"] == "Processed" and r.get("topic") == CHAT_CONTEXT.name
+    ]
+    assert processed, output()[-3000:]
+    assert processed[0] > messages.index(SHUTDOWN_STARTED), "the answer was not held into shutdown"
