@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import uvicorn
-from tenantry_common.logging import configure_logging
-
-from tenantry_auth.app import build_app
-from tenantry_auth.config import Settings
+from tenantry_auth.runtime import pin_mmap_threshold, skip_httpx_cli
 
 
 def main() -> None:
     """Run the edge with uvicorn on the configured host and port."""
+    pin_mmap_threshold()
+    skip_httpx_cli()
+    # Imported here, after the two settings above (httpx must not be imported before).
+    import uvicorn
+    from tenantry_common.logging import configure_logging
+
+    from tenantry_auth.app import build_app
+    from tenantry_auth.config import Settings
+
     settings = Settings()
     configure_logging(settings.service_name, settings.log_level)
     uvicorn.run(

@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -221,6 +222,14 @@ class Problem(BaseModel):
     detail: str
 
 
+@dataclass(frozen=True)
+class CheckedAccess:
+    """A verified principal allowed to act now, and its tenant's recorded config version."""
+
+    principal: Principal
+    config_version: int | None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -295,10 +304,11 @@ def api_router(
 
     verified = principal_dependency(verifier, on_unverified)
 
-    async def current_principal(
+    async def checked_access(
         request: Request, principal: Annotated[Principal, Depends(verified)]
-    ) -> Principal:
+    ) -> CheckedAccess:
         reason: str | None = None
+        config_version: int | None = None
         if principal.issuer == EDGE_ISSUER:
             if principal.client_id is None:
                 reason = "token has no client_id"
@@ -312,7 +322,8 @@ def api_router(
                 reason = "external issuers cannot grant the operator role"
         if reason is None:
             client = principal.client_id if principal.issuer == EDGE_ISSUER else None
-            reason = await edge.guard.refusal(tenant_id=principal.tenant_id, client_id=client)
+            access = await edge.guard.check(tenant_id=principal.tenant_id, client_id=client)
+            reason, config_version = access.refusal, access.config_version
         if reason is not None:
             await deny(request, reason, tenant_id=principal.tenant_id, actor=principal.subject)
             raise HTTPException(
@@ -320,7 +331,12 @@ def api_router(
                 detail=f"invalid token: {reason}",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        return principal
+        return CheckedAccess(principal, config_version)
+
+    async def current_principal(
+        checked: Annotated[CheckedAccess, Depends(checked_access)],
+    ) -> Principal:
+        return checked.principal
 
     def requires(*roles: Role) -> Callable[..., Awaitable[Principal]]:
         async def check(
@@ -344,6 +360,8 @@ def api_router(
     TenantAdmin = Annotated[Principal, Depends(requires(Role.ADMIN))]
     TenantUser = Annotated[Principal, Depends(requires(Role.MEMBER, Role.ADMIN))]
     AnyPrincipal = Annotated[Principal, Depends(current_principal)]
+    # The same check as the principal's (FastAPI runs a dependency once per request).
+    Access = Annotated[CheckedAccess, Depends(checked_access)]
 
     async def forbid_other_tenant(
         request: Request, principal: Principal, tenant_id: uuid.UUID
@@ -650,6 +668,7 @@ def api_router(
 
     async def admit(
         principal: Principal,
+        access: CheckedAccess,
         *,
         request_id: uuid.UUID,
         question: str,
@@ -675,6 +694,7 @@ def api_router(
             conversation_id=conversation_id,
             stream=stream,
             reply_partition=partition,
+            recorded_config_version=access.config_version,
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
@@ -712,7 +732,9 @@ def api_router(
             504: {"model": Problem},
         },
     )
-    async def chat(body: ChatRequest, request: Request, principal: TenantUser) -> Response:
+    async def chat(
+        body: ChatRequest, request: Request, principal: TenantUser, access: Access
+    ) -> Response:
         """Ask a question over the tenant's documents (JSON, or Server-Sent Events)."""
         stream = wants_stream(request, body.stream)
         deadline = settings.chat_deadline_s
@@ -722,6 +744,7 @@ def api_router(
         try:
             admitted = await admit(
                 principal,
+                access,
                 request_id=request_id,
                 question=body.question,
                 history=[],
@@ -796,7 +819,7 @@ def api_router(
         },
     )
     async def chat_completions(
-        body: ChatCompletionRequest, request: Request, principal: TenantUser
+        body: ChatCompletionRequest, request: Request, principal: TenantUser, access: Access
     ) -> Response:
         """OpenAI-compatible chat completions (whole or streamed)."""
         user_turns = [i for i, m in enumerate(body.messages) if m.role == "user"]
@@ -816,6 +839,7 @@ def api_router(
             try:
                 admitted = await admit(
                     principal,
+                    access,
                     request_id=request_id,
                     question=question,
                     history=history,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +34,7 @@ from tenantry_auth import service
 from tenantry_auth.access import AccessGuard
 from tenantry_auth.api import api_router, install_error_handlers
 from tenantry_auth.config import Settings
+from tenantry_auth.configs import ConfigCache
 from tenantry_auth.handlers import lifecycle_router
 from tenantry_auth.keys import KeyCipher, KeyRing
 from tenantry_auth.limits import BodySizeLimit
@@ -43,16 +47,64 @@ log = logging.getLogger("tenantry.auth")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-async def migrate(settings: Settings) -> None:
-    """Create the database if needed and upgrade it, one replica at a time."""
+_REVISION = re.compile(r"^revision\b[^=]*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\b[^=]*=\s*(.+)$", re.MULTILINE)
+_QUOTED = re.compile(r"['\"]([^'\"]+)['\"]")
+
+
+def head_revisions(migrations: Path = MIGRATIONS) -> set[str]:
+    """The newest revision(s) of the edge's migrations, read from their files without Alembic."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (migrations / "versions").glob("*.py"):
+        source = path.read_text()
+        if found := _REVISION.search(source):
+            revisions.add(found.group(1))
+        if down := _DOWN_REVISION.search(source):
+            parents |= set(_QUOTED.findall(down.group(1)))
+    return revisions - parents
+
+
+async def _upgrade_in_child(dsn: str) -> None:
+    # Alembic pulls in Mako and Mako all of Pygments' lexers: ≈ 10 MiB that a served edge
+    # would keep for its whole life after one upgrade. A child process returns them.
+    code = (
+        "import os, sys, pathlib; from tenantry_common.db import run_migrations; "
+        "run_migrations(os.environ['TENANTRY_MIGRATE_DSN'], pathlib.Path(sys.argv[1]))"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(MIGRATIONS), env=os.environ | {"TENANTRY_MIGRATE_DSN": dsn}
+    )
+    status = await child.wait()
+    if status != 0:
+        raise RuntimeError(f"the database migration failed (exit code {status}); see the log")
+
+
+async def migrate(settings: Settings, *, upgrade_in_child: bool = False) -> None:
+    """Create the database if needed and upgrade it, one replica at a time.
+
+    A database already at the newest revision is left alone without importing Alembic; the
+    served edge runs an upgrade in a child process (``upgrade_in_child``), so it never holds
+    Alembic's modules."""
     await ensure_database(settings.postgres_dsn)
     engine = create_engine(settings.postgres_dsn, pool_size=1)
+    heads = head_revisions()
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(hashtext('tenantry-auth-migrate'))"))
             await conn.commit()
             try:
-                await asyncio.to_thread(run_migrations, settings.postgres_dsn, MIGRATIONS)
+                current: set[str] = set()
+                if await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL")):
+                    rows = await conn.scalars(text("SELECT version_num FROM alembic_version"))
+                    current = set(rows)
+                await conn.commit()
+                if current == heads:
+                    return
+                if upgrade_in_child:
+                    await _upgrade_in_child(settings.postgres_dsn)
+                else:
+                    await asyncio.to_thread(run_migrations, settings.postgres_dsn, MIGRATIONS)
             finally:
                 await conn.execute(
                     text("SELECT pg_advisory_unlock(hashtext('tenantry-auth-migrate'))")
@@ -67,6 +119,7 @@ def build_edge(
 ) -> service.Edge:
     """The ``Edge`` the logic works with, over the given connections."""
     sessions = session_factory(engine)
+    guard = AccessGuard(redis=redis, sessions=sessions)
 
     async def publish(topic: TopicSpec, event: Event) -> None:
         await publish_event(broker, topic, event)
@@ -76,7 +129,7 @@ def build_edge(
         sessions=sessions,
         redis=redis,
         publish=publish,
-        guard=AccessGuard(redis=redis, sessions=sessions),
+        guard=guard,
         keys=KeyRing(
             sessions=sessions,
             cipher=KeyCipher(settings.signing_key_secret.get_secret_value()),
@@ -88,6 +141,12 @@ def build_edge(
         ),
         budgets=BudgetStore(redis),
         rates=RateLimiter(redis),
+        configs=ConfigCache(
+            sessions=sessions,
+            guard=guard,
+            max_age_s=settings.config_cache_max_age_s,
+            max_entries=settings.config_cache_size,
+        ),
     )
 
 
@@ -136,7 +195,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_start:
-            await migrate(settings)
+            await migrate(settings, upgrade_in_child=True)
         await service.ensure_platform_tenant(sessions=edge.sessions)
         if settings.bootstrap_operator_secret is not None:
             await service.bootstrap_operator(

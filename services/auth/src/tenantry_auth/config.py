@@ -49,6 +49,14 @@ class Settings(CommonSettings):
     onboarding_timeout_s: float = Field(default=120.0, gt=0)
     onboarding_sweep_s: float = Field(default=2.0, gt=0)
 
+    config_cache_max_age_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Reread a tenant's configuration at least this often, even when Redis "
+        "recorded no newer version (the bound if recording a change in Redis failed).",
+    )
+    config_cache_size: int = Field(default=10_000, ge=1, description="Tenants held in memory.")
+
     chat_deadline_s: float = Field(default=60.0, gt=0)
     reply_lease_namespace: str = "tenantry:edge:reply-partition"
     reply_lease_ttl_s: float = Field(default=10.0, gt=1)

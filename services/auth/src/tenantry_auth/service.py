@@ -62,6 +62,7 @@ from tenantry_common.topics import (
 from tenantry_auth import repository as repo
 from tenantry_auth.access import AccessGuard
 from tenantry_auth.config import Settings
+from tenantry_auth.configs import ConfigCache
 from tenantry_auth.keys import KeyRing
 from tenantry_auth.models import Client, Document, DocumentStatus, Tenant, TenantStatus
 from tenantry_auth.ratelimit import RateDecision, RateLimiter
@@ -133,6 +134,7 @@ class Edge:
     hasher: SecretHasher
     budgets: BudgetStore
     rates: RateLimiter
+    configs: ConfigCache
 
 
 # --------------------------------------------------------------------------- tiers and config
@@ -641,6 +643,7 @@ async def offboard_tenant(*, edge: Edge, tenant_id: uuid.UUID, actor: str, reaso
             edge.guard.set_status(tenant_id=tenant_id, status=TenantStatus.OFFBOARDING.value)
         )
         await _redis_write(edge.guard.revoke(tenant_id=tenant_id, client_ids=revoked))
+    edge.configs.forget(tenant_id)
     try:
         await edge.publish(
             TENANTS_LIFECYCLE,
@@ -668,7 +671,7 @@ async def offboard_tenant(*, edge: Edge, tenant_id: uuid.UUID, actor: str, reaso
 
 
 async def load_config(*, edge: Edge, tenant_id: uuid.UUID) -> tuple[TenantConfig, int]:
-    """A tenant's current configuration and its version."""
+    """A tenant's current configuration and its version, read from Postgres."""
     async with edge.sessions() as session:
         row = await repo.current_config(session=session, tenant_id=tenant_id)
     if row is None:
@@ -707,6 +710,8 @@ async def update_config(
         raise Conflict("the configuration was changed concurrently; reload and retry") from None
     except (OSError, KafkaError) as exc:
         raise Unavailable("the change could not be published; nothing was changed") from exc
+    # After the commit: from here on every replica's next request uses the new version.
+    await edge.configs.committed(tenant_id=tenant_id, version=new_version, config=config)
     await record_audit(
         edge=edge,
         tenant_id=tenant_id,
@@ -833,12 +838,22 @@ async def admit_chat(
     conversation_id: uuid.UUID | None,
     stream: bool,
     reply_partition: int,
+    recorded_config_version: int | None = None,
     model: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
 ) -> AdmittedChat:
-    """Check flags, rate and budget, then publish the request; release the hold if that fails."""
-    config, version = await load_config(edge=edge, tenant_id=principal.tenant_id)
+    """Check flags, rate and budget, then publish the request; release the hold if that fails.
+
+    ``recorded_config_version`` is the tenant's config version the access check read from
+    Redis: the config held in memory is used when it is that version (see ``configs``).
+    """
+    found = await edge.configs.get(
+        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
+    )
+    if found is None:
+        raise NotFound("this tenant has no configuration")
+    config, version = found
     if stream and not config.features.streaming:
         raise Forbidden("streaming is disabled for this tenant")
     chosen = model or config.model
