@@ -401,7 +401,12 @@ class PineconeStore:
 
 
 def _is_not_found(exc: Exception) -> bool:
-    return getattr(exc, "status", None) == 404 or type(exc).__name__ == "NotFoundException"
+    # SDK 7 raises NotFoundException with ``status``; SDK 10 raises NotFoundError with
+    # ``status_code`` (NotFoundException survives only as an alias, so the name check misses it).
+    return (
+        404 in (getattr(exc, "status", None), getattr(exc, "status_code", None))
+        or type(exc).__name__ == "NotFoundException"
+    )
 
 
 def build_store(settings: RetrievalSettings, *, dimension: int) -> VectorStore:

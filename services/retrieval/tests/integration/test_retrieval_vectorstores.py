@@ -1,6 +1,8 @@
 """One contract suite for every vector store: Chroma runs here for real (embedded, in a temp
 directory); Pinecone runs against the real service when PINECONE_API_KEY is set and is skipped
-visibly otherwise."""
+visibly otherwise. Pinecone's cloud cannot run here, so PineconeStore also runs the whole suite
+through the real ``pinecone`` SDK against an in-process mock of Pinecone's data-plane API
+(``retrieval_pinecone_mock``); those tests carry ``pinecone_mock_server`` in their id."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from pinecone import Pinecone
+from retrieval_pinecone_mock import MOCK_INDEX_DIMENSION, PineconeMock
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.vectorstore import (
     ChromaStore,
+    Filter,
     Namespace,
     PineconeStore,
     TenantRequired,
@@ -26,7 +31,7 @@ from tenantry_retrieval.vectorstore import (
 
 pytestmark = pytest.mark.integration
 
-DIM = 16
+DIM = MOCK_INDEX_DIMENSION  # the mock Pinecone index is created with it
 PINECONE_KEY = os.environ.get("PINECONE_API_KEY")
 
 
@@ -58,11 +63,16 @@ def _records(document: str, count: int, seed: int = 0) -> list[VectorRecord]:
                 not PINECONE_KEY, reason="PINECONE_API_KEY not set: Pinecone contract not run"
             ),
         ),
+        "pinecone_mock_server",
     ]
 )
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
     if request.param == "chroma":
         built: VectorStore = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
+    elif request.param == "pinecone_mock_server":
+        mock: PineconeMock = request.getfixturevalue("pinecone_mock_server")
+        # The SDK's real client, pointed at the mock's host the way Pinecone Local is used.
+        built = PineconeStore(Pinecone(api_key=mock.api_key).Index(host=mock.host))
     else:
         settings = RetrievalSettings(
             vector_backend="pinecone",
@@ -154,6 +164,52 @@ async def test_delete_where_removes_only_matching_records(store: VectorStore) ->
     await _count_is(store, tenant, Namespace.DOCUMENTS, 5)
     hits = await store.query(tenant_id=tenant, kind=Namespace.DOCUMENTS, vector=_unit(0), top_k=10)
     assert {h.metadata["document_id"] for h in hits} == {"e"}
+
+
+async def test_every_comparison_selects_what_it_names(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.upsert(tenant_id=tenant, kind=Namespace.DOCUMENTS, records=_records("d", 5))
+    await _count_is(store, tenant, Namespace.DOCUMENTS, 5)
+    expected: dict[str, tuple[Filter, list[int]]] = {
+        "plain equality": ({"chunk_index": 2}, [2]),
+        "$eq": ({"chunk_index": {"$eq": 2}}, [2]),
+        "$ne": ({"chunk_index": {"$ne": 2}}, [0, 1, 3, 4]),
+        "$gt": ({"chunk_index": {"$gt": 2}}, [3, 4]),
+        "$gte": ({"chunk_index": {"$gte": 2}}, [2, 3, 4]),
+        "$lt": ({"chunk_index": {"$lt": 2}}, [0, 1]),
+        "$lte": ({"chunk_index": {"$lte": 2}}, [0, 1, 2]),
+        "string $ne": ({"document_id": {"$ne": "d"}}, []),
+    }
+    for name, (where, chunks) in expected.items():
+        hits = await store.query(
+            tenant_id=tenant, kind=Namespace.DOCUMENTS, vector=_unit(0), top_k=10, where=where
+        )
+        assert sorted(h.id for h in hits) == [f"d:{i}" for i in chunks], name
+
+
+async def test_delete_and_drop_never_reach_another_tenant(store: VectorStore) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for tenant in (a, b):
+        for kind in Namespace:
+            await store.upsert(tenant_id=tenant, kind=kind, records=_records("d", 3))
+    for tenant in (a, b):
+        for kind in Namespace:
+            await _count_is(store, tenant, kind, 3)
+    # The same filter and the same namespace kind in tenant A leave tenant B whole.
+    await store.delete_where(tenant_id=a, kind=Namespace.DOCUMENTS, where={"document_id": "d"})
+    await store.drop(tenant_id=a, kind=Namespace.CACHE)
+    await _count_is(store, a, Namespace.DOCUMENTS, 0)
+    await _count_is(store, a, Namespace.CACHE, 0)
+    for kind in Namespace:
+        await _count_is(store, b, kind, 3)
+        hits = await store.query(tenant_id=b, kind=kind, vector=_unit(1), top_k=10)
+        assert sorted(h.id for h in hits) == ["d:0", "d:1", "d:2"]
+
+
+async def test_delete_where_in_an_absent_namespace_is_a_no_op(store: VectorStore) -> None:
+    tenant = uuid.uuid4()
+    await store.delete_where(tenant_id=tenant, kind=Namespace.DOCUMENTS, where={"document_id": "d"})
+    assert await store.count(tenant_id=tenant, kind=Namespace.DOCUMENTS) == 0
 
 
 async def test_drop_deletes_the_namespace_and_tolerates_absence(store: VectorStore) -> None:
