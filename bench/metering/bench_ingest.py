@@ -8,9 +8,10 @@
    settlement, aggregates, budget checks, rollups) on a fresh database and times the ledger
    from its first to its last row (sustained rate), polling ``count(*)``.
 3. In the same database, inserts the same N rows into a copy of the ledger table (same
-   columns, same primary key) with plain batched INSERTs of the consumer's batch size:
-   asyncpg ``executemany`` per batch in one transaction each, and one multi-row
-   ``INSERT … SELECT unnest(…)`` per batch.
+   columns, same primary key) with plain batched INSERTs of ``--batch`` rows (1,000): asyncpg
+   ``executemany`` per batch in one transaction each, and one multi-row
+   ``INSERT … SELECT unnest(…)`` per batch. The consumer's batch size is ``--consumer-batch``
+   (default: the same).
 4. Prints both and the ratio, and writes them as JSON next to this script (``results/``).
 """
 
@@ -211,7 +212,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--batch", type=int, default=1000, help="rows per transaction of the raw INSERT baseline"
+    )
+    parser.add_argument(
+        "--consumer-batch",
+        type=int,
+        default=None,
+        help="the consumer's max records per batch (default: --batch)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
@@ -226,12 +235,13 @@ async def main() -> None:
         events = make_events(args.events, args.tenants)
         produce_s = await fill_topic(bootstrap, events)
         print(f"filled usage.v1 with {len(events)} events in {produce_s:.1f}s")
+        consumer_batch = args.consumer_batch or args.batch
         settings = Settings(
             environment="test",
             postgres_dsn=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
             kafka_bootstrap_servers=bootstrap,
             usage_group_id=f"metering.usage.bench-{uuid.uuid4().hex[:6]}",
-            usage_batch_max_records=args.batch,
+            usage_batch_max_records=consumer_batch,
             log_level="WARNING",
         )
         await ensure_database(settings.postgres_dsn)
@@ -247,6 +257,7 @@ async def main() -> None:
             "events": len(events),
             "tenants": args.tenants,
             "batch": args.batch,
+            "consumer_batch": consumer_batch,
             "consumer": consumer,
             "raw_batched_insert": raw,
             "ratio_to_fastest_raw": round(rate / best_raw, 3),

@@ -79,6 +79,58 @@ redis.call('EXPIRE', KEYS[4], ARGV[6])
 return 1
 """
 
+_SETTLE_BATCH = """
+-- Many settlements of ONE tenant, in order, with exactly the effects of _SETTLE run once per
+-- event. KEYS: the tenant's distinct token/hold/spend keys, then one marker per event.
+-- ARGV: 1 number of events, 2 token-key TTL, 3 marker TTL, 4 spend-key TTL, then one string
+-- per event: "<request id> <tokens> <cost> <i> <j> <k> <l>", where i, j, k, l are the KEYS
+-- indexes of its reserved-day tokens, reserved-day holds, usage-day tokens and month spend
+-- keys (one string rather than seven arguments: the client packs a seventh of the arguments).
+-- Counters are summed here and written once per key.
+local n = tonumber(ARGV[1])
+local markers = #KEYS - n
+local reserved = {}
+local used = {}
+local ttl = {}
+local applied = {}
+for i = 1, n do
+  if redis.call('SET', KEYS[markers + i], '1', 'NX', 'EX', ARGV[3]) == false then
+    applied[i] = 0
+  else
+    local request_id, tokens, cost, tk, hk, uk, sk = string.match(
+      ARGV[4 + i], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    tk, uk, sk = tonumber(tk), tonumber(uk), tonumber(sk)
+    local holds_key = KEYS[tonumber(hk)]
+    local held = redis.call('HGET', holds_key, request_id)
+    if held then
+      redis.call('HDEL', holds_key, request_id)
+      local r = reserved[tk]
+      if r == nil then
+        r = tonumber(redis.call('HGET', KEYS[tk], 'reserved') or '0')
+      end
+      r = r - tonumber(held)
+      if r < 0 then r = 0 end
+      reserved[tk] = r
+    end
+    used[uk] = (used[uk] or 0) + tonumber(tokens)
+    used[sk] = (used[sk] or 0) + tonumber(cost)
+    ttl[uk] = ARGV[2]
+    ttl[sk] = ARGV[4]
+    applied[i] = 1
+  end
+end
+for k, r in pairs(reserved) do
+  redis.call('HSET', KEYS[k], 'reserved', string.format('%d', r))
+end
+for k, u in pairs(used) do
+  redis.call('HINCRBY', KEYS[k], 'used', string.format('%d', u))
+end
+for k, t in pairs(ttl) do
+  redis.call('EXPIRE', KEYS[k], t)
+end
+return applied
+"""
+
 _RECONCILE = """
 -- Set settled totals to the ledger's; drop holds older than the cut-off (never settled).
 redis.call('HSET', KEYS[1], 'used', ARGV[1])
@@ -143,6 +195,37 @@ def seconds_until_next_day(now: datetime) -> int:
     return max(1, int((tomorrow - now).total_seconds()))
 
 
+class _TenantKeys:
+    """One tenant's distinct counter keys for a batched script, by their 1-based KEYS index
+    (the same keys as ``BudgetStore._tokens``, ``_holds`` and ``_spend``)."""
+
+    def __init__(self, tenant_id: uuid.UUID) -> None:
+        self.tenant_id = tenant_id
+        self.keys: list[str] = []
+        self._index: dict[tuple[str, date | str], int] = {}
+
+    def _slot(self, kind: str, period: date | str) -> int:
+        index = self._index.get((kind, period))
+        if index is None:
+            label = period if isinstance(period, str) else period.isoformat()
+            self.keys.append(tenant_key(self.tenant_id, "budget", kind, label))
+            index = self._index[(kind, period)] = len(self.keys)
+        return index
+
+    def tokens(self, day: date) -> int:
+        return self._slot("tokens", day)
+
+    def holds(self, day: date) -> int:
+        return self._slot("holds", day)
+
+    def spend(self, day: date) -> int:
+        """The spend key of the day's month."""
+        index = self._index.get(("spend-of-day", day))
+        if index is None:
+            index = self._index[("spend-of-day", day)] = self._slot("spend", month_of(day))
+        return index
+
+
 class BudgetStore:
     """Reservation, settlement and reconciliation of a tenant's token and spend budgets."""
 
@@ -152,6 +235,7 @@ class BudgetStore:
         self._release = redis.register_script(_RELEASE)
         self._settle = redis.register_script(_SETTLE)
         self._reconcile = redis.register_script(_RECONCILE)
+        self._settle_batch = redis.register_script(_SETTLE_BATCH)
 
     @staticmethod
     def _tokens(tenant_id: uuid.UUID, day: date) -> str:
@@ -259,6 +343,51 @@ class BudgetStore:
                 client=pipe,
             )
         return [bool(x) for x in await pipe.execute()]
+
+    async def settle_batch(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """``settle`` for many events: one script call per tenant, all in one round trip.
+
+        Same Redis state and results as ``settle_many`` (each event once, holds released in
+        order), but a tenant's counters are summed in the script and written once, so a batch
+        costs one script per tenant instead of one per event. Each tenant's script is atomic
+        and touches only that tenant's keys (one cluster slot).
+        """
+        if not settlements:
+            return []
+        by_tenant: dict[uuid.UUID, list[int]] = {}
+        for i, s in enumerate(settlements):
+            by_tenant.setdefault(s.tenant_id, []).append(i)
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant_id, indexes in by_tenant.items():
+            keys = _TenantKeys(tenant_id)
+            args: list[str | int] = [
+                len(indexes),
+                TOKEN_KEY_TTL_S,
+                SETTLED_MARKER_TTL_S,
+                SPEND_KEY_TTL_S,
+            ]
+            markers = []
+            # The four key indexes of a (reserved day, usage day) pair, formatted once.
+            slots: dict[tuple[date, date], str] = {}
+            for i in indexes:
+                s = settlements[i]
+                if s.tokens < 0 or s.cost_micros < 0:
+                    raise ValueError("a settlement's tokens and cost cannot be negative")
+                days = (s.reserved_day, s.usage_day)
+                slot = slots.get(days)
+                if slot is None:
+                    slot = slots[days] = (
+                        f"{keys.tokens(s.reserved_day)} {keys.holds(s.reserved_day)}"
+                        f" {keys.tokens(s.usage_day)} {keys.spend(s.usage_day)}"
+                    )
+                args.append(f"{s.request_id} {s.tokens} {s.cost_micros} {slot}")
+                markers.append(tenant_key(tenant_id, "budget", "settled", str(s.event_id)))
+            await self._settle_batch(keys=keys.keys + markers, args=args, client=pipe)
+        applied = [False] * len(settlements)
+        for indexes, results in zip(by_tenant.values(), await pipe.execute(), strict=True):
+            for i, result in zip(indexes, results, strict=True):
+                applied[i] = bool(result)
+        return applied
 
     async def reconcile(
         self,

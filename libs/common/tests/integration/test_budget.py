@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import date
 
 import pytest
-from tenantry_common.budget import BudgetStore, RefusalReason
+from tenantry_common.budget import BudgetStore, RefusalReason, Settlement
+from tenantry_common.tenancy import tenant_key
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +104,100 @@ async def test_reconcile_sets_settled_totals_to_the_ledger_and_recounts_holds(re
     await store.reconcile(tenant_id=tenant, day=DAY, ledger_tokens=120, ledger_spend_micros=33)
     snap = await store.snapshot(tenant_id=tenant, day=DAY)
     assert (snap.tokens_used, snap.tokens_reserved, snap.spend_used_micros) == (120, 50, 33)
+
+
+async def _scenario(store: BudgetStore, tenants: list[uuid.UUID], batched: bool) -> list[bool]:
+    """Reservations, then settlements in two rounds (with redeliveries) the given way."""
+    day2 = date(2026, 12, 1)  # a new day and a new month for some of the usage
+    rng = random.Random(11)
+    settlements: list[Settlement] = []
+    for t, tenant in enumerate(tenants):
+        for i in range(25):
+            request = uuid.UUID(int=(t << 64) + i)
+            reserved_day = DAY if i % 5 else day2
+            if i % 4:  # some usage was never reserved (e.g. a cached answer)
+                await store.reserve(
+                    tenant_id=tenant,
+                    request_id=request,
+                    tokens=300 + i,
+                    day=reserved_day,
+                    daily_limit=10**9,
+                )
+            settlements.append(
+                Settlement(
+                    tenant_id=tenant,
+                    event_id=uuid.UUID(int=(t << 64) + 1000 + i),
+                    request_id=request,
+                    reserved_day=reserved_day,
+                    usage_day=day2 if i % 3 == 0 else DAY,
+                    tokens=rng.randint(0, 900),
+                    cost_micros=rng.randint(0, 10**6),
+                )
+            )
+        # A request still in flight (its hold stays), and a counter a reconciliation lowered
+        # below the holds (releasing them must stop at zero).
+        await store.reserve(
+            tenant_id=tenant, request_id=uuid.uuid4(), tokens=77, day=DAY, daily_limit=10**9
+        )
+        await store.redis.hset(store._tokens(tenant, day2), "reserved", 100 * t)
+    order = settlements[:]
+    rng.shuffle(order)
+    first, second = order[:60], order[40:] + order[:10]  # overlapping: redeliveries
+    settle = store.settle_batch if batched else store.settle_many
+    return [*await settle(first), *await settle(second), *await settle([])]
+
+
+async def _state(redis_client, store: BudgetStore, tenant: uuid.UUID) -> dict:
+    day2 = date(2026, 12, 1)
+    keys = [
+        store._tokens(tenant, DAY),
+        store._tokens(tenant, day2),
+        store._holds(tenant, DAY),
+        store._holds(tenant, day2),
+        store._spend(tenant, "2026-11"),
+        store._spend(tenant, "2026-12"),
+    ]
+    state = {}
+    for n, key in enumerate(keys):
+        fields = await redis_client.hgetall(key)
+        if n == 2:  # the in-flight request's id is random: compare what it holds
+            fields = sorted(fields.values())
+        state[n] = (fields, await redis_client.ttl(key) > 0)
+    markers = [
+        tenant_key(tenant, "budget", "settled", str(uuid.UUID(int=(t << 64) + 1000 + i)))
+        for t in range(3)
+        for i in range(25)
+    ]
+    state["markers"] = await redis_client.exists(*markers)
+    return state
+
+
+async def test_batched_settlement_gives_the_same_redis_state_as_per_event_settlement(
+    redis_client,
+) -> None:
+    store = BudgetStore(redis_client)
+    per_event = [uuid.uuid4() for _ in range(3)]
+    batched = [uuid.uuid4() for _ in range(3)]
+    assert await _scenario(store, per_event, batched=False) == await _scenario(
+        store, batched, batched=True
+    )
+    for a, b in zip(per_event, batched, strict=True):
+        assert await _state(redis_client, store, a) == await _state(redis_client, store, b)
+    snap = await store.snapshot(tenant_id=batched[0], day=DAY)
+    assert snap.tokens_reserved == 77, "only the request still in flight holds tokens"
+    assert snap.tokens_used > 0
+
+
+async def test_batched_settlement_applies_each_event_once_and_releases_its_hold(
+    redis_client,
+) -> None:
+    store = BudgetStore(redis_client)
+    tenant, request, event = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await store.reserve(
+        tenant_id=tenant, request_id=request, tokens=300, day=DAY, daily_limit=10_000
+    )
+    once = Settlement(tenant, event, request, DAY, DAY, 120, 7)
+    assert await store.settle_batch([once, once]) == [True, False]
+    assert await store.settle_batch([once]) == [False]
+    snap = await store.snapshot(tenant_id=tenant, day=DAY)
+    assert (snap.tokens_used, snap.tokens_reserved, snap.spend_used_micros) == (120, 0, 7)

@@ -26,6 +26,16 @@ class Settings(CommonSettings):
     lifecycle_group_id: str = "metering.lifecycle"
 
     usage_batch_max_records: int = Field(default=1000, ge=1, le=10_000)
+    usage_batch_parts: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description=(
+            "A usage batch is split by tenant into this many parts, recorded and settled "
+            "concurrently (one transaction each): one part's Postgres and Redis round trips "
+            "overlap another's Python work."
+        ),
+    )
     usage_batch_timeout_ms: int = Field(default=200, ge=1)
     rollup_interval_s: float = Field(default=2.0, gt=0, description="Publish rollups this often.")
     reconcile_interval_s: float = Field(default=60.0, gt=0, description="Redis ↔ ledger period.")

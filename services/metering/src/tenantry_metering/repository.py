@@ -1,7 +1,7 @@
 """Every SQL statement of metering, in one place: ``tenant_id`` is in every key and WHERE clause.
 
-The hot path (``insert_ledger_rows`` and the aggregate upserts) sends whole batches as arrays
-through ``unnest`` — one statement per table per batch, whatever the batch size.
+The hot path (``record_ledger_batch``) sends a whole batch as arrays through ``unnest``: one
+statement writes the ledger rows and both aggregates, whatever the batch size.
 
 Three functions list tenant ids across tenants (``tenants_with_usage_since``,
 ``tenants_with_pending_alerts``, ``offboarded_tenant_ids``); they are the platform's own
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from sqlalchemy import text
@@ -20,22 +20,31 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenantry_common.ids import utcnow
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    tenant_id: uuid.UUID
-    event_id: uuid.UUID
-    request_id: uuid.UUID
-    occurred_at: datetime
-    day: date
-    model: str
-    user_id: str
-    source: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached: bool
-    cost_micros: int
-    priced: bool
-    payload_sha256: bytes
+@dataclass
+class LedgerColumns:
+    """A batch of ledger rows as one list per column (same order), each key at most once."""
+
+    tenant_id: list[uuid.UUID] = field(default_factory=list)
+    event_id: list[uuid.UUID] = field(default_factory=list)
+    request_id: list[uuid.UUID] = field(default_factory=list)
+    occurred_at: list[datetime] = field(default_factory=list)
+    day: list[date] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    completion_tokens: list[int] = field(default_factory=list)
+    cached: list[bool] = field(default_factory=list)
+    cost_micros: list[int] = field(default_factory=list)
+    #: False when the model is not in the catalogue (recorded at cost 0, flagged).
+    priced: list[bool] = field(default_factory=list)
+    payload_sha256: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def keys(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        return list(zip(self.tenant_id, self.event_id, strict=True))
 
 
 @dataclass(frozen=True)
@@ -78,48 +87,131 @@ class AlertRow:
     limit: int
 
 
-_INSERT_LEDGER = text(
-    """
-    INSERT INTO usage_ledger (tenant_id, event_id, request_id, occurred_at, day, model, user_id,
-        source, prompt_tokens, completion_tokens, cached, cost_micros, priced, payload_sha256)
-    SELECT * FROM unnest(
-        CAST(:tenant_id AS uuid[]), CAST(:event_id AS uuid[]), CAST(:request_id AS uuid[]),
-        CAST(:occurred_at AS timestamptz[]), CAST(:day AS date[]), CAST(:model AS varchar[]),
-        CAST(:user_id AS varchar[]), CAST(:source AS varchar[]), CAST(:prompt AS bigint[]),
-        CAST(:completion AS bigint[]), CAST(:cached AS boolean[]), CAST(:cost AS bigint[]),
-        CAST(:priced AS boolean[]), CAST(:sha AS bytea[]))
-    ON CONFLICT (tenant_id, event_id) DO NOTHING
-    RETURNING tenant_id, event_id
-    """
+@dataclass(frozen=True)
+class LedgerWrite:
+    """What one ledger statement did: the daily rows it changed and how, and which rows
+    were new."""
+
+    #: The daily aggregates this batch changed, as they now stand.
+    daily: list[AggregateRow]
+    #: What the batch's new rows added to each of those (tenant, day, model) rows.
+    added: list[AggregateDelta]
+    #: The (tenant, event) keys inserted, or None when every row of the batch was new.
+    inserted: set[tuple[uuid.UUID, uuid.UUID]] | None
+
+
+_AGGREGATE_SUMS = """
+    requests = {table}.requests + EXCLUDED.requests,
+    cached_requests = {table}.cached_requests + EXCLUDED.cached_requests,
+    prompt_tokens = {table}.prompt_tokens + EXCLUDED.prompt_tokens,
+    completion_tokens = {table}.completion_tokens + EXCLUDED.completion_tokens,
+    cost_micros = {table}.cost_micros + EXCLUDED.cost_micros,
+    unpriced_requests = {table}.unpriced_requests + EXCLUDED.unpriced_requests
+"""
+
+# One statement (one round trip) for the whole batch: the ledger rows not seen before, and
+# what exactly those rows add to the daily and monthly aggregates, summed by Postgres from the
+# INSERT's own RETURNING (a row skipped by ON CONFLICT adds nothing, even when another
+# transaction inserted it a moment ago). Rows and aggregate keys are inserted in key order,
+# so two transactions touching the same rows lock them in the same order. The inserted keys
+# are returned only when some row was not new (a redelivery), which is rare.
+_RECORD_BATCH = text(
+    f"""
+    WITH batch AS (
+        SELECT * FROM unnest(
+            CAST(:tenant_id AS uuid[]), CAST(:event_id AS uuid[]), CAST(:request_id AS uuid[]),
+            CAST(:occurred_at AS timestamptz[]), CAST(:day AS date[]), CAST(:model AS varchar[]),
+            CAST(:user_id AS varchar[]), CAST(:source AS varchar[]), CAST(:prompt AS bigint[]),
+            CAST(:completion AS bigint[]), CAST(:cached AS boolean[]), CAST(:cost AS bigint[]),
+            CAST(:priced AS boolean[]), CAST(:sha AS bytea[]))
+        AS b(tenant_id, event_id, request_id, occurred_at, day, model, user_id, source,
+             prompt_tokens, completion_tokens, cached, cost_micros, priced, payload_sha256)
+    ),
+    inserted AS (
+        INSERT INTO usage_ledger (tenant_id, event_id, request_id, occurred_at, day, model,
+            user_id, source, prompt_tokens, completion_tokens, cached, cost_micros, priced,
+            payload_sha256)
+        SELECT * FROM batch ORDER BY tenant_id, event_id
+        ON CONFLICT (tenant_id, event_id) DO NOTHING
+        RETURNING tenant_id, event_id, day, model, cached, prompt_tokens, completion_tokens,
+            cost_micros, priced
+    ),
+    added AS (
+        SELECT tenant_id, day, model, count(*) AS requests,
+            count(*) FILTER (WHERE cached) AS cached_requests,
+            CAST(sum(prompt_tokens) AS bigint) AS prompt_tokens,
+            CAST(sum(completion_tokens) AS bigint) AS completion_tokens,
+            CAST(sum(cost_micros) AS bigint) AS cost_micros,
+            count(*) FILTER (WHERE NOT priced) AS unpriced_requests
+        FROM inserted GROUP BY tenant_id, day, model
+    ),
+    daily AS (
+        INSERT INTO usage_daily (tenant_id, day, model, requests, cached_requests,
+            prompt_tokens, completion_tokens, cost_micros, unpriced_requests)
+        SELECT * FROM added ORDER BY tenant_id, day, model
+        ON CONFLICT (tenant_id, day, model) DO UPDATE SET
+        {_AGGREGATE_SUMS.format(table="usage_daily")}
+        RETURNING tenant_id, day, model, requests, cached_requests, prompt_tokens,
+            completion_tokens, cost_micros, unpriced_requests
+    ),
+    monthly AS (
+        INSERT INTO usage_monthly (tenant_id, month, model, requests, cached_requests,
+            prompt_tokens, completion_tokens, cost_micros, unpriced_requests)
+        SELECT tenant_id, day - CAST(EXTRACT(DAY FROM day) AS integer) + 1 AS month, model,
+            sum(requests), sum(cached_requests), sum(prompt_tokens), sum(completion_tokens),
+            sum(cost_micros), sum(unpriced_requests)
+        FROM added GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (tenant_id, month, model) DO UPDATE SET
+        {_AGGREGATE_SUMS.format(table="usage_monthly")}
+    )
+    SELECT d.tenant_id, d.day, d.model, d.requests, d.cached_requests, d.prompt_tokens,
+        d.completion_tokens, d.cost_micros, d.unpriced_requests, a.requests, a.cached_requests,
+        a.prompt_tokens, a.completion_tokens, a.cost_micros, a.unpriced_requests,
+        CAST(NULL AS uuid) AS event_id
+    FROM daily d JOIN added a USING (tenant_id, day, model)
+    UNION ALL
+    SELECT tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        NULL, NULL, event_id
+    FROM inserted WHERE (SELECT count(*) FROM inserted) < (SELECT count(*) FROM batch)
+    """  # noqa: S608
 )
 
 
-async def insert_ledger_rows(
-    conn: AsyncConnection, *, rows: Sequence[LedgerRow]
-) -> set[tuple[uuid.UUID, uuid.UUID]]:
-    """Insert rows not yet in the ledger; returns the (tenant, event) keys actually inserted."""
+async def record_ledger_batch(conn: AsyncConnection, *, rows: LedgerColumns) -> LedgerWrite:
+    """Insert the rows not yet in the ledger and add exactly those to the aggregates."""
     if not rows:
-        return set()
+        return LedgerWrite(daily=[], added=[], inserted=set())
     result = await conn.execute(
-        _INSERT_LEDGER,
+        _RECORD_BATCH,
         {
-            "tenant_id": [r.tenant_id for r in rows],
-            "event_id": [r.event_id for r in rows],
-            "request_id": [r.request_id for r in rows],
-            "occurred_at": [r.occurred_at for r in rows],
-            "day": [r.day for r in rows],
-            "model": [r.model for r in rows],
-            "user_id": [r.user_id for r in rows],
-            "source": [r.source for r in rows],
-            "prompt": [r.prompt_tokens for r in rows],
-            "completion": [r.completion_tokens for r in rows],
-            "cached": [r.cached for r in rows],
-            "cost": [r.cost_micros for r in rows],
-            "priced": [r.priced for r in rows],
-            "sha": [r.payload_sha256 for r in rows],
+            "tenant_id": rows.tenant_id,
+            "event_id": rows.event_id,
+            "request_id": rows.request_id,
+            "occurred_at": rows.occurred_at,
+            "day": rows.day,
+            "model": rows.model,
+            "user_id": rows.user_id,
+            "source": rows.source,
+            "prompt": rows.prompt_tokens,
+            "completion": rows.completion_tokens,
+            "cached": rows.cached,
+            "cost": rows.cost_micros,
+            "priced": rows.priced,
+            "sha": rows.payload_sha256,
         },
     )
-    return {(row[0], row[1]) for row in result}
+    daily: list[AggregateRow] = []
+    added: list[AggregateDelta] = []
+    inserted: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    for row in result:
+        if row[15] is None:
+            daily.append(AggregateRow(*row[:9]))
+            added.append(AggregateDelta(*row[:3], *row[9:15]))
+        else:
+            inserted.add((row[0], row[15]))
+    if not daily:
+        return LedgerWrite(daily=[], added=[], inserted=set())  # every row was seen before
+    return LedgerWrite(daily=daily, added=added, inserted=inserted or None)
 
 
 async def ledger_fingerprints(
@@ -139,56 +231,6 @@ async def ledger_fingerprints(
         {"tenant_id": [k[0] for k in keys], "event_id": [k[1] for k in keys]},
     )
     return {(row[0], row[1]): bytes(row[2]) for row in result}
-
-
-def _upsert_aggregates(table: str, period_column: str) -> str:
-    # Only ever called with the two literal table names below, never with input.
-    return f"""
-    INSERT INTO {table} (tenant_id, {period_column}, model, requests, cached_requests,
-        prompt_tokens, completion_tokens, cost_micros, unpriced_requests)
-    SELECT * FROM unnest(
-        CAST(:tenant_id AS uuid[]), CAST(:period AS date[]), CAST(:model AS varchar[]),
-        CAST(:requests AS bigint[]), CAST(:cached AS bigint[]), CAST(:prompt AS bigint[]),
-        CAST(:completion AS bigint[]), CAST(:cost AS bigint[]), CAST(:unpriced AS bigint[]))
-    ON CONFLICT (tenant_id, {period_column}, model) DO UPDATE SET
-        requests = {table}.requests + EXCLUDED.requests,
-        cached_requests = {table}.cached_requests + EXCLUDED.cached_requests,
-        prompt_tokens = {table}.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = {table}.completion_tokens + EXCLUDED.completion_tokens,
-        cost_micros = {table}.cost_micros + EXCLUDED.cost_micros,
-        unpriced_requests = {table}.unpriced_requests + EXCLUDED.unpriced_requests
-    RETURNING tenant_id, {period_column}, model, requests, cached_requests, prompt_tokens,
-        completion_tokens, cost_micros, unpriced_requests
-    """  # noqa: S608
-
-
-_UPSERT_DAILY = text(_upsert_aggregates("usage_daily", "day"))
-_UPSERT_MONTHLY = text(_upsert_aggregates("usage_monthly", "month"))
-
-
-async def add_to_aggregates(
-    conn: AsyncConnection, *, monthly: bool, deltas: Sequence[AggregateDelta]
-) -> list[AggregateRow]:
-    """Add deltas to the daily (or monthly) aggregates; returns the rows as they now stand."""
-    if not deltas:
-        return []
-    # Sorted keys: two transactions touching the same rows lock them in the same order.
-    ordered = sorted(deltas, key=lambda d: (d.tenant_id, d.period, d.model))
-    result = await conn.execute(
-        _UPSERT_MONTHLY if monthly else _UPSERT_DAILY,
-        {
-            "tenant_id": [d.tenant_id for d in ordered],
-            "period": [d.period for d in ordered],
-            "model": [d.model for d in ordered],
-            "requests": [d.requests for d in ordered],
-            "cached": [d.cached_requests for d in ordered],
-            "prompt": [d.prompt_tokens for d in ordered],
-            "completion": [d.completion_tokens for d in ordered],
-            "cost": [d.cost_micros for d in ordered],
-            "unpriced": [d.unpriced_requests for d in ordered],
-        },
-    )
-    return [AggregateRow(*row) for row in result]
 
 
 async def day_token_totals(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -24,7 +24,7 @@ from tenantry_common.events import (
     UsageRecorded,
 )
 from tenantry_common.ids import derived_id
-from tenantry_common.messaging import publish_event
+from tenantry_common.messaging import is_transient, publish_event
 from tenantry_common.topics import AUDIT, BUDGETS, TENANTS_LIFECYCLE, USAGE_DAILY
 
 from tenantry_metering import repository as repo
@@ -34,6 +34,48 @@ from tenantry_metering.metrics import MeteringMetrics
 from tenantry_metering.repository import AggregateRow
 
 log = logging.getLogger("tenantry.metering")
+
+
+class SettleGate:
+    """A shared/exclusive gate: any number of batches between their ledger commit and their
+    Redis settlement, or one reconciliation, never both. A waiting reconciliation holds new
+    batches back, so steady traffic cannot starve it."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._batches = 0
+        self._reconciling = False
+        self._reconcilers_waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: not self._reconciling and not self._reconcilers_waiting
+            )
+            self._batches += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._batches -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._reconcilers_waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._reconciling and not self._batches)
+            finally:
+                self._reconcilers_waiting -= 1
+            self._reconciling = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._reconciling = False
+                self._changed.notify_all()
 
 
 @dataclass
@@ -47,9 +89,10 @@ class Runtime:
     engine: AsyncEngine | None = None
     redis: Redis | None = None
     budgets: BudgetStore | None = None
-    #: Held from a batch's ledger commit until its Redis settlement, and by reconciliation,
-    #: so a reconcile never reads a total that a pending settlement will add to again.
-    settle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Held (shared) by each batch from before its ledger commit until its Redis settlement,
+    #: and (exclusively) by reconciliation, so a reconcile never reads a total that a pending
+    #: settlement will add to again, while the usage consumers' batches overlap each other.
+    settle_gate: SettleGate = field(default_factory=lambda: SettleGate())
     alert_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     dirty_rollups: dict[tuple[uuid.UUID, date, str], AggregateRow] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -67,10 +110,33 @@ class Runtime:
     # ----------------------------------------------------------------------- usage
 
     async def ingest(self, events: Sequence[UsageRecorded]) -> None:
-        """Record a batch once, settle it in Redis, count it, queue its rollups and alerts."""
+        """Record a batch once, settle it in Redis, count it, queue its rollups and alerts.
+
+        The batch is split by tenant into parts recorded and settled concurrently (each in its
+        own transaction), so one part's Postgres and Redis round trips overlap another's
+        Python work. Every part has ended before this returns (and the offsets are committed),
+        whether or not another failed; a failed part fails the batch, which the consumer then
+        retries or bisects (the parts that succeeded count once again: ids are idempotent).
+        """
         if not events:
             return
-        async with self.settle_lock:
+        parts = service.split_by_tenant(events, parts=self.settings.usage_batch_parts)
+        if len(parts) == 1:
+            outcomes: list[int | BaseException] = [await self._ingest_part(parts[0])]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._ingest_part(part) for part in parts), return_exceptions=True
+            )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            # An outage wins: the whole batch is tried again later rather than dead-lettered.
+            raise next((e for e in errors if is_transient(e)), errors[0])
+        if any(outcomes):
+            await self.publish_alerts_safely(sorted({e.tenant_id for e in events}))
+
+    async def _ingest_part(self, events: Sequence[UsageRecorded]) -> int:
+        """Record and settle one part of a batch; returns how many alerts it recorded."""
+        async with self.settle_gate.shared():
             batch = await service.record_usage(
                 engine=self.db(),
                 events=events,
@@ -78,15 +144,15 @@ class Runtime:
                 directory=self.directory,
                 thresholds=self.settings.threshold_percents,
             )
-            await self.budget_store().settle_many(batch.settlements)
-        # Summed per tenant and model first: one counter update per label set, not per event.
+            await self.budget_store().settle_batch(batch.settlements)
+        # Summed per tenant and model: one counter update per label set, not per event.
         sums: dict[tuple[str, str], list[int]] = {}
-        for row in batch.new_rows:
-            s = sums.setdefault((str(row.tenant_id), row.model), [0, 0, 0, 0])
-            s[0] += row.prompt_tokens
-            s[1] += row.completion_tokens
-            s[2] += row.cost_micros
-            s[3] += int(not row.priced)
+        for added in batch.added:
+            s = sums.setdefault((str(added.tenant_id), added.model), [0, 0, 0, 0])
+            s[0] += added.prompt_tokens
+            s[1] += added.completion_tokens
+            s[2] += added.cost_micros
+            s[3] += added.unpriced_requests
         for (tenant, model), (prompt, completion, cost, unpriced) in sums.items():
             self.metrics.tokens.labels(tenant, model, "prompt").inc(prompt)
             self.metrics.tokens.labels(tenant, model, "completion").inc(completion)
@@ -97,12 +163,11 @@ class Runtime:
                     "usage of a model missing from the catalogue recorded at cost 0",
                     extra={"tenant_id": tenant, "model": model, "events": unpriced},
                 )
-        self.metrics.events.labels("recorded").inc(len(batch.new_rows))
+        self.metrics.events.labels("recorded").inc(batch.recorded)
         self.metrics.events.labels("duplicate").inc(batch.duplicates)
         for daily in batch.daily:
             self.dirty_rollups[(daily.tenant_id, daily.period, daily.model)] = daily
-        if batch.alerts_recorded:
-            await self.publish_alerts_safely(sorted(batch.tenants))
+        return batch.alerts_recorded
 
     # ----------------------------------------------------------------------- budgets
 
@@ -204,7 +269,7 @@ class Runtime:
 
     async def reconcile_now(self) -> int:
         """Reset Redis's settled counters to the ledger's totals (recent days)."""
-        async with self.settle_lock:
+        async with self.settle_gate.exclusive():
             count = await service.reconcile(
                 engine=self.db(),
                 budgets=self.budget_store(),

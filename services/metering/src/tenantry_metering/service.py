@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, timedelta
 
@@ -31,7 +31,7 @@ from tenantry_common.messaging import PermanentError
 from tenantry_common.settings import ModelSpec
 
 from tenantry_metering import repository as repo
-from tenantry_metering.repository import AggregateDelta, AggregateRow, AlertRow, LedgerRow
+from tenantry_metering.repository import AggregateDelta, AggregateRow, AlertRow, LedgerColumns
 
 log = logging.getLogger("tenantry.metering")
 
@@ -48,8 +48,16 @@ def period_label(kind: str, day: date) -> str:
 
 
 def fingerprint(event: UsageRecorded) -> bytes:
-    """SHA-256 of the event's canonical JSON (pydantic's dump of the validated model)."""
-    return hashlib.sha256(event.model_dump_json().encode()).digest()
+    """SHA-256 of the event's canonical JSON (pydantic's dump of the validated model).
+
+    The very bytes of ``event.model_dump_json()``, from the model's serializer directly (that
+    method's keyword handling costs more than the dump itself). Ledgers already hold these
+    hashes: a change to the bytes would turn every redelivery into a "different payload".
+    """
+    return hashlib.sha256(_SERIALIZER.to_json(event)).digest()
+
+
+_SERIALIZER = UsageRecorded.__pydantic_serializer__
 
 
 def price(*, catalogue: Mapping[str, ModelSpec], event: UsageRecorded) -> tuple[int, bool]:
@@ -103,46 +111,79 @@ class TenantDirectory:
 class RecordedBatch:
     """What one batch changed, for the caller to settle, count and publish after commit."""
 
-    new_rows: list[LedgerRow]
+    recorded: int
     duplicates: int
     settlements: list[Settlement]
     daily: list[AggregateRow]
+    #: What the batch's new rows added, per tenant, day and model.
+    added: list[AggregateDelta]
     alerts_recorded: int
     tenants: set[uuid.UUID]
 
 
-def _ledger_row(event: UsageRecorded, catalogue: Mapping[str, ModelSpec]) -> LedgerRow:
-    cost, priced = price(catalogue=catalogue, event=event)
-    return LedgerRow(
-        tenant_id=event.tenant_id,
-        event_id=event.event_id,
-        request_id=event.request_id,
-        occurred_at=event.occurred_at,
-        day=event.occurred_at.astimezone(UTC).date(),
-        model=event.model,
-        user_id=event.user_id,
-        source=event.source,
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        cached=event.cached,
-        cost_micros=cost,
-        priced=priced,
-        payload_sha256=fingerprint(event),
-    )
+def split_by_tenant(events: Sequence[UsageRecorded], *, parts: int) -> list[list[UsageRecorded]]:
+    """At most ``parts`` non-empty parts; all of a tenant's events in one, in their order."""
+    if parts <= 1:
+        return [list(events)]
+    split: list[list[UsageRecorded]] = [[] for _ in range(parts)]
+    for event in events:
+        split[event.tenant_id.int % parts].append(event)
+    return [part for part in split if part]
 
 
-def _deltas(rows: Iterable[LedgerRow], *, monthly: bool) -> list[AggregateDelta]:
-    sums: dict[tuple[uuid.UUID, date, str], list[int]] = {}
-    for r in rows:
-        key = (r.tenant_id, first_of_month(r.day) if monthly else r.day, r.model)
-        s = sums.setdefault(key, [0, 0, 0, 0, 0, 0])
-        s[0] += 1
-        s[1] += int(r.cached)
-        s[2] += r.prompt_tokens
-        s[3] += r.completion_tokens
-        s[4] += r.cost_micros
-        s[5] += int(not r.priced)
-    return [AggregateDelta(k[0], k[1], k[2], *v) for k, v in sums.items()]
+def ledger_columns(
+    events: Sequence[UsageRecorded], catalogue: Mapping[str, ModelSpec]
+) -> tuple[LedgerColumns, list[Settlement]]:
+    """Price a batch into ledger columns, once per event id, and the settlement of each id.
+
+    An event id seen twice in the batch with different payloads is refused (PermanentError);
+    identical copies (redeliveries) count once.
+    """
+    rows = LedgerColumns()
+    settlements: list[Settlement] = []
+    seen: dict[tuple[uuid.UUID, uuid.UUID], bytes] = {}
+    for event in events:
+        key = (event.tenant_id, event.event_id)
+        sha = fingerprint(event)
+        held = seen.get(key)
+        if held is not None:
+            if held != sha:
+                raise PermanentError(
+                    f"usage event {event.event_id} seen twice with different payloads"
+                )
+            continue
+        seen[key] = sha
+        cost, priced = price(catalogue=catalogue, event=event)
+        day = event.occurred_at.astimezone(UTC).date()
+        rows.tenant_id.append(event.tenant_id)
+        rows.event_id.append(event.event_id)
+        rows.request_id.append(event.request_id)
+        rows.occurred_at.append(event.occurred_at)
+        rows.day.append(day)
+        rows.model.append(event.model)
+        rows.user_id.append(event.user_id)
+        rows.source.append(event.source)
+        rows.prompt_tokens.append(event.prompt_tokens)
+        rows.completion_tokens.append(event.completion_tokens)
+        rows.cached.append(event.cached)
+        rows.cost_micros.append(cost)
+        rows.priced.append(priced)
+        rows.payload_sha256.append(sha)
+        # Every event id of the batch is settled, redeliveries too: an earlier attempt may
+        # have committed the ledger and stopped before Redis; the settle script's marker
+        # makes it once.
+        settlements.append(
+            Settlement(
+                tenant_id=event.tenant_id,
+                event_id=event.event_id,
+                request_id=event.request_id,
+                reserved_day=event.reservation.period_day,
+                usage_day=day,
+                tokens=event.prompt_tokens + event.completion_tokens,
+                cost_micros=cost,
+            )
+        )
+    return rows, settlements
 
 
 def crossed_alerts(
@@ -215,58 +256,37 @@ async def record_usage(
 ) -> RecordedBatch:
     """Write a batch into the ledger once per event id, with its aggregates and budget alerts,
     in one transaction. The same id with a different payload is refused (PermanentError)."""
-    rows: dict[tuple[uuid.UUID, uuid.UUID], LedgerRow] = {}
-    for event in events:
-        row = _ledger_row(event, catalogue)
-        key = (row.tenant_id, row.event_id)
-        held = rows.get(key)
-        if held is not None and held.payload_sha256 != row.payload_sha256:
-            raise PermanentError(f"usage event {row.event_id} seen twice with different payloads")
-        rows.setdefault(key, row)
+    rows, settlements = ledger_columns(events, catalogue)
     async with engine.begin() as conn:
-        inserted = await repo.insert_ledger_rows(conn, rows=list(rows.values()))
-        seen_before = [k for k in rows if k not in inserted]
-        if seen_before:
+        written = await repo.record_ledger_batch(conn, rows=rows)
+        recorded = len(rows)
+        if written.inserted is not None:
+            # Some ids were in the ledger already: each must hold this very payload.
+            keys = rows.keys()
+            fingerprints = dict(zip(keys, rows.payload_sha256, strict=True))
+            seen_before = [k for k in keys if k not in written.inserted]
             stored = await repo.ledger_fingerprints(conn, keys=seen_before)
             for key in seen_before:
-                if stored.get(key) != rows[key].payload_sha256:
+                if stored.get(key) != fingerprints[key]:
                     raise PermanentError(
                         f"usage event {key[1]} is already in the ledger with a different payload"
                     )
-        new_rows = [row for key, row in rows.items() if key in inserted]
-        daily = await repo.add_to_aggregates(
-            conn, monthly=False, deltas=_deltas(new_rows, monthly=False)
-        )
-        await repo.add_to_aggregates(conn, monthly=True, deltas=_deltas(new_rows, monthly=True))
+            recorded -= len(seen_before)
         alerts = await _budget_alerts(
             conn,
-            touched_days={(r.tenant_id, r.day) for r in new_rows},
+            touched_days={(a.tenant_id, a.period) for a in written.added},
             directory=directory,
             thresholds=thresholds,
         )
         alerts_recorded = await repo.insert_alerts(conn, alerts=alerts)
-    # Every event id of the batch is settled, redeliveries too: an earlier attempt may have
-    # committed the ledger and stopped before Redis; the settle script's marker makes it once.
-    first_event = {(e.tenant_id, e.event_id): e for e in reversed(events)}
-    settlements = [
-        Settlement(
-            tenant_id=row.tenant_id,
-            event_id=row.event_id,
-            request_id=row.request_id,
-            reserved_day=first_event[key].reservation.period_day,
-            usage_day=row.day,
-            tokens=row.prompt_tokens + row.completion_tokens,
-            cost_micros=row.cost_micros,
-        )
-        for key, row in rows.items()
-    ]
     return RecordedBatch(
-        new_rows=new_rows,
-        duplicates=len(events) - len(new_rows),
+        recorded=recorded,
+        duplicates=len(events) - recorded,
         settlements=settlements,
-        daily=daily,
+        daily=written.daily,
+        added=written.added,
         alerts_recorded=alerts_recorded,
-        tenants={r.tenant_id for r in rows.values()},
+        tenants=set(rows.tenant_id),
     )
 
 
