@@ -111,15 +111,38 @@ class RetrievalService:
     async def corpus_version(self, *, tenant_id: uuid.UUID) -> int:
         """The tenant's current corpus version (0 before any document)."""
         raw = await self.redis.get(corpus_version_key(tenant_id))
-        return int(raw) if raw is not None else 0
+        if raw is None:
+            return await self._restore_corpus_version(tenant_id=tenant_id)
+        return int(raw)
 
     async def _bump_corpus_version(self, *, tenant_id: uuid.UUID) -> int:
+        # The corpus changes after this call; the version it changes from must exist first,
+        # or the change itself would look like a lost key (see _restore_corpus_version).
         return int(await self.redis.incr(corpus_version_key(tenant_id)))
 
-    # ------------------------------------------------------------------ documents
+    async def _restore_corpus_version(self, *, tenant_id: uuid.UUID) -> int:
+        """A missing version key: 0 for a tenant with nothing stored, else a fresh version.
+
+        Cache entries carry the version they were made under. After Redis lost the key (a
+        flush, a failover without persistence), counting again from 0 would come back to
+        numbers that older entries hold, and they would be served although the documents
+        changed. So when the tenant's documents or cache are not empty the key is restored as
+        the current time in milliseconds: larger than any version counted before it (a count
+        starts at 0, or at an earlier such time, and grows by one per document change).
+        """
+        stored = await self.store.count(
+            tenant_id=tenant_id, kind=Namespace.DOCUMENTS
+        ) or await self.store.count(tenant_id=tenant_id, kind=Namespace.CACHE)
+        fresh = int(time.time() * 1000) if stored else 0
+        key = corpus_version_key(tenant_id)
+        await self.redis.set(key, fresh, nx=True)  # another replica may have restored it first
+        raw = await self.redis.get(key)
+        return int(raw) if raw is not None else fresh
 
     async def ingest_document(self, *, event: DocumentSubmitted) -> list[Outgoing]:
         """Chunk, embed and store a document, replacing any earlier version of it."""
+        # Established before the corpus changes (a tenant's first document: 0, then 1).
+        await self.corpus_version(tenant_id=event.tenant_id)
         chunks = chunk_text(
             event.text,
             size=self.settings.chunk_size_chars,
@@ -176,6 +199,7 @@ class RetrievalService:
 
     async def delete_document(self, *, event: DocumentDeleted) -> list[Outgoing]:
         """Remove every chunk of a document."""
+        await self.corpus_version(tenant_id=event.tenant_id)  # before the corpus changes
         await self.store.delete_where(
             tenant_id=event.tenant_id,
             kind=Namespace.DOCUMENTS,

@@ -548,6 +548,30 @@ async def test_a_cached_answer_is_not_served_after_the_corpus_or_config_changes(
     await fill_cache(app, service, fresh, expect=2)
 
 
+async def test_a_lost_corpus_version_never_brings_an_old_cached_answer_back(
+    app: FastAPI, collector: Collector, service: RetrievalService, redis_client: Any
+) -> None:
+    tenant = uuid.uuid4()
+    await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    question = "How many vacation days do employees get?"
+    assert await service.corpus_version(tenant_id=tenant) == 1
+    await fill_cache(app, service, completed(tenant, question, "25.", corpus_version=1), expect=1)
+    assert isinstance(await ask(app, collector, chat_request(tenant, question)), ChatCompleted)
+    await ingest(app, collector, tenant, "Vacation allowance rises to thirty days in 2026.")
+    assert await service.corpus_version(tenant_id=tenant) == 2
+
+    # Redis loses the key (a flush, a failover without persistence), then the documents change
+    # once more: counting again from 0 would reach 1, the version the stale entry was made under.
+    await redis_client.delete(corpus_version_key(tenant))
+    await ingest(app, collector, tenant, "Unused vacation days expire at the end of March.")
+    after = await ask(app, collector, chat_request(tenant, question))
+    assert isinstance(after, ContextRetrieved), "the answer cached under version 1 is not served"
+    assert after.corpus_version > 2
+
+    # A tenant with nothing stored still starts at 0.
+    assert await service.corpus_version(tenant_id=uuid.uuid4()) == 0
+
+
 async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
     app: FastAPI, collector: Collector, service: RetrievalService, redis_client: Any
 ) -> None:
