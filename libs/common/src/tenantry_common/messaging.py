@@ -11,6 +11,9 @@ How a consumed message ends, decided in one place (``ReliableConsumerMiddleware`
   turns good messages into dead letters;
 * the DLQ publish itself failed → nothing is committed, the consumer seeks back.
 
+Shutdown (``stop_broker``): no subscriber starts another message, the messages in flight finish
+and commit while their consumers are still group members, then the broker stops.
+
 Subscribers are declared with ``AckPolicy.MANUAL``: FastStream's own acknowledgement would commit
 the consumer's whole position (and ``ACK`` commits after exceptions, see faststream#2618); here
 the commit names the exact partition and offset, after the handler's effects are durable.
@@ -468,6 +471,44 @@ class ReliableConsumerMiddleware(BaseMiddleware):
                 "error_type": type(error).__name__,
             },
         )
+
+
+async def drain_consumers(broker: KafkaBroker, *, timeout_s: float) -> bool:
+    """Start no further message and let those in flight finish and commit; False on timeout.
+
+    Runs before ``broker.stop()``, while every consumer is still a member of its group. The
+    broker's own stop cannot be relied on for that: a subscriber with ``max_workers`` > 1
+    stops its consumers *before* it waits for the messages in flight (faststream 0.7.8,
+    ``ConcurrentBetweenPartitionsSubscriber.stop``), so a message finished during shutdown had
+    its effects published but its offset commit failed (``UnknownMemberIdError``) and the
+    partition's next owner processed it again. A message fetched after this point is not
+    processed and not committed: the next owner reads it.
+    """
+    subscribers = list(broker.subscribers)
+    for subscriber in subscribers:
+        subscriber.running = False  # consume() skips messages from now on
+    # A started subscriber's lock counts its messages in flight (FastStream's MultiLock).
+    locks: list[Any] = [
+        lock
+        for lock in (getattr(sub, "lock", None) for sub in subscribers)
+        if hasattr(lock, "wait_release")
+    ]
+    await asyncio.gather(*(lock.wait_release(timeout_s) for lock in locks))
+    in_flight = sum(lock.qsize for lock in locks)
+    if in_flight:
+        log.warning(
+            "messages still in flight after the graceful timeout; they will be redelivered",
+            extra={"in_flight": in_flight},
+        )
+    return not in_flight
+
+
+async def stop_broker(broker: KafkaBroker, *, timeout_s: float) -> None:
+    """Drain the subscribers (see ``drain_consumers``), then stop the broker."""
+    try:
+        await drain_consumers(broker, timeout_s=timeout_s)
+    finally:
+        await broker.stop()
 
 
 def _is_message_fault(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from tenantry_common.auth import EDGE_ISSUER, JwksUrlKeys, TokenVerifier, principal_dependency
 from tenantry_common.db import create_engine, ensure_database, run_migrations
 from tenantry_common.health import broker_check, db_check, health_router
-from tenantry_common.messaging import build_broker
+from tenantry_common.messaging import build_broker, stop_broker
 from tenantry_common.metrics import metrics_router
 from tenantry_common.telemetry import setup_tracing
 
@@ -81,7 +81,7 @@ def build_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await broker.stop()
+            await stop_broker(broker, timeout_s=settings.graceful_timeout_s)
             await engine.dispose()
 
     app = FastAPI(title="Tenantry audit", version="1", lifespan=lifespan)

@@ -6,13 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 from tenantry_common.health import broker_check, health_router
-from tenantry_common.messaging import build_broker
+from tenantry_common.messaging import build_broker, stop_broker
 from tenantry_common.metrics import metrics_router
 
 from tenantry_inference.config import Settings
@@ -66,32 +65,6 @@ async def load_counters(settings: Settings, models: list[str]) -> dict[str, Toke
     return counters
 
 
-async def drain_consumers(broker: KafkaBroker, *, timeout_s: float) -> bool:
-    """Start no further message and let those in flight finish and commit; False on timeout.
-
-    Runs before ``broker.stop()``, while every consumer is still a member of its group. The
-    broker's own stop cannot be relied on for that: a subscriber with ``max_workers`` > 1
-    (``chat_workers`` here) stops its consumers *before* it waits for the messages in flight
-    (faststream 0.7.8, ``ConcurrentBetweenPartitionsSubscriber.stop``), so an answer finished
-    during shutdown was published but its offset commit failed (``UnknownMemberIdError``) and
-    the next replica answered it again. A message fetched after this point is not processed
-    and not committed: the partition's next owner reads it.
-    """
-    subscribers = list(broker.subscribers)
-    for subscriber in subscribers:
-        subscriber.running = False  # consume() skips messages from now on
-    # A started subscriber's lock counts its messages in flight (FastStream's MultiLock).
-    locks: list[Any] = [sub.lock for sub in subscribers if hasattr(sub.lock, "wait_release")]
-    await asyncio.gather(*(lock.wait_release(timeout_s) for lock in locks))
-    in_flight = sum(lock.qsize for lock in locks)
-    if in_flight:
-        log.warning(
-            "messages still in flight after the graceful timeout; they will be redelivered",
-            extra={"in_flight": in_flight},
-        )
-    return not in_flight
-
-
 def build_app(
     settings: Settings,
     *,
@@ -111,8 +84,7 @@ def build_app(
         try:
             yield
         finally:
-            await drain_consumers(broker, timeout_s=settings.graceful_timeout_s)
-            await broker.stop()
+            await stop_broker(broker, timeout_s=settings.graceful_timeout_s)
             await deps.gateway.aclose()
 
     app = FastAPI(title="tenantry-inference", lifespan=lifespan)

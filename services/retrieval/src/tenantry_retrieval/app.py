@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from tenantry_common.health import broker_check, health_router, redis_check
-from tenantry_common.messaging import build_broker
+from tenantry_common.messaging import build_broker, stop_broker
 from tenantry_common.metrics import metrics_router
 from tenantry_common.redis import create_redis
 from tenantry_common.telemetry import setup_tracing
@@ -64,8 +64,8 @@ def build_app(
         try:
             yield
         finally:
-            # Stopping the broker lets in-flight handlers finish (graceful_timeout_s) and commit.
-            await broker.stop()
+            # In-flight handlers finish and commit (graceful_timeout_s) before consumers leave.
+            await stop_broker(broker, timeout_s=settings.graceful_timeout_s)
             await store.close()
             if owned_embedder:
                 await embedder.close()

@@ -1,7 +1,8 @@
 """Shutdown: messages in flight finish before the broker stops its consumers; nothing new starts.
 
 Uses FastStream's own in-flight lock (``MultiLock``), so a FastStream upgrade that changes it
-fails here rather than silently in production (the process test is in tests/integration).
+fails here rather than silently in production (the process test is services/inference's
+``python -m`` SIGTERM test).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from faststream._internal.endpoint.subscriber.utils import MultiLock
-from tenantry_inference.app import drain_consumers
+from tenantry_common.messaging import drain_consumers
 
 pytestmark = pytest.mark.unit
 
