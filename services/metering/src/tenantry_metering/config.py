@@ -27,7 +27,7 @@ class Settings(CommonSettings):
 
     usage_batch_max_records: int = Field(default=1000, ge=1, le=10_000)
     usage_batch_parts: int = Field(
-        default=2,
+        default=4,
         ge=1,
         le=16,
         description=(
