@@ -11,7 +11,7 @@
    columns, same primary key) with plain batched INSERTs of ``--batch`` rows (1,000): asyncpg
    ``executemany`` per batch in one transaction each, and one multi-row
    ``INSERT … SELECT unnest(…)`` per batch. The consumer's batch size is ``--consumer-batch``
-   (default: the same).
+   (default: the service's own, ``usage_batch_max_records``).
 4. Prints both and the ratio, and writes them as JSON next to this script (``results/``).
 """
 
@@ -219,7 +219,7 @@ async def main() -> None:
         "--consumer-batch",
         type=int,
         default=None,
-        help="the consumer's max records per batch (default: --batch)",
+        help="the consumer's max records per batch (default: the service's own default)",
     )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
@@ -235,7 +235,7 @@ async def main() -> None:
         events = make_events(args.events, args.tenants)
         produce_s = await fill_topic(bootstrap, events)
         print(f"filled usage.v1 with {len(events)} events in {produce_s:.1f}s")
-        consumer_batch = args.consumer_batch or args.batch
+        consumer_batch = args.consumer_batch or Settings().usage_batch_max_records
         settings = Settings(
             environment="test",
             postgres_dsn=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
