@@ -258,6 +258,8 @@ async def main() -> None:
             "tenants": args.tenants,
             "batch": args.batch,
             "consumer_batch": consumer_batch,
+            "consumer_batch_parts": settings.usage_batch_parts,
+            "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
             "consumer": consumer,
             "raw_batched_insert": raw,
             "ratio_to_fastest_raw": round(rate / best_raw, 3),
