@@ -42,10 +42,10 @@ GC_GEN0_THRESHOLD = 100_000
 def tune_garbage_collector() -> None:
     """Keep the cycle collector off the usage hot path (process-wide; called once started).
 
-    A batch of 1,000 events holds some 20,000 container objects alive at once; at CPython's
-    default threshold the collector ran dozens of times per batch, promoted the whole batch to
-    the oldest generation and walked the process's heap again and again (measured: a quarter
-    of the consumer's CPU). Objects alive at start-up (modules, settings, engines) live as long
+    A usage batch holds tens of thousands of container objects (models, lists, tuples) alive at
+    once; at CPython's default threshold the collector ran dozens of times per batch, promoted
+    whole batches to the oldest generation and walked the process's heap again and again
+    (measured: a quarter of the consumer's CPU). Objects alive at start-up (modules, settings, engines) live as long
     as the process: frozen, no collection walks them; a batch's objects die by reference
     counting before the higher threshold is reached.
     """
