@@ -45,9 +45,9 @@ def tune_garbage_collector() -> None:
     A usage batch holds tens of thousands of container objects (models, lists, tuples) alive at
     once; at CPython's default threshold the collector ran dozens of times per batch, promoted
     whole batches to the oldest generation and walked the process's heap again and again
-    (measured: a quarter of the consumer's CPU). Objects alive at start-up (modules, settings, engines) live as long
-    as the process: frozen, no collection walks them; a batch's objects die by reference
-    counting before the higher threshold is reached.
+    (measured: a quarter of the consumer's CPU). Objects alive at start-up (modules, settings,
+    engines) live as long as the process: frozen, no collection walks them; a batch's objects
+    die by reference counting before the higher threshold is reached.
     """
     gc.freeze()
     gen0, gen1, gen2 = gc.get_threshold()
