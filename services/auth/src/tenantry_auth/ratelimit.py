@@ -25,7 +25,8 @@ local allow_at = new_tat - tolerance
 if allow_at > now then
   return {0, allow_at - now, tat - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+-- PX takes an integer: 60000 / limit has decimals for most limits (e.g. 7 per minute).
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
 return {1, 0, new_tat - now}
 """
 
