@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import logging.handlers
+import queue
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
@@ -36,9 +40,70 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (ours, uvicorn's, FastStream's) through one JSON handler on stdout."""
-    handler = logging.StreamHandler(sys.stdout)
+#: Log lines waiting for the writer thread; past this, new lines are dropped (and counted).
+LOG_QUEUE_SIZE = 10_000
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Formats each record where it is logged (trace and tenant context are there) and queues
+    the finished JSON line; never blocks: with the queue full, the line is dropped and counted.
+
+    Logging straight to stdout blocked the event loop whenever the reader of stdout stalled (a
+    full pipe froze a whole service, its health endpoint included). A lost log line is better.
+    """
+
+    def __init__(self, log_queue: queue.Queue[Any]) -> None:
+        super().__init__(log_queue)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        line = self.format(record)  # the JSON, exceptions included
+        return logging.makeLogRecord({"msg": line, "levelno": record.levelno})
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class LogWriter(logging.handlers.QueueListener):
+    """The thread that writes queued lines; stopping it writes out what is queued, within a
+    bound (an exit must not hang on a stdout nobody reads)."""
+
+    stop_timeout_s = 5.0
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            # QueueListener's sentinel is None (typeshed knows neither it nor Queue.put here).
+            self.queue.put(None, timeout=self.stop_timeout_s)  # type: ignore[attr-defined]
+        thread.join(self.stop_timeout_s)
+        self._thread = None
+
+
+_listener: LogWriter | None = None
+
+
+def _stop_listener() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+def configure_logging(service: str, level: str = "INFO", *, stream: TextIO | None = None) -> None:
+    """Route every logger (ours, uvicorn's, FastStream's) through one JSON handler on stdout.
+
+    The lines are written by a background thread (``DroppingQueueHandler``), never by the
+    thread that logs; they are flushed at exit.
+    """
+    global _listener
+    _stop_listener()
+    log_queue: queue.Queue[Any] = queue.Queue(maxsize=LOG_QUEUE_SIZE)
+    handler = DroppingQueueHandler(log_queue)
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -47,6 +112,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         )
     )
     handler.addFilter(ContextFilter(service))
+    writer = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    _listener = LogWriter(log_queue, writer)
+    _listener.start()
+    atexit.register(_stop_listener)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
