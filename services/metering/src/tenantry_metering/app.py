@@ -14,7 +14,7 @@ from tenantry_common.auth import EDGE_ISSUER, JwksUrlKeys, TokenVerifier
 from tenantry_common.budget import BudgetStore
 from tenantry_common.db import create_engine, ensure_database, run_migrations
 from tenantry_common.health import broker_check, db_check, health_router, redis_check
-from tenantry_common.messaging import build_broker
+from tenantry_common.messaging import build_broker, stop_broker
 from tenantry_common.metrics import metrics_router
 from tenantry_common.redis import create_redis
 
@@ -84,7 +84,7 @@ def build_app(
             yield
         finally:
             await runtime.stop_background()
-            await broker.stop()
+            await stop_broker(broker, timeout_s=settings.graceful_timeout_s)
             await runtime.redis.aclose()
             await runtime.engine.dispose()
 
