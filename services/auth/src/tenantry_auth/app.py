@@ -24,7 +24,7 @@ from tenantry_common.budget import BudgetStore
 from tenantry_common.db import create_engine, ensure_database, run_migrations, session_factory
 from tenantry_common.events import Event
 from tenantry_common.health import broker_check, db_check, health_router, redis_check
-from tenantry_common.messaging import build_broker, publish_event
+from tenantry_common.messaging import build_broker, publish_event, stop_broker
 from tenantry_common.metrics import metrics_router
 from tenantry_common.redis import create_redis
 from tenantry_common.telemetry import setup_tracing
@@ -225,7 +225,7 @@ def build_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await replies.stop()
-            await broker.stop()
+            await stop_broker(broker, timeout_s=settings.graceful_timeout_s)
             await http.aclose()
             await redis.aclose()
             await engine.dispose()
