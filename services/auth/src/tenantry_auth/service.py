@@ -682,16 +682,30 @@ async def load_config(*, edge: Edge, tenant_id: uuid.UUID) -> tuple[TenantConfig
 async def update_config(
     *, edge: Edge, tenant_id: uuid.UUID, update: ConfigUpdate, actor: str
 ) -> tuple[TenantConfig, int]:
-    """Validate, version, publish and audit a configuration change."""
-    current, version = await load_config(edge=edge, tenant_id=tenant_id)
-    if update.expected_version is not None and update.expected_version != version:
-        raise Conflict(f"the configuration is at version {version}, not {update.expected_version}")
-    config = merged_config(current, update)
-    check_config(config, edge.settings)
-    new_version = version + 1
-    changed = sorted(k for k, v in config.model_dump().items() if current.model_dump()[k] != v)
+    """Validate, version, publish and audit a configuration change (one at a time per tenant)."""
     try:
         async with transaction(edge.sessions) as session:
+            # One change at a time per tenant: a concurrent change waits for this lock, then
+            # reads the version this one commits. Without it both read version N and published
+            # N + 1 before one of them failed to commit, and a consumer that read the loser's
+            # record last (inference lets the later record of a version win) kept a
+            # configuration that never committed.
+            if await repo.get_tenant_for_update(session=session, tenant_id=tenant_id) is None:
+                raise NotFound("this tenant has no configuration")
+            row = await repo.current_config(session=session, tenant_id=tenant_id)
+            if row is None:
+                raise NotFound("this tenant has no configuration")
+            current, version = TenantConfig.model_validate(row.config), row.version
+            if update.expected_version is not None and update.expected_version != version:
+                raise Conflict(
+                    f"the configuration is at version {version}, not {update.expected_version}"
+                )
+            config = merged_config(current, update)
+            check_config(config, edge.settings)
+            new_version = version + 1
+            changed = sorted(
+                k for k, v in config.model_dump().items() if current.model_dump()[k] != v
+            )
             await repo.add_config_version(
                 session=session,
                 tenant_id=tenant_id,

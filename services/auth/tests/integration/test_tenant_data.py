@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -123,6 +124,30 @@ async def test_config_update_is_versioned_published_and_audited(
         headers=bearer(tenant.admin_token),
     )
     assert stale.status_code == 409
+
+
+async def test_concurrent_config_changes_get_distinct_versions_in_commit_order(
+    client, tenant, topics_seen
+) -> None:
+    temperatures = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    responses = await asyncio.gather(
+        *(
+            client.put("/v1/config", json={"temperature": t}, headers=bearer(tenant.admin_token))
+            for t in temperatures
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * len(temperatures), [
+        r.text for r in responses
+    ]
+    versions = sorted(r.json()["version"] for r in responses)
+    assert versions == list(range(2, 2 + len(temperatures))), "one version each, none shared"
+    published = await topics_seen.wait_for(
+        TenantConfigChanged, tenant_id=tenant.tenant_id, count=1 + len(temperatures)
+    )
+    # Every version was published once, in order, and the last record is the current config.
+    assert [e.version for e in published] == [1, *versions]
+    current = (await client.get("/v1/config", headers=bearer(tenant.admin_token))).json()
+    assert published[-1].config.temperature == current["config"]["temperature"]
 
 
 @pytest.mark.parametrize(
