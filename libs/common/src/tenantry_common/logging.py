@@ -7,7 +7,9 @@ import contextlib
 import logging
 import logging.handlers
 import queue
+import signal
 import sys
+import threading
 from typing import Any, TextIO
 
 from opentelemetry import trace
@@ -94,11 +96,31 @@ def _stop_listener() -> None:
         _listener = None
 
 
+def _flush_then_terminate(signum: int, _frame: object) -> None:
+    """SIGTERM with the default outcome (death by the signal), after the queued lines are out.
+
+    uvicorn handles SIGTERM itself while it serves, and after its graceful shutdown restores
+    the handler it found and raises the signal again; with the default handler the process
+    died there without running ``atexit``, and the queue's last lines ("Application shutdown
+    complete.") were lost.
+    """
+    _stop_listener()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _flush_on_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _flush_then_terminate):
+        signal.signal(signal.SIGTERM, _flush_then_terminate)
+
+
 def configure_logging(service: str, level: str = "INFO", *, stream: TextIO | None = None) -> None:
     """Route every logger (ours, uvicorn's, FastStream's) through one JSON handler on stdout.
 
     The lines are written by a background thread (``DroppingQueueHandler``), never by the
-    thread that logs; they are flushed at exit.
+    thread that logs; they are flushed at exit, including an exit by SIGTERM.
     """
     global _listener
     _stop_listener()
@@ -117,6 +139,7 @@ def configure_logging(service: str, level: str = "INFO", *, stream: TextIO | Non
     _listener = LogWriter(log_queue, writer)
     _listener.start()
     atexit.register(_stop_listener)
+    _flush_on_sigterm()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,6 +7,9 @@ import io
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -104,9 +107,35 @@ def test_a_stalled_stdout_never_blocks_the_thread_that_logs(restore_root: None) 
         assert time.monotonic() - started < 30
     finally:
         # Unblock the writer thread so the listener can stop: drain the pipe while it stops.
+        os.set_blocking(read_fd, False)
         stop = threading.Thread(target=tlog._stop_listener)
         stop.start()
         while stop.is_alive():
-            os.read(read_fd, 1 << 16)
+            try:
+                os.read(read_fd, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.01)
         stalled.close()
         os.close(read_fd)
+
+
+def test_lines_logged_before_a_sigterm_death_are_written(tmp_path) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown: the process dies by the signal,
+    # without atexit; the queued lines must be out before that.
+    out = tmp_path / "out.log"
+    script = (
+        "import logging, signal\n"
+        "from tenantry_common import logging as tlog\n"
+        f"stream = open({str(out)!r}, 'w')\n"
+        "tlog.configure_logging('edge', stream=stream)\n"
+        "for n in range(200):\n"
+        "    logging.getLogger('tenantry.test').info('line %d', n)\n"
+        "logging.getLogger('tenantry.test').info('Application shutdown complete.')\n"
+        "signal.raise_signal(signal.SIGTERM)\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr.decode()[-2000:]
+    lines = [json.loads(line)["message"] for line in out.read_text().splitlines()]
+    assert len(lines) == 201
+    assert lines[-1] == "Application shutdown complete."
