@@ -45,7 +45,7 @@ TOPICS = ("refund policy", "shipping times", "warranty terms", "support hours", 
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """How hard and how long: the defaults keep the whole run within about four minutes on a quiet machine."""
+    """How hard and how long: the defaults keep the whole run within about four minutes (quiet)."""
 
     tenants: int = 3
     rate_per_s: float = 4.0
