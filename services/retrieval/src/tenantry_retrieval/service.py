@@ -87,15 +87,13 @@ class RetrievalService:
     redis: Redis
     metrics: RetrievalMetrics
     _last_purge: dict[uuid.UUID, float] = field(default_factory=dict)
-    question_vectors: QuestionVectors | None = None
+    question_vectors: QuestionVectors = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.question_vectors is None:
-            self.question_vectors = QuestionVectors(self.settings.question_vector_cache_size)
+        self.question_vectors = QuestionVectors(self.settings.question_vector_cache_size)
 
     async def _question_vector(self, *, tenant_id: uuid.UUID, text: str, purpose: str) -> Vector:
         """The question's embedding: from the tenant's recent questions, or embedded now."""
-        assert self.question_vectors is not None
         vector = self.question_vectors.get(tenant_id, text)
         if vector is not None:
             self.metrics.question_vectors_reused.labels(purpose).inc()
@@ -350,8 +348,7 @@ class RetrievalService:
                 raise
             return [_ack(event, LifecycleAction.OFFBOARDED, False, type(exc).__name__)]
         self._last_purge.pop(event.tenant_id, None)
-        if self.question_vectors is not None:
-            self.question_vectors.forget_tenant(event.tenant_id)
+        self.question_vectors.forget_tenant(event.tenant_id)
         audit = AuditRecorded(
             event_id=derived_id(event.event_id, "retrieval-audit"),
             tenant_id=event.tenant_id,
