@@ -56,17 +56,18 @@ class Event(Contract):
         default_factory=utcnow, description="When it happened (UTC)."
     )
 
-    @model_validator(mode="before")
+    @field_validator("schema_version")
     @classmethod
-    def _refuse_unknown_version(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "schema_version" in data:
-            version = data["schema_version"]
-            if version not in cls.supported_versions:
-                raise UnsupportedSchemaVersion(
-                    f"unsupported schema_version {version!r} for {cls.__name__}; "
-                    f"this consumer understands {sorted(cls.supported_versions)}"
-                )
-        return data
+    def _refuse_unknown_version(cls, version: int) -> int:
+        # A field validator, not a "before" model validator: that one makes pydantic build a
+        # Python dict of the whole JSON first and loses its direct JSON path (7.6 vs 4.6 us
+        # per usage event).
+        if version not in cls.supported_versions:
+            raise UnsupportedSchemaVersion(
+                f"unsupported schema_version {version!r} for {cls.__name__}; "
+                f"this consumer understands {sorted(cls.supported_versions)}"
+            )
+        return version
 
 
 # --------------------------------------------------------------------------- shared parts
