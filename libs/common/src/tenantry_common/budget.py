@@ -6,17 +6,21 @@ Per tenant and UTC period, keys are by period (never reset by a cron):
   (worst cases of requests still in flight);
 * ``budget:holds:<YYYY-MM-DD>`` — hash request id → tokens reserved for it;
 * ``budget:spend:<YYYY-MM>`` — hash ``used`` (settled micro-dollars);
-* ``budget:settled:<event id>`` — marker that makes a settlement happen once.
+* ``budget:settled:<YYYY-MM-DD>`` — hash of the ids (16 raw bytes) of the usage events of
+  that UTC usage day already settled: what makes a settlement happen once. One hash per
+  tenant and day rather than one key per event: half the memory, and a batch names one key.
 
 Every change is one Lua script, so two edge replicas and metering can act at once.
 """
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
@@ -61,10 +65,12 @@ return tonumber(held)
 """
 
 _SETTLE = """
--- KEYS: 1 reserved-day tokens, 2 reserved-day holds, 3 usage-day tokens, 4 month spend, 5 marker
-if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[5]) == false then
+-- KEYS: 1 reserved-day tokens, 2 reserved-day holds, 3 usage-day tokens, 4 month spend,
+-- 5 usage-day settled ids. ARGV[7]: the event id (16 raw bytes).
+if redis.call('HSETNX', KEYS[5], ARGV[7], '1') == 0 then
   return 0
 end
+redis.call('EXPIRE', KEYS[5], ARGV[5])
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -81,26 +87,33 @@ return 1
 
 _SETTLE_BATCH = """
 -- Many settlements of ONE tenant, in order, with exactly the effects of _SETTLE run once per
--- event. KEYS: the tenant's distinct token/hold/spend keys, then one marker per event.
--- ARGV: 1 number of events, 2 token-key TTL, 3 marker TTL, 4 spend-key TTL, then one string
--- per event: "<request id> <tokens> <cost> <i> <j> <k> <l>", where i, j, k, l are the KEYS
--- indexes of its reserved-day tokens, reserved-day holds, usage-day tokens and month spend
--- keys (one string rather than seven arguments: the client packs a seventh of the arguments).
--- Counters are summed here and written once per key.
+-- event. KEYS: the tenant's distinct token/hold/spend/settled keys. ARGV: 1 number of events,
+-- 2 token-key TTL, 3 settled-ids TTL, 4 spend-key TTL, 5 the events as one string of fixed
+-- records (see _RECORD in Python): event id and request id (16 raw bytes each), tokens, cost
+-- (8-byte signed big-endian), then the KEYS indexes (2 bytes each) of its reserved-day
+-- tokens, reserved-day holds, usage-day tokens, month spend and usage-day settled ids.
+-- One string rather than several arguments per event: the client packs each argument in
+-- Python, which cost more than the rest of the settlement. Counters are summed here and
+-- written once per key. Returns one string of n digits: "1" applied now, "0" settled before.
 local n = tonumber(ARGV[1])
-local markers = #KEYS - n
+local blob = ARGV[5]
 local reserved = {}
 local used = {}
 local ttl = {}
 local applied = {}
+local pos = 1
 for i = 1, n do
-  if redis.call('SET', KEYS[markers + i], '1', 'NX', 'EX', ARGV[3]) == false then
-    applied[i] = 0
+  local event_id, request, tokens, cost, tk, hk, uk, sk, mk
+  event_id, request, tokens, cost, tk, hk, uk, sk, mk, pos =
+    struct.unpack('>c16c16i8i8HHHHH', blob, pos)
+  if redis.call('HSETNX', KEYS[mk], event_id, '1') == 0 then
+    applied[i] = '0'
   else
-    local request_id, tokens, cost, tk, hk, uk, sk = string.match(
-      ARGV[4 + i], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-    tk, uk, sk = tonumber(tk), tonumber(uk), tonumber(sk)
-    local holds_key = KEYS[tonumber(hk)]
+    ttl[mk] = ARGV[3]
+    local request_id = string.format(
+      '%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x',
+      string.byte(request, 1, 16))
+    local holds_key = KEYS[hk]
     local held = redis.call('HGET', holds_key, request_id)
     if held then
       redis.call('HDEL', holds_key, request_id)
@@ -112,11 +125,11 @@ for i = 1, n do
       if r < 0 then r = 0 end
       reserved[tk] = r
     end
-    used[uk] = (used[uk] or 0) + tonumber(tokens)
-    used[sk] = (used[sk] or 0) + tonumber(cost)
+    used[uk] = (used[uk] or 0) + tokens
+    used[sk] = (used[sk] or 0) + cost
     ttl[uk] = ARGV[2]
     ttl[sk] = ARGV[4]
-    applied[i] = 1
+    applied[i] = '1'
   end
 end
 for k, r in pairs(reserved) do
@@ -128,8 +141,15 @@ end
 for k, t in pairs(ttl) do
   redis.call('EXPIRE', KEYS[k], t)
 end
-return applied
+return table.concat(applied)
 """
+
+#: One event of _SETTLE_BATCH's ARGV[5]: event id, request id, tokens, cost, five KEYS indexes.
+_RECORD = struct.Struct(">16s16sqqHHHHH")
+#: Lua numbers are doubles: larger integers would lose their last digits.
+_MAX_LUA_INTEGER = 2**53
+
+_APPLIED = ord("1")  # a byte of _SETTLE_BATCH's reply (redis-py returns bytes unless decoding)
 
 _RECONCILE = """
 -- Set settled totals to the ledger's; drop holds older than the cut-off (never settled).
@@ -172,9 +192,12 @@ class BudgetSnapshot:
     spend_used_micros: int
 
 
-@dataclass(frozen=True)
-class Settlement:
-    """One usage event's settlement (the arguments of ``BudgetStore.settle``)."""
+class Settlement(NamedTuple):
+    """One usage event's settlement (the arguments of ``BudgetStore.settle``).
+
+    A named tuple: metering builds one per usage event, and a frozen dataclass's ``__init__``
+    costs several times a tuple's.
+    """
 
     tenant_id: uuid.UUID
     event_id: uuid.UUID
@@ -218,6 +241,9 @@ class _TenantKeys:
     def holds(self, day: date) -> int:
         return self._slot("holds", day)
 
+    def settled(self, day: date) -> int:
+        return self._slot("settled", day)
+
     def spend(self, day: date) -> int:
         """The spend key of the day's month."""
         index = self._index.get(("spend-of-day", day))
@@ -248,6 +274,11 @@ class BudgetStore:
     @staticmethod
     def _spend(tenant_id: uuid.UUID, month: str) -> str:
         return tenant_key(tenant_id, "budget", "spend", month)
+
+    @staticmethod
+    def _settled(tenant_id: uuid.UUID, day: date) -> str:
+        """The ids of the tenant's usage events of ``day`` already settled (a hash)."""
+        return tenant_key(tenant_id, "budget", "settled", day.isoformat())
 
     async def reserve(
         self,
@@ -305,7 +336,7 @@ class BudgetStore:
                 self._holds(tenant_id, reserved_day),
                 self._tokens(tenant_id, usage_day),
                 self._spend(tenant_id, month_of(usage_day)),
-                tenant_key(tenant_id, "budget", "settled", str(event_id)),
+                self._settled(tenant_id, usage_day),
             ],
             args=[
                 str(request_id),
@@ -314,6 +345,7 @@ class BudgetStore:
                 TOKEN_KEY_TTL_S,
                 SETTLED_MARKER_TTL_S,
                 SPEND_KEY_TTL_S,
+                event_id.bytes,
             ],
         )
         return bool(applied)
@@ -330,7 +362,7 @@ class BudgetStore:
                     self._holds(s.tenant_id, s.reserved_day),
                     self._tokens(s.tenant_id, s.usage_day),
                     self._spend(s.tenant_id, month_of(s.usage_day)),
-                    tenant_key(s.tenant_id, "budget", "settled", str(s.event_id)),
+                    self._settled(s.tenant_id, s.usage_day),
                 ],
                 args=[
                     str(s.request_id),
@@ -339,6 +371,7 @@ class BudgetStore:
                     TOKEN_KEY_TTL_S,
                     SETTLED_MARKER_TTL_S,
                     SPEND_KEY_TTL_S,
+                    s.event_id.bytes,
                 ],
                 client=pipe,
             )
@@ -358,35 +391,42 @@ class BudgetStore:
         for i, s in enumerate(settlements):
             by_tenant.setdefault(s.tenant_id, []).append(i)
         pipe = self.redis.pipeline(transaction=False)
+        pack = _RECORD.pack
         for tenant_id, indexes in by_tenant.items():
             keys = _TenantKeys(tenant_id)
-            args: list[str | int] = [
-                len(indexes),
-                TOKEN_KEY_TTL_S,
-                SETTLED_MARKER_TTL_S,
-                SPEND_KEY_TTL_S,
-            ]
-            markers = []
-            # The four key indexes of a (reserved day, usage day) pair, formatted once.
-            slots: dict[tuple[date, date], str] = {}
+            # The five key indexes of a (reserved day, usage day) pair, found once.
+            slots: dict[tuple[date, date], tuple[int, int, int, int, int]] = {}
+            records = []
             for i in indexes:
                 s = settlements[i]
-                if s.tokens < 0 or s.cost_micros < 0:
-                    raise ValueError("a settlement's tokens and cost cannot be negative")
+                if not (0 <= s.tokens < _MAX_LUA_INTEGER and 0 <= s.cost_micros < _MAX_LUA_INTEGER):
+                    raise ValueError("a settlement's tokens and cost must be in [0, 2**53)")
                 days = (s.reserved_day, s.usage_day)
                 slot = slots.get(days)
                 if slot is None:
                     slot = slots[days] = (
-                        f"{keys.tokens(s.reserved_day)} {keys.holds(s.reserved_day)}"
-                        f" {keys.tokens(s.usage_day)} {keys.spend(s.usage_day)}"
+                        keys.tokens(s.reserved_day),
+                        keys.holds(s.reserved_day),
+                        keys.tokens(s.usage_day),
+                        keys.spend(s.usage_day),
+                        keys.settled(s.usage_day),
                     )
-                args.append(f"{s.request_id} {s.tokens} {s.cost_micros} {slot}")
-                markers.append(tenant_key(tenant_id, "budget", "settled", str(s.event_id)))
-            await self._settle_batch(keys=keys.keys + markers, args=args, client=pipe)
+                records.append(
+                    pack(s.event_id.bytes, s.request_id.bytes, s.tokens, s.cost_micros, *slot)
+                )
+            args: list[int | bytes] = [
+                len(indexes),
+                TOKEN_KEY_TTL_S,
+                SETTLED_MARKER_TTL_S,
+                SPEND_KEY_TTL_S,
+                b"".join(records),
+            ]
+            await self._settle_batch(keys=keys.keys, args=args, client=pipe)
         applied = [False] * len(settlements)
-        for indexes, results in zip(by_tenant.values(), await pipe.execute(), strict=True):
-            for i, result in zip(indexes, results, strict=True):
-                applied[i] = bool(result)
+        for indexes, reply in zip(by_tenant.values(), await pipe.execute(), strict=True):
+            digits = reply.encode() if isinstance(reply, str) else reply  # a decoding client
+            for i, digit in zip(indexes, digits, strict=True):
+                applied[i] = digit == _APPLIED
         return applied
 
     async def reconcile(

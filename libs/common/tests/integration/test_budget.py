@@ -163,12 +163,14 @@ async def _state(redis_client, store: BudgetStore, tenant: uuid.UUID) -> dict:
         if n == 2:  # the in-flight request's id is random: compare what it holds
             fields = sorted(fields.values())
         state[n] = (fields, await redis_client.ttl(key) > 0)
-    markers = [
-        tenant_key(tenant, "budget", "settled", str(uuid.UUID(int=(t << 64) + 1000 + i)))
-        for t in range(3)
-        for i in range(25)
-    ]
-    state["markers"] = await redis_client.exists(*markers)
+    settled = {}
+    for day in (DAY, day2):
+        key = tenant_key(tenant, "budget", "settled", day.isoformat())
+        settled[day] = (
+            sorted(uuid.UUID(bytes=raw) for raw in await redis_client.hkeys(key)),
+            await redis_client.ttl(key) > 0,
+        )
+    state["settled"] = settled
     return state
 
 
@@ -182,7 +184,9 @@ async def test_batched_settlement_gives_the_same_redis_state_as_per_event_settle
         store, batched, batched=True
     )
     for a, b in zip(per_event, batched, strict=True):
-        assert await _state(redis_client, store, a) == await _state(redis_client, store, b)
+        state = await _state(redis_client, store, b)
+        assert await _state(redis_client, store, a) == state
+        assert sum(len(ids) for ids, _ in state["settled"].values()) == 25, "each event once"
     snap = await store.snapshot(tenant_id=batched[0], day=DAY)
     assert snap.tokens_reserved == 77, "only the request still in flight holds tokens"
     assert snap.tokens_used > 0
