@@ -137,52 +137,51 @@ def ledger_columns(
     """Price a batch into ledger columns, once per event id, and the settlement of each id.
 
     An event id seen twice in the batch with different payloads is refused (PermanentError);
-    identical copies (redeliveries) count once.
+    identical copies (redeliveries) count once. Columns are built one at a time (a list
+    comprehension each) rather than fourteen appends per event: the hot path of metering.
     """
-    rows = LedgerColumns()
-    settlements: list[Settlement] = []
-    seen: dict[tuple[uuid.UUID, uuid.UUID], bytes] = {}
+    unique: dict[tuple[uuid.UUID, uuid.UUID], tuple[UsageRecorded, bytes]] = {}
     for event in events:
         key = (event.tenant_id, event.event_id)
         sha = fingerprint(event)
-        held = seen.get(key)
-        if held is not None:
-            if held != sha:
-                raise PermanentError(
-                    f"usage event {event.event_id} seen twice with different payloads"
-                )
-            continue
-        seen[key] = sha
-        cost, priced = price(catalogue=catalogue, event=event)
-        day = event.occurred_at.astimezone(UTC).date()
-        rows.tenant_id.append(event.tenant_id)
-        rows.event_id.append(event.event_id)
-        rows.request_id.append(event.request_id)
-        rows.occurred_at.append(event.occurred_at)
-        rows.day.append(day)
-        rows.model.append(event.model)
-        rows.user_id.append(event.user_id)
-        rows.source.append(event.source)
-        rows.prompt_tokens.append(event.prompt_tokens)
-        rows.completion_tokens.append(event.completion_tokens)
-        rows.cached.append(event.cached)
-        rows.cost_micros.append(cost)
-        rows.priced.append(priced)
-        rows.payload_sha256.append(sha)
-        # Every event id of the batch is settled, redeliveries too: an earlier attempt may
-        # have committed the ledger and stopped before Redis; the settle script's marker
-        # makes it once.
-        settlements.append(
-            Settlement(
-                tenant_id=event.tenant_id,
-                event_id=event.event_id,
-                request_id=event.request_id,
-                reserved_day=event.reservation.period_day,
-                usage_day=day,
-                tokens=event.prompt_tokens + event.completion_tokens,
-                cost_micros=cost,
-            )
+        held = unique.get(key)
+        if held is None:
+            unique[key] = (event, sha)
+        elif held[1] != sha:
+            raise PermanentError(f"usage event {event.event_id} seen twice with different payloads")
+    kept = [event for event, _ in unique.values()]
+    prices = [price(catalogue=catalogue, event=event) for event in kept]
+    days = [event.occurred_at.astimezone(UTC).date() for event in kept]
+    rows = LedgerColumns(
+        tenant_id=[tenant for tenant, _ in unique],
+        event_id=[event_id for _, event_id in unique],
+        request_id=[e.request_id for e in kept],
+        occurred_at=[e.occurred_at for e in kept],
+        day=days,
+        model=[e.model for e in kept],
+        user_id=[e.user_id for e in kept],
+        source=[e.source for e in kept],
+        prompt_tokens=[e.prompt_tokens for e in kept],
+        completion_tokens=[e.completion_tokens for e in kept],
+        cached=[e.cached for e in kept],
+        cost_micros=[cost for cost, _ in prices],
+        priced=[priced for _, priced in prices],
+        payload_sha256=[sha for _, sha in unique.values()],
+    )
+    # Every event id of the batch is settled, redeliveries too: an earlier attempt may have
+    # committed the ledger and stopped before Redis; the settle script's marker makes it once.
+    settlements = [
+        Settlement(
+            tenant_id=e.tenant_id,
+            event_id=e.event_id,
+            request_id=e.request_id,
+            reserved_day=e.reservation.period_day,
+            usage_day=day,
+            tokens=e.prompt_tokens + e.completion_tokens,
+            cost_micros=cost,
         )
+        for e, day, (cost, _) in zip(kept, days, prices, strict=True)
+    ]
     return rows, settlements
 
 
