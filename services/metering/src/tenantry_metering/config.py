@@ -25,9 +25,9 @@ class Settings(CommonSettings):
     usage_group_id: str = "metering.usage"
     lifecycle_group_id: str = "metering.lifecycle"
 
-    usage_batch_max_records: int = Field(default=2000, ge=1, le=10_000)
+    usage_batch_max_records: int = Field(default=4000, ge=1, le=10_000)
     usage_batch_parts: int = Field(
-        default=8,
+        default=4,
         ge=1,
         le=16,
         description=(
