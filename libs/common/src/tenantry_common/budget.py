@@ -8,7 +8,8 @@ Per tenant and UTC period, keys are by period (never reset by a cron):
 * ``budget:spend:<YYYY-MM>`` — hash ``used`` (settled micro-dollars);
 * ``budget:settled:<YYYY-MM-DD>`` — hash of the ids (16 raw bytes) of the usage events of
   that UTC usage day already settled: what makes a settlement happen once. One hash per
-  tenant and day rather than one key per event: half the memory, and a batch names one key.
+  tenant and day rather than one key per event: 82 instead of 197 bytes per event
+  (``bench/metering/marker_memory.py``), and a batch names one key.
 
 Every change is one Lua script, so two edge replicas and metering can act at once.
 """
