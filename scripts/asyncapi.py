@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
+import yaml
 from faststream.specification import AsyncAPI
 
 SERVICES = ("auth", "retrieval", "inference", "metering", "audit")
@@ -35,9 +38,22 @@ def generate(directory: Path) -> list[Path]:
             description=f"Topics the {name} service consumes and produces.",
         )
         path = directory / f"{name}.yaml"
-        path.write_text(spec.to_specification().to_yaml())
+        path.write_text(_to_yaml(spec.to_specification().to_jsonable()))
         written.append(path)
     return written
+
+
+def _to_yaml(document: dict[str, Any]) -> str:
+    """FastStream's YAML, with channels, operations and components sorted by name: FastStream
+    lists them in an order that changes from run to run, which made every export a diff."""
+    for section in ("channels", "operations"):
+        if section in document:
+            document[section] = dict(sorted(document[section].items()))
+    for section, members in document.get("components", {}).items():
+        document["components"][section] = dict(sorted(members.items()))
+    out = StringIO(initial_value="", newline="\n")
+    yaml.dump(document, out, sort_keys=False)
+    return out.getvalue()
 
 
 if __name__ == "__main__":

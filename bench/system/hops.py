@@ -3,7 +3,9 @@
 Reads the JSON-lines file ``otlp_sink.py`` writes. For every trace that holds the edge's
 ``POST /v1/chat/completions`` server span, it measures (milliseconds, from the edge's span):
 
-* edge: request in → ``chat.requests.v1`` published (auth, rate limit, budget, publish);
+* edge: request in → the request published (auth, rate limit, budget, publish): on
+  ``chat.requests.v1``, or in gateway mode (RAG and cache off) on ``chat.context.v1``, which
+  skips retrieval (the two retrieval rows are then left out);
 * broker → retrieval: publish done → retrieval's ``process`` span starts (fetch wait);
 * retrieval: its handler, incl. publishing ``chat.context.v1`` (and its audit event);
 * broker → inference: ``chat.context.v1`` published → inference's ``process`` span starts;
@@ -25,7 +27,7 @@ from typing import Any
 
 EDGE = "tenantry-auth"
 HOPS = [
-    ("edge: HTTP in → chat.requests.v1 published", "http_start", "req_published"),
+    ("edge: HTTP in → request published", "http_start", "req_published"),
     ("broker → retrieval (fetch wait)", "req_published", "retrieval_start"),
     ("retrieval handler → chat.context.v1 published", "retrieval_start", "ctx_published"),
     ("broker → inference (fetch wait)", "ctx_published", "inference_start"),
@@ -46,29 +48,39 @@ def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
         return min(found, key=lambda s: s["start_ns"]) if found else None
 
     http = one(EDGE, "POST /v1/chat/completions")
-    req = one(EDGE, "chat.requests.v1 publish")
-    ret = one("tenantry-retrieval", "chat.requests.v1 process")
-    ctx = one("tenantry-retrieval", "chat.context.v1 publish")
     inf = one("tenantry-inference", "chat.context.v1 process")
     resp = one("tenantry-inference", "chat.responses.v1 publish")
-    if None in (http, req, ret, ctx, inf, resp):
+    direct = one(EDGE, "chat.context.v1 publish")  # gateway mode: the edge skips retrieval
+    if http is None or inf is None or resp is None:
         return None
-    t0 = http["start_ns"]  # type: ignore[index]
+    t0 = int(http["start_ns"])
 
     def ms(ns: int) -> float:
         return (ns - t0) / 1e6
 
-    return {
+    found = {
         "t0_ns": float(t0),
         "http_start": 0.0,
-        "req_published": ms(req["end_ns"]),  # type: ignore[index]
-        "retrieval_start": ms(ret["start_ns"]),  # type: ignore[index]
-        "retrieval_end": ms(ret["end_ns"]),  # type: ignore[index]
-        "ctx_published": ms(ctx["end_ns"]),  # type: ignore[index]
-        "inference_start": ms(inf["start_ns"]),  # type: ignore[index]
-        "inference_end": ms(inf["end_ns"]),  # type: ignore[index]
-        "resp_published": ms(resp["end_ns"]),  # type: ignore[index]
-        "http_end": ms(http["end_ns"]),  # type: ignore[index]
+        "inference_start": ms(inf["start_ns"]),
+        "inference_end": ms(inf["end_ns"]),
+        "resp_published": ms(resp["end_ns"]),
+        "http_end": ms(http["end_ns"]),
+    }
+    if direct is not None:
+        return found | {
+            "req_published": ms(direct["end_ns"]),
+            "ctx_published": ms(direct["end_ns"]),
+        }
+    req = one(EDGE, "chat.requests.v1 publish")
+    ret = one("tenantry-retrieval", "chat.requests.v1 process")
+    ctx = one("tenantry-retrieval", "chat.context.v1 publish")
+    if req is None or ret is None or ctx is None:
+        return None
+    return found | {
+        "req_published": ms(req["end_ns"]),
+        "retrieval_start": ms(ret["start_ns"]),
+        "retrieval_end": ms(ret["end_ns"]),
+        "ctx_published": ms(ctx["end_ns"]),
     }
 
 
@@ -90,7 +102,9 @@ def table(path: Path, *, skip: int = 0, limit: int | None = None) -> tuple[str, 
         return "(no complete chat traces)", 0
     lines = ["| hop | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
     for label, a, b in HOPS + AFTER:
-        values = [m[b] - m[a] for m in requests]
+        values = [m[b] - m[a] for m in requests if a in m and b in m]
+        if not values:
+            continue  # a retrieval row, with every request in gateway mode
         lines.append(f"| {label} | {statistics.median(values):.1f} | {pct(values, 0.9):.1f} |")
     total = [m["http_end"] for m in requests]
     lines.append(

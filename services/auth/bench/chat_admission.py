@@ -1,4 +1,4 @@
-"""The edge's own time per chat request: from HTTP in to ``chat.requests.v1`` published.
+"""The edge's own time per chat request: from HTTP in to the request published.
 
     .venv/bin/python services/auth/bench/chat_admission.py                  # 400 requests
     .venv/bin/python services/auth/bench/chat_admission.py --requests 1000 --json out.jsonl
@@ -6,10 +6,12 @@
 One edge app in this process (``build_app``, driven through ``httpx.ASGITransport``), in gateway
 mode (RAG and cache off), against a private Tansu broker, a fresh database on the local
 Postgres and the local Redis; an instant stand-in for retrieval+inference answers every
-ChatRequested on its reply partition. ``POST /v1/chat/completions`` is sent one request at a
-time, rotating over the tenants' member tokens. Per request it records:
+request on its reply partition (ContextRetrieved on ``chat.context.v1``, which the edge sends in
+gateway mode, or ChatRequested on ``chat.requests.v1``, which an older edge sends).
+``POST /v1/chat/completions`` is sent one request at a time, rotating over the tenants' member
+tokens. Per request it records:
 
-* ``admission``: from the request entering the ASGI app to the edge's publish of ChatRequested
+* ``admission``: from the request entering the ASGI app to the edge's publish of the request
   returning (token check, tenant access, configuration, rate limit, budget, publish);
 * ``round_trip``: the whole request as the client sees it (adds the reply's broker hops);
 * ``cpu_ms_per_request``: this process's CPU time over the measured requests, divided by their
@@ -47,6 +49,7 @@ from tenantry_auth.config import Settings
 from tenantry_common.events import (
     ChatCompleted,
     ChatRequested,
+    ContextRetrieved,
     LifecycleAction,
     TenantLifecycleAcknowledged,
     TokenUsage,
@@ -54,7 +57,7 @@ from tenantry_common.events import (
 )
 from tenantry_common.localstack import free_port, start_tansu, stop_process
 from tenantry_common.messaging import ensure_topics
-from tenantry_common.topics import CHAT_REQUESTS, all_topics_with_dlqs
+from tenantry_common.topics import CHAT_CONTEXT, CHAT_REQUESTS, all_topics_with_dlqs
 
 ROOT = Path(__file__).resolve().parents[3]
 LOG_DIR = ROOT / "var" / "log" / "bench"
@@ -83,9 +86,10 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def responder(bootstrap: str, producer: AIOKafkaProducer) -> None:
-    """Answer every ChatRequested at once, on the partition it names."""
+    """Answer every request at once, on the partition it names."""
     consumer = AIOKafkaConsumer(
         CHAT_REQUESTS.name,
+        CHAT_CONTEXT.name,
         bootstrap_servers=bootstrap,
         group_id=f"bench-responder-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
@@ -98,7 +102,7 @@ async def responder(bootstrap: str, producer: AIOKafkaProducer) -> None:
             for records in batch.values():
                 for record in records:
                     request = parse_event(record.value)
-                    assert isinstance(request, ChatRequested)
+                    assert isinstance(request, ChatRequested | ContextRetrieved)
                     completed = ChatCompleted(
                         tenant_id=request.tenant_id,
                         request_id=request.request_id,
@@ -194,7 +198,7 @@ async def run(args: argparse.Namespace, bootstrap: str, dsn: str) -> dict[str, A
 
     async def timed_publish(topic: Any, ev: Any) -> None:
         await original_publish(topic, ev)
-        if isinstance(ev, ChatRequested):
+        if isinstance(ev, ChatRequested | ContextRetrieved):
             published_at[ev.request_id] = time.perf_counter()
 
     edge.publish = timed_publish

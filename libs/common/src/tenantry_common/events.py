@@ -197,13 +197,16 @@ class _ChatRequestFields(Event):
 
 
 class ChatRequested(_ChatRequestFields):
-    """A frontend asked a question (edge → retrieval)."""
+    """A frontend asked a question (edge → retrieval, when RAG or the semantic cache is on)."""
 
     event_type: Literal["ChatRequested"] = "ChatRequested"
 
 
 class ContextRetrieved(_ChatRequestFields):
-    """Retrieval found the passages for a request (retrieval → inference)."""
+    """The passages for a request (retrieval → inference).
+
+    In gateway mode (RAG and semantic cache off) the edge publishes it itself, with no passages.
+    """
 
     event_type: Literal["ContextRetrieved"] = "ContextRetrieved"
     passages: list[Passage] = Field(default_factory=list)

@@ -23,9 +23,13 @@ class TopicSpec:
         return self.name + DLQ_SUFFIX
 
 
-CHAT_REQUESTS = TopicSpec("chat.requests.v1", 12, description="ChatRequested: edge → retrieval")
+CHAT_REQUESTS = TopicSpec(
+    "chat.requests.v1", 12, description="ChatRequested: edge → retrieval (RAG or cache on)"
+)
 CHAT_CONTEXT = TopicSpec(
-    "chat.context.v1", 12, description="ContextRetrieved: retrieval → inference"
+    "chat.context.v1",
+    12,
+    description="ContextRetrieved: retrieval → inference; edge → inference with RAG and cache off",
 )
 CHAT_RESPONSES = TopicSpec(
     "chat.responses.v1",

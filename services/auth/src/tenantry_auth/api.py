@@ -56,6 +56,7 @@ _STATUS: dict[type[service.EdgeError], int] = {
     service.RateLimited: 429,
     service.BudgetRefused: 429,
     service.Unavailable: 503,
+    service.TooLarge: 413,
 }
 
 

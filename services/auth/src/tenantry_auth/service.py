@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,6 +32,7 @@ from tenantry_common.events import (
     ChatMessage,
     ChatOptions,
     ChatRequested,
+    ContextRetrieved,
     DocumentDeleted,
     DocumentSubmitted,
     Event,
@@ -47,10 +48,11 @@ from tenantry_common.events import (
     TenantProvisioned,
     Tier,
 )
-from tenantry_common.ids import PLATFORM_TENANT_ID, utcnow
+from tenantry_common.ids import PLATFORM_TENANT_ID, derived_id, utcnow
 from tenantry_common.settings import LOCAL_MODEL
 from tenantry_common.topics import (
     AUDIT,
+    CHAT_CONTEXT,
     CHAT_REQUESTS,
     CHAT_RESPONSES,
     DOCUMENTS,
@@ -115,6 +117,10 @@ class BudgetRefused(EdgeError):
 
 
 class Unavailable(EdgeError):
+    pass
+
+
+class TooLarge(EdgeError):
     pass
 
 
@@ -770,6 +776,13 @@ async def submit_document(
                     submitted_by=principal.subject,
                 ),
             )
+    except MessageSizeTooLargeError as exc:
+        # Within max_document_bytes as text, but over the broker's message limit as JSON
+        # (quotes, backslashes and control characters are escaped, up to 6 bytes each).
+        raise TooLarge(
+            "the document is too large to queue once JSON-encoded (it has many characters that "
+            "need escaping); split it or remove them. Nothing was stored"
+        ) from exc
     except Exception as exc:
         raise Unavailable("the document could not be queued; nothing was stored") from exc
     await record_audit(
@@ -830,7 +843,7 @@ def estimate_prompt_tokens(
 
 @dataclass(frozen=True)
 class AdmittedChat:
-    request: ChatRequested
+    request: ChatRequested | ContextRetrieved
     rate: RateDecision
     config: TenantConfig
 
@@ -858,6 +871,9 @@ async def admit_chat(
     temperature: float | None = None,
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
+
+    The request goes to retrieval (ChatRequested) when the tenant has RAG or the semantic
+    cache on, and straight to inference (ContextRetrieved without passages) when both are off.
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -927,21 +943,33 @@ async def admit_chat(
             rate.headers() | {"Retry-After": str(seconds_until_next_day(now))},
         )
     deadline = now + timedelta(seconds=edge.settings.chat_deadline_s)
-    request = ChatRequested(
-        tenant_id=principal.tenant_id,
-        request_id=request_id,
-        user_id=principal.subject[:200],
-        conversation_id=conversation_id,
-        question=question,
-        history=history,
-        stream=stream,
-        reply_to=ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
-        options=options,
-        reservation=Reservation(reserved_tokens=worst_case, period_day=now.date()),
-        deadline_at=deadline.astimezone(UTC),
-    )
+    fields: dict[str, Any] = {
+        "tenant_id": principal.tenant_id,
+        "request_id": request_id,
+        "user_id": principal.subject[:200],
+        "conversation_id": conversation_id,
+        "question": question,
+        "history": history,
+        "stream": stream,
+        "reply_to": ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
+        "options": options,
+        "reservation": Reservation(reserved_tokens=worst_case, period_day=now.date()),
+        "deadline_at": deadline.astimezone(UTC),
+    }
+    request: ChatRequested | ContextRetrieved
+    topic = CHAT_REQUESTS
+    if options.rag or options.semantic_cache:
+        request = ChatRequested(**fields)
+    else:
+        # Gateway mode: retrieval would neither embed, search nor look in the cache, so the
+        # edge hands the request straight to inference as the context retrieval would have
+        # sent (same derived event id, no passages). See docs/services.md.
+        topic = CHAT_CONTEXT
+        request = ContextRetrieved(
+            **fields, event_id=derived_id(request_id, "context"), passages=[], corpus_version=0
+        )
     try:
-        await edge.publish(CHAT_REQUESTS, request)
+        await edge.publish(topic, request)
     except Exception as exc:
         try:
             await edge.budgets.release(

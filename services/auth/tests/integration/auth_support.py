@@ -27,6 +27,7 @@ from tenantry_common.events import (
     ChatDelta,
     ChatFailed,
     ChatRequested,
+    ContextRetrieved,
     Event,
     FailureReason,
     LifecycleAction,
@@ -183,15 +184,18 @@ async def topics_seen(kafka_bootstrap: str) -> AsyncIterator[Collector]:
 
 @dataclass
 class Responder:
-    """Plays retrieval+inference: answers every ChatRequested on its reply partition.
+    """Plays retrieval+inference: answers every ChatRequested on its reply partition, and
+    every ContextRetrieved (what the edge sends in gateway mode) of a tenant ``onboard`` made
+    (other packages' tests in the same session publish ContextRetrieved for real inference).
 
     A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed.
     """
 
     producer: AIOKafkaProducer
-    requests: list[ChatRequested] = field(default_factory=list)
+    requests: list[ChatRequested | ContextRetrieved] = field(default_factory=list)
+    tenants: set[uuid.UUID] = field(default_factory=set)
 
-    async def answer(self, request: ChatRequested) -> None:
+    async def answer(self, request: ChatRequested | ContextRetrieved) -> None:
         self.requests.append(request)
         if "[silent]" in request.question:
             return
@@ -232,7 +236,7 @@ class Responder:
             partition,
         )
 
-    def for_tenant(self, tenant_id: uuid.UUID) -> list[ChatRequested]:
+    def for_tenant(self, tenant_id: uuid.UUID) -> list[ChatRequested | ContextRetrieved]:
         return [r for r in self.requests if r.tenant_id == tenant_id]
 
 
@@ -241,6 +245,7 @@ async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIt
     r = Responder(producer)
     consumer = AIOKafkaConsumer(
         "chat.requests.v1",
+        "chat.context.v1",
         bootstrap_servers=kafka_bootstrap,
         group_id=f"test-responder-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
@@ -255,7 +260,9 @@ async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIt
             for records in batch.values():
                 for record in records:
                     event = parse_event(record.value)
-                    assert isinstance(event, ChatRequested)
+                    assert isinstance(event, ChatRequested | ContextRetrieved)
+                    if isinstance(event, ContextRetrieved) and event.tenant_id not in r.tenants:
+                        continue
                     task = asyncio.create_task(r.answer(event))
                     answering.add(task)
                     task.add_done_callback(answering.discard)
@@ -335,7 +342,7 @@ class TenantHandle:
 
 
 @pytest.fixture(scope="session")
-def onboard(client, operator_token, producer) -> Callable[..., Any]:
+def onboard(client, operator_token, producer, responder) -> Callable[..., Any]:
     """``await onboard(tier=...)`` → an active tenant with an admin and a member token."""
 
     async def make(tier: str = "pro", name: str | None = None) -> TenantHandle:
@@ -351,6 +358,7 @@ def onboard(client, operator_token, producer) -> Callable[..., Any]:
         assert r.status_code == 201, r.text
         created = r.json()
         tenant_id = uuid.UUID(created["tenant_id"])
+        responder.tenants.add(tenant_id)
         await ack_all(producer, tenant_id, LifecycleAction.PROVISIONED)
         await wait_status(client, operator_token, tenant_id, "active")
         admin = await get_token(client, created["client_id"], created["client_secret"])

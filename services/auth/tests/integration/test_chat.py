@@ -8,6 +8,8 @@ import uuid
 import pytest
 from auth_support import bearer
 from tenantry_common.budget import BudgetStore
+from tenantry_common.events import ChatRequested, ContextRetrieved
+from tenantry_common.ids import derived_id
 from tenantry_common.redis import create_redis
 from tenantry_common.topics import CHAT_RESPONSES
 
@@ -42,6 +44,53 @@ async def test_chat_round_trip_answers_with_the_documented_shape(
     assert request.deadline_at is not None
     assert request.user_id.startswith(str(tenant.tenant_id))  # the token's subject (a client id)
     assert r.headers["RateLimit-Limit"] == "120"
+
+
+async def _features(client, tenant, *, rag: bool, semantic_cache: bool) -> None:
+    r = await client.put(
+        "/v1/config",
+        json={
+            "features": {
+                "rag": rag,
+                "streaming": True,
+                "semantic_cache": semantic_cache,
+                "fine_tuning": False,
+            }
+        },
+        headers=bearer(tenant.admin_token),
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_gateway_mode_goes_straight_to_inference_and_rag_through_retrieval(
+    client, tenant, responder
+) -> None:
+    """RAG and cache off: the edge publishes ContextRetrieved (no passages) on chat.context.v1,
+    with the id retrieval would have given it; either feature on: ChatRequested for retrieval."""
+    asked: dict[str, type] = {}
+    for rag, cache, question in [
+        (False, False, "gateway"),
+        (True, False, "rag only"),
+        (False, True, "cache only"),
+    ]:
+        await _features(client, tenant, rag=rag, semantic_cache=cache)
+        r = await client.post(
+            "/v1/chat", json={"question": question}, headers=bearer(tenant.member_token)
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["answer"] == "The answer is forty-two."
+        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        asked[question] = type(request)
+        assert (request.options.rag, request.options.semantic_cache) == (rag, cache)
+        if isinstance(request, ContextRetrieved):
+            assert request.event_id == derived_id(request.request_id, "context")
+            assert (request.passages, request.corpus_version) == ([], 0)
+            assert request.reservation.reserved_tokens >= request.options.max_tokens
+    assert asked == {
+        "gateway": ContextRetrieved,
+        "rag only": ChatRequested,
+        "cache only": ChatRequested,
+    }
 
 
 async def test_chat_reservation_is_held_in_the_tenant_budget(

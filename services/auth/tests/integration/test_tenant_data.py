@@ -79,6 +79,25 @@ async def test_oversized_documents_are_413(client, tenant, edge_settings) -> Non
     assert r.status_code == 413
 
 
+async def test_a_document_too_large_once_json_encoded_is_413_and_nothing_is_stored(
+    client, tenant, edge_settings
+) -> None:
+    """Within max_document_bytes as text, but quotes and control characters are escaped in the
+    event's JSON (up to 6 bytes each), past the broker's message limit: 413, not a 503."""
+    escaped = ('"\\\x01' * (edge_settings.max_document_bytes // 3))[
+        : edge_settings.max_document_bytes
+    ]
+    r = await client.post(
+        "/v1/documents",
+        files={"file": ("escapes.txt", escaped.encode(), "text/plain")},
+        headers=bearer(tenant.admin_token),
+    )
+    assert r.status_code == 413, r.text
+    assert "JSON-encoded" in r.json()["detail"]
+    listed = (await client.get("/v1/documents", headers=bearer(tenant.admin_token))).json()
+    assert listed["documents"] == []
+
+
 async def test_binary_upload_is_415(client, tenant) -> None:
     r = await client.post(
         "/v1/documents",
