@@ -562,6 +562,7 @@ def build_broker(
             policy,
         ),
         logger=logging.getLogger(f"tenantry.{settings.service_name}.broker"),
+        log_level=logging.getLevelNamesMapping()[settings.broker_message_log_level],
     )
     policy.broker = broker
     return broker

@@ -68,6 +68,11 @@ class CommonSettings(BaseSettings):
     service_name: str = "tenantry"
     environment: Environment = "local"
     log_level: str = "INFO"
+    broker_message_log_level: Literal["DEBUG", "INFO", "WARNING"] = Field(
+        default="DEBUG",
+        description="Level of FastStream's per-message 'Received'/'Processed' lines: below "
+        "INFO they cost nothing (at INFO they were ~9% of a consumer's CPU under load).",
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_request_timeout_ms: int = 30_000

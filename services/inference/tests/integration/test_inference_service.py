@@ -830,6 +830,8 @@ def service_env(bootstrap: str, port: int, scripted_url: str, chat_group: str) -
         "TENANTRY_MODELS": json.dumps({k: v.model_dump(mode="json") for k, v in models.items()}),
         "TENANTRY_CHAT_GROUP_ID": chat_group,
         "TENANTRY_LIFECYCLE_GROUP_ID": f"inference.lifecycle.test-{uuid.uuid4().hex[:6]}",
+        # FastStream's per-message lines (DEBUG by default) show when the answer was processed.
+        "TENANTRY_BROKER_MESSAGE_LOG_LEVEL": "INFO",
     }
 
 
