@@ -376,6 +376,18 @@ def test_configmap_names_are_settings_the_service_reads(
     assert env["TENANTRY_ENVIRONMENT"] in ("local", "test", "production")
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_consumers_long_poll_on_apache_kafka(
+    overlay: tuple[str, list[dict[str, Any]]], service: str
+) -> None:
+    """The 10 ms fetch wait is for Tansu, which answers a fetch only at its deadline; Apache
+    Kafka answers as soon as a record arrives, so there a short wait only burns idle polls."""
+    _, objects = overlay
+    env = config_env(objects, container(objects, service))
+    default = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default
+    assert int(env.get("TENANTRY_KAFKA_FETCH_MAX_WAIT_MS", default)) >= 500
+
+
 def test_kafka_topics_file_is_generated_from_topics_py() -> None:
     generator = load_module(ROOT / "deploy" / "gen_k8s_topics.py", "gen_k8s_topics")
     assert (ROOT / "k8s/base/kafka-topics.yaml").read_text() == generator.render(), (

@@ -87,7 +87,10 @@ class CommonSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         default=10,
         ge=0,
-        description="Longest a hot-path consumer's fetch waits for data (see messaging.py).",
+        description=(
+            "Longest a hot-path consumer's fetch waits for data: 10 ms for Tansu, 500 on"
+            " Apache Kafka (see messaging.py)."
+        ),
     )
     kafka_linger_ms: int = Field(
         default=0, ge=0, description="Producer linger; 0 sends at once (batches form under load)."
