@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,3 +294,13 @@ def test_images_use_the_uv_version_make_installs(dockerfile: Path) -> None:
     makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
     assert makefile is not None
     assert f"ARG UV_IMAGE=ghcr.io/astral-sh/uv:{makefile.group(1)}" in dockerfile.read_text()
+
+
+def test_llama_cpp_is_built_portably_on_install_and_in_the_image() -> None:
+    """GGML_NATIVE tunes llama.cpp to the build machine: an image then crashes on an older node,
+    and a local build on Sapphire Rapids takes the AMX kernels, which crash on the first
+    multi-token prompt (ggml-org/llama.cpp#20824; seen here on 2026-12-03)."""
+    uv_settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
+    llama = uv_settings["config-settings-package"]["llama-cpp-python"]
+    assert llama["cmake.define.GGML_NATIVE"] == "OFF"
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in MODEL_DOCKERFILE.read_text()
