@@ -13,7 +13,12 @@ Reads the JSON-lines file ``otlp_sink.py`` writes. For every trace that holds th
 * inference after the answer: usage and audit publishes, offset commit (off the answer's path);
 * broker → edge: answer published → the edge's HTTP span ends (reply reader, response body).
 
-Prints a Markdown table of p50 / p90 per hop and writes it to --out when given.
+A semantic-cache hit has no inference hop: retrieval publishes the cached answer on
+``chat.responses.v1`` itself. Such traces get their own table.
+
+Prints a Markdown table of p50 / p90 per hop for each kind of request (``gateway``: the edge
+straight to inference; ``through retrieval``: RAG or a cache miss; ``cache hit``) and writes it
+to --out when given.
 """
 
 from __future__ import annotations
@@ -38,9 +43,17 @@ AFTER = [
     ("(off path) retrieval: audit publish + commit", "ctx_published", "retrieval_end"),
     ("(off path) inference: usage + audit publish + commit", "resp_published", "inference_end"),
 ]
+CACHE_HIT_HOPS = [
+    ("edge: HTTP in → request published", "http_start", "req_published"),
+    ("broker → retrieval (fetch wait)", "req_published", "retrieval_start"),
+    ("retrieval: cache lookup → chat.responses.v1 published", "retrieval_start", "resp_published"),
+    ("broker → edge reply reader → HTTP response", "resp_published", "http_end"),
+    ("(off path) retrieval: audit publish + commit", "resp_published", "retrieval_end"),
+]
+ROWS = {"gateway": HOPS + AFTER, "through retrieval": HOPS + AFTER, "cache hit": CACHE_HIT_HOPS}
 
 
-def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
+def marks(spans: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The instants of one request's trace, in ms since the edge's HTTP span started."""
 
     def one(service: str, name: str) -> dict[str, Any] | None:
@@ -48,17 +61,34 @@ def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
         return min(found, key=lambda s: s["start_ns"]) if found else None
 
     http = one(EDGE, "POST /v1/chat/completions")
-    inf = one("tenantry-inference", "chat.context.v1 process")
-    resp = one("tenantry-inference", "chat.responses.v1 publish")
-    direct = one(EDGE, "chat.context.v1 publish")  # gateway mode: the edge skips retrieval
-    if http is None or inf is None or resp is None:
+    if http is None:
         return None
     t0 = int(http["start_ns"])
 
     def ms(ns: int) -> float:
         return (ns - t0) / 1e6
 
-    found = {
+    req = one(EDGE, "chat.requests.v1 publish")
+    ret = one("tenantry-retrieval", "chat.requests.v1 process")
+    inf = one("tenantry-inference", "chat.context.v1 process")
+    resp = one("tenantry-inference", "chat.responses.v1 publish")
+    cached = one("tenantry-retrieval", "chat.responses.v1 publish")
+    if inf is None and cached is not None and req is not None and ret is not None:
+        return {
+            "kind": "cache hit",
+            "t0_ns": float(t0),
+            "http_start": 0.0,
+            "req_published": ms(req["end_ns"]),
+            "retrieval_start": ms(ret["start_ns"]),
+            "retrieval_end": ms(ret["end_ns"]),
+            "resp_published": ms(cached["end_ns"]),
+            "http_end": ms(http["end_ns"]),
+        }
+    direct = one(EDGE, "chat.context.v1 publish")  # gateway mode: the edge skips retrieval
+    if inf is None or resp is None:
+        return None
+    found: dict[str, Any] = {
+        "kind": "gateway" if direct is not None else "through retrieval",
         "t0_ns": float(t0),
         "http_start": 0.0,
         "inference_start": ms(inf["start_ns"]),
@@ -71,8 +101,6 @@ def marks(spans: list[dict[str, Any]]) -> dict[str, float] | None:
             "req_published": ms(direct["end_ns"]),
             "ctx_published": ms(direct["end_ns"]),
         }
-    req = one(EDGE, "chat.requests.v1 publish")
-    ret = one("tenantry-retrieval", "chat.requests.v1 process")
     ctx = one("tenantry-retrieval", "chat.context.v1 publish")
     if req is None or ret is None or ctx is None:
         return None
@@ -89,19 +117,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def table(path: Path, *, skip: int = 0, limit: int | None = None) -> tuple[str, int]:
-    """The per-hop table (Markdown) of the complete traces in path, and how many there were."""
-    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        traces[row["trace_id"]].append(row)
-    requests = [m for spans in traces.values() if (m := marks(spans)) is not None]
-    requests.sort(key=lambda m: m["t0_ns"])  # in arrival order
-    requests = requests[skip:] if limit is None else requests[skip : skip + limit]
-    if not requests:
-        return "(no complete chat traces)", 0
+def hop_table(requests: list[dict[str, Any]], rows: list[tuple[str, str, str]]) -> str:
+    """p50 / p90 per hop of one kind of request, as a Markdown table."""
     lines = ["| hop | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
-    for label, a, b in HOPS + AFTER:
+    for label, a, b in rows:
         values = [m[b] - m[a] for m in requests if a in m and b in m]
         if not values:
             continue  # a retrieval row, with every request in gateway mode
@@ -111,7 +130,26 @@ def table(path: Path, *, skip: int = 0, limit: int | None = None) -> tuple[str, 
         f"| **edge's HTTP span, total** | **{statistics.median(total):.1f}** "
         f"| **{pct(total, 0.9):.1f}** |"
     )
-    return "\n".join(lines), len(requests)
+    return "\n".join(lines)
+
+
+def table(path: Path, *, skip: int = 0, limit: int | None = None) -> tuple[str, int]:
+    """Per-hop tables (Markdown) of the complete traces in path, and how many there were."""
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        traces[row["trace_id"]].append(row)
+    requests = [m for spans in traces.values() if (m := marks(spans)) is not None]
+    requests.sort(key=lambda m: m["t0_ns"])  # in arrival order
+    requests = requests[skip:] if limit is None else requests[skip : skip + limit]
+    if not requests:
+        return "(no complete chat traces)", 0
+    sections = []
+    for kind, rows in ROWS.items():
+        of_kind = [m for m in requests if m["kind"] == kind]
+        if of_kind:
+            sections.append(f"{kind}: {len(of_kind)} requests\n\n{hop_table(of_kind, rows)}")
+    return "\n\n".join(sections), len(requests)
 
 
 def main() -> int:
