@@ -31,30 +31,38 @@ from pathlib import Path
 from typing import Any
 
 EDGE = "tenantry-auth"
+RETRIEVAL = "tenantry-retrieval"
+INFERENCE = "tenantry-inference"
+
+EDGE_IN = ("edge: HTTP in → request published", "http_start", "req_published")
+TO_RETRIEVAL = ("broker → retrieval (fetch wait)", "req_published", "retrieval_start")
+TO_EDGE = ("broker → edge reply reader → HTTP response", "resp_published", "http_end")
 HOPS = [
-    ("edge: HTTP in → request published", "http_start", "req_published"),
-    ("broker → retrieval (fetch wait)", "req_published", "retrieval_start"),
+    EDGE_IN,
+    TO_RETRIEVAL,
     ("retrieval handler → chat.context.v1 published", "retrieval_start", "ctx_published"),
     ("broker → inference (fetch wait)", "ctx_published", "inference_start"),
     ("inference → chat.responses.v1 published", "inference_start", "resp_published"),
-    ("broker → edge reply reader → HTTP response", "resp_published", "http_end"),
+    TO_EDGE,
 ]
 AFTER = [
     ("(off path) retrieval: audit publish + commit", "ctx_published", "retrieval_end"),
     ("(off path) inference: usage + audit publish + commit", "resp_published", "inference_end"),
 ]
 CACHE_HIT_HOPS = [
-    ("edge: HTTP in → request published", "http_start", "req_published"),
-    ("broker → retrieval (fetch wait)", "req_published", "retrieval_start"),
+    EDGE_IN,
+    TO_RETRIEVAL,
     ("retrieval: cache lookup → chat.responses.v1 published", "retrieval_start", "resp_published"),
-    ("broker → edge reply reader → HTTP response", "resp_published", "http_end"),
+    TO_EDGE,
     ("(off path) retrieval: audit publish + commit", "resp_published", "retrieval_end"),
 ]
+#: The rows of each kind of request; rows whose instants a kind lacks are left out.
 ROWS = {"gateway": HOPS + AFTER, "through retrieval": HOPS + AFTER, "cache hit": CACHE_HIT_HOPS}
 
 
 def marks(spans: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The instants of one request's trace, in ms since the edge's HTTP span started."""
+    """The instants of one request's trace, in ms since the edge's HTTP span started, and its
+    kind (a key of ``ROWS``); None when the trace is incomplete."""
 
     def one(service: str, name: str) -> dict[str, Any] | None:
         found = [s for s in spans if s["service"] == service and s["name"] == name]
@@ -68,48 +76,37 @@ def marks(spans: list[dict[str, Any]]) -> dict[str, Any] | None:
     def ms(ns: int) -> float:
         return (ns - t0) / 1e6
 
+    found: dict[str, Any] = {"t0_ns": float(t0), "http_start": 0.0, "http_end": ms(http["end_ns"])}
     req = one(EDGE, "chat.requests.v1 publish")
-    ret = one("tenantry-retrieval", "chat.requests.v1 process")
-    inf = one("tenantry-inference", "chat.context.v1 process")
-    resp = one("tenantry-inference", "chat.responses.v1 publish")
-    cached = one("tenantry-retrieval", "chat.responses.v1 publish")
-    if inf is None and cached is not None and req is not None and ret is not None:
-        return {
-            "kind": "cache hit",
-            "t0_ns": float(t0),
-            "http_start": 0.0,
+    ret = one(RETRIEVAL, "chat.requests.v1 process")
+    if req is not None and ret is not None:
+        found |= {
             "req_published": ms(req["end_ns"]),
             "retrieval_start": ms(ret["start_ns"]),
             "retrieval_end": ms(ret["end_ns"]),
-            "resp_published": ms(cached["end_ns"]),
-            "http_end": ms(http["end_ns"]),
         }
-    direct = one(EDGE, "chat.context.v1 publish")  # gateway mode: the edge skips retrieval
-    if inf is None or resp is None:
+    inf = one(INFERENCE, "chat.context.v1 process")
+    if inf is None:  # a cache hit: retrieval publishes the cached answer itself
+        cached = one(RETRIEVAL, "chat.responses.v1 publish")
+        if cached is None or "retrieval_start" not in found:
+            return None
+        return found | {"kind": "cache hit", "resp_published": ms(cached["end_ns"])}
+    resp = one(INFERENCE, "chat.responses.v1 publish")
+    if resp is None:
         return None
-    found: dict[str, Any] = {
-        "kind": "gateway" if direct is not None else "through retrieval",
-        "t0_ns": float(t0),
-        "http_start": 0.0,
+    found |= {
         "inference_start": ms(inf["start_ns"]),
         "inference_end": ms(inf["end_ns"]),
         "resp_published": ms(resp["end_ns"]),
-        "http_end": ms(http["end_ns"]),
     }
+    direct = one(EDGE, "chat.context.v1 publish")  # gateway mode: the edge skips retrieval
     if direct is not None:
-        return found | {
-            "req_published": ms(direct["end_ns"]),
-            "ctx_published": ms(direct["end_ns"]),
-        }
-    ctx = one("tenantry-retrieval", "chat.context.v1 publish")
-    if req is None or ret is None or ctx is None:
+        published = ms(direct["end_ns"])
+        return found | {"kind": "gateway", "req_published": published, "ctx_published": published}
+    ctx = one(RETRIEVAL, "chat.context.v1 publish")
+    if ctx is None or "retrieval_start" not in found:
         return None
-    return found | {
-        "req_published": ms(req["end_ns"]),
-        "retrieval_start": ms(ret["start_ns"]),
-        "retrieval_end": ms(ret["end_ns"]),
-        "ctx_published": ms(ctx["end_ns"]),
-    }
+    return found | {"kind": "through retrieval", "ctx_published": ms(ctx["end_ns"])}
 
 
 def pct(values: list[float], q: float) -> float:
