@@ -298,7 +298,7 @@ def test_images_use_the_uv_version_make_installs(dockerfile: Path) -> None:
 
 def test_llama_cpp_is_built_portably_on_install_and_in_the_image() -> None:
     """GGML_NATIVE tunes llama.cpp to the build machine: an image then crashes on an older node,
-    and a local build on Sapphire Rapids takes the AMX kernels, which crash on the first
+    and a local build on an AMX machine takes the AMX kernels, which crash on the first
     multi-token prompt (ggml-org/llama.cpp#20824; seen here on 2026-12-03)."""
     uv_settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
     llama = uv_settings["config-settings-package"]["llama-cpp-python"]
