@@ -22,6 +22,12 @@ class RetrievalMetrics:
             ["tenant_id"],
             registry=registry,
         )
+        self.cache_filtered_lookups = Counter(
+            "retrieval_cache_filtered_lookups_total",
+            "Cache lookups whose nearest entries were all out of scope (older versions, other "
+            "models, expired), so the store's slower filtered query ran as well.",
+            registry=registry,
+        )
         self.chunks_ingested = Counter(
             "retrieval_chunks_ingested_total",
             "Document chunks embedded and stored.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -56,8 +57,18 @@ from tenantry_retrieval.app import build_app
 from tenantry_retrieval.chunking import chunk_text
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.embeddings import LocalEmbedder
-from tenantry_retrieval.service import RetrievalService, corpus_version_key
-from tenantry_retrieval.vectorstore import Namespace, namespace_for
+from tenantry_retrieval.service import (
+    CACHE_CANDIDATES,
+    RetrievalService,
+    corpus_version_key,
+)
+from tenantry_retrieval.vectorstore import (
+    Filter,
+    MetadataValue,
+    Namespace,
+    VectorRecord,
+    namespace_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -570,6 +581,144 @@ async def test_a_lost_corpus_version_never_brings_an_old_cached_answer_back(
 
     # A tenant with nothing stored still starts at 0.
     assert await service.corpus_version(tenant_id=uuid.uuid4()) == 0
+
+
+async def put_cached(
+    service: RetrievalService,
+    tenant: uuid.UUID,
+    question: str,
+    answer: str,
+    *,
+    corpus_version: int = 1,
+    config_version: int = 1,
+    model: str = MODEL,
+    expires_in_s: int = 3600,
+) -> None:
+    """Write one cache entry straight into the tenant's cache namespace."""
+    [vector] = await service.embedder.embed([question])
+    request_id = str(uuid.uuid4())
+    metadata: dict[str, MetadataValue] = {
+        "request_id": request_id,
+        "model": model,
+        "config_version": config_version,
+        "corpus_version": corpus_version,
+        "expires_at": int(time.time()) + expires_in_s,
+        "citations": "[]",
+    }
+    record = VectorRecord(id=request_id, vector=vector, text=answer, metadata=metadata)
+    await service.store.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=[record])
+
+
+class CacheQueries:
+    """Records every cache-namespace query the service makes, then runs it on the real store."""
+
+    def __init__(self, service: RetrievalService) -> None:
+        self._query = service.store.query
+        self.where: list[Filter | None] = []
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        if kwargs["kind"] == Namespace.CACHE:
+            self.where.append(kwargs.get("where"))
+        return await self._query(**kwargs)
+
+
+@pytest.fixture
+async def cache_queries(service: RetrievalService, monkeypatch: pytest.MonkeyPatch) -> CacheQueries:
+    spy = CacheQueries(service)
+    monkeypatch.setattr(service.store, "query", spy)
+    return spy
+
+
+async def lookup(service: RetrievalService, request: ChatRequested) -> Event:
+    """What the service answers a question with: a cached ChatCompleted or a ContextRetrieved."""
+    return (await service.answer_question(request=request))[0].event
+
+
+async def test_a_lookup_in_a_warm_cache_is_one_query_without_a_filter(
+    service: RetrievalService, cache_queries: CacheQueries
+) -> None:
+    tenant = uuid.uuid4()
+    await service.redis.set(corpus_version_key(tenant), 1)
+    await put_cached(service, tenant, "How do I reset my password?", "Settings, then Security.")
+    await put_cached(service, tenant, "Where is the office?", "Berlin.")
+    await put_cached(service, tenant, "How do I reset my password?", "Old.", corpus_version=0)
+
+    hit = await lookup(service, chat_request(tenant, "How can I reset my password?"))
+    assert isinstance(hit, ChatCompleted)
+    assert hit.answer == "Settings, then Security."
+    miss = await lookup(service, chat_request(tenant, "What is the refund policy?"))
+    assert isinstance(miss, ContextRetrieved)
+    assert cache_queries.where == [None, None], "a metadata filter scans the whole namespace"
+
+
+async def test_older_versions_crowding_the_nearest_entries_do_not_hide_the_one_in_scope(
+    service: RetrievalService, cache_queries: CacheQueries, registry: CollectorRegistry
+) -> None:
+    def filtered() -> float:
+        return registry.get_sample_value("retrieval_cache_filtered_lookups_total") or 0.0
+
+    tenant = uuid.uuid4()
+    question = "How many vacation days do employees get?"
+    await service.redis.set(corpus_version_key(tenant), 1)
+    # The very question, cached under every earlier prompt-template version and another model:
+    # all closer to it than the one paraphrase cached under the version in use.
+    for version in range(2, 2 + CACHE_CANDIDATES):
+        await put_cached(service, tenant, question, f"config {version}", config_version=version)
+    await put_cached(service, tenant, question, "other model", model="gpt-4o-mini")
+    await put_cached(service, tenant, "How many vacation days do staff get?", "25 days.")
+    before = filtered()
+
+    hit = await lookup(service, chat_request(tenant, question))
+    assert isinstance(hit, ChatCompleted)
+    assert hit.answer == "25 days."
+    assert filtered() == before + 1
+    assert cache_queries.where[0] is None
+    scope = dict(cache_queries.where[1] or {})
+    expires_at = scope.pop("expires_at")
+    assert isinstance(expires_at, dict)
+    assert abs(float(expires_at["$gt"]) - time.time()) < 60, "expired entries filtered out"
+    assert scope == {"model": MODEL, "config_version": 1, "corpus_version": 1}
+
+    # Under a version nothing was cached for, the crowd is searched and nothing is served.
+    miss = await lookup(service, chat_request(tenant, question, config_version=99))
+    assert isinstance(miss, ContextRetrieved)
+    assert filtered() == before + 2
+
+
+async def test_an_expired_cached_answer_is_never_served(
+    service: RetrievalService, cache_queries: CacheQueries
+) -> None:
+    tenant = uuid.uuid4()
+    question = "Is there parking at the office?"
+    await service.redis.set(corpus_version_key(tenant), 1)
+    await put_cached(service, tenant, question, "Yes.", expires_in_s=-1)
+    assert isinstance(await lookup(service, chat_request(tenant, question)), ContextRetrieved)
+
+    # Expired copies crowding the candidates out: the filtered query skips them too.
+    for _ in range(CACHE_CANDIDATES):
+        await put_cached(service, tenant, question, "Yes.", expires_in_s=-1)
+    assert isinstance(await lookup(service, chat_request(tenant, question)), ContextRetrieved)
+    assert cache_queries.where[-1] is not None
+
+
+async def test_a_fill_purges_entries_that_can_never_be_served_again(
+    app: FastAPI, service: RetrievalService
+) -> None:
+    tenant = uuid.uuid4()
+    await service.redis.set(corpus_version_key(tenant), 3)
+    await put_cached(service, tenant, "Where is the office?", "Berlin.", corpus_version=1)
+    await put_cached(service, tenant, "Where is the office?", "Munich.", corpus_version=2)
+    await put_cached(
+        service, tenant, "Is there parking?", "Yes.", corpus_version=3, expires_in_s=-1
+    )
+    await put_cached(service, tenant, "Who cleans?", "A firm.", corpus_version=3, config_version=2)
+    assert await cache_count(service, tenant) == 4
+
+    # The tenant's first fill in this process purges: older corpus versions and expired
+    # entries go; an entry of another config version may still serve (config versions are
+    # only known from requests) and stays until it expires.
+    fresh = completed(tenant, "Where is the office?", "Hamburg.", corpus_version=3)
+    await fill_cache(app, service, fresh, expect=2)
 
 
 async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(

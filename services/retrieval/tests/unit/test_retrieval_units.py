@@ -10,8 +10,14 @@ import pytest
 from pydantic import ValidationError
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.embeddings import MicroBatcher, QuestionVectors
-from tenantry_retrieval.service import cache_threshold
-from tenantry_retrieval.vectorstore import Namespace, TenantRequired, namespace_for
+from tenantry_retrieval.service import CacheScope, cache_threshold
+from tenantry_retrieval.vectorstore import (
+    MetadataValue,
+    Namespace,
+    TenantRequired,
+    VectorHit,
+    namespace_for,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +90,34 @@ def test_namespace_needs_a_uuid_tenant(bad: object) -> None:
 def test_cache_threshold_never_goes_below_the_platform_floor() -> None:
     assert cache_threshold(requested=0.1, floor=0.85) == 0.85
     assert cache_threshold(requested=0.95, floor=0.85) == 0.95
+
+
+def test_a_cache_scope_serves_only_unexpired_entries_made_under_it() -> None:
+    scope = CacheScope(model="m", config_version=2, corpus_version=5)
+    made: dict[str, MetadataValue] = {
+        "model": "m",
+        "config_version": 2,
+        "corpus_version": 5,
+        "expires_at": 1_000,
+    }
+
+    def hit(**changes: MetadataValue) -> VectorHit:
+        return VectorHit(id="1", score=0.99, text="a", metadata=made | changes)
+
+    assert scope.serves(hit(), now=999)
+    assert scope.serves(hit(config_version=2.0, corpus_version=5.0), now=999), "Pinecone floats"
+    assert not scope.serves(hit(), now=1_000), "expired"
+    assert not scope.serves(hit(model="other"), now=0)
+    assert not scope.serves(hit(config_version=1), now=0)
+    assert not scope.serves(hit(corpus_version=4), now=0)
+    assert not scope.serves(hit(expires_at="never"), now=0)
+    assert not scope.serves(VectorHit(id="1", score=1.0, text="a", metadata={}), now=0)
+    assert scope.where(now=7) == {
+        "model": "m",
+        "config_version": 2,
+        "corpus_version": 5,
+        "expires_at": {"$gt": 7},
+    }
 
 
 def test_settings_refuse_overlap_not_smaller_than_chunk_size() -> None:
