@@ -10,7 +10,10 @@ What it does, in order (every step bounded):
 2. fills each tenant's Chroma documents collection with ``--chunks`` chunks **directly**
    (precomputed random unit vectors of the embedder's dimension, not embedded text: embedding
    100 x 10k chunks at ≈ 15 chunks/s would take ≈ 19 hours here). Retrieval is stopped while
-   its embedded Chroma directory is written, then started again by ``scripts/stack.py up``;
+   its embedded Chroma directory is written, then started again by ``scripts/stack.py up``.
+   ``--cache-entries N`` also writes N answers into each tenant's cache collection that no
+   question can be served from (another config version; never near a question), as a busy
+   tenant's cache holds: the lookup's cost at that size;
 3. records each service's RSS at rest (started, idle, before any chat load);
 4. per mode, a sequential probe (one request at a time) and an open-loop load at ``--rate``
    requests/s for ``--duration`` s (latency from each request's scheduled send time, so a
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -180,8 +184,18 @@ def stop_retrieval() -> None:
     (ROOT / "var" / "run" / "retrieval.pid").unlink(missing_ok=True)
 
 
-def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
-    """Write `chunks` random-vector chunks into every tenant's documents collection."""
+#: A record of a filled collection: its id, text and metadata, by its index.
+Record = Callable[[int], tuple[str, str, dict[str, Any]]]
+
+
+def fill_collections(
+    tenants: list[tenantry.BenchTenant],
+    kind: str,
+    count: int,
+    seed: int,
+    record: Callable[[tenantry.BenchTenant], Record],
+) -> dict[str, Any]:
+    """Write `count` random-vector records into every tenant's `kind` collection (docs, cache)."""
     import chromadb
     import numpy as np
 
@@ -190,28 +204,73 @@ def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> 
     started = time.perf_counter()
     filled = 0
     for t in tenants:
-        name = f"tenant-{uuid.UUID(t.tenant_id).hex}-docs"
+        name = f"tenant-{uuid.UUID(t.tenant_id).hex}-{kind}"
         collection = client.get_or_create_collection(
             name, metadata={"hnsw:space": "cosine"}, embedding_function=None
         )
-        if collection.count() >= chunks:
+        if collection.count() >= count:
             continue
-        document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, t.tenant_id))
-        for start in range(0, chunks, 2_000):
-            n = min(2_000, chunks - start)
-            vectors = rng.standard_normal((n, DIMENSION)).astype("float32")
+        make = record(t)
+        for start in range(0, count, 2_000):
+            vectors = rng.standard_normal((min(2_000, count - start), DIMENSION)).astype("float32")
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            ids, documents, metadatas = zip(
+                *(make(start + i) for i in range(len(vectors))), strict=True
+            )
             collection.upsert(
-                ids=[f"{document_id}:{start + i}" for i in range(n)],
+                ids=list(ids),
                 embeddings=vectors,
-                documents=[f"Bench chunk {start + i} of a synthetic handbook." for i in range(n)],
-                metadatas=[
-                    {"document_id": document_id, "chunk_index": start + i, "title": "handbook"}
-                    for i in range(n)
-                ],
+                documents=list(documents),
+                metadatas=list(metadatas),
             )
         filled += 1
     return {"tenants_filled": filled, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
+    """Write `chunks` random-vector chunks into every tenant's documents collection."""
+
+    def chunk(t: tenantry.BenchTenant) -> Record:
+        document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, t.tenant_id))
+        return lambda i: (
+            f"{document_id}:{i}",
+            f"Bench chunk {i} of a synthetic handbook.",
+            {"document_id": document_id, "chunk_index": i, "title": "handbook"},
+        )
+
+    return fill_collections(tenants, "docs", chunks, seed, chunk)
+
+
+#: The corpus version of the cache filler: one no request asks in, and larger than any the
+#: tenants reach, so a cache fill's purge of older versions leaves the filler in place.
+FILLER_CORPUS_VERSION = 1 << 62
+
+
+def fill_cache_entries(
+    tenants: list[tenantry.BenchTenant], entries: int, seed: int
+) -> dict[str, Any]:
+    """Write `entries` random-vector answers into every tenant's cache collection.
+
+    They stand for what a busy tenant's cache holds that the bench's questions can never be
+    served from (other config versions, other models): never near a question, never expired.
+    """
+    expires_at = int(time.time()) + 7 * 24 * 3600
+
+    def answer(t: tenantry.BenchTenant) -> Record:
+        return lambda i: (
+            f"filler-{i}",
+            f"Bench cached answer {i}.",
+            {
+                "request_id": f"filler-{i}",
+                "model": instant.MODEL,
+                "config_version": 0,
+                "corpus_version": FILLER_CORPUS_VERSION,
+                "expires_at": expires_at,
+                "citations": "[]",
+            },
+        )
+
+    return fill_collections(tenants, "cache", entries, seed, answer)
 
 
 def start_stack() -> None:
@@ -336,8 +395,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# System bench {result['started_at']}",
         "",
-        f"{result['tenants']} tenants x {result['chunks']} chunks; rate {result['rate']} req/s, "
-        f"{result['duration_s']} s per mode.",
+        f"{result['tenants']} tenants x {result['chunks']} chunks"
+        f" (+ {result.get('cache_entries', 0)} unservable cache entries each);"
+        f" rate {result['rate']} req/s, {result['duration_s']} s per mode.",
         "",
         "| mode | kind | ok / sent | ok req/s | p50 ms | p90 ms | p99 ms | cache hits | load |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -364,6 +424,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="requests/s (open loop)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per mode")
     parser.add_argument("--no-fill", action="store_true", help="keep the collections as they are")
+    parser.add_argument(
+        "--cache-entries",
+        type=int,
+        default=0,
+        help="answers per tenant written into its cache that no question can be served from",
+    )
     parser.add_argument("--probe", type=int, default=40, help="sequential requests per mode")
     parser.add_argument(
         "--modes", default="gateway,rag,cache-miss,cache-hit", help="comma-separated"
@@ -385,6 +451,7 @@ def main() -> int:
         "started_at": started_at,
         "tenants": args.tenants,
         "chunks": args.chunks,
+        "cache_entries": args.cache_entries,
         "rate": args.rate,
         "duration_s": args.duration,
         "modes": {},
@@ -405,6 +472,8 @@ def main() -> int:
             stop_retrieval()
             try:
                 result["fill"] = fill_chunks(tenants, args.chunks, seed=7)
+                if args.cache_entries:
+                    result["cache_fill"] = fill_cache_entries(tenants, args.cache_entries, seed=9)
             finally:
                 start_stack()
             log(f"filled: {result['fill']}")
