@@ -392,11 +392,12 @@ def fill_cache(url: str, tokens: list[str], questions: list[str]) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    entries = result.get("cache_entries", 0)
+    filler = f" (+ {entries} unservable cache entries each)" if entries else ""
     lines = [
         f"# System bench {result['started_at']}",
         "",
-        f"{result['tenants']} tenants x {result['chunks']} chunks"
-        f" (+ {result.get('cache_entries', 0)} unservable cache entries each);"
+        f"{result['tenants']} tenants x {result['chunks']} chunks{filler};"
         f" rate {result['rate']} req/s, {result['duration_s']} s per mode.",
         "",
         "| mode | kind | ok / sent | ok req/s | p50 ms | p90 ms | p99 ms | cache hits | load |",
