@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_retrieval import percentile, random_unit_vectors
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.service import CacheScope, find_cached
 from tenantry_retrieval.vectorstore import ChromaStore, Namespace, VectorHit, namespace_for
@@ -41,16 +42,6 @@ HERE = Path(__file__).resolve().parent
 DIMENSION = 384
 THRESHOLD = 0.9
 SCOPE = CacheScope(model="smollm2-135m", config_version=3, corpus_version=7)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    normed: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return normed
 
 
 def fill(store: ChromaStore, tenant: uuid.UUID, vectors: np.ndarray) -> None:
@@ -102,19 +93,19 @@ async def service(store: ChromaStore, tenant: uuid.UUID, vector: list[float]) ->
 async def bench_size(store: ChromaStore, size: int, questions: int) -> dict[str, Any]:
     rng = np.random.default_rng(size)
     tenant = uuid.uuid4()
-    vectors = unit(rng.standard_normal((size, DIMENSION)).astype(np.float32))
+    vectors = random_unit_vectors(rng, size, DIMENSION)
     started = time.perf_counter()
     fill(store, tenant, vectors)
     fill_s = time.perf_counter() - started
     in_scope = np.flatnonzero(np.arange(size) % 4)
     asks: list[tuple[str, list[float]]] = []
     for i in range(questions):
+        [fresh] = random_unit_vectors(rng, 1, DIMENSION)
         if i % 2:
-            asks.append(("miss", unit(rng.standard_normal(DIMENSION)).tolist()))
+            asks.append(("miss", fresh.tolist()))
         else:
-            base = vectors[rng.choice(in_scope)]
-            nudge = unit(rng.standard_normal(DIMENSION)) * 0.33  # cosine ≈ 0.95 after unit()
-            asks.append(("hit", unit(base + nudge).tolist()))
+            nudged = vectors[rng.choice(in_scope)] + 0.33 * fresh  # cosine ≈ 0.95 once unit
+            asks.append(("hit", (nudged / np.linalg.norm(nudged)).tolist()))
     methods = {"service": service, "filtered": filtered}
     for _, vector in asks[:10]:  # warm both paths
         for method in methods.values():

@@ -184,8 +184,8 @@ def stop_retrieval() -> None:
     (ROOT / "var" / "run" / "retrieval.pid").unlink(missing_ok=True)
 
 
-#: A record of a filled collection: its id, text and metadata, by its index.
-Record = Callable[[int], tuple[str, str, dict[str, Any]]]
+#: The record at an index of a tenant's filled collection: its id, text and metadata.
+Record = Callable[[tenantry.BenchTenant, int], tuple[str, str, dict[str, Any]]]
 
 
 def fill_collections(
@@ -193,7 +193,7 @@ def fill_collections(
     kind: str,
     count: int,
     seed: int,
-    record: Callable[[tenantry.BenchTenant], Record],
+    record: Record,
 ) -> dict[str, Any]:
     """Write `count` random-vector records into every tenant's `kind` collection (docs, cache)."""
     import chromadb
@@ -210,12 +210,11 @@ def fill_collections(
         )
         if collection.count() >= count:
             continue
-        make = record(t)
         for start in range(0, count, 2_000):
             vectors = rng.standard_normal((min(2_000, count - start), DIMENSION)).astype("float32")
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             ids, documents, metadatas = zip(
-                *(make(start + i) for i in range(len(vectors))), strict=True
+                *(record(t, start + i) for i in range(len(vectors))), strict=True
             )
             collection.upsert(
                 ids=list(ids),
@@ -230,9 +229,9 @@ def fill_collections(
 def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
     """Write `chunks` random-vector chunks into every tenant's documents collection."""
 
-    def chunk(t: tenantry.BenchTenant) -> Record:
+    def chunk(t: tenantry.BenchTenant, i: int) -> tuple[str, str, dict[str, Any]]:
         document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, t.tenant_id))
-        return lambda i: (
+        return (
             f"{document_id}:{i}",
             f"Bench chunk {i} of a synthetic handbook.",
             {"document_id": document_id, "chunk_index": i, "title": "handbook"},
@@ -256,8 +255,8 @@ def fill_cache_entries(
     """
     expires_at = int(time.time()) + 7 * 24 * 3600
 
-    def answer(t: tenantry.BenchTenant) -> Record:
-        return lambda i: (
+    def answer(t: tenantry.BenchTenant, i: int) -> tuple[str, str, dict[str, Any]]:
+        return (
             f"filler-{i}",
             f"Bench cached answer {i}.",
             {
