@@ -56,7 +56,7 @@ class LocalEmbedder:
     tokenizer is not safe to call from two threads at once ("Already borrowed").
     """
 
-    def __init__(self, model_path: Path | None = None, *, threads: int = 1) -> None:
+    def __init__(self, model_path: Path | None = None, *, threads: int) -> None:
         # Never reach for the Hub: the weights are on disk and the machine may be offline.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -139,8 +139,8 @@ def test_settings_defaults_serve_on_8001_with_embedded_chroma_under_var() -> Non
 
 
 def test_settings_default_to_one_torch_thread_for_the_embedder() -> None:
-    # Beside the other services on the same cores, a second intra-op thread halved the
-    # questions answered per second (bench/README.md, "Full RAG: one torch thread").
+    # Beside the other services on the same cores, a second intra-op thread cut the questions
+    # answered per second to a third to a half (bench/README.md, "Full RAG: one torch thread").
     assert RetrievalSettings().embed_threads == 1
 
 
