@@ -190,7 +190,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-chroma-") as directory:
         settings = RetrievalSettings(chroma_path=Path(directory))
         started = time.perf_counter()
-        embedder = await asyncio.to_thread(LocalEmbedder, threads=settings.embed_threads)
+        embedder = await asyncio.to_thread(LocalEmbedder.from_settings, settings)
         model_load_s = time.perf_counter() - started
         store = ChromaStore.from_settings(settings)
         question = await bench_question_embedding(embedder, args.question_rounds)

