@@ -111,7 +111,9 @@ class ModelGateway:
                 # Some OpenAI-compatible servers refuse the option outright.
                 request.pop("stream_options")
                 stream = await _open_stream(client, request)
+            chunks = 0
             async for chunk in stream:
+                chunks += 1
                 if chunk.usage is not None:
                     yield StreamPiece(
                         usage=TokenUsage(
@@ -122,6 +124,13 @@ class ModelGateway:
                 for choice in chunk.choices:
                     if choice.delta is not None and choice.delta.content:
                         yield StreamPiece(text=choice.delta.content)
+            if not chunks:
+                # Not even a role chunk: the server ignored "stream" (a JSON body parses as no
+                # events at all). Answering empty, at zero tokens, would hide it.
+                raise ModelCallError(
+                    FailureReason.MODEL_UNAVAILABLE,
+                    f"the model {model} answered a streaming request without a stream",
+                )
         except ModelCallError:
             raise
         except (openai.APITimeoutError, httpx.TimeoutException) as exc:

@@ -85,6 +85,7 @@ SCRIPTED_MODELS = {
     "scripted-timeout": "slow",
     "scripted-leak": "leaky",
     "scripted-zero-usage": "zero-usage",
+    "scripted-not-a-stream": "not-a-stream",
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -127,6 +128,22 @@ class ScriptedOpenAI:
         text = SCRIPTED_ANSWER
         if behaviour == "leaky":
             text = f"Sure. Our other customer {OTHER_TENANT_NAME} uses the key {LEAK_KEY} daily."
+        if behaviour == "not-a-stream":  # a server that ignores "stream", as nginx's return 200
+            completion = {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion",
+                "created": 0,
+                "model": behaviour,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": SCRIPTED_ANSWER},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30},
+            }
+            return JSONResponse(completion)
         include_usage = (body.get("stream_options") or {}).get("include_usage", False)
         usage = {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
         if behaviour == "zero-usage":
@@ -744,6 +761,26 @@ async def test_scripted_zero_completion_usage_report_is_recounted_with_the_token
     counter = harness.deps.counters["scripted-zero-usage"]
     assert final.usage.completion_tokens == counter.count_text(SCRIPTED_ANSWER) > 0
     assert final.usage.prompt_tokens > 0
+
+
+async def test_a_server_that_ignores_stream_fails_clearly_instead_of_answering_empty(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    question = f"not streamed {uuid.uuid4().hex}"
+    request = context(tenant, harness.reply_topic, question=question, model="scripted-not-a-stream")
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_UNAVAILABLE
+    assert "without a stream" in final.message
+    assert server.count(question) == 1
+    (usage,) = await harness.usage(request.request_id)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
+    (audit,) = await harness.audits(request.request_id)
+    assert audit.status.value == "failure"
 
 
 # --------------------------------------------------------------------------- tenants and ops
