@@ -48,6 +48,9 @@ INSTANT_PORT = 18090
 LITELLM_PORT = 18091
 PORTKEY_PORT = 18092
 INSTANT_BASE_URL = f"http://127.0.0.1:{INSTANT_PORT}/v1"
+#: Tenantry's inference always streams from its model, so its catalogue names the SSE base URL
+#: (nginx cannot branch on the body's "stream"); the peers forward non-streamed requests.
+INSTANT_STREAM_BASE_URL = f"http://127.0.0.1:{INSTANT_PORT}/stream/v1"
 
 TARGETS = ("nginx", "litellm", "portkey", "tenantry")
 TENANTRY_SERVICES = ("auth", "retrieval", "inference", "metering", "audit")
@@ -419,7 +422,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.print_stack_env:
-        env = tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
+        env = tenantry.catalogue_env(instant_base_url=INSTANT_STREAM_BASE_URL)
         for key, value in env.items():
             print(f"export {key}={shlex.quote(value)}")
         return 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -81,6 +84,25 @@ def test_instant_config_quotes_bodies_for_nginx() -> None:
     conf = instant.render_config(prefix=Path("/tmp/x"), port=1234)
     assert "listen 127.0.0.1:1234" in conf
     assert "return 200 '" + instant.completion_body() + "'" in conf
+
+
+def test_the_stack_catalogue_points_tenantry_at_the_instant_servers_stream() -> None:
+    # Inference always streams from its model; the plain path's JSON body would parse as an
+    # empty stream (before 2026-12-04 the bench measured exactly that: empty, zero-token answers).
+    run_py = Path(__file__).resolve().parents[1] / "run.py"
+    printed = subprocess.run(
+        [sys.executable, str(run_py), "--print-stack-env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    exports = dict(word.split("=", 1) for word in shlex.split(printed) if "=" in word)
+    (spec,) = json.loads(exports["TENANTRY_MODELS"]).values()
+    path = urlsplit(spec["base_url"]).path
+    assert path == "/stream/v1"
+    conf = instant.render_config(prefix=Path("/tmp/x"), port=1234)
+    assert f"location = {path}/chat/completions" in conf
+    assert "default_type text/event-stream" in conf
 
 
 def _point(rps: float, p99: float) -> dict[str, float]:
