@@ -96,8 +96,14 @@ class _OnnxEncoder:
         import onnxruntime
         from transformers import AutoTokenizer
 
-        self.dimension, self._max_length = _mean_pooled_shape(path)
+        self.dimension, self._max_length, self._lower = _mean_pooled_shape(path)
         self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if sorted(self._tokenizer.model_input_names) != sorted(_EXPORTED_INPUTS):
+            raise ValueError(
+                f"the onnx runtime runs BERT-style models (inputs {list(_EXPORTED_INPUTS)}); "
+                f"{path} takes {self._tokenizer.model_input_names}: "
+                "set TENANTRY_EMBED_RUNTIME=torch"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -113,7 +119,8 @@ class _OnnxEncoder:
 
     def __call__(self, texts: list[str]) -> NDArray[np.float32]:
         features = self._tokenizer(
-            [text.strip() for text in texts],  # as sentence-transformers' Transformer module
+            # As sentence-transformers' Transformer module: stripped, lower-cased if configured.
+            [text.strip().lower() if self._lower else text.strip() for text in texts],
             padding=True,
             truncation=True,
             max_length=self._max_length,
@@ -128,8 +135,15 @@ class _OnnxEncoder:
         return vectors
 
 
-def _mean_pooled_shape(path: Path) -> tuple[int, int]:
-    """(dimension, max tokens) of a Transformer → mean Pooling → Normalize model; else an error."""
+#: The inputs of the exported transformer (a BERT-style model's tokenizer gives these).
+_EXPORTED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _mean_pooled_shape(path: Path) -> tuple[int, int, bool]:
+    """(dimension, max tokens, lower-case?) of a Transformer → mean Pooling → Normalize model.
+
+    Any other model is refused with a message naming the torch runtime.
+    """
     modules = json.loads((path / "modules.json").read_text())
     kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
     pooling: dict[str, Any] = {}
@@ -141,8 +155,12 @@ def _mean_pooled_shape(path: Path) -> tuple[int, int]:
             f"the onnx runtime runs Transformer → mean Pooling → Normalize models; {path} has "
             f"{kinds} with {modes or 'no pooling'}: set TENANTRY_EMBED_RUNTIME=torch"
         )
-    max_length = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
-    return int(pooling["word_embedding_dimension"]), int(max_length)
+    config = json.loads((path / "sentence_bert_config.json").read_text())
+    return (
+        int(pooling["word_embedding_dimension"]),
+        int(config["max_seq_length"]),
+        bool(config.get("do_lower_case", False)),
+    )
 
 
 #: Part of the exported file's name: a change to how it is exported makes a new file.
@@ -229,7 +247,7 @@ def _export_onnx(path: Path, target: Path) -> None:
             TokenEmbeddings(),
             (ids, mask, torch.zeros_like(ids)),
             str(target),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            input_names=list(_EXPORTED_INPUTS),
             output_names=["last_hidden_state"],
             dynamic_shapes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes},
             dynamo=True,

@@ -100,3 +100,15 @@ def test_a_model_the_onnx_runtime_cannot_mirror_is_refused_with_a_reason(tmp_pat
     with pytest.raises(ValueError, match="TENANTRY_EMBED_RUNTIME=torch"):
         embedder("onnx", tmp_path / "models", model_path=model_dir)
     assert not (tmp_path / "models").exists()  # refused before any export
+
+
+def test_a_model_without_bert_style_inputs_is_refused_before_any_export(tmp_path: Path) -> None:
+    model_dir = tmp_path / "no-token-types"
+    shutil.copytree(bundled_model_path(), model_dir)
+    config_file = model_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="TENANTRY_EMBED_RUNTIME=torch"):
+        embedder("onnx", tmp_path / "models", model_path=model_dir)
+    assert not (tmp_path / "models").exists()
