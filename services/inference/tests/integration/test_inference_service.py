@@ -631,16 +631,23 @@ async def test_a_request_past_its_deadline_fails_without_calling_the_model(
 # --------------------------------------------------------------------------- scripted failures
 
 
+async def ask_fresh(
+    harness: Harness, model: str, label: str
+) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
+    """A new tenant asks ``model`` a question no other test asks: (question, request, final)."""
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    question = f"{label} {uuid.uuid4().hex}"
+    request = context(tenant, harness.reply_topic, question=question, model=model)
+    await harness.ask(request)
+    return question, request, await harness.final(request.request_id)
+
+
 async def test_scripted_429_is_retried_then_answered(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    tenant = uuid.uuid4()
-    await harness.configure(tenant)
-    question = f"rate limited once {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model="scripted-429")
-    await harness.ask(request)
-    final = await harness.final(request.request_id)
+    question, _, final = await ask_fresh(harness, "scripted-429", "rate limited once")
     assert isinstance(final, ChatCompleted), final
     assert final.answer == SCRIPTED_ANSWER
     assert server.count(question) == 2
@@ -652,12 +659,7 @@ async def test_scripted_500s_until_the_retries_run_out_fail_clearly(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    tenant = uuid.uuid4()
-    await harness.configure(tenant)
-    question = f"always failing {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model="scripted-500")
-    await harness.ask(request)
-    final = await harness.final(request.request_id)
+    question, request, final = await ask_fresh(harness, "scripted-500", "always failing")
     assert isinstance(final, ChatFailed)
     assert final.reason is FailureReason.MODEL_UNAVAILABLE
     assert "HTTP 500" in final.message
@@ -674,12 +676,7 @@ async def test_scripted_timeouts_are_retried_then_fail_as_timeout(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    tenant = uuid.uuid4()
-    await harness.configure(tenant)
-    question = f"too slow {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model="scripted-timeout")
-    await harness.ask(request)
-    final = await harness.final(request.request_id)
+    question, request, final = await ask_fresh(harness, "scripted-timeout", "too slow")
     assert isinstance(final, ChatFailed)
     assert final.reason is FailureReason.MODEL_TIMEOUT
     assert server.count(question) == 3
@@ -767,12 +764,7 @@ async def test_a_server_that_ignores_stream_fails_clearly_instead_of_answering_e
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    tenant = uuid.uuid4()
-    await harness.configure(tenant)
-    question = f"not streamed {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model="scripted-not-a-stream")
-    await harness.ask(request)
-    final = await harness.final(request.request_id)
+    question, request, final = await ask_fresh(harness, "scripted-not-a-stream", "not streamed")
     assert isinstance(final, ChatFailed), final
     assert final.reason is FailureReason.MODEL_UNAVAILABLE
     assert "without a stream" in final.message
