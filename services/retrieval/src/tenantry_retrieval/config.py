@@ -50,7 +50,7 @@ class RetrievalSettings(CommonSettings):
     embed_runtime: EmbedRuntime = Field(
         default="onnx",
         description="How the local model runs. onnx: exported once to ONNX and run by "
-        "onnxruntime, the same vectors for 2.5x less CPU per question (bench/README.md); "
+        "onnxruntime, the same vectors for 2.5x less CPU for a lone question (bench/README.md); "
         "torch: sentence-transformers as loaded.",
     )
     onnx_cache_dir: Path = Field(

@@ -126,7 +126,8 @@ class _OnnxEncoder:
             max_length=self._max_length,
             return_tensors="np",
         )
-        feeds = {name: features[name].astype(np.int64) for name in self._inputs}
+        # The tokenizer gives int64 already: no copy on the way to the session.
+        feeds = {name: features[name].astype(np.int64, copy=False) for name in self._inputs}
         hidden: NDArray[np.float32] = self._session.run(None, feeds)[0]
         mask = features["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
@@ -282,7 +283,6 @@ class LocalEmbedder:
             else _TorchEncoder(path, threads=threads)
         )
         self.runtime = runtime
-        self._dimension = self._encoder.dimension
         # One name for both runtimes: their vectors are the same.
         self._name = f"local:{path.name if model_path else 'all-MiniLM-L6-v2'}"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -304,7 +304,7 @@ class LocalEmbedder:
 
     @property
     def dimension(self) -> int:
-        return self._dimension
+        return self._encoder.dimension
 
     def _encode(self, texts: list[str]) -> list[Vector]:
         return [row.tolist() for row in self._encoder(texts)]

@@ -145,7 +145,7 @@ def test_settings_default_to_one_torch_thread_for_the_embedder() -> None:
 
 
 def test_settings_default_to_the_onnx_runtime_for_the_local_model() -> None:
-    # The same vectors as torch for 2.5x less CPU per question (bench/README.md,
+    # The same vectors as torch for 2.5x less CPU for a lone question (bench/README.md,
     # "Full RAG on onnxruntime").
     settings = RetrievalSettings()
     assert settings.embed_runtime == "onnx"
