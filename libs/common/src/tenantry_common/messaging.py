@@ -8,8 +8,12 @@ How a consumed message ends, decided in one place (``ReliableConsumerMiddleware`
   ``<topic>.dlq`` with the error and source headers, and only then is the offset committed;
 * it failed because a dependency is away (connection refused, timeouts) → nothing is committed,
   the consumer seeks back to the message and tries it again after a pause, so an outage never
-  turns good messages into dead letters;
+  turns good messages into dead letters (a windowed subscriber, ``inflight.py``, tries it again
+  in place instead: later messages of its partition may be in flight);
 * the DLQ publish itself failed → nothing is committed, the consumer seeks back.
+
+A windowed subscriber's finished messages are handed to its ``OffsetLedger`` instead of being
+committed one by one: the partition is committed up to its first unfinished offset.
 
 Shutdown (``stop_broker``): no subscriber starts another message, the messages in flight finish
 and commit while their consumers are still group members, then the broker stops.
@@ -44,6 +48,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from tenantry_common.events import Event
+from tenantry_common.inflight import WindowedSubscriber
 from tenantry_common.settings import CommonSettings
 from tenantry_common.topics import DLQ_SUFFIX, TopicSpec
 
@@ -207,7 +212,13 @@ class ReliableConsumerMiddleware(BaseMiddleware):
                 raise
             except Exception as exc:
                 if is_transient(exc):
-                    raise  # handled in after_processed: seek back, never dead-letter
+                    if self._windowed() is None:
+                        raise  # handled in after_processed: seek back, never dead-letter
+                    # Later offsets of the partition may be in flight: wait here, holding
+                    # the message's place (nothing past it is committed meanwhile).
+                    self.attempts -= 1
+                    await self._pause_for_outage(exc, topic, "message")
+                    continue
                 if _is_message_fault(exc) or self.attempts >= self.policy.max_attempts:
                     self.failure = exc
                     return None
@@ -250,18 +261,34 @@ class ReliableConsumerMiddleware(BaseMiddleware):
             await self._rewind(record)
             await asyncio.sleep(self.policy.transient_pause_s)
             return True
-        try:
-            await self._dead_letter(record, error)
-        except Exception as dlq_exc:
-            log.error(
-                "dead-letter publish failed; message will be retried",
-                extra={"error_type": type(dlq_exc).__name__},
-            )
-            await self._rewind(record)
-            await asyncio.sleep(self.policy.transient_pause_s)
-            return True
+        while True:
+            try:
+                await self._dead_letter(record, error)
+                break
+            except Exception as dlq_exc:
+                if self._windowed() is None:
+                    log.error(
+                        "dead-letter publish failed; message will be retried",
+                        extra={"error_type": type(dlq_exc).__name__},
+                    )
+                    await self._rewind(record)
+                    await asyncio.sleep(self.policy.transient_pause_s)
+                    return True
+                await self._pause_for_outage(dlq_exc, getattr(record, "topic", "?"), "dead-letter")
         await self._commit(record)
         return True
+
+    def _windowed(self) -> WindowedSubscriber | None:
+        handler = self.context.get_local("handler_")
+        return handler if isinstance(handler, WindowedSubscriber) else None
+
+    async def _pause_for_outage(self, exc: BaseException, topic: str, what: str) -> None:
+        self.policy.metrics.retried.labels(topic, "transient").inc()
+        log.warning(
+            f"dependency unavailable; {what} will be retried in place",
+            extra={"topic": topic, "error_type": type(exc).__name__},
+        )
+        await asyncio.sleep(self.policy.transient_pause_s)
 
     def _consumer(self, record: Any) -> Any:
         consumer = getattr(record, "consumer", None)
@@ -271,6 +298,10 @@ class ReliableConsumerMiddleware(BaseMiddleware):
         return consumer
 
     async def _commit(self, record: Any) -> None:
+        windowed = self._windowed()
+        if windowed is not None:
+            windowed.finished(record)
+            return
         consumer = self._consumer(record)
         if consumer is None or getattr(consumer, "_group_id", None) is None:
             return  # manually assigned partitions (e.g. an edge's reply partition): no group

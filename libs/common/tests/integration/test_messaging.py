@@ -1,5 +1,6 @@
 """The broker factory against a real broker: round-trip, retries then DLQ, no commit past a
-failure, and redelivery after a consumer is killed mid-handler."""
+failure, and redelivery after a consumer is killed mid-handler; the same for a windowed
+subscriber (many messages of one partition in flight, committed in order)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
+from tenantry_common.inflight import windowed
 from tenantry_common.messaging import (
     DLQ_HEADER_ATTEMPTS,
     DLQ_HEADER_ERROR,
@@ -22,6 +24,7 @@ from tenantry_common.messaging import (
     build_broker,
     ensure_topics,
     publish_event,
+    stop_broker,
     subscriber_options,
 )
 from tenantry_common.settings import CommonSettings
@@ -88,6 +91,16 @@ async def _read_all(bootstrap: str, topic: str, expect: int, timeout: float = 15
     finally:
         await consumer.stop()
     return records
+
+
+async def _wait_committed(
+    bootstrap: str, group: str, topic: str, offset: int, timeout: float = 20.0
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (committed := await _committed(bootstrap, group, topic)) != offset:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"committed {committed}, expected {offset}")
+        await asyncio.sleep(0.2)
 
 
 async def _wait(predicate, timeout: float = 20.0) -> None:
@@ -239,3 +252,210 @@ async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topi
         second.wait(20)
     assert (marker_dir / "finished").read_text() == "1"
     assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 1
+
+
+# --------------------------------------------------------------------------- windowed subscribers
+
+
+def _gated_handler(
+    subscriber, gates: dict[str, asyncio.Event], started: list[str], done: list[str]
+) -> None:
+    @subscriber
+    async def on_audit(event: AuditRecorded) -> None:
+        started.append(event.resource_id)
+        await gates[event.resource_id].wait()
+        done.append(event.resource_id)
+
+
+async def test_window_runs_one_partitions_messages_at_once_and_commits_them_in_order(
+    settings, topic
+) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    gates = {str(i): asyncio.Event() for i in range(5)}
+    started: list[str] = []
+    done: list[str] = []
+    _gated_handler(
+        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8),
+        gates,
+        started,
+        done,
+    )
+    bootstrap = settings.kafka_bootstrap_servers
+    async with broker:
+        await broker.start()
+        for i in range(5):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+        # All five are in flight at once, from the topic's only partition.
+        await _wait(lambda: sorted(started) == ["0", "1", "2", "3", "4"])
+        for later in ("4", "3", "1"):
+            gates[later].set()
+        await _wait(lambda: len(done) == 3)
+        await asyncio.sleep(0.5)
+        assert await _committed(bootstrap, group, topic) in (None, -1, 0), (
+            "finished messages behind an unfinished one are not committed"
+        )
+        gates["0"].set()
+        await _wait(lambda: "0" in done)
+        await _wait_committed(bootstrap, group, topic, 2)
+        gates["2"].set()
+        await _wait(lambda: len(done) == 5)
+        await _wait_committed(bootstrap, group, topic, 5)
+
+
+async def test_window_holds_at_most_its_size_in_flight(settings, topic) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    gates = {str(i): asyncio.Event() for i in range(4)}
+    started: list[str] = []
+    done: list[str] = []
+    _gated_handler(
+        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=2),
+        gates,
+        started,
+        done,
+    )
+    async with broker:
+        await broker.start()
+        for i in range(4):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: len(started) == 2)
+        await asyncio.sleep(0.5)
+        assert started == ["0", "1"], "the third waits for a free place"
+        gates["1"].set()
+        await _wait(lambda: len(started) == 3)
+        for gate in gates.values():
+            gate.set()
+        await _wait(lambda: len(done) == 4)
+
+
+async def test_window_dead_letters_a_failing_message_and_commits_past_it_only_then(
+    settings, topic
+) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    attempts: dict[str, int] = {}
+    may_fail = asyncio.Event()
+    done: list[str] = []
+    subscriber = windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8)
+
+    @subscriber
+    async def on_audit(event: AuditRecorded) -> None:
+        attempts[event.resource_id] = attempts.get(event.resource_id, 0) + 1
+        if event.resource_id == "0":
+            await may_fail.wait()
+            raise RuntimeError("boom")
+        done.append(event.resource_id)
+
+    bootstrap = settings.kafka_bootstrap_servers
+    async with broker:
+        await broker.start()
+        for i in range(3):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: sorted(done) == ["1", "2"])
+        await asyncio.sleep(0.5)
+        assert await _committed(bootstrap, group, topic) in (None, -1, 0)
+        may_fail.set()
+        await _wait_committed(bootstrap, group, topic, 3)
+    assert attempts["0"] == settings.consumer_max_attempts
+    dlq = await _read_all(bootstrap, topic + ".dlq", expect=1)
+    assert [{k: v.decode() for k, v in r.headers}[DLQ_HEADER_SOURCE_OFFSET] for r in dlq] == ["0"]
+
+
+async def test_window_retries_a_message_in_place_through_an_outage(settings, topic) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    outage_left = 2
+    attempts: dict[str, int] = {}
+    done: list[str] = []
+    subscriber = windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8)
+
+    @subscriber
+    async def on_audit(event: AuditRecorded) -> None:
+        nonlocal outage_left
+        attempts[event.resource_id] = attempts.get(event.resource_id, 0) + 1
+        if event.resource_id == "0" and outage_left:
+            outage_left -= 1
+            raise ConnectionError("store away")
+        done.append(event.resource_id)
+
+    bootstrap = settings.kafka_bootstrap_servers
+    async with broker:
+        await broker.start()
+        for i in range(2):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: sorted(done) == ["0", "1"], timeout=30)
+        await _wait_committed(bootstrap, group, topic, 2)
+    assert attempts == {"0": 3, "1": 1}, "retried in place, the other message not again"
+    assert await _read_all(bootstrap, topic + ".dlq", expect=1, timeout=2) == []
+
+
+async def test_window_stop_lets_messages_in_flight_finish_and_commits_them(settings, topic) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    gates = {str(i): asyncio.Event() for i in range(3)}
+    started: list[str] = []
+    done: list[str] = []
+    _gated_handler(
+        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8),
+        gates,
+        started,
+        done,
+    )
+    await broker.start()
+    try:
+        for i in range(3):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: len(started) == 3)
+        stopping = asyncio.create_task(stop_broker(broker, timeout_s=20))
+        await asyncio.sleep(0.3)
+        assert not stopping.done(), "the stop waits for the messages in flight"
+        for gate in gates.values():
+            gate.set()
+        await asyncio.wait_for(stopping, 30)
+    finally:
+        await broker.stop()
+    assert sorted(done) == ["0", "1", "2"]
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 3
+
+
+async def test_window_killed_mid_message_gets_it_and_what_followed_again(settings, topic) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    marker_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"kill-{uuid.uuid4().hex[:6]}"
+    marker_dir.mkdir()
+    env = {
+        **os.environ,
+        "TEST_BOOTSTRAP": settings.kafka_bootstrap_servers,
+        "TEST_TOPIC": topic,
+        "TEST_GROUP": group,
+        "TEST_MARKERS": str(marker_dir),
+        "TEST_WINDOW": "8",
+    }
+    broker = build_broker(settings)
+    async with broker:
+        await broker.start()
+        for i in range(2):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+
+    script = HERE / "slow_consumer.py"
+    first = subprocess.Popen([sys.executable, str(script), "hang"], env=env)
+    try:
+        # "1" finished while "0", before it, hangs: nothing may be committed.
+        await _wait(lambda: (marker_dir / "finished-1").exists(), timeout=30)
+        await asyncio.sleep(0.5)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not (marker_dir / "finished-0").exists()
+    assert await _committed(settings.kafka_bootstrap_servers, group, topic) in (None, -1, 0)
+
+    second = subprocess.Popen([sys.executable, str(script), "finish"], env=env)
+    try:
+        await _wait(lambda: (marker_dir / "finished-0").exists(), timeout=60)
+        await _wait(lambda: (marker_dir / "finished-1").read_text() == "finish", timeout=30)
+        await _wait_committed(settings.kafka_bootstrap_servers, group, topic, 2)
+    finally:
+        second.terminate()
+        second.wait(20)

@@ -21,6 +21,7 @@ from tenantry_common.events import (
     UsageRecorded,
 )
 from tenantry_common.ids import derived_id
+from tenantry_common.inflight import windowed
 from tenantry_common.messaging import MANUAL, publish_event, subscriber_options
 from tenantry_common.topics import AUDIT, CHAT_CONTEXT, TENANTS_CONFIG, TENANTS_LIFECYCLE, USAGE
 
@@ -68,12 +69,16 @@ def register_handlers(broker: KafkaBroker, *, settings: Settings, deps: Inferenc
     outbox = BrokerOutbox(broker)
     directory: TenantDirectory = deps.directory
 
-    # Options come as a dict (one definition for every service), which hides the overload.
+    # One consumer with many requests in flight (a model call takes seconds); requests need no
+    # order between them, so their offsets are committed in order as they finish (inflight.py).
     chat_options = subscriber_options(settings, settings.chat_group_id, low_latency=True) | {
-        "max_workers": settings.chat_workers
+        "max_workers": 1
     }
+    chat = windowed(
+        broker.subscriber(CHAT_CONTEXT.name, **chat_options), window=settings.chat_concurrency
+    )
 
-    @broker.subscriber(CHAT_CONTEXT.name, **chat_options)  # type: ignore[untyped-decorator]
+    @chat
     async def on_context_retrieved(event: ContextRetrieved) -> None:
         await answer_request(request=event, deps=deps, outbox=outbox)
 

@@ -925,8 +925,6 @@ async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
             await publish_event(publisher, CHAT_CONTEXT, request, partition=0)
             # Joining the consumer group takes a while on Tansu.
             await asyncio.wait_for(server.held.wait(), 120)
-            # Behind the held one on the same partition: not started once stopping began.
-            await publish_event(publisher, CHAT_CONTEXT, queued, partition=0)
 
             proc.send_signal(signal.SIGTERM)
         # Hold the answer until the app's own shutdown (stopping the broker) is under way.
@@ -935,6 +933,8 @@ async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
             assert proc.poll() is None, f"exited with the answer in flight:\n{output()[-3000:]}"
             assert asyncio.get_running_loop().time() < shutdown_deadline, "SIGTERM ignored"
             await asyncio.sleep(0.1)
+        # Behind the held one on the same partition, once stopping began: not started.
+        await publish_event(publisher, CHAT_CONTEXT, queued, partition=0)
         await asyncio.sleep(1)
         assert proc.poll() is None, f"exited with the answer in flight:\n{output()[-3000:]}"
         assert not tap.events(for_request(request.request_id))

@@ -95,9 +95,13 @@ class RetrievalSettings(CommonSettings):
         "embedding. 0 turns it off.",
     )
 
-    # --- consumers: questions run on several consumers (between partitions) so that a burst
-    # from many tenants shares one encode call.
-    question_workers: int = Field(default=4, ge=1)
+    # --- consumers
+    question_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Questions of chat.requests.v1 in flight at once in this process (one "
+        "consumer; offsets committed in order). A burst of them shares one encode call.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrievalSettings:

@@ -374,7 +374,7 @@ def build_embedder(settings: RetrievalSettings) -> Embedder:
 class MicroBatcher:
     """Collects texts embedded concurrently for a few milliseconds and embeds them in one call.
 
-    Questions arrive on several consumers at once (one per partition); embedding them one by one
+    Many questions are in flight at once (the windowed question consumer); embedding them one by one
     would pay the model's per-call overhead each time, so a burst is embedded together.
     """
 

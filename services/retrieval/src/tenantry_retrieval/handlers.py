@@ -19,6 +19,7 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
 )
+from tenantry_common.inflight import windowed
 from tenantry_common.messaging import publish_event, subscriber_options
 from tenantry_common.topics import CHAT_REQUESTS, CHAT_RESPONSES, DOCUMENTS, TENANTS_LIFECYCLE
 
@@ -45,11 +46,17 @@ def register_handlers(
     group_prefix: str = "",
 ) -> None:
     """Declare retrieval's four subscribers on the broker (``group_prefix`` isolates tests)."""
+    # One consumer with many questions in flight, so that a burst shares one encode call;
+    # questions need no order between them (offsets committed in order, inflight.py).
     question_options = subscriber_options(
         settings, group_prefix + GROUP_QUESTIONS, low_latency=True
-    ) | {"max_workers": settings.question_workers}
+    ) | {"max_workers": 1}
+    questions = windowed(
+        broker.subscriber(CHAT_REQUESTS.name, **question_options),
+        window=settings.question_concurrency,
+    )
 
-    @broker.subscriber(CHAT_REQUESTS.name, **question_options)  # type: ignore[untyped-decorator]
+    @questions
     async def on_chat_requested(event: ChatRequested) -> None:
         await publish_all(broker, await service.answer_question(request=event))
 

@@ -177,7 +177,7 @@ async def app(
         redis_url=redis_url,
         chroma_path=tmp_path_factory.mktemp("chroma"),
         consumer_retry_backoff_s=0.01,
-        question_workers=2,
+        question_concurrency=4,
     )
     application = build_app(
         settings,
