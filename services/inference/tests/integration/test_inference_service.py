@@ -83,6 +83,7 @@ SCRIPTED_MODELS = {
     "scripted-429": "429-then-ok",
     "scripted-500": "always-500",
     "scripted-timeout": "slow",
+    "scripted-stall": "stalls-mid-stream",
     "scripted-leak": "leaky",
     "scripted-zero-usage": "zero-usage",
     "scripted-not-a-stream": "not-a-stream",
@@ -161,6 +162,8 @@ class ScriptedOpenAI:
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
                 }
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
+                if behaviour == "stalls-mid-stream" and i == 1:
+                    await asyncio.sleep(3)  # past the model's timeout, with two words sent
                 await asyncio.sleep(0)
             if include_usage:
                 last = {
@@ -353,7 +356,7 @@ async def harness(
         consumer_retry_backoff_s=0.01,
         model_max_retries=2,
         model_timeout_s=120,
-        model_timeouts={"scripted-timeout": 0.5},
+        model_timeouts={"scripted-timeout": 0.5, "scripted-stall": 0.5},
     )
     app = build_app(settings)
     tap = Tap(kafka_bootstrap, [reply_topic, USAGE.name, AUDIT.name, TENANTS_LIFECYCLE.name])
@@ -682,6 +685,18 @@ async def test_scripted_timeouts_are_retried_then_fail_as_timeout(
     assert server.count(question) == 3
     (usage,) = await harness.usage(request.request_id)
     assert usage.completion_tokens == 0
+
+
+async def test_scripted_stall_mid_stream_fails_as_timeout_with_what_was_generated(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    question, request, final = await ask_fresh(harness, "scripted-stall", "stalls midway")
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_TIMEOUT
+    assert server.count(question) == 1, "a stream that started is not retried"
+    (usage,) = await harness.usage(request.request_id)
+    assert usage.completion_tokens > 0, "the words sent before the stall are billed"
 
 
 async def test_scripted_leaking_answer_is_blocked_and_audited(harness: Harness) -> None:
