@@ -4,6 +4,12 @@ Rules that hold for every token: the algorithm is one of a pinned list (never ``
 HMAC that a public key could be abused as); the key is chosen by the token's ``kid`` among keys
 of the issuer *as configured here* (a token can never name a URL to fetch keys from); ``exp``,
 ``iat``, ``iss``, ``aud``, ``sub``, ``tenant_id`` and ``role`` are required.
+
+A frontend sends the same token with every request until it expires, so a verified token is
+remembered (exactly that string, a bounded LRU): asked again, the verifier checks only that it
+has not expired and that its issuer still publishes the same public key under its ``kid`` (a
+retired or replaced key ends it at once). Whether the tenant and client may still act is not
+part of a token's verification: services check that per request (the edge's access guard).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import asyncio
 import enum
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -112,6 +120,17 @@ class JwksUrlKeys:
         return self._keys.get(kid)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that passed verification: what it proved and what must still hold."""
+
+    principal: Principal
+    issuer: str
+    kid: str
+    public_key: Any
+    expires_at: int
+
+
 class TokenVerifier:
     """Verifies a bearer token against the issuers configured for this service."""
 
@@ -122,6 +141,7 @@ class TokenVerifier:
         audience: str = API_AUDIENCE,
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway_s: int = 30,
+        remembered: int = 4096,
     ) -> None:
         if any(a.upper().startswith("HS") or a.lower() == "none" for a in algorithms):
             raise ValueError("only asymmetric algorithms may be accepted")
@@ -129,9 +149,34 @@ class TokenVerifier:
         self.audience = audience
         self.algorithms = list(algorithms)
         self.leeway_s = leeway_s
+        self.remembered = remembered
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
         """The token's principal, or ``InvalidToken`` saying why not."""
+        seen = self._verified.get(token)
+        if seen is not None:
+            if await self._still_valid(seen):
+                if token in self._verified:
+                    self._verified.move_to_end(token)
+                return seen.principal
+            self._verified.pop(token, None)
+        verified = await self._verify_signed(token)
+        if self.remembered > 0:
+            self._verified[token] = verified
+            if len(self._verified) > self.remembered:
+                self._verified.popitem(last=False)
+        return verified.principal
+
+    async def _still_valid(self, seen: _Verified) -> bool:
+        """Not expired, and the issuer still has the key that verified it under its kid."""
+        if time.time() > seen.expires_at + self.leeway_s:
+            return False
+        source = self.issuers.get(seen.issuer)
+        key = await source.key_for(seen.kid) if source is not None else None
+        return key is not None and bool(key.key == seen.public_key)
+
+    async def _verify_signed(self, token: str) -> _Verified:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -176,7 +221,13 @@ class TokenVerifier:
             raise InvalidToken("bad signature") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken("invalid token") from exc
-        return _principal(claims, issuer, token)
+        return _Verified(
+            principal=_principal(claims, issuer, token),
+            issuer=issuer,
+            kid=kid,
+            public_key=key.key,
+            expires_at=int(claims["exp"]),
+        )
 
 
 def _principal(claims: Mapping[str, Any], issuer: str, token: str) -> Principal:

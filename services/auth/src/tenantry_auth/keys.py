@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import jwt
@@ -77,6 +78,11 @@ class LoadedKey:
     private: Ed25519PrivateKey
     created_at: datetime
     retired_at: datetime | None
+
+    @cached_property
+    def public(self) -> PyJWK:
+        """The public half as PyJWT verifies with it (built once)."""
+        return PyJWK(self.jwk)
 
 
 class KeyRing:
@@ -156,7 +162,7 @@ class KeyRing:
             key = self._keys.get(kid)
         if key is None or not self._publishable(key, utcnow()):
             return None
-        return PyJWK(key.jwk)
+        return key.public
 
     def issue(
         self,
