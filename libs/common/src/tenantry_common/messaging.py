@@ -47,7 +47,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from tenantry_common.events import Event
+from tenantry_common.events import ChatCompleted, Event
 from tenantry_common.inflight import WindowedSubscriber
 from tenantry_common.settings import CommonSettings
 from tenantry_common.topics import DLQ_SUFFIX, TopicSpec
@@ -73,6 +73,11 @@ DLQ_HEADER_SOURCE_OFFSET = "x-dlq-source-offset"
 DLQ_HEADER_GROUP = "x-dlq-consumer-group"
 DLQ_HEADER_ATTEMPTS = "x-dlq-attempts"
 DLQ_HEADER_FAILED_AT = "x-dlq-failed-at"
+
+#: On every ChatCompleted: "true" when the answer may go into the tenant's semantic cache
+#: (``ChatCompleted.semantic_cache`` and not itself served from it), else "false". Retrieval's
+#: cache fill reads every response; this lets it pass over the rest without decoding them.
+CACHEABLE_HEADER = "x-cacheable"
 
 
 class PermanentError(Exception):
@@ -637,13 +642,16 @@ async def publish_event(
     (it should still start with the tenant id).
     """
     name = topic.name if isinstance(topic, TopicSpec) else topic
+    described = {"event_type": event.event_type, "schema_version": str(event.schema_version)}
+    if isinstance(event, ChatCompleted):
+        cacheable = event.semantic_cache and not event.cached
+        described[CACHEABLE_HEADER] = "true" if cacheable else "false"
     await broker.publish(
         event,
         topic=name,
         key=key if key is not None else str(event.tenant_id).encode(),
         partition=partition,
-        headers={"event_type": event.event_type, "schema_version": str(event.schema_version)}
-        | (headers or {}),
+        headers=described | (headers or {}),
     )
 
 

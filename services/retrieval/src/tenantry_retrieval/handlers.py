@@ -7,8 +7,11 @@ document being embedded never holds up the questions behind it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from tenantry_common.events import (
     ChatCompleted,
     ChatRequested,
@@ -20,7 +23,7 @@ from tenantry_common.events import (
     TenantProvisioned,
 )
 from tenantry_common.inflight import windowed
-from tenantry_common.messaging import publish_event, subscriber_options
+from tenantry_common.messaging import CACHEABLE_HEADER, publish_event, subscriber_options
 from tenantry_common.topics import CHAT_REQUESTS, CHAT_RESPONSES, DOCUMENTS, TENANTS_LIFECYCLE
 
 from tenantry_retrieval.config import RetrievalSettings
@@ -79,9 +82,28 @@ def register_handlers(
             await publish_all(broker, await service.offboard_tenant(event=event))
         # Other services' acknowledgements travel on the same topic: nothing to do.
 
-    @broker.subscriber(  # type: ignore[untyped-decorator]
+    responses = broker.subscriber(
         CHAT_RESPONSES.name, **subscriber_options(settings, group_prefix + GROUP_CACHE_FILL)
     )
+
+    @responses(filter=may_fill_cache)  # type: ignore[untyped-decorator]
     async def on_chat_response(event: ChatResponseEvent) -> None:
         if isinstance(event, ChatCompleted):
             await service.fill_cache(completed=event)
+
+    @responses  # type: ignore[untyped-decorator]
+    async def on_chat_response_not_cached(message: KafkaMessage) -> None:
+        """Deltas, failures and answers that may not be cached: passed over, not decoded."""
+
+
+async def may_fill_cache(message: StreamMessage[Any]) -> bool:
+    """Whether a response on chat.responses.v1 is decoded for the cache fill.
+
+    Its headers tell (``publish_event`` writes them): only a ChatCompleted not marked
+    uncacheable. A message without an ``event_type`` header is decoded as before, so malformed
+    bytes are still dead-lettered; the edge replica reading a partition decodes all of its.
+    """
+    event_type = message.headers.get("event_type")
+    if event_type is None:
+        return True
+    return event_type == "ChatCompleted" and message.headers.get(CACHEABLE_HEADER) != "false"

@@ -1,4 +1,5 @@
-"""Micro-batching, namespace derivation, the cache threshold floor and settings validation."""
+"""Micro-batching, namespace derivation, the cache threshold floor, settings validation and which
+responses the cache fill decodes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from collections.abc import Sequence
 
 import pytest
 from pydantic import ValidationError
+from tenantry_common.events import (
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    Event,
+    FailureReason,
+    TokenUsage,
+)
+from tenantry_common.messaging import publish_event
+from tenantry_common.topics import CHAT_RESPONSES
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.embeddings import MicroBatcher, QuestionVectors
+from tenantry_retrieval.handlers import may_fill_cache
 from tenantry_retrieval.service import CacheScope, cache_threshold
 from tenantry_retrieval.vectorstore import (
     MetadataValue,
@@ -180,3 +192,70 @@ def test_question_vectors_forget_an_offboarded_tenant_and_can_be_turned_off() ->
     off.put(a, "q1", [1.0])
     assert off.get(a, "q1") is None
     assert len(off) == 0
+
+
+# ------------------------------------------------------------ the cache fill: what it decodes
+
+
+class RecordingBroker:
+    """Keeps what would have been published (topic, headers)."""
+
+    def __init__(self) -> None:
+        self.published: list[dict[str, object]] = []
+
+    async def publish(self, message: object, **kwargs: object) -> None:
+        self.published.append(kwargs)
+
+
+class HeadersOnly:
+    """The part of a StreamMessage the filter reads."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+def _completed(*, semantic_cache: bool, cached: bool) -> ChatCompleted:
+    return ChatCompleted(
+        tenant_id=uuid.uuid4(),
+        request_id=uuid.uuid4(),
+        user_id="u",
+        question="q?",
+        answer="a.",
+        model="m",
+        usage=TokenUsage(prompt_tokens=1, completion_tokens=1),
+        config_version=1,
+        corpus_version=0,
+        semantic_cache=semantic_cache,
+        cached=cached,
+    )
+
+
+async def _headers_of(event: Event) -> dict[str, str]:
+    broker = RecordingBroker()
+    await publish_event(broker, CHAT_RESPONSES, event)  # type: ignore[arg-type]
+    headers = broker.published[0]["headers"]
+    assert isinstance(headers, dict)
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("semantic_cache", "cached", "decoded"),
+    [(True, False, True), (False, False, False), (True, True, False)],
+)
+async def test_only_answers_that_may_be_cached_are_decoded_for_the_fill(
+    semantic_cache: bool, cached: bool, decoded: bool
+) -> None:
+    headers = await _headers_of(_completed(semantic_cache=semantic_cache, cached=cached))
+    assert await may_fill_cache(HeadersOnly(headers)) is decoded  # type: ignore[arg-type]
+
+
+async def test_deltas_and_failures_are_passed_over_and_headerless_bytes_decoded() -> None:
+    tenant, request = uuid.uuid4(), uuid.uuid4()
+    delta = ChatDelta(tenant_id=tenant, request_id=request, seq=0, delta="x")
+    failed = ChatFailed(
+        tenant_id=tenant, request_id=request, reason=FailureReason.INTERNAL, message="m"
+    )
+    for event in (delta, failed):
+        assert await may_fill_cache(HeadersOnly(await _headers_of(event))) is False  # type: ignore[arg-type]
+    # No headers (not one of ours): decoded, so malformed bytes still reach the DLQ.
+    assert await may_fill_cache(HeadersOnly({})) is True  # type: ignore[arg-type]
