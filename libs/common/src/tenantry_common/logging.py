@@ -149,6 +149,10 @@ def configure_logging(service: str, level: str = "INFO", *, stream: TextIO | Non
         logger.propagate = True
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One "HTTP Request: POST …" line per model call from the openai SDK's HTTP client, beside
+    # inference's own "chat answered" line, which says more (model, outcome, tokens, latency).
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def log_extra(**fields: Any) -> dict[str, Any]:
