@@ -36,12 +36,14 @@ import bisect
 import enum
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tenantry_common.events import LeakagePolicy
 
 MIN_NAME_LENGTH = 3
+#: Most remembered scans of repeated texts (one per tenant and system prompt in use).
+REMEMBERED_SCANS = 4096
 
 
 class FindingKind(enum.StrEnum):
@@ -123,17 +125,36 @@ class TenantRegistry:
         self._pattern: re.Pattern[str] | None = None
         self._owners: dict[str, set[uuid.UUID]] = {}
         self._sorted_keys: list[str] = []
+        #: Findings of texts scanned again and again (system prompts), valid while no tenant
+        #: is added, renamed or removed.
+        self._scans: dict[tuple[uuid.UUID, str], list[Finding]] = {}
 
     def upsert(self, tenant_id: uuid.UUID, name: str) -> None:
         """Record (or rename) a tenant."""
         if self._names.get(tenant_id) != name:
             self._names[tenant_id] = name
-            self._pattern = None
+            self._changed()
 
     def remove(self, tenant_id: uuid.UUID) -> None:
         """Forget an offboarded tenant."""
         if self._names.pop(tenant_id, None) is not None:
-            self._pattern = None
+            self._changed()
+
+    def _changed(self) -> None:
+        self._pattern = None
+        self._scans.clear()
+
+    def remembered_scan(
+        self, tenant_id: uuid.UUID, text: str, scan: Callable[[], list[Finding]]
+    ) -> list[Finding]:
+        """``scan()``'s findings for this tenant and text, computed once per registry state."""
+        key = (tenant_id, text)
+        found = self._scans.get(key)
+        if found is None:
+            if len(self._scans) >= REMEMBERED_SCANS:
+                self._scans.clear()
+            found = self._scans[key] = scan()
+        return found
 
     def name(self, tenant_id: uuid.UUID) -> str | None:
         return self._names.get(tenant_id)
@@ -191,6 +212,13 @@ class LeakageDetector:
 
     def __init__(self, registry: TenantRegistry) -> None:
         self.registry = registry
+
+    def scan_repeated(self, text: str, *, tenant_id: uuid.UUID) -> list[Finding]:
+        """``scan`` for a text sent with request after request (a tenant's system prompt): the
+        findings are remembered until a tenant is added, renamed or removed."""
+        return self.registry.remembered_scan(
+            tenant_id, text, lambda: self.scan(text, tenant_id=tenant_id)
+        )
 
     def scan(self, text: str, *, tenant_id: uuid.UUID, start: int = 0) -> list[Finding]:
         """Every finding in ``text[start:]`` (matches may look behind ``start`` for context)."""

@@ -191,3 +191,24 @@ def test_a_private_key_block_is_redacted_whole(detector: LeakageDetector) -> Non
     text = "key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----\nbye"
     out = redact(text, detector.scan(text, tenant_id=ME))
     assert out == "key:\n[REDACTED:private_key]\nbye"
+
+
+def test_a_repeated_scan_is_remembered_until_the_registry_changes(
+    detector: LeakageDetector,
+) -> None:
+    prompt = "You answer for Acme Corp. Never mention Initech or Globex."
+    first = detector.scan_repeated(prompt, tenant_id=ME)
+    assert [f.kind for f in first] == [FindingKind.OTHER_TENANT_NAME]  # Globex
+    assert detector.scan_repeated(prompt, tenant_id=ME) is first, "not scanned again"
+    newcomer = uuid.uuid4()
+    detector.registry.upsert(newcomer, "Initech")
+    again = detector.scan_repeated(prompt, tenant_id=ME)
+    assert [prompt[f.start : f.end] for f in again] == ["Initech", "Globex"]
+    detector.registry.remove(newcomer)
+    assert [prompt[f.start : f.end] for f in detector.scan_repeated(prompt, tenant_id=ME)] == [
+        "Globex"
+    ]
+    # Remembered per tenant: for Globex, its own name is no finding, Acme Corp's is.
+    assert [prompt[f.start : f.end] for f in detector.scan_repeated(prompt, tenant_id=OTHER)] == [
+        "Acme Corp"
+    ]
