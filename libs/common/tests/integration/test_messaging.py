@@ -1,6 +1,6 @@
 """The broker factory against a real broker: round-trip, retries then DLQ, no commit past a
 failure, and redelivery after a consumer is killed mid-handler; the same for a windowed
-subscriber (many messages of one partition in flight, committed in order)."""
+subscriber (many messages of one partition in flight, committed in order); a lingering batch."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from tenantry_common.batching import lingering
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
 from tenantry_common.inflight import windowed
 from tenantry_common.messaging import (
@@ -459,3 +460,36 @@ async def test_window_killed_mid_message_gets_it_and_what_followed_again(setting
     finally:
         second.terminate()
         second.wait(20)
+
+
+# --------------------------------------------------------------------------- lingering batches
+
+
+async def test_a_small_batch_lingers_for_more_records_then_goes_as_it_is(settings, topic) -> None:
+    broker = build_broker(settings)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    batches: list[list[str]] = []
+    options = subscriber_options(settings, group) | {"batch": True, "batch_timeout_ms": 50}
+    options.pop("max_workers")
+    subscriber = lingering(broker.subscriber(topic, **options), min_records=5, linger_ms=3000)
+
+    @subscriber
+    async def on_audits(events: list[AuditRecorded]) -> None:
+        batches.append([e.resource_id for e in events])
+
+    tenant = uuid.uuid4()
+    async with broker:
+        await broker.start()
+        await asyncio.sleep(6)  # joined the group (Tansu takes ≈ 5 s)
+        for i in range(3):
+            await publish_event(broker, topic, _event(tenant, i))
+        await asyncio.sleep(0.5)
+        assert batches == [], "three records wait for two more"
+        for i in range(3, 5):
+            await publish_event(broker, topic, _event(tenant, i))
+        await _wait(lambda: len(batches) == 1)
+        assert batches == [["0", "1", "2", "3", "4"]], "one batch, in offset order"
+        await publish_event(broker, topic, _event(tenant, 5))
+        await _wait(lambda: len(batches) == 2, timeout=10)  # alone, after the linger
+        await _wait_committed(settings.kafka_bootstrap_servers, group, topic, 6)
+    assert batches[1] == ["5"]

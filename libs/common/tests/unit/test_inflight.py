@@ -1,4 +1,5 @@
-"""The in-flight window's books: what may be committed while messages finish out of order.
+"""The in-flight window's books: what may be committed while messages finish out of order; and
+which subscribers `windowed` and `lingering` take over.
 
 The broker-level behaviour (many in flight in one partition, DLQ, outages, kill -9, shutdown) is
 in tests/integration/test_messaging.py against the real broker.
@@ -11,6 +12,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 from faststream.kafka import KafkaBroker
+from tenantry_common.batching import LingeringBatchSubscriber, lingering
 from tenantry_common.inflight import Committer, OffsetLedger, WindowedSubscriber, windowed
 from tenantry_common.messaging import MANUAL
 
@@ -131,3 +133,18 @@ async def test_positions_of_partitions_no_longer_assigned_are_not_committed() ->
     committer.due(TP, 2)
     await committer.flush()
     assert consumer.commits == [{TP: 2}]
+
+
+def test_lingering_takes_only_a_batch_subscriber() -> None:
+    broker = KafkaBroker()
+    batch = lingering(
+        broker.subscriber("t", group_id="g", ack_policy=MANUAL, batch=True),
+        min_records=10,
+        linger_ms=50,
+    )
+    assert isinstance(batch, LingeringBatchSubscriber)
+    assert (batch.min_records, batch.linger_s) == (10, 0.05)
+    with pytest.raises(TypeError):
+        lingering(
+            broker.subscriber("u", group_id="g", ack_policy=MANUAL), min_records=10, linger_ms=50
+        )

@@ -54,6 +54,17 @@ class AuditSettings(CommonSettings):
     records_batch_timeout_ms: int = Field(
         default=100, ge=1, description="How long a batch fetch waits for records to arrive."
     )
+    records_batch_min_records: int = Field(
+        default=200,
+        ge=1,
+        description="A smaller batch waits up to records_batch_linger_ms for more records.",
+    )
+    records_batch_linger_ms: int = Field(
+        default=100,
+        ge=0,
+        description="How long a small batch waits to fill (one transaction per batch); 0 takes "
+        "batches as they come.",
+    )
 
     @model_validator(mode="after")
     def _writer_is_not_the_owner(self) -> AuditSettings:

@@ -6,6 +6,7 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tenantry_common.batching import lingering
 from tenantry_common.events import AuditRecorded, LifecycleEvent
 from tenantry_common.messaging import publish_event, subscriber_options
 from tenantry_common.topics import AUDIT, TENANTS_LIFECYCLE
@@ -45,10 +46,16 @@ def register_handlers(
 ) -> None:
     """Subscribe audit to ``audit.v1`` and ``tenants.lifecycle.v1``."""
 
+    records = lingering(
+        broker.subscriber(
+            AUDIT.name, **records_subscriber_options(settings, group_prefix + RECORDS_GROUP)
+        ),
+        min_records=settings.records_batch_min_records,
+        linger_ms=settings.records_batch_linger_ms,
+    )
+
     # FastStream's decorators are untyped; the handlers' own signatures are what matter.
-    @broker.subscriber(
-        AUDIT.name, **records_subscriber_options(settings, group_prefix + RECORDS_GROUP)
-    )  # type: ignore[untyped-decorator]
+    @records
     async def on_audit_recorded(events: list[AuditRecorded]) -> None:
         # Redeliveries (and a half of a bisected batch that runs again) are no-ops: the
         # append skips event ids already in the tenant's chain, under the head's lock.

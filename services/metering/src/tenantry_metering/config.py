@@ -37,6 +37,17 @@ class Settings(CommonSettings):
         ),
     )
     usage_batch_timeout_ms: int = Field(default=200, ge=1)
+    usage_batch_min_records: int = Field(
+        default=500,
+        ge=1,
+        description="A smaller batch waits up to usage_batch_linger_ms for more records.",
+    )
+    usage_batch_linger_ms: int = Field(
+        default=100,
+        ge=0,
+        description="How long a small batch waits to fill (one transaction and one Redis "
+        "settlement per tenant per batch); 0 takes batches as they come.",
+    )
     rollup_interval_s: float = Field(default=2.0, gt=0, description="Publish rollups this often.")
     reconcile_interval_s: float = Field(default=60.0, gt=0, description="Redis ↔ ledger period.")
     reconcile_days: int = Field(

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
+from tenantry_common.batching import lingering
 from tenantry_common.events import (
     LifecycleEvent,
     TenantConfigChanged,
@@ -58,8 +59,14 @@ def every_replica() -> dict[str, Any]:
 def register_handlers(broker: KafkaBroker, runtime: Runtime, settings: Settings) -> None:
     """Declare metering's subscribers on the broker."""
 
+    usage = lingering(
+        broker.subscriber(USAGE.name, **usage_subscriber_options(settings)),
+        min_records=settings.usage_batch_min_records,
+        linger_ms=settings.usage_batch_linger_ms,
+    )
+
     # FastStream's decorators are untyped (options come as a dict); the signatures matter.
-    @broker.subscriber(USAGE.name, **usage_subscriber_options(settings))  # type: ignore[untyped-decorator]
+    @usage
     async def on_usage_recorded(events: list[UsageRecorded]) -> None:
         await runtime.ingest(events)
 
