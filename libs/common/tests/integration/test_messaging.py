@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,10 @@ async def test_malformed_bytes_go_to_dlq_and_the_consumer_goes_on(settings, topi
     assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 4
 
 
-async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topic) -> None:
+async def _slow_consumer_run(
+    settings: CommonSettings, topic: str, *, messages: int, window: int = 0
+) -> tuple[str, Path, dict[str, str]]:
+    """Publish ``messages`` events, then (group, marker dir, environment) for slow_consumer.py."""
     group = f"g-{uuid.uuid4().hex[:6]}"
     marker_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"kill-{uuid.uuid4().hex[:6]}"
     marker_dir.mkdir()
@@ -227,31 +231,42 @@ async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topi
         "TEST_TOPIC": topic,
         "TEST_GROUP": group,
         "TEST_MARKERS": str(marker_dir),
+        "TEST_WINDOW": str(window),
     }
     broker = build_broker(settings)
     async with broker:
         await broker.start()
-        await publish_event(broker, topic, _event(uuid.uuid4(), 1))
+        for i in range(messages):
+            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+    return group, marker_dir, env
 
-    script = HERE / "slow_consumer.py"
-    first = subprocess.Popen([sys.executable, str(script), "hang"], env=env)
+
+async def _kill_when(env: dict[str, str], ready: Callable[[], bool]) -> None:
+    """Run slow_consumer.py in ``hang`` mode and kill -9 it once ``ready()``."""
+    first = subprocess.Popen([sys.executable, str(HERE / "slow_consumer.py"), "hang"], env=env)
     try:
-        await _wait(lambda: (marker_dir / "started").exists(), timeout=30)
+        await _wait(ready, timeout=30)
+        await asyncio.sleep(0.5)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
     finally:
         if first.poll() is None:
             first.kill()
+
+
+async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topic) -> None:
+    group, marker_dir, env = await _slow_consumer_run(settings, topic, messages=1)
+    await _kill_when(env, lambda: (marker_dir / "started").exists())
     assert not (marker_dir / "finished").exists()
     assert await _committed(settings.kafka_bootstrap_servers, group, topic) in (None, -1, 0)
 
-    second = subprocess.Popen([sys.executable, str(script), "finish"], env=env)
+    second = subprocess.Popen([sys.executable, str(HERE / "slow_consumer.py"), "finish"], env=env)
     try:
         await _wait(lambda: (marker_dir / "finished").exists(), timeout=60)
     finally:
         second.terminate()
         second.wait(20)
-    assert (marker_dir / "finished").read_text() == "1"
+    assert (marker_dir / "finished").read_text() == "0"
     assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 1
 
 
@@ -421,38 +436,13 @@ async def test_window_stop_lets_messages_in_flight_finish_and_commits_them(setti
 
 
 async def test_window_killed_mid_message_gets_it_and_what_followed_again(settings, topic) -> None:
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    marker_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"kill-{uuid.uuid4().hex[:6]}"
-    marker_dir.mkdir()
-    env = {
-        **os.environ,
-        "TEST_BOOTSTRAP": settings.kafka_bootstrap_servers,
-        "TEST_TOPIC": topic,
-        "TEST_GROUP": group,
-        "TEST_MARKERS": str(marker_dir),
-        "TEST_WINDOW": "8",
-    }
-    broker = build_broker(settings)
-    async with broker:
-        await broker.start()
-        for i in range(2):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
-
-    script = HERE / "slow_consumer.py"
-    first = subprocess.Popen([sys.executable, str(script), "hang"], env=env)
-    try:
-        # "1" finished while "0", before it, hangs: nothing may be committed.
-        await _wait(lambda: (marker_dir / "finished-1").exists(), timeout=30)
-        await asyncio.sleep(0.5)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    group, marker_dir, env = await _slow_consumer_run(settings, topic, messages=2, window=8)
+    # "1" finished while "0", before it, hangs: nothing may be committed.
+    await _kill_when(env, lambda: (marker_dir / "finished-1").exists())
     assert not (marker_dir / "finished-0").exists()
     assert await _committed(settings.kafka_bootstrap_servers, group, topic) in (None, -1, 0)
 
-    second = subprocess.Popen([sys.executable, str(script), "finish"], env=env)
+    second = subprocess.Popen([sys.executable, str(HERE / "slow_consumer.py"), "finish"], env=env)
     try:
         await _wait(lambda: (marker_dir / "finished-0").exists(), timeout=60)
         await _wait(lambda: (marker_dir / "finished-1").read_text() == "finish", timeout=30)
