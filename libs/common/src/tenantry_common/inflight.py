@@ -135,12 +135,11 @@ class Committer:
             consumer = self._consumer()
             if consumer is None:
                 return
-            assigned = consumer.assignment()
-            offsets = {tp: position for tp, position in offsets.items() if tp in assigned}
-            if not offsets:
-                continue
             try:
-                await consumer.commit(offsets)
+                assigned = consumer.assignment()
+                offsets = {tp: position for tp, position in offsets.items() if tp in assigned}
+                if offsets:
+                    await consumer.commit(offsets)
             except KafkaError as exc:
                 # A rebalance took partitions away: their next owner reads from the last
                 # committed position again (handlers are idempotent), which is at-least-once.
@@ -209,11 +208,6 @@ class WindowedSubscriber(DefaultSubscriber):
         position = self.ledger.finish(tp, record.offset)
         if position is not None:
             self.committer.due(tp, position)
-
-    @property
-    def in_flight(self) -> int:
-        """Messages started and not yet ended."""
-        return len(self._in_flight)
 
     async def stop(self) -> None:
         """Let the messages in flight end (up to the graceful timeout), commit, then stop."""
