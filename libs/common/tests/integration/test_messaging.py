@@ -11,10 +11,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faststream.kafka import KafkaBroker
 from tenantry_common.batching import lingering
 from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
 from tenantry_common.inflight import windowed
@@ -273,76 +275,77 @@ async def test_consumer_killed_mid_handler_gets_the_message_again(settings, topi
 # --------------------------------------------------------------------------- windowed subscribers
 
 
-def _gated_handler(
-    subscriber, gates: dict[str, asyncio.Event], started: list[str], done: list[str]
-) -> None:
+@dataclass
+class GatedWindow:
+    """A windowed subscriber whose handler waits at ``gates[resource_id]`` for each message."""
+
+    broker: KafkaBroker
+    group: str
+    gates: dict[str, asyncio.Event]
+    started: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+
+
+def _gated_window(
+    settings: CommonSettings, topic: str, *, messages: int, window: int
+) -> GatedWindow:
+    broker = build_broker(settings)
+    gated = GatedWindow(
+        broker, f"g-{uuid.uuid4().hex[:6]}", {str(i): asyncio.Event() for i in range(messages)}
+    )
+    subscriber = windowed(
+        broker.subscriber(topic, **subscriber_options(settings, gated.group)), window=window
+    )
+
     @subscriber
     async def on_audit(event: AuditRecorded) -> None:
-        started.append(event.resource_id)
-        await gates[event.resource_id].wait()
-        done.append(event.resource_id)
+        gated.started.append(event.resource_id)
+        await gated.gates[event.resource_id].wait()
+        gated.done.append(event.resource_id)
+
+    return gated
 
 
 async def test_window_runs_one_partitions_messages_at_once_and_commits_them_in_order(
     settings, topic
 ) -> None:
-    broker = build_broker(settings)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    gates = {str(i): asyncio.Event() for i in range(5)}
-    started: list[str] = []
-    done: list[str] = []
-    _gated_handler(
-        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8),
-        gates,
-        started,
-        done,
-    )
+    gated = _gated_window(settings, topic, messages=5, window=8)
     bootstrap = settings.kafka_bootstrap_servers
-    async with broker:
-        await broker.start()
+    async with gated.broker:
+        await gated.broker.start()
         for i in range(5):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
         # All five are in flight at once, from the topic's only partition.
-        await _wait(lambda: sorted(started) == ["0", "1", "2", "3", "4"])
+        await _wait(lambda: sorted(gated.started) == ["0", "1", "2", "3", "4"])
         for later in ("4", "3", "1"):
-            gates[later].set()
-        await _wait(lambda: len(done) == 3)
+            gated.gates[later].set()
+        await _wait(lambda: len(gated.done) == 3)
         await asyncio.sleep(0.5)
-        assert await _committed(bootstrap, group, topic) in (None, -1, 0), (
+        assert await _committed(bootstrap, gated.group, topic) in (None, -1, 0), (
             "finished messages behind an unfinished one are not committed"
         )
-        gates["0"].set()
-        await _wait(lambda: "0" in done)
-        await _wait_committed(bootstrap, group, topic, 2)
-        gates["2"].set()
-        await _wait(lambda: len(done) == 5)
-        await _wait_committed(bootstrap, group, topic, 5)
+        gated.gates["0"].set()
+        await _wait(lambda: "0" in gated.done)
+        await _wait_committed(bootstrap, gated.group, topic, 2)
+        gated.gates["2"].set()
+        await _wait(lambda: len(gated.done) == 5)
+        await _wait_committed(bootstrap, gated.group, topic, 5)
 
 
 async def test_window_holds_at_most_its_size_in_flight(settings, topic) -> None:
-    broker = build_broker(settings)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    gates = {str(i): asyncio.Event() for i in range(4)}
-    started: list[str] = []
-    done: list[str] = []
-    _gated_handler(
-        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=2),
-        gates,
-        started,
-        done,
-    )
-    async with broker:
-        await broker.start()
+    gated = _gated_window(settings, topic, messages=4, window=2)
+    async with gated.broker:
+        await gated.broker.start()
         for i in range(4):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
-        await _wait(lambda: len(started) == 2)
+            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: len(gated.started) == 2)
         await asyncio.sleep(0.5)
-        assert started == ["0", "1"], "the third waits for a free place"
-        gates["1"].set()
-        await _wait(lambda: len(started) == 3)
-        for gate in gates.values():
+        assert gated.started == ["0", "1"], "the third waits for a free place"
+        gated.gates["1"].set()
+        await _wait(lambda: len(gated.started) == 3)
+        for gate in gated.gates.values():
             gate.set()
-        await _wait(lambda: len(done) == 4)
+        await _wait(lambda: len(gated.done) == 4)
 
 
 async def test_window_dead_letters_a_failing_message_and_commits_past_it_only_then(
@@ -407,32 +410,22 @@ async def test_window_retries_a_message_in_place_through_an_outage(settings, top
 
 
 async def test_window_stop_lets_messages_in_flight_finish_and_commits_them(settings, topic) -> None:
-    broker = build_broker(settings)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    gates = {str(i): asyncio.Event() for i in range(3)}
-    started: list[str] = []
-    done: list[str] = []
-    _gated_handler(
-        windowed(broker.subscriber(topic, **subscriber_options(settings, group)), window=8),
-        gates,
-        started,
-        done,
-    )
-    await broker.start()
+    gated = _gated_window(settings, topic, messages=3, window=8)
+    await gated.broker.start()
     try:
         for i in range(3):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
-        await _wait(lambda: len(started) == 3)
-        stopping = asyncio.create_task(stop_broker(broker, timeout_s=20))
+            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
+        await _wait(lambda: len(gated.started) == 3)
+        stopping = asyncio.create_task(stop_broker(gated.broker, timeout_s=20))
         await asyncio.sleep(0.3)
         assert not stopping.done(), "the stop waits for the messages in flight"
-        for gate in gates.values():
+        for gate in gated.gates.values():
             gate.set()
         await asyncio.wait_for(stopping, 30)
     finally:
-        await broker.stop()
-    assert sorted(done) == ["0", "1", "2"]
-    assert await _committed(settings.kafka_bootstrap_servers, group, topic) == 3
+        await gated.broker.stop()
+    assert sorted(gated.done) == ["0", "1", "2"]
+    assert await _committed(settings.kafka_bootstrap_servers, gated.group, topic) == 3
 
 
 async def test_window_killed_mid_message_gets_it_and_what_followed_again(settings, topic) -> None:
