@@ -102,6 +102,14 @@ class RetrievalSettings(CommonSettings):
         description="Questions of chat.requests.v1 in flight at once in this process (one "
         "consumer; offsets committed in order). A burst of them shares one encode call.",
     )
+    cache_fill_batch_max_records: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Records of chat.responses.v1 the cache fill takes per batch (one "
+        "handler call and one offset commit per batch; answers it may not cache are passed "
+        "over by their headers).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrievalSettings:

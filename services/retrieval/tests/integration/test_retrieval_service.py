@@ -92,6 +92,7 @@ class Collector:
         TENANTS_LIFECYCLE.name,
         CHAT_REQUESTS.dlq,
         DOCUMENTS.dlq,
+        CHAT_RESPONSES.dlq,
     )
 
     def __init__(self, bootstrap: str) -> None:
@@ -868,6 +869,8 @@ async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
             (CHAT_REQUESTS.name, json.dumps(missing_options).encode()),
             (DOCUMENTS.name, b"\x00\x01garbage"),
             (DOCUMENTS.name, json.dumps(future_document).encode()),
+            # Headerless bytes on the responses: the cache fill's batch decodes them.
+            (CHAT_RESPONSES.name, b"\x00 no answer"),
         ):
             await producer.send_and_wait(topic, value, key=key)
     finally:
@@ -879,11 +882,13 @@ async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
     assert isinstance(good, ContextRetrieved)
 
     async def all_dead() -> bool:
-        return len([r for r in collector.dead if r.key == key]) == 4
+        return len([r for r in collector.dead if r.key == key]) == 5
 
     await eventually(all_dead)
     dead = [r for r in collector.dead if r.key == key]
-    assert sorted(r.topic for r in dead) == [CHAT_REQUESTS.dlq] * 2 + [DOCUMENTS.dlq] * 2
+    assert sorted(r.topic for r in dead) == sorted(
+        [CHAT_REQUESTS.dlq] * 2 + [DOCUMENTS.dlq] * 2 + [CHAT_RESPONSES.dlq]
+    )
     errors = [dict(r.headers)[DLQ_HEADER_ERROR].decode() for r in dead]
     assert any("options" in e for e in errors)
     assert any("unsupported schema_version 99" in e for e in errors)

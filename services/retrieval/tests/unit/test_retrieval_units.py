@@ -21,7 +21,7 @@ from tenantry_common.messaging import publish_event
 from tenantry_common.topics import CHAT_RESPONSES
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.embeddings import MicroBatcher, QuestionVectors
-from tenantry_retrieval.handlers import may_fill_cache
+from tenantry_retrieval.handlers import decode_cache_fills, may_fill_cache
 from tenantry_retrieval.service import CacheScope, cache_threshold
 from tenantry_retrieval.vectorstore import (
     MetadataValue,
@@ -207,11 +207,12 @@ class RecordingBroker:
         self.published.append(kwargs)
 
 
-class HeadersOnly:
-    """The part of a StreamMessage the filter reads."""
+class Batch:
+    """The part of a batch StreamMessage the decoder reads: bodies and headers per record."""
 
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
+    def __init__(self, records: Sequence[tuple[bytes, dict[str, str]]]) -> None:
+        self.body = [body for body, _ in records]
+        self.batch_headers = [headers for _, headers in records]
 
 
 def _completed(*, semantic_cache: bool, cached: bool) -> ChatCompleted:
@@ -246,7 +247,7 @@ async def test_only_answers_that_may_be_cached_are_decoded_for_the_fill(
     semantic_cache: bool, cached: bool, decoded: bool
 ) -> None:
     headers = await _headers_of(_completed(semantic_cache=semantic_cache, cached=cached))
-    assert await may_fill_cache(HeadersOnly(headers)) is decoded  # type: ignore[arg-type]
+    assert may_fill_cache(headers) is decoded
 
 
 async def test_deltas_and_failures_are_passed_over_and_headerless_bytes_decoded() -> None:
@@ -256,6 +257,30 @@ async def test_deltas_and_failures_are_passed_over_and_headerless_bytes_decoded(
         tenant_id=tenant, request_id=request, reason=FailureReason.INTERNAL, message="m"
     )
     for event in (delta, failed):
-        assert await may_fill_cache(HeadersOnly(await _headers_of(event))) is False  # type: ignore[arg-type]
+        assert may_fill_cache(await _headers_of(event)) is False
     # No headers (not one of ours): decoded, so malformed bytes still reach the DLQ.
-    assert await may_fill_cache(HeadersOnly({})) is True  # type: ignore[arg-type]
+    assert may_fill_cache({}) is True
+
+
+async def test_a_batch_decodes_only_the_answers_it_may_cache_and_skips_the_rest_unread() -> None:
+    keep = _completed(semantic_cache=True, cached=False)
+    gateway = _completed(semantic_cache=False, cached=False)
+    delta = ChatDelta(tenant_id=uuid.uuid4(), request_id=uuid.uuid4(), seq=0, delta="x")
+    records = [
+        (event.model_dump_json().encode(), await _headers_of(event))
+        for event in (gateway, keep, delta)
+    ]
+    # Bytes that are no event at all, under headers that say "not cacheable": never read.
+    records.append((b"\xff not json", await _headers_of(gateway)))
+    answers = await decode_cache_fills(Batch(records))  # type: ignore[arg-type]
+    assert [a.request_id for a in answers] == [keep.request_id]
+
+
+async def test_headerless_malformed_bytes_fail_the_batch_so_the_record_is_dead_lettered() -> None:
+    keep = _completed(semantic_cache=True, cached=False)
+    records = [
+        (keep.model_dump_json().encode(), await _headers_of(keep)),
+        (b"\xff not json", {}),
+    ]
+    with pytest.raises(ValidationError):
+        await decode_cache_fills(Batch(records))  # type: ignore[arg-type]
