@@ -126,7 +126,7 @@ def test_stop_grace_period_covers_the_graceful_timeout(
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_consumers_long_poll_on_apache_kafka(compose: dict[str, Any], service: str) -> None:
-    """Compose runs Apache Kafka, whose fetches answer when a record arrives: the 10 ms wait
+    """Compose runs Apache Kafka, whose fetches answer when a record arrives: the 3 ms wait
     that Tansu needs would only burn idle polls there."""
     env = compose["services"][service]["environment"]
     default = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default

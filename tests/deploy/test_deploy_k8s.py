@@ -380,7 +380,7 @@ def test_configmap_names_are_settings_the_service_reads(
 def test_consumers_long_poll_on_apache_kafka(
     overlay: tuple[str, list[dict[str, Any]]], service: str
 ) -> None:
-    """The 10 ms fetch wait is for Tansu, which answers a fetch only at its deadline; Apache
+    """The 3 ms fetch wait is for Tansu, which answers a fetch only at its deadline; Apache
     Kafka answers as soon as a record arrives, so there a short wait only burns idle polls."""
     _, objects = overlay
     env = config_env(objects, container(objects, service))

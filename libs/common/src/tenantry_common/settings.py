@@ -85,10 +85,10 @@ class CommonSettings(BaseSettings):
         default=20.0, description="Time to finish in-flight messages."
     )
     kafka_fetch_max_wait_ms: int = Field(
-        default=10,
+        default=3,
         ge=0,
         description=(
-            "Longest a hot-path consumer's fetch waits for data: 10 ms for Tansu, 500 on"
+            "Longest a hot-path consumer's fetch waits for data: 3 ms for Tansu, 500 on"
             " Apache Kafka (see messaging.py)."
         ),
     )

@@ -90,7 +90,7 @@ class ReplyRouter:
         lease_ttl_s: float,
         partitions: int = CHAT_RESPONSES.partitions,
         topic: str = CHAT_RESPONSES.name,
-        fetch_max_wait_ms: int = 10,
+        fetch_max_wait_ms: int = 3,
     ) -> None:
         self.redis = redis
         self.bootstrap_servers = bootstrap_servers
