@@ -10,8 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Table,
+    Uuid,
+    any_,
     bindparam,
     func,
     insert,
@@ -62,22 +65,85 @@ class AppendResult:
 
 
 async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]) -> AppendResult:
-    """Append events to their tenants' chains, each event exactly once, in one transaction."""
+    """Append events to their tenants' chains, each event exactly once, in one transaction.
+
+    The statements are per batch, not per tenant: one locks every head of the batch, one finds
+    the events already stored, one inserts the new records, one advances the heads. A batch of
+    the consumer spans many tenants (keyed by tenant, 100 tenants' traffic mixes on the topic),
+    and per-tenant statements made four round trips per tenant (≈ 0.6 ms of audit CPU per
+    request at 100 tenants, bench/README.md).
+    """
     by_tenant: dict[uuid.UUID, list[AuditRecorded]] = {}
     for event in events:
-        by_tenant.setdefault(event.tenant_id, []).append(event)
-    appended = duplicates = 0
+        by_tenant.setdefault(_tenant(event.tenant_id), []).append(event)
+    tenants = sorted(by_tenant)
+    if not tenants:
+        return AppendResult(appended=0, duplicates=0)
     async with engine.begin() as conn:
-        # Tenants in a fixed order, so two batches can never wait on each other's head locks.
-        for tenant_id in sorted(by_tenant):
-            added = await _append_for_tenant(conn, tenant_id=tenant_id, events=by_tenant[tenant_id])
-            appended += added
-            duplicates += len(by_tenant[tenant_id]) - added
-    return AppendResult(appended=appended, duplicates=duplicates)
+        heads = await _lock_heads(conn, tenants)
+        # Under the head locks no other append of these tenants runs, so this check is exact.
+        found = await conn.execute(
+            _KNOWN_EVENTS,
+            {"tenants": tenants, "event_ids": list({e.event_id for e in events})},
+        )
+        known = {(row.tenant_id, row.event_id) for row in found}
+        at = utcnow()
+        rows: list[dict[str, Any]] = []
+        advanced: list[dict[str, Any]] = []
+        for tenant_id in tenants:
+            linked, head = _link(by_tenant[tenant_id], head=heads[tenant_id], known=known, at=at)
+            if linked:
+                rows += linked
+                advanced.append({"tenant": tenant_id, "new_sequence": head[0], "new_hash": head[1]})
+        if rows:
+            await conn.execute(_APPEND, rows)
+            await conn.execute(_ADVANCE_HEAD, advanced)
+    return AppendResult(appended=len(rows), duplicates=len(events) - len(rows))
+
+
+def _link(
+    events: list[AuditRecorded],
+    *,
+    head: tuple[int, str],
+    known: set[tuple[uuid.UUID, uuid.UUID]],
+    at: datetime,
+) -> tuple[list[dict[str, Any]], tuple[int, str]]:
+    """One tenant's new records, chained on from its head, and the head after them.
+
+    Events already stored (``known``, updated here) are skipped, so a duplicate within the
+    batch is skipped too."""
+    sequence, prev_hash = head
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        if (event.tenant_id, event.event_id) in known:
+            continue
+        known.add((event.tenant_id, event.event_id))
+        sequence += 1
+        content = RecordContent.from_event(event, sequence=sequence, recorded_at=at)
+        content_hash = content.content_hash()
+        chain_hash = link_hash(prev_hash, sequence, content_hash)
+        rows.append(
+            {
+                **{name: getattr(content, name) for name in RecordContent.__dataclass_fields__},
+                "content_hash": content_hash,
+                "prev_hash": prev_hash,
+                "hash": chain_hash,
+            }
+        )
+        prev_hash = chain_hash
+    return rows, (sequence, prev_hash)
 
 
 # The append path's statements, built once (building them per batch was ≈ 12 % of the
-# service's CPU under load). Each binds the tenant as a parameter, checked by _tenant().
+# service's CPU under load). Each binds its tenants as parameters, checked by _tenant().
+_TENANTS = bindparam("tenants", type_=ARRAY(Uuid()))
+#: Rows are locked in the ORDER BY's order, so two batches never wait on each other's heads.
+_LOCK_HEADS = (
+    select(chain_heads.c.tenant_id, chain_heads.c.sequence, chain_heads.c.hash)
+    .where(chain_heads.c.tenant_id == any_(_TENANTS))
+    .order_by(chain_heads.c.tenant_id)
+    .with_for_update()
+)
 _LOCK_HEAD = (
     select(chain_heads.c.sequence, chain_heads.c.hash)
     .where(chain_heads.c.tenant_id == bindparam("tenant"))
@@ -87,9 +153,9 @@ _CREATE_HEAD = text(
     "INSERT INTO audit_chain_heads (tenant_id, sequence, hash) "
     "VALUES (:tenant, 0, :genesis) ON CONFLICT (tenant_id) DO NOTHING"
 )
-_KNOWN_EVENTS = select(records.c.event_id).where(
-    records.c.tenant_id == bindparam("tenant"),
-    records.c.event_id.in_(bindparam("event_ids", expanding=True)),
+_KNOWN_EVENTS = select(records.c.tenant_id, records.c.event_id).where(
+    records.c.tenant_id == any_(_TENANTS),
+    records.c.event_id == any_(bindparam("event_ids", type_=ARRAY(Uuid()))),
 )
 _APPEND = insert(records)
 _ADVANCE_HEAD = (
@@ -104,56 +170,28 @@ _ADVANCE_HEAD = (
 
 
 def _tenant(tenant_id: uuid.UUID) -> uuid.UUID:
-    """The tenant parameter of a prebuilt statement, held to for_tenant's rule."""
+    """A tenant parameter of a prebuilt statement, held to for_tenant's rule."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
     return tenant_id
 
 
-async def _lock_head(conn: AsyncConnection, tenant_id: uuid.UUID) -> tuple[int, str]:
-    tenant = {"tenant": _tenant(tenant_id)}
-    row = (await conn.execute(_LOCK_HEAD, tenant)).first()
-    if row is None:
-        await conn.execute(_CREATE_HEAD, tenant | {"genesis": GENESIS_HASH})
-        row = (await conn.execute(_LOCK_HEAD, tenant)).one()
-    return int(row.sequence), str(row.hash)
-
-
-async def _append_for_tenant(
-    conn: AsyncConnection, *, tenant_id: uuid.UUID, events: list[AuditRecorded]
-) -> int:
-    sequence, prev_hash = await _lock_head(conn, tenant_id)
-    # Under the head lock no other append of this tenant runs, so this check is exact.
-    found = await conn.execute(
-        _KNOWN_EVENTS, {"tenant": _tenant(tenant_id), "event_ids": [e.event_id for e in events]}
-    )
-    known = set(found.scalars())
-    recorded_at = utcnow()
-    rows: list[dict[str, Any]] = []
-    for event in events:
-        if event.event_id in known:
-            continue
-        known.add(event.event_id)
-        sequence += 1
-        content = RecordContent.from_event(event, sequence=sequence, recorded_at=recorded_at)
-        content_hash = content.content_hash()
-        chain_hash = link_hash(prev_hash, sequence, content_hash)
-        rows.append(
-            {
-                **{name: getattr(content, name) for name in RecordContent.__dataclass_fields__},
-                "content_hash": content_hash,
-                "prev_hash": prev_hash,
-                "hash": chain_hash,
-            }
-        )
-        prev_hash = chain_hash
-    if rows:
-        await conn.execute(_APPEND, rows)
-        await conn.execute(
-            _ADVANCE_HEAD,
-            {"tenant": tenant_id, "new_sequence": sequence, "new_hash": prev_hash},
-        )
-    return len(rows)
+async def _lock_heads(
+    conn: AsyncConnection, tenants: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, str]]:
+    """Lock the chain heads of ``tenants`` (sorted), creating those that do not exist yet."""
+    found = await conn.execute(_LOCK_HEADS, {"tenants": tenants})
+    heads = {row.tenant_id: (int(row.sequence), str(row.hash)) for row in found}
+    # A tenant's first records (rare): its head is created, then locked. The heads above are
+    # already held, so this waits at most on another batch creating the same head, which
+    # holds nothing this batch still needs (new heads are created in the same sorted order).
+    for tenant_id in tenants:
+        if tenant_id not in heads:
+            tenant = {"tenant": tenant_id}
+            await conn.execute(_CREATE_HEAD, tenant | {"genesis": GENESIS_HASH})
+            row = (await conn.execute(_LOCK_HEAD, tenant)).one()
+            heads[tenant_id] = (int(row.sequence), str(row.hash))
+    return heads
 
 
 # --------------------------------------------------------------------------- verify

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 
 import asyncpg
 import pytest
 from audit_testkit import make_event
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_audit import service
@@ -66,6 +68,54 @@ async def test_tenants_have_separate_chains(writer_engine: AsyncEngine) -> None:
     assert empty.ok
     assert empty.checked == 0
     assert empty.head_sequence is None
+
+
+async def test_a_batch_over_many_tenants_costs_four_statements_not_four_per_tenant(
+    writer_engine: AsyncEngine,
+) -> None:
+    tenants = [uuid.uuid4() for _ in range(20)]
+    await service.append_records(engine=writer_engine, events=[make_event(t) for t in tenants])
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(writer_engine.sync_engine, "before_cursor_execute", count)
+    try:
+        result = await service.append_records(
+            engine=writer_engine, events=[make_event(t, n) for n in (1, 2) for t in tenants]
+        )
+    finally:
+        event.remove(writer_engine.sync_engine, "before_cursor_execute", count)
+    assert (result.appended, result.duplicates) == (40, 0)
+    # Lock the heads, find stored events, insert the records, advance the heads.
+    assert len(statements) == 4, statements
+    for tenant in tenants:
+        report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
+        assert (report.ok, report.head_sequence) == (True, 3)
+
+
+async def test_concurrent_batches_over_shared_tenants_chain_every_event_once(
+    writer_engine: AsyncEngine,
+) -> None:
+    """Batches lock their heads in one order, so overlapping ones wait, never deadlock; tenants
+    new to the log get their heads created on the way."""
+    tenants = [uuid.uuid4() for _ in range(30)]
+    for tenant in tenants[:10]:
+        await _append(writer_engine, tenant, 2)
+    batches = []
+    for b in range(6):
+        order = tenants[:]
+        random.Random(b).shuffle(order)
+        batches.append([make_event(t, 100 * b + i) for i, t in enumerate(order)])
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(
+            *(service.append_records(engine=writer_engine, events=batch) for batch in batches)
+        )
+    assert sum(r.appended for r in results) == 6 * 30
+    for i, tenant in enumerate(tenants):
+        report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
+        assert (report.ok, report.head_sequence) == (True, 6 + (2 if i < 10 else 0))
 
 
 @pytest.mark.parametrize(
