@@ -92,6 +92,12 @@ class CommonSettings(BaseSettings):
             " Apache Kafka (see messaging.py)."
         ),
     )
+    gc_gen0_threshold: int = Field(
+        default=10_000,
+        ge=100,
+        description="Young-generation threshold of the served process's garbage collector "
+        "(CPython's default is 700; see tenantry_common.heap).",
+    )
     kafka_linger_ms: int = Field(
         default=0, ge=0, description="Producer linger; 0 sends at once (batches form under load)."
     )

@@ -11,6 +11,7 @@ def main() -> None:
     skip_httpx_cli()
     # Imported here, after the two settings above (httpx must not be imported before).
     import uvicorn
+    from tenantry_common.heap import settle_heap
     from tenantry_common.logging import configure_logging
 
     from tenantry_auth.app import build_app
@@ -18,8 +19,10 @@ def main() -> None:
 
     settings = Settings()
     configure_logging(settings.service_name, settings.log_level)
+    app = build_app(settings)
+    settle_heap(settings.gc_gen0_threshold)
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+from tenantry_common.heap import settle_heap
 from tenantry_common.logging import configure_logging
 from tenantry_common.telemetry import setup_tracing
 
@@ -16,6 +17,7 @@ def main() -> None:
     configure_logging(settings.service_name, settings.log_level)
     provider = setup_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
     app = build_app(settings, tracer_provider=provider)
+    settle_heap(settings.gc_gen0_threshold)
     uvicorn.run(
         app,
         host=settings.http_host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+from tenantry_common.heap import settle_heap
 from tenantry_common.logging import configure_logging
 
 from tenantry_retrieval.app import build_app
@@ -13,8 +14,10 @@ def main() -> None:
     """Configure logging, build the app from the environment and serve it."""
     settings = RetrievalSettings()
     configure_logging(settings.service_name, settings.log_level)
+    app = build_app(settings)
+    settle_heap(settings.gc_gen0_threshold)
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
