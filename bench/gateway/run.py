@@ -11,7 +11,8 @@ Tenantry is not started here: start it first with the bench's model catalogue::
     eval "$(.venv/bin/python bench/gateway/run.py --print-stack-env)" && make up
 
 then ``.venv/bin/python bench/gateway/run.py``. Without a reachable edge the Tenantry target
-is recorded as pending and the peers are measured anyway.
+is recorded as pending and the peers are measured anyway. ``--fresh-stack`` restarts that stack
+(and onboards again) before each Tenantry point: the local broker slows down as it fills.
 """
 
 from __future__ import annotations
@@ -265,15 +266,42 @@ class Bench:
         )
         return outcome
 
+    def restart_tenantry(self, connections: int) -> None:
+        """A fresh local stack (``--fresh-stack``): down, up with the bench catalogue, tenants
+        onboarded again, warmed at this point's connections.
+
+        Tansu's memory storage slows down as its log grows: at ≈ 300 req/s its CPU per request
+        went 0.8, 1.5, 2.3, 3.9, 5.9 ms over five 20 s points in a row (2026-12-04), so a point's
+        figure depended on how many requests came before it. Apache Kafka does not; the fresh
+        broker measures Tenantry rather than the local broker's age.
+        """
+        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_STREAM_BASE_URL)
+        stack = [sys.executable, str(ROOT / "scripts" / "stack.py")]
+        log("restarting the Tenantry stack (fresh broker)")
+        subprocess.run([*stack, "down"], cwd=ROOT, env=env, check=False, capture_output=True)
+        subprocess.run(
+            [*stack, "up", "--no-model"], cwd=ROOT, env=env, check=True, capture_output=True
+        )
+        self.endpoints.pop("tenantry", None)
+        self.prepare_tenantry()
+        if "tenantry" not in self.endpoints:
+            raise RuntimeError(f"Tenantry after a restart: {self.pending.get('tenantry')}")
+        log(f"warming tenantry ({self.args.warmup}s at {connections} connections)")
+        self.load("tenantry", connections, self.args.warmup)
+
     def measure(self, targets: list[str]) -> None:
         """Warm each target, then per connection count run every target in turn (interleaved, so
         that background load from the rest of the machine falls on all targets alike)."""
         top = max(self.args.connections)
         for name in targets:
+            if name == "tenantry" and self.args.fresh_stack:
+                continue  # warmed after each restart
             log(f"warming {name} ({self.args.warmup}s at {top} connections)")
             self.load(name, top, self.args.warmup)
         for connections in self.args.connections:
             for name in targets:
+                if name == "tenantry" and self.args.fresh_stack:
+                    self.restart_tenantry(connections)
                 load_before = round(os.getloadavg()[0], 2)
                 result, raw = self.load(name, connections, self.args.duration)
                 point = result.as_dict() | {"loadavg_1m_before": load_before}
@@ -306,6 +334,7 @@ class Bench:
             "loadavg_before": self.loadavg_before,
             "litellm_workers": self.args.litellm_workers,
             "nginx_workers": self.args.nginx_workers,
+            "fresh_stack": self.args.fresh_stack,
             "pending": self.pending,
             "versions": versions(),
         }
@@ -414,6 +443,12 @@ def main() -> int:
         default=None,
         help="the edge's bootstrap operator secret (default: var/operator.secret, which "
         "`make up` creates, else $TENANTRY_BOOTSTRAP_OPERATOR_SECRET)",
+    )
+    parser.add_argument(
+        "--fresh-stack",
+        action="store_true",
+        help="restart the local Tenantry stack (scripts/stack.py) before each of its points, "
+        "so that each starts on an empty broker (Tansu's memory storage slows as it fills)",
     )
     parser.add_argument(
         "--print-stack-env",
