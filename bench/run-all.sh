@@ -64,7 +64,7 @@ for bench in $ONLY; do
       run metering 600 "$PY" bench/metering/bench_ingest.py --tenants 100 "${args[@]}" ;;
     gateway)
       stack_up || { say "gateway: the stack did not start"; status=1; continue; }
-      if [ "$QUICK" = 1 ]; then args=(--duration 5 --warmup 5); else args=(); fi
+      if [ "$QUICK" = 1 ]; then args=(--duration 5 --warmup 5); else args=(--fresh-stack); fi
       run gateway 900 "$PY" bench/gateway/run.py "${args[@]}" ;;
     system)
       stack_up || { say "system: the stack did not start"; status=1; continue; }
