@@ -515,15 +515,10 @@ async def _finish(
         "prompt_sha256": prompt_digest(run.messages) if run.messages else None,
         "answer_sha256": sha256_text(run.answer) if status == "success" else None,
     }
-    audit = AuditRecorded(
-        event_id=derived_id(request.request_id, "audit.api_call"),
-        tenant_id=request.tenant_id,
+    audit = _chat_audit(
+        request,
+        kind="api_call",
         audit_type=AuditType.API_CALL,
-        source=SOURCE,
-        actor=request.user_id,
-        resource_type="chat_request",
-        resource_id=str(request.request_id),
-        action="chat.completion",
         status=AuditStatus.SUCCESS if status == "success" else AuditStatus.FAILURE,
         error=error,
         details=details,
@@ -544,19 +539,39 @@ async def _finish(
     )
 
 
-def _leakage_audit(
-    *, request: ContextRetrieved, model: str, blocked: LeakageBlocked
+def _chat_audit(
+    request: ContextRetrieved,
+    *,
+    kind: str,
+    audit_type: AuditType,
+    status: AuditStatus,
+    error: str | None,
+    details: dict[str, AuditDetail],
 ) -> AuditRecorded:
-    """The ``leakage_blocked`` record: where and what kind, never the matched text."""
+    """An audit record of one chat request (its id derived from the request and ``kind``)."""
     return AuditRecorded(
-        event_id=derived_id(request.request_id, "audit.leakage"),
+        event_id=derived_id(request.request_id, f"audit.{kind}"),
         tenant_id=request.tenant_id,
-        audit_type=AuditType.LEAKAGE_BLOCKED,
+        audit_type=audit_type,
         source=SOURCE,
         actor=request.user_id,
         resource_type="chat_request",
         resource_id=str(request.request_id),
         action="chat.completion",
+        status=status,
+        error=error,
+        details=details,
+    )
+
+
+def _leakage_audit(
+    *, request: ContextRetrieved, model: str, blocked: LeakageBlocked
+) -> AuditRecorded:
+    """The ``leakage_blocked`` record: where and what kind, never the matched text."""
+    return _chat_audit(
+        request,
+        kind="leakage",
+        audit_type=AuditType.LEAKAGE_BLOCKED,
         status=AuditStatus.FAILURE,
         error=f"leakage in the {blocked.stage}",
         details={
