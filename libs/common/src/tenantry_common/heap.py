@@ -3,7 +3,7 @@
 With CPython's default thresholds (700, 10, 10) a service under load ran a young collection
 every few hundred container allocations net, promoted objects that were alive only across an
 ``await`` into the older generations, and so ran a full collection every few seconds. Each full
-collection walked the whole heap, ≈ 150,000–190,000 objects that live as long as the
+collection walked the whole heap, ≈ 150,000 to 190,000 objects that live as long as the
 process (modules, pydantic and FastAPI schemas, SQLAlchemy metadata): ≈ 140 ms each, measured
 in the edge and in inference under the gateway bench, a pause every request in flight waits out
 (the p99) and ≈ 4 % of a core. ``settle_heap`` raises the young threshold and moves what start-up
