@@ -40,6 +40,7 @@ from tenantry_common.ids import PLATFORM_TENANT_ID
 
 from tenantry_auth import repository as repo
 from tenantry_auth import service
+from tenantry_auth.plain import PlainRoute
 from tenantry_auth.replies import NoReplyPartition, PendingReply, ReplyRouter
 from tenantry_auth.security import tenant_of_client
 
@@ -271,9 +272,17 @@ def _failure_body(failed: ChatFailed) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the router
 
 
-def api_router(
+@dataclass(frozen=True)
+class EdgeRoutes:
+    """The edge's routes: all of them for FastAPI, and the chat routes again as plain ASGI."""
+
+    router: APIRouter
+    plain: dict[str, PlainRoute]
+
+
+def api_routes(
     *, edge: service.Edge, verifier: TokenVerifier, replies: ReplyRouter, http: httpx.AsyncClient
-) -> APIRouter:
+) -> EdgeRoutes:
     """Every route of the edge, bound to its ``Edge``."""
     router = APIRouter()
     settings = edge.settings
@@ -359,7 +368,8 @@ def api_router(
 
     Operator = Annotated[Principal, Depends(requires(Role.OPERATOR))]
     TenantAdmin = Annotated[Principal, Depends(requires(Role.ADMIN))]
-    TenantUser = Annotated[Principal, Depends(requires(Role.MEMBER, Role.ADMIN))]
+    require_user = requires(Role.MEMBER, Role.ADMIN)
+    TenantUser = Annotated[Principal, Depends(require_user)]
     AnyPrincipal = Annotated[Principal, Depends(current_principal)]
     # The same check as the principal's (FastAPI runs a dependency once per request).
     Access = Annotated[CheckedAccess, Depends(checked_access)]
@@ -926,6 +936,28 @@ def api_router(
             if not handed_over:
                 replies.forget(request_id)
 
+    async def chat_user(request: Request) -> tuple[Principal, CheckedAccess]:
+        """A chat route's dependencies, solved in FastAPI's order: token, access, role."""
+        access = await checked_access(request, await verified(request))
+        return await require_user(request, access.principal), access
+
+    plain = {
+        "/v1/chat": PlainRoute(
+            path="/v1/chat",
+            body_model=ChatRequest,
+            authorize=chat_user,
+            endpoint=lambda body, request, user: chat(body, request, *user),
+            body_limit=settings.max_json_body_bytes,
+        ),
+        "/v1/chat/completions": PlainRoute(
+            path="/v1/chat/completions",
+            body_model=ChatCompletionRequest,
+            authorize=chat_user,
+            endpoint=lambda body, request, user: chat_completions(body, request, *user),
+            body_limit=settings.max_json_body_bytes,
+        ),
+    }
+
     # ----------------------------------------------------------------- forwarded queries
 
     async def forward(request: Request, url: str) -> Response:
@@ -1017,7 +1049,7 @@ def api_router(
         """Any tenant's audit log (operators; forwarded to audit)."""
         return await forward(request, f"{settings.audit_url}/v1/tenants/{tenant_id}/audit/export")
 
-    return router
+    return EdgeRoutes(router, plain)
 
 
 def _oauth_error(code: str, description: str, status: int) -> JSONResponse:

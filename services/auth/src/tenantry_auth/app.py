@@ -32,12 +32,13 @@ from tenantry_common.topics import TopicSpec
 
 from tenantry_auth import service
 from tenantry_auth.access import AccessGuard
-from tenantry_auth.api import api_router, install_error_handlers
+from tenantry_auth.api import api_routes, install_error_handlers
 from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
 from tenantry_auth.handlers import lifecycle_router
 from tenantry_auth.keys import KeyCipher, KeyRing
 from tenantry_auth.limits import BodySizeLimit
+from tenantry_auth.plain import EdgeApp
 from tenantry_auth.ratelimit import RateLimiter
 from tenantry_auth.replies import ReplyRouter
 from tenantry_auth.security import SecretHasher
@@ -230,7 +231,7 @@ def build_app(
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = EdgeApp(
         title="Tenantry edge",
         version="1.0.0",
         description="Identity, tenants, configuration, limits and the chat API of Tenantry.",
@@ -254,5 +255,8 @@ def build_app(
         )
     )
     app.include_router(metrics_router(registry))
-    app.include_router(api_router(edge=edge, verifier=verifier, replies=replies, http=http))
+    routes = api_routes(edge=edge, verifier=verifier, replies=replies, http=http)
+    app.include_router(routes.router)
+    # The chat routes, the edge's hot path, skip the middleware stack above (see plain.py).
+    app.plain_routes = routes.plain
     return app
