@@ -1,9 +1,10 @@
 """The instant OpenAI-compatible model server: nginx answering from its config, no upstream.
 
-``/v1/chat/completions`` returns a fixed completion (with usage) and ``/stream/v1/chat/completions``
-returns a fixed SSE stream. nginx's ``return`` runs before the request body is read, so it cannot
-branch on the body's ``"stream"`` field; a streaming client is pointed at the ``/stream/v1`` base
-URL instead. ``/v1/models`` lists the one model. Run alone with
+``/v1/chat/completions`` returns a fixed completion (with usage), or a fixed SSE stream when the
+client accepts ``text/event-stream`` (Tenantry's inference says so when it streams). nginx's
+``return`` runs before the request body is read, so it cannot branch on the body's ``"stream"``
+field. ``/stream/v1/chat/completions`` always streams, for clients that cannot set the header.
+``/v1/models`` lists the one model. Run alone with
 ``python bench/gateway/instant.py --port 18090`` (foreground; Ctrl-C stops it).
 """
 
@@ -129,6 +130,9 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location = /v1/chat/completions {{
+            if ($http_accept ~* "text/event-stream") {{
+                rewrite ^ /stream/v1/chat/completions last;
+            }}
             default_type application/json;
             return 200 {_nginx_quote(completion_body())};
         }}

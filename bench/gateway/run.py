@@ -48,10 +48,8 @@ RESULTS = HERE / "results"
 INSTANT_PORT = 18090
 LITELLM_PORT = 18091
 PORTKEY_PORT = 18092
+#: Every target's model: a whole completion, or SSE for an ``Accept: text/event-stream``.
 INSTANT_BASE_URL = f"http://127.0.0.1:{INSTANT_PORT}/v1"
-#: Tenantry's inference always streams from its model, so its catalogue names the SSE base URL
-#: (nginx cannot branch on the body's "stream"); the peers forward non-streamed requests.
-INSTANT_STREAM_BASE_URL = f"http://127.0.0.1:{INSTANT_PORT}/stream/v1"
 
 TARGETS = ("nginx", "litellm", "portkey", "tenantry")
 TENANTRY_SERVICES = ("auth", "retrieval", "inference", "metering", "audit")
@@ -275,7 +273,7 @@ class Bench:
         figure depended on how many requests came before it. Apache Kafka does not; the fresh
         broker measures Tenantry rather than the local broker's age.
         """
-        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_STREAM_BASE_URL)
+        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
         stack = [sys.executable, str(ROOT / "scripts" / "stack.py")]
         log("restarting the Tenantry stack (fresh broker)")
         subprocess.run([*stack, "down"], cwd=ROOT, env=env, check=False, capture_output=True)
@@ -457,7 +455,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.print_stack_env:
-        env = tenantry.catalogue_env(instant_base_url=INSTANT_STREAM_BASE_URL)
+        env = tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
         for key, value in env.items():
             print(f"export {key}={shlex.quote(value)}")
         return 0

@@ -86,9 +86,10 @@ def test_instant_config_quotes_bodies_for_nginx() -> None:
     assert "return 200 '" + instant.completion_body() + "'" in conf
 
 
-def test_the_stack_catalogue_points_tenantry_at_the_instant_servers_stream() -> None:
-    # Inference always streams from its model; the plain path's JSON body would parse as an
-    # empty stream (before 2026-12-04 the bench measured exactly that: empty, zero-token answers).
+def test_the_stack_catalogue_gives_tenantry_whole_answers_and_streams_on_request() -> None:
+    # Inference asks for a whole answer when its client did, and for SSE (saying so in Accept)
+    # when its client streams: one base URL must serve both. Before 2026-12-04 a JSON body
+    # answered its streamed calls, which parsed as empty, zero-token answers.
     run_py = Path(__file__).resolve().parents[1] / "run.py"
     printed = subprocess.run(
         [sys.executable, str(run_py), "--print-stack-env"],
@@ -99,10 +100,13 @@ def test_the_stack_catalogue_points_tenantry_at_the_instant_servers_stream() -> 
     exports = dict(word.split("=", 1) for word in shlex.split(printed) if "=" in word)
     (spec,) = json.loads(exports["TENANTRY_MODELS"]).values()
     path = urlsplit(spec["base_url"]).path
-    assert path == "/stream/v1"
+    assert path == "/v1"
     conf = instant.render_config(prefix=Path("/tmp/x"), port=1234)
-    assert f"location = {path}/chat/completions" in conf
-    assert "default_type text/event-stream" in conf
+    plain = conf.split(f"location = {path}/chat/completions {{", 1)[1].split("\n        }", 1)[0]
+    assert 'if ($http_accept ~* "text/event-stream")' in plain
+    assert "rewrite ^ /stream/v1/chat/completions last;" in plain
+    streamed = conf.split("location = /stream/v1/chat/completions {", 1)[1].split("}", 1)[0]
+    assert "default_type text/event-stream" in streamed
 
 
 def _point(rps: float, p99: float) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Calling models through the ``openai`` SDK: routing by the catalogue, streaming, errors.
+"""Calling models through the ``openai`` SDK: routing by the catalogue, whole or streamed answers,
+errors.
 
 Retries are the SDK's own: ``max_retries`` with exponential backoff and jitter (honouring
 ``Retry-After``) on 408/409/429/5xx, connection errors and timeouts, while the request has not
@@ -88,15 +89,21 @@ class ModelGateway:
             await client.close()
         self._clients.clear()
 
-    async def stream(
+    async def generate(
         self,
         *,
         model: str,
         messages: Sequence[ChatMessage],
         max_tokens: int,
         temperature: float,
+        stream: bool,
     ) -> AsyncIterator[StreamPiece]:
-        """Stream an answer: text pieces as they arrive, then the usage if the server gave one."""
+        """The answer: text pieces as they arrive, then the usage if the server gave one.
+
+        ``stream=False`` asks for the whole answer in one response (one text piece): for a
+        client that did not ask for a stream there is nothing to gain from one, and parsing
+        a stream costs more.
+        """
         spec = self.catalogue[model]
         client = self.client(model)
         request: dict[str, Any] = {
@@ -104,35 +111,34 @@ class ModelGateway:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "stream": True,
-            # Ask for usage in the stream; servers that ignore it are counted with a tokenizer.
-            "stream_options": {"include_usage": True},
         }
         try:
+            if not stream:
+                for piece in _whole_answer(await _ask_whole(client, request), model):
+                    yield piece
+                return
+            request["stream"] = True
+            # Ask for usage in the stream; servers that ignore it are counted with a tokenizer.
+            request["stream_options"] = {"include_usage": True}
             try:
-                stream = await _open_stream(client, request)
+                chunks = await _open_stream(client, request)
             except openai.BadRequestError as exc:
                 if "stream_options" not in str(exc):
                     raise
                 # Some OpenAI-compatible servers refuse the option outright.
                 request.pop("stream_options")
-                stream = await _open_stream(client, request)
-            chunks = 0
-            async for chunk in stream:
-                chunks += 1
+                chunks = await _open_stream(client, request)
+            received = 0
+            async for chunk in chunks:
+                received += 1
                 usage = _field(chunk, "usage")
                 if usage:
-                    yield StreamPiece(
-                        usage=TokenUsage(
-                            prompt_tokens=_count(usage, "prompt_tokens"),
-                            completion_tokens=_count(usage, "completion_tokens"),
-                        )
-                    )
+                    yield StreamPiece(usage=_usage(usage))
                 for choice in _field(chunk, "choices") or ():
                     content = _field(_field(choice, "delta"), "content")
                     if isinstance(content, str) and content:
                         yield StreamPiece(text=content)
-            if not chunks:
+            if not received:
                 # Not even a role chunk: the server ignored "stream" (a JSON body parses as no
                 # events at all). Answering empty, at zero tokens, would hide it.
                 raise ModelCallError(
@@ -168,6 +174,33 @@ class ModelGateway:
             ) from exc
 
 
+def _whole_answer(completion: object, model: str) -> list[StreamPiece]:
+    """The pieces of a whole (non-streamed) completion: its usage if reported, then its text."""
+    choices = _field(completion, "choices")
+    if not isinstance(choices, list):
+        # A stream, or text: the server ignored "stream": false. Not an answer to bill.
+        raise ModelCallError(
+            FailureReason.MODEL_UNAVAILABLE,
+            f"the model {model} did not answer with a chat completion",
+        )
+    pieces: list[StreamPiece] = []
+    # The usage first: an answer the leakage check blocks is still billed as the server counted.
+    usage = _field(completion, "usage")
+    if usage:
+        pieces.append(StreamPiece(usage=_usage(usage)))
+    content = _field(_field(choices[0], "message"), "content") if choices else None
+    if isinstance(content, str) and content:
+        pieces.append(StreamPiece(text=content))
+    return pieces
+
+
+def _usage(usage: object) -> TokenUsage:
+    return TokenUsage(
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+    )
+
+
 def _field(item: object, name: str) -> Any:
     """``item[name]`` of a JSON object from the stream; None when absent or not an object."""
     return item.get(name) if isinstance(item, dict) else None
@@ -194,8 +227,20 @@ async def _open_stream(
         "/chat/completions",
         cast_to=ChatCompletion,
         body=body,
-        options={"security": {"bearer_auth": True}},
+        # The SSE media type, as the SSE specification has clients ask for it.
+        options={"security": {"bearer_auth": True}, "headers": {"Accept": "text/event-stream"}},
         stream=True,
         # Chunks as parsed JSON: the SDK's typed chunk objects cost more than the call itself.
         stream_cls=openai.AsyncStream[object],
+    )
+
+
+async def _ask_whole(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
+    """A whole completion as parsed JSON (``cast_to=object``: no typed model built), through
+    ``post`` as in ``_open_stream``; a non-JSON answer comes back as its text."""
+    return await client.post(
+        "/chat/completions",
+        cast_to=object,
+        body=body,
+        options={"security": {"bearer_auth": True}},
     )

@@ -383,18 +383,23 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
 
     try:
         async with _timeout(deps.total_timeout_s, request):
-            async for piece in deps.gateway.stream(
+            async for piece in deps.gateway.generate(
                 model=resolved.model,
                 messages=messages,
                 max_tokens=built.max_tokens,
                 temperature=resolved.temperature,
+                # A client that waits for the whole answer gets it from one whole response.
+                stream=request.stream,
             ):
                 if piece.usage is not None:
                     run.reported = piece.usage
                 if piece.text:
                     if run.ttft_s is None:
                         run.ttft_s = time.monotonic() - called
-                        deps.metrics.time_to_first_token.labels(resolved.model).observe(run.ttft_s)
+                        if request.stream:  # a whole answer's first text is its last
+                            deps.metrics.time_to_first_token.labels(resolved.model).observe(
+                                run.ttft_s
+                            )
                     run.raw_answer += piece.text
                     await release(guard.feed(piece.text))
         await release(guard.finish())

@@ -87,6 +87,8 @@ SCRIPTED_MODELS = {
     "scripted-leak": "leaky",
     "scripted-zero-usage": "zero-usage",
     "scripted-not-a-stream": "not-a-stream",
+    "scripted-always-a-stream": "always-a-stream",
+    "scripted-ok": "ok",
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -103,6 +105,8 @@ class ScriptedOpenAI:
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
+        #: Per question: (the body's "stream", the Accept header) of each call.
+        self.requests: dict[str, list[tuple[bool, str]]] = {}
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
         #: HELD: set when such a request arrives; its answer starts only once ``release`` is set.
         self.held = asyncio.Event()
@@ -116,6 +120,8 @@ class ScriptedOpenAI:
         behaviour = body["model"]
         question = body["messages"][-1]["content"].rsplit("Question: ", 1)[-1]
         n = self.calls[question] = self.calls.get(question, 0) + 1
+        streamed = bool(body.get("stream"))
+        self.requests.setdefault(question, []).append((streamed, request.headers.get("accept", "")))
         fast_retry = {"retry-after-ms": "10"}
         if behaviour == "429-then-ok" and n == 1:
             return JSONResponse({"error": {"message": "slow down"}}, 429, headers=fast_retry)
@@ -129,7 +135,14 @@ class ScriptedOpenAI:
         text = SCRIPTED_ANSWER
         if behaviour == "leaky":
             text = f"Sure. Our other customer {OTHER_TENANT_NAME} uses the key {LEAK_KEY} daily."
-        if behaviour == "not-a-stream":  # a server that ignores "stream", as nginx's return 200
+        usage = {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
+        if behaviour == "zero-usage":
+            usage = {"prompt_tokens": 21, "completion_tokens": 0, "total_tokens": 21}
+        if behaviour == "stalls-mid-stream" and not streamed:
+            await asyncio.sleep(3)  # past the model's timeout
+        # A whole answer when no stream was asked for, or from a server that ignores "stream"
+        # (as nginx's return 200 does).
+        if behaviour == "not-a-stream" or (not streamed and behaviour != "always-a-stream"):
             completion = {
                 "id": "chatcmpl-scripted",
                 "object": "chat.completion",
@@ -138,17 +151,14 @@ class ScriptedOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": SCRIPTED_ANSWER},
+                        "message": {"role": "assistant", "content": text},
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30},
+                "usage": usage,
             }
             return JSONResponse(completion)
         include_usage = (body.get("stream_options") or {}).get("include_usage", False)
-        usage = {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
-        if behaviour == "zero-usage":
-            usage = {"prompt_tokens": 21, "completion_tokens": 0, "total_tokens": 21}
 
         async def events() -> AsyncIterator[bytes]:
             words = text.split(" ")
@@ -364,13 +374,13 @@ async def harness(
     h = Harness(app, tap, reply_topic)
 
     gateway = app.state.deps.gateway
-    real_stream = gateway.stream
+    real_generate = gateway.generate
 
     def spy(**kwargs: Any) -> Any:
         h.sent_messages.append(kwargs)
-        return real_stream(**kwargs)
+        return real_generate(**kwargs)
 
-    gateway.stream = spy
+    gateway.generate = spy
     try:
         async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
             # Another tenant, known to the registry: its name must never reach an answer.
@@ -635,13 +645,13 @@ async def test_a_request_past_its_deadline_fails_without_calling_the_model(
 
 
 async def ask_fresh(
-    harness: Harness, model: str, label: str
+    harness: Harness, model: str, label: str, *, stream: bool = False
 ) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
     """A new tenant asks ``model`` a question no other test asks: (question, request, final)."""
     tenant = uuid.uuid4()
     await harness.configure(tenant)
     question = f"{label} {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model=model)
+    request = context(tenant, harness.reply_topic, question=question, model=model, stream=stream)
     await harness.ask(request)
     return question, request, await harness.final(request.request_id)
 
@@ -654,7 +664,7 @@ async def test_scripted_429_is_retried_then_answered(
     assert isinstance(final, ChatCompleted), final
     assert final.answer == SCRIPTED_ANSWER
     assert server.count(question) == 2
-    # The server reported usage in the stream (include_usage): taken as reported.
+    # The server reported usage in its whole answer: taken as reported.
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (21, 9)
 
 
@@ -691,7 +701,9 @@ async def test_scripted_stall_mid_stream_fails_as_timeout_with_what_was_generate
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    question, request, final = await ask_fresh(harness, "scripted-stall", "stalls midway")
+    question, request, final = await ask_fresh(
+        harness, "scripted-stall", "stalls midway", stream=True
+    )
     assert isinstance(final, ChatFailed), final
     assert final.reason is FailureReason.MODEL_TIMEOUT
     assert server.count(question) == 1, "a stream that started is not retried"
@@ -779,7 +791,9 @@ async def test_a_server_that_ignores_stream_fails_clearly_instead_of_answering_e
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    question, request, final = await ask_fresh(harness, "scripted-not-a-stream", "not streamed")
+    question, request, final = await ask_fresh(
+        harness, "scripted-not-a-stream", "not streamed", stream=True
+    )
     assert isinstance(final, ChatFailed), final
     assert final.reason is FailureReason.MODEL_UNAVAILABLE
     assert "without a stream" in final.message
@@ -788,6 +802,64 @@ async def test_a_server_that_ignores_stream_fails_clearly_instead_of_answering_e
     assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
     (audit,) = await harness.audits(request.request_id)
     assert audit.status.value == "failure"
+
+
+async def test_a_request_without_stream_gets_a_whole_answer_and_a_stream_is_streamed(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    question, request, final = await ask_fresh(harness, "scripted-ok", "whole please")
+    assert isinstance(final, ChatCompleted), final
+    assert server.requests[question] == [(False, "application/json")]
+    assert final.answer == SCRIPTED_ANSWER
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (21, 9)
+    assert harness.deltas(request.request_id) == []
+
+    question, request, final = await ask_fresh(harness, "scripted-ok", "stream it", stream=True)
+    assert isinstance(final, ChatCompleted), final
+    assert server.requests[question] == [(True, "text/event-stream")]
+    deltas = sorted(harness.deltas(request.request_id), key=lambda d: d.seq)
+    assert len(deltas) > 1
+    assert "".join(d.delta for d in deltas) == final.answer == SCRIPTED_ANSWER
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (21, 9)
+
+
+async def test_a_server_that_streams_when_asked_for_a_whole_answer_fails_clearly(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    question, request, final = await ask_fresh(harness, "scripted-always-a-stream", "whole?")
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_UNAVAILABLE
+    assert "did not answer with a chat completion" in final.message
+    assert server.count(question) == 1
+    (usage,) = await harness.usage(request.request_id)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize("policy", [LeakagePolicy.BLOCK, LeakagePolicy.REDACT])
+async def test_a_leaking_whole_answer_is_checked_like_a_streamed_one(
+    harness: Harness, policy: LeakagePolicy
+) -> None:
+    tenant = uuid.uuid4()
+    await harness.configure(tenant, policy=policy)
+    request = context(tenant, harness.reply_topic, question="who else?", model="scripted-leak")
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    if policy is LeakagePolicy.BLOCK:
+        assert isinstance(final, ChatFailed), final
+        assert final.reason is FailureReason.LEAKAGE_BLOCKED
+        assert OTHER_TENANT_NAME not in final.message
+        assert LEAK_KEY not in final.message
+    else:
+        assert isinstance(final, ChatCompleted), final
+        assert final.answer == (
+            "Sure. Our other customer [REDACTED:other_tenant_name] uses the key "
+            "[REDACTED:api_key] daily."
+        )
+    assert harness.deltas(request.request_id) == []
+    (usage,) = await harness.usage(request.request_id)
+    assert usage.completion_tokens == 9, "the tokens the model produced are billed as reported"
 
 
 # --------------------------------------------------------------------------- tenants and ops
