@@ -942,20 +942,17 @@ def api_routes(
         return await require_user(request, access.principal), access
 
     plain = {
-        "/v1/chat": PlainRoute(
-            path="/v1/chat",
-            body_model=ChatRequest,
+        path: PlainRoute(
+            path=path,
+            body_model=body_model,
             authorize=chat_user,
-            endpoint=lambda body, request, user: chat(body, request, *user),
+            endpoint=endpoint,
             body_limit=settings.max_json_body_bytes,
-        ),
-        "/v1/chat/completions": PlainRoute(
-            path="/v1/chat/completions",
-            body_model=ChatCompletionRequest,
-            authorize=chat_user,
-            endpoint=lambda body, request, user: chat_completions(body, request, *user),
-            body_limit=settings.max_json_body_bytes,
-        ),
+        )
+        for path, body_model, endpoint in (
+            ("/v1/chat", ChatRequest, chat),
+            ("/v1/chat/completions", ChatCompletionRequest, chat_completions),
+        )
     }
 
     # ----------------------------------------------------------------- forwarded queries

@@ -30,10 +30,10 @@ log = logging.getLogger("tenantry.auth.plain")
 
 _tracer = trace.get_tracer("tenantry.auth")
 
-#: A route's dependencies, solved by hand: the request -> what the endpoint needs of them.
-Authorize = Callable[[Request], Awaitable[Any]]
-#: The endpoint as FastAPI would call it: (body, request, what ``Authorize`` returned).
-Endpoint = Callable[[Any, Request, Any], Awaitable[Response]]
+#: A route's dependencies, solved by hand: the request -> the endpoint's remaining arguments.
+Authorize = Callable[[Request], Awaitable[tuple[Any, ...]]]
+#: The endpoint as FastAPI would call it: (body, request, *what ``Authorize`` returned).
+Endpoint = Callable[..., Awaitable[Response]]
 
 
 class BodyTooLarge(Exception):
@@ -95,7 +95,7 @@ class PlainRoute:
                 {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
             ]
             raise RequestValidationError(errors, body=body) from None
-        return await self.endpoint(parsed, request, authorized)
+        return await self.endpoint(parsed, request, *authorized)
 
 
 class EdgeApp(FastAPI):

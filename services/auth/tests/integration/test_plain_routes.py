@@ -7,13 +7,17 @@ and the headers a client acts on must match, for answers and for every kind of r
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 from auth_support import bearer
+from tenantry_common.topics import CHAT_CONTEXT, CHAT_REQUESTS
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +202,36 @@ async def test_a_streamed_body_over_the_limit_is_refused_while_it_streams(
     )
     assert r.status_code == 413
     assert r.json() == {"detail": f"request body larger than {limit} bytes"}
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "fastapi"])
+async def test_a_callers_trace_continues_into_the_published_request(
+    client, tenant, responder, fastapi_only, kafka_bootstrap, plain: bool
+) -> None:
+    """A ``traceparent`` sent with the request is the trace of the event the edge publishes."""
+    consumer = AIOKafkaConsumer(
+        CHAT_REQUESTS.name, CHAT_CONTEXT.name, bootstrap_servers=kafka_bootstrap, group_id=None
+    )
+    await consumer.start()
+    try:
+        await consumer.seek_to_end()
+        trace_id = uuid.uuid4().hex
+        headers = bearer(tenant.member_token) | {"traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+        body = {"question": "Which trace am I on?"}
+        if plain:
+            r = await client.post(CHAT, json=body, headers=headers)
+        else:
+            with fastapi_only():
+                r = await client.post(CHAT, json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        request_id = r.json()["request_id"]
+        published = None
+        async with asyncio.timeout(20):
+            while published is None:
+                batch = await consumer.getmany(timeout_ms=200)
+                for record in (rec for records in batch.values() for rec in records):
+                    if json.loads(record.value).get("request_id") == request_id:
+                        published = dict(record.headers)
+    finally:
+        await consumer.stop()
+    assert published["traceparent"].decode().split("-")[1] == trace_id
