@@ -67,8 +67,13 @@ class BodySizeLimit:
                 await _refuse(send, limit)
 
 
+def too_large(limit: int) -> str:
+    """The reason a body over ``limit`` bytes is refused (413)."""
+    return f"request body larger than {limit} bytes"
+
+
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+    body = json.dumps({"detail": too_large(limit)}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -26,6 +26,8 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tenantry_auth.limits import too_large
+
 log = logging.getLogger("tenantry.auth.plain")
 
 _tracer = trace.get_tracer("tenantry.auth")
@@ -137,13 +139,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused as soon as it passes ``limit`` bytes (or declares it will)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body larger than {limit} bytes")
+        raise BodyTooLarge(too_large(limit))
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise BodyTooLarge(f"request body larger than {limit} bytes")
+            raise BodyTooLarge(too_large(limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
