@@ -39,6 +39,7 @@ def build_deps(settings: Settings, *, registry: CollectorRegistry) -> InferenceD
             timeout_s=settings.model_timeout_s,
             max_retries=settings.model_max_retries,
             timeouts=settings.model_timeouts,
+            whole_answer_timeout_s=settings.model_total_timeout_s,
         ),
         counters={},
         metrics=InferenceMetrics(registry),

@@ -36,7 +36,12 @@ class Settings(CommonSettings):
         description="Tokenizer reference per model, used when its ModelSpec names none.",
     )
     model_timeout_s: float = Field(
-        default=60.0, gt=0, description="Per attempt: connect, and each wait for the next chunk."
+        default=60.0,
+        gt=0,
+        description=(
+            "Per attempt: connect, and each wait for the next chunk of a stream (a whole"
+            " answer may take up to model_total_timeout_s)."
+        ),
     )
     model_timeouts: dict[str, float] = Field(
         default_factory=dict, description="Per-model overrides of model_timeout_s."

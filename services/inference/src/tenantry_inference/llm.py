@@ -56,12 +56,15 @@ class ModelGateway:
         timeout_s: float,
         max_retries: int,
         timeouts: dict[str, float] | None = None,
+        whole_answer_timeout_s: float | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.api_keys = api_keys
         self.timeout_s = timeout_s
         self.timeouts = dict(timeouts or {})
         self.max_retries = max_retries
+        #: How long the model may take to send a whole answer (None: the per-attempt timeout).
+        self.whole_answer_timeout_s = whole_answer_timeout_s
         self._clients: dict[str, openai.AsyncOpenAI] = {}
 
     def client(self, model: str) -> openai.AsyncOpenAI:
@@ -114,7 +117,8 @@ class ModelGateway:
         }
         try:
             if not stream:
-                for piece in _whole_answer(await _ask_whole(client, request), model):
+                completion = await _ask_whole(client, request, self._whole_timeout(model))
+                for piece in _whole_answer(completion, model):
                     yield piece
                 return
             request["stream"] = True
@@ -172,6 +176,18 @@ class ModelGateway:
                 FailureReason.MODEL_UNAVAILABLE,
                 f"the model {model} returned an unusable response ({type(exc).__name__})",
             ) from exc
+
+    def _whole_timeout(self, model: str) -> httpx2.Timeout:
+        """A whole answer's timeouts: connecting and sending as for a stream, but the answer
+        itself may take as long as a whole answer may.
+
+        A stream's chunks each arrive within the per-attempt timeout; a whole answer arrives
+        only once all of it is generated. Bounding that by the per-attempt timeout would cut
+        long answers short and have the SDK retry them, generating (and paying for) them again.
+        """
+        attempt = self.timeouts.get(model, self.timeout_s)
+        whole = max(attempt, self.whole_answer_timeout_s or attempt)
+        return httpx2.Timeout(attempt, read=whole)
 
 
 def _whole_answer(completion: object, model: str) -> list[StreamPiece]:
@@ -235,12 +251,14 @@ async def _open_stream(
     )
 
 
-async def _ask_whole(client: openai.AsyncOpenAI, body: dict[str, Any]) -> object:
+async def _ask_whole(
+    client: openai.AsyncOpenAI, body: dict[str, Any], limits: httpx2.Timeout
+) -> object:
     """A whole completion as parsed JSON (``cast_to=object``: no typed model built), through
     ``post`` as in ``_open_stream``; a non-JSON answer comes back as its text."""
     return await client.post(
         "/chat/completions",
         cast_to=object,
         body=body,
-        options={"security": {"bearer_auth": True}},
+        options={"security": {"bearer_auth": True}, "timeout": limits},
     )

@@ -689,12 +689,27 @@ async def test_scripted_timeouts_are_retried_then_fail_as_timeout(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
     server, _ = scripted
-    question, request, final = await ask_fresh(harness, "scripted-timeout", "too slow")
+    # A stream that does not start within the attempt's timeout (0.5 s here; the server waits
+    # 2 s) is retried, and fails as a timeout once the retries run out.
+    question, request, final = await ask_fresh(harness, "scripted-timeout", "too slow", stream=True)
     assert isinstance(final, ChatFailed)
     assert final.reason is FailureReason.MODEL_TIMEOUT
     assert server.count(question) == 3
     (usage,) = await harness.usage(request.request_id)
     assert usage.completion_tokens == 0
+
+
+async def test_a_whole_answer_slower_than_the_attempt_timeout_is_awaited_not_retried(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    # A whole answer arrives only once it is all generated: it may take as long as a whole
+    # answer may (model_total_timeout_s), not the 0.5 s a stream's chunk may, and is never
+    # generated twice for being slow.
+    question, _, final = await ask_fresh(harness, "scripted-timeout", "slow but whole")
+    assert isinstance(final, ChatCompleted), final
+    assert final.answer == SCRIPTED_ANSWER
+    assert server.count(question) == 1
 
 
 async def test_scripted_stall_mid_stream_fails_as_timeout_with_what_was_generated(
