@@ -138,8 +138,6 @@ class ScriptedOpenAI:
         usage = {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
         if behaviour == "zero-usage":
             usage = {"prompt_tokens": 21, "completion_tokens": 0, "total_tokens": 21}
-        if behaviour == "stalls-mid-stream" and not streamed:
-            await asyncio.sleep(3)  # past the model's timeout
         # A whole answer when no stream was asked for, or from a server that ignores "stream"
         # (as nginx's return 200 does).
         if behaviour == "not-a-stream" or (not streamed and behaviour != "always-a-stream"):
