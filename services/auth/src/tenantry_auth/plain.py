@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
@@ -131,8 +131,9 @@ class EdgeApp(FastAPI):
             if handler is not None:
                 response = handler(request, exc)
                 return await response if inspect.isawaitable(response) else response
+        # As Starlette's ServerErrorMiddleware answers (it logs through uvicorn; this logs here).
         log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

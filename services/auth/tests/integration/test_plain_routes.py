@@ -11,12 +11,14 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from auth_support import bearer
+from tenantry_auth import service
 from tenantry_common.topics import CHAT_CONTEXT, CHAT_REQUESTS
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,6 @@ async def tenant(onboard):
 @pytest.fixture
 def fastapi_only(edge_app) -> Callable[[], Any]:
     """A context manager: inside it, the edge serves the chat routes through FastAPI only."""
-    from contextlib import contextmanager
 
     @contextmanager
     def switched_off() -> Any:
@@ -113,6 +114,23 @@ async def test_refusals_are_the_same_as_fastapis(
     plain, routed = await both(client, fastapi_only, path, **kwargs)
     assert 400 <= plain.status_code < 500, (case, plain.status_code, plain.text)
     assert comparable(plain) == comparable(routed), case
+
+
+async def test_an_unexpected_error_is_a_500_the_same_way(
+    edge_app, tenant, fastapi_only, monkeypatch
+) -> None:
+    async def broken(**_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "admit_chat", broken)
+    # FastAPI's outermost middleware re-raises after answering; read the answer it sent.
+    transport = httpx.ASGITransport(app=edge_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        plain, routed = await both(
+            client, fastapi_only, CHAT, json={"question": "q"}, headers=bearer(tenant.member_token)
+        )
+    assert plain.status_code == 500
+    assert comparable(plain) == comparable(routed)
 
 
 async def test_an_operator_is_refused_the_same_way(client, operator_token, fastapi_only) -> None:
