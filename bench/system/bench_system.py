@@ -432,6 +432,13 @@ def main() -> int:
     )
     parser.add_argument("--probe", type=int, default=40, help="sequential requests per mode")
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="of the questions; default: new each run, since retrieval keeps the vectors of "
+        "questions it has embedded and a rerun on the same stack would not embed them again",
+    )
+    parser.add_argument(
         "--modes", default="gateway,rag,cache-miss,cache-hit", help="comma-separated"
     )
     args = parser.parse_args()
@@ -442,6 +449,7 @@ def main() -> int:
     if not procs.port_free(INSTANT_PORT):
         sys.exit(f"[system] port {INSTANT_PORT} is taken; the bench catalogue needs it for nginx")
     started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    seed = args.seed if args.seed is not None else time.time_ns() % (1 << 31)
     nginx = procs.start(
         name="system-nginx",
         cmd=instant.prepare(prefix=VAR / "nginx-system", port=INSTANT_PORT),
@@ -454,6 +462,7 @@ def main() -> int:
         "cache_entries": args.cache_entries,
         "rate": args.rate,
         "duration_s": args.duration,
+        "seed": seed,
         "modes": {},
     }
     try:
@@ -482,7 +491,7 @@ def main() -> int:
         result["load_at_rest"] = load_average()
         log(f"RSS at rest: {result['rss_at_rest_mb']} (load {result['load_at_rest']})")
         url = f"{args.edge_url}{tenantry.CHAT_COMPLETIONS_PATH}"
-        rng = random.Random(11)
+        rng = random.Random(seed)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             set_mode(args, tenants, mode)
             tokens = member_tokens(args, tenants)
