@@ -70,7 +70,11 @@ class RetrievalSettings(CommonSettings):
     openai_base_url: str | None = Field(default=None, description="None: api.openai.com.")
     openai_api_key: SecretStr | None = None
     embed_batch_window_ms: float = Field(
-        default=3.0, ge=0.0, description="How long a question waits for others to share a batch."
+        default=0.0,
+        ge=0.0,
+        description="How long a question that finds the embedder idle waits for others to share "
+        "its call (0: none). Questions that arrive while the embedder is busy share the next "
+        "call whatever this is.",
     )
     embed_max_batch: int = Field(default=32, ge=1)
     ingest_embed_batch: int = Field(

@@ -40,6 +40,11 @@ class Embedder(Protocol):
     @property
     def dimension(self) -> int: ...
 
+    @property
+    def parallel_calls(self) -> int:
+        """How many ``embed`` calls are worth running at once (more only queue)."""
+        ...
+
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         """Embed many texts in one call."""
         ...
@@ -306,6 +311,10 @@ class LocalEmbedder:
     def dimension(self) -> int:
         return self._encoder.dimension
 
+    @property
+    def parallel_calls(self) -> int:
+        return 1  # one encode thread: a second call would only queue behind the first
+
     def _encode(self, texts: list[str]) -> list[Vector]:
         return [row.tolist() for row in self._encoder(texts)]
 
@@ -319,6 +328,10 @@ class LocalEmbedder:
     async def close(self) -> None:
         """Stop the encode thread."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: Embedding requests to the OpenAI API in flight at once; further questions share the next one.
+OPENAI_PARALLEL_CALLS = 8
 
 
 class OpenAIEmbedder:
@@ -344,6 +357,10 @@ class OpenAIEmbedder:
     @property
     def dimension(self) -> int:
         return self._dimension
+
+    @property
+    def parallel_calls(self) -> int:
+        return OPENAI_PARALLEL_CALLS
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         """Embed many texts in one API call."""
@@ -372,19 +389,26 @@ def build_embedder(settings: RetrievalSettings) -> Embedder:
 
 
 class MicroBatcher:
-    """Collects texts embedded concurrently for a few milliseconds and embeds them in one call.
+    """Embeds questions that arrive together in one call, without making a lone one wait.
 
-    Many questions are in flight at once (the windowed question consumer); embedding them one by one
-    would pay the model's per-call overhead each time, so a burst is embedded together.
+    Many questions are in flight at once (the windowed question consumer); embedding them one by
+    one would pay the model's per-call overhead each time. A question that finds the embedder
+    free is embedded after ``window_s`` (0: on the event loop's next turn, so only a burst that
+    arrives in the same turn shares its call). Questions that arrive while the embedder is busy
+    (``embedder.parallel_calls`` calls running) wait for a call to end and then go together, up
+    to ``max_batch`` per call. So a question waits for no timer when the embedder is idle, and
+    under load the batches grow with the load (questions gather while the running call takes).
     """
 
     def __init__(self, embedder: Embedder, *, window_s: float, max_batch: int) -> None:
         self.embedder = embedder
         self.window_s = window_s
         self.max_batch = max_batch
+        self.max_in_flight = max(1, embedder.parallel_calls)
         self.calls = 0  # encode calls made, for metrics and tests
+        self._in_flight = 0
         self._pending: list[tuple[str, asyncio.Future[Vector]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def embed_one(self, text: str) -> Vector:
@@ -392,19 +416,27 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vector] = loop.create_future()
         self._pending.append((text, future))
-        if len(self._pending) >= self.max_batch:
+        if self._in_flight >= self.max_in_flight:
+            pass  # the call that ends next takes it
+        elif len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._flush)
+            self._timer = (
+                loop.call_later(self.window_s, self._flush)
+                if self.window_s > 0
+                else loop.call_soon(self._flush)
+            )
         return await future
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self.max_in_flight:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._in_flight += 1
+            task = loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -419,6 +451,10 @@ class MicroBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self._in_flight -= 1
+            if self._pending:
+                self._flush()  # they waited for this call already: no window for them
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)

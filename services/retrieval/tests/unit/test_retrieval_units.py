@@ -37,9 +37,15 @@ pytestmark = pytest.mark.unit
 class CountingEmbedder:
     """A fake embedder that records each call's texts."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, parallel_calls: int = 1) -> None:
         self.calls: list[list[str]] = []
         self.fail = fail
+        self.parallel_calls = parallel_calls
+        self.running = 0
+        self.most_running = 0
+        #: Cleared, every call waits until it is set again (a model that is busy).
+        self.free = asyncio.Event()
+        self.free.set()
 
     @property
     def name(self) -> str:
@@ -51,7 +57,13 @@ class CountingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         self.calls.append(list(texts))
-        await asyncio.sleep(0)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0)
+            await self.free.wait()
+        finally:
+            self.running -= 1
         if self.fail:
             raise RuntimeError("model exploded")
         return [[float(len(t)), 1.0] for t in texts]
@@ -83,6 +95,82 @@ async def test_an_embedding_failure_reaches_every_caller_of_the_batch() -> None:
         *(batcher.embed_one(str(i)) for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def turns(n: int) -> None:
+    """Let the event loop run ``n`` times (no clock involved)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_question_waits_for_no_window_by_default() -> None:
+    fake = CountingEmbedder()
+    batcher = MicroBatcher(fake, window_s=0.0, max_batch=32)
+    task = asyncio.ensure_future(batcher.embed_one("alone"))
+    await turns(5)
+    assert task.done(), "embedded within a few loop turns, with no timer in between"
+    assert fake.calls == [["alone"]]
+
+
+async def test_questions_arriving_while_the_embedder_is_busy_share_the_next_call() -> None:
+    fake = CountingEmbedder()
+    batcher = MicroBatcher(fake, window_s=0.0, max_batch=32)
+    fake.free.clear()
+    first = asyncio.ensure_future(batcher.embed_one("first"))
+    await turns(3)
+    assert fake.calls == [["first"]], "the idle embedder takes the first question at once"
+    later = [asyncio.ensure_future(batcher.embed_one(f"later {i}")) for i in range(5)]
+    await turns(3)
+    assert len(fake.calls) == 1, "nothing else starts while the one encode call runs"
+    fake.free.set()
+    await asyncio.gather(first, *later)
+    assert fake.calls[1:] == [[f"later {i}" for i in range(5)]]
+    assert fake.most_running == 1
+
+
+async def test_waiting_questions_go_max_batch_at_a_time() -> None:
+    fake = CountingEmbedder()
+    batcher = MicroBatcher(fake, window_s=0.0, max_batch=2)
+    fake.free.clear()
+    first = asyncio.ensure_future(batcher.embed_one("first"))
+    await turns(3)
+    later = [asyncio.ensure_future(batcher.embed_one(str(i))) for i in range(5)]
+    await turns(3)
+    fake.free.set()
+    await asyncio.gather(first, *later)
+    assert [len(c) for c in fake.calls] == [1, 2, 2, 1]
+
+
+async def test_an_embedder_with_parallel_calls_gets_that_many_at_once() -> None:
+    fake = CountingEmbedder(parallel_calls=2)
+    batcher = MicroBatcher(fake, window_s=0.0, max_batch=32)
+    fake.free.clear()
+    a = asyncio.ensure_future(batcher.embed_one("a"))
+    await turns(3)
+    b = asyncio.ensure_future(batcher.embed_one("b"))
+    await turns(3)
+    c = [asyncio.ensure_future(batcher.embed_one(f"c{i}")) for i in range(3)]
+    await turns(3)
+    assert fake.calls == [["a"], ["b"]]
+    assert fake.running == 2
+    fake.free.set()
+    await asyncio.gather(a, b, *c)
+    assert fake.calls[2:] == [["c0", "c1", "c2"]]
+    assert fake.most_running == 2
+
+
+async def test_a_failed_call_does_not_strand_the_questions_waiting_behind_it() -> None:
+    fake = CountingEmbedder(fail=True)
+    batcher = MicroBatcher(fake, window_s=0.0, max_batch=32)
+    fake.free.clear()
+    first = asyncio.ensure_future(batcher.embed_one("first"))
+    await turns(3)
+    later = asyncio.ensure_future(batcher.embed_one("later"))
+    await turns(3)
+    fake.free.set()
+    results = await asyncio.gather(first, later, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert fake.calls == [["first"], ["later"]]
 
 
 def test_namespaces_differ_by_tenant_and_purpose() -> None:
