@@ -17,7 +17,9 @@ What it does, in order (every step bounded):
 3. records each service's RSS at rest (started, idle, before any chat load);
 4. per mode, a sequential probe (one request at a time) and an open-loop load at ``--rate``
    requests/s for ``--duration`` s (latency from each request's scheduled send time, so a
-   stalled server is not hidden by a stalled client);
+   stalled server is not hidden by a stalled client); with ``--warm``, first one question per
+   tenant, one at a time (``warm-up``: a freshly started retrieval loading each tenant's indexes
+   from disk), so that the probe and the load measure the steady state;
 5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
 
 Modes: ``rag`` (RAG on, cache off, a new question each time), ``gateway`` (RAG off, cache off),
@@ -432,6 +434,13 @@ def main() -> int:
     )
     parser.add_argument("--probe", type=int, default=40, help="sequential requests per mode")
     parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="before each mode with RAG or the cache, ask every tenant one new question, one at a "
+        "time (reported as that mode's 'warm-up'), so the measured runs find every tenant's "
+        "indexes loaded, as in a retrieval process that has served its tenants for a while",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -463,6 +472,7 @@ def main() -> int:
         "rate": args.rate,
         "duration_s": args.duration,
         "seed": seed,
+        "warm": args.warm,
         "modes": {},
     }
     try:
@@ -500,6 +510,18 @@ def main() -> int:
                 questions = [question(rng) for _ in tokens]
                 fill_cache(url, tokens, questions)
             runs: dict[str, Any] = {}
+            if args.warm and mode != "gateway":
+                runs["warm-up"] = asyncio.run(
+                    run_load(
+                        url=url,
+                        tokens=tokens,
+                        questions=None,
+                        rate=len(tokens),
+                        duration_s=1,
+                        seed=rng.randrange(1 << 30),
+                        sequential=True,
+                    )
+                )
             runs["sequential"] = asyncio.run(
                 run_load(
                     url=url,
