@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 from tenantry_common.db import ensure_database
@@ -29,7 +28,7 @@ from tenantry_common.localstack import (
     wait_for,
 )
 from tenantry_common.messaging import ensure_topics
-from tenantry_common.topics import CHAT_RESPONSES, TopicSpec, all_topics_with_dlqs
+from tenantry_common.topics import all_topics_with_dlqs
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -130,21 +129,6 @@ def service_env() -> dict[str, str]:
     return env
 
 
-def local_topics() -> list[TopicSpec]:
-    """Every topic, with one partition on this single local broker (``chat.responses`` keeps
-    its partitions: each edge replica leases one of them by number).
-
-    One replica of each service reads all of a topic's partitions anyway, and Tansu's cost
-    grows with the partitions each fetch reads: with one partition a saturated stack spent
-    ≈ 10 % less CPU per request, half of the broker's (bench/README.md). Compose and k8s keep
-    the declared partitions, for replicas to share them; so do the tests' brokers.
-    """
-    return [
-        spec if spec.name == CHAT_RESPONSES.name else replace(spec, partitions=1)
-        for spec in all_topics_with_dlqs()
-    ]
-
-
 def up(args: argparse.Namespace) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     ensure_backing_services()
@@ -157,7 +141,7 @@ def up(args: argparse.Namespace) -> None:
             sys.exit(f"[stack] port {KAFKA_PORT} is taken by something that is not this stack")
         record("kafka", start_tansu(KAFKA_PORT, LOGS / "kafka.log"))
         say(f"Kafka-compatible broker (Tansu) on {BOOTSTRAP}")
-    created = asyncio.run(ensure_topics(BOOTSTRAP, local_topics()))
+    created = asyncio.run(ensure_topics(BOOTSTRAP, all_topics_with_dlqs()))
     if created:
         say(f"created {len(created)} topics")
 
