@@ -373,19 +373,26 @@ async def run_load(
     }
 
 
-def fill_cache(url: str, tokens: list[str], questions: list[str]) -> None:
-    """Ask each tenant's question once (a miss that fills the cache), one at a time."""
-    asyncio.run(
+def ask_each_once(
+    url: str, tokens: list[str], questions: list[str] | None, seed: int
+) -> dict[str, Any]:
+    """One request per tenant, one at a time (its given question, or a new one)."""
+    return asyncio.run(
         run_load(
             url=url,
             tokens=tokens,
             questions=questions,
             rate=len(tokens),
             duration_s=1,
-            seed=1,
+            seed=seed,
             sequential=True,
         )
     )
+
+
+def fill_cache(url: str, tokens: list[str], questions: list[str]) -> None:
+    """Ask each tenant's question once (a miss that fills the cache), one at a time."""
+    ask_each_once(url, tokens, questions, seed=1)
     time.sleep(3)  # retrieval's cache-fill subscriber stores the answers
 
 
@@ -511,17 +518,7 @@ def main() -> int:
                 fill_cache(url, tokens, questions)
             runs: dict[str, Any] = {}
             if args.warm and mode != "gateway":
-                runs["warm-up"] = asyncio.run(
-                    run_load(
-                        url=url,
-                        tokens=tokens,
-                        questions=None,
-                        rate=len(tokens),
-                        duration_s=1,
-                        seed=rng.randrange(1 << 30),
-                        sequential=True,
-                    )
-                )
+                runs["warm-up"] = ask_each_once(url, tokens, None, seed=rng.randrange(1 << 30))
             runs["sequential"] = asyncio.run(
                 run_load(
                     url=url,
