@@ -405,7 +405,6 @@ class MicroBatcher:
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_in_flight = max(1, embedder.parallel_calls)
-        self.calls = 0  # encode calls made, for metrics and tests
         self._in_flight = 0
         self._pending: list[tuple[str, asyncio.Future[Vector]]] = []
         self._timer: asyncio.Handle | None = None
@@ -441,7 +440,6 @@ class MicroBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future[Vector]]]) -> None:
-        self.calls += 1
         try:
             vectors = await self.embedder.embed([text for text, _ in batch])
         except BaseException as exc:
