@@ -5,8 +5,9 @@
 #   metering   usage events into the ledger (its own Tansu and database)         ≤ 10 min
 #   gateway    Tenantry vs LiteLLM vs Portkey over the instant server            ≤ 15 min
 #   system     chat through the edge: RAG on/off, cache hit/miss, memory at rest ≤ 25 min
-# gateway and system need the stack with the bench catalogue; this script starts it
-# (`scripts/stack.py up`) if it is not running, and stops it at the end only if it started it.
+# system (and gateway with BENCH_QUICK=1) needs the stack with the bench catalogue; this script
+# starts it (`scripts/stack.py up`) if it is not running, and stops it at the end only if it
+# started it. The full gateway run (--fresh-stack) starts and stops the stack itself.
 # Results: bench/<name>/results*, and a log per benchmark in var/bench/logs/run-all-*.log.
 # BENCH_ONLY="gateway system" runs a subset; BENCH_QUICK=1 shortens every benchmark.
 set -uo pipefail
@@ -63,8 +64,11 @@ for bench in $ONLY; do
       if [ "$QUICK" = 1 ]; then args=(--events 10000); else args=(--events 50000); fi
       run metering 600 "$PY" bench/metering/bench_ingest.py --tenants 100 "${args[@]}" ;;
     gateway)
-      stack_up || { say "gateway: the stack did not start"; status=1; continue; }
-      if [ "$QUICK" = 1 ]; then args=(--duration 5 --warmup 5); else args=(--fresh-stack); fi
+      # --fresh-stack starts and stops the stack around each Tenantry point itself.
+      if [ "$QUICK" = 1 ]; then
+        stack_up || { say "gateway: the stack did not start"; status=1; continue; }
+        args=(--duration 5 --warmup 5)
+      else args=(--fresh-stack); fi
       run gateway 900 "$PY" bench/gateway/run.py "${args[@]}" ;;
     system)
       stack_up || { say "system: the stack did not start"; status=1; continue; }

@@ -50,6 +50,10 @@ class Proc:
                         total_kb += int(line.split()[1])
         return round(total_kb / 1024, 1)
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) used so far by the process and every process of its group."""
+        return group_cpu_s(self.pid)
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the process group, wait up to timeout_s, then SIGKILL what is left."""
         if self.alive():
@@ -81,6 +85,20 @@ def _group_pids(pgid: int) -> list[int]:
             if int(fields[2]) == pgid:
                 pids.append(int(entry.name))
     return pids
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the living processes of a process group and
+    by the children they have waited for (a worker that exited and was reaped still counts)."""
+    ticks = 0
+    for pid in _group_pids(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            # After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+            # cmajflt utime stime cutime cstime (proc(5) fields 14 to 17).
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start(

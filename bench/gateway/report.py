@@ -60,15 +60,16 @@ def markdown(points: Points, meta: Mapping[str, Any]) -> str:
         f"{meta.get('duration_s', '?')} s per point, {meta.get('tenants', '?')} tenant tokens "
         f"rotated, load average before the run {meta.get('loadavg_before', '?')}.",
         "",
-        "| target | connections | ok req/s | p50 ms | p99 ms | errors | RSS after (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | connections | ok req/s | p50 ms | p99 ms | errors | RSS after (MiB) "
+        "| other targets' CPU (cores) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in ("tenantry", "litellm", "portkey", "nginx"):
         for level, point in sorted(points.get(target, {}).items()):
             lines.append(
                 f"| {target} | {level} | {_num(point['ok_rps'])} | {_num(point['p50_ms'], 2)} "
                 f"| {_num(point['p99_ms'], 2)} | {point['errors']} "
-                f"| {_num(point.get('rss_mb'))} |"
+                f"| {_num(point.get('rss_mb'))} | {_num(point.get('others_cpu_cores'), 2)} |"
             )
     lines += [
         "",

@@ -18,6 +18,7 @@ is recorded as pending and the peers are measured anyway. ``--fresh-stack`` rest
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ import shutil
 import string
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,16 @@ def preflight(*, url: str, headers: dict[str, str], tokens: list[str]) -> None:
         )
         if status != 200 or b'"choices"' not in raw:
             raise RuntimeError(f"{url} answered {status}: {raw[:300]!r}")
+
+
+def tenantry_cpu_s() -> float:
+    """CPU seconds used so far by the running local stack: its services and its broker (each
+    started by scripts/stack.py in a process group of its own, pid in var/run/<name>.pid)."""
+    total = 0.0
+    for name in (*TENANTRY_SERVICES, "kafka"):
+        with contextlib.suppress(OSError, ValueError):
+            total += procs.group_cpu_s(int((ROOT / "var" / "run" / f"{name}.pid").read_text()))
+    return total
 
 
 def tenantry_rss_mb() -> dict[str, float]:
@@ -264,9 +276,9 @@ class Bench:
         )
         return outcome
 
-    def restart_tenantry(self, connections: int) -> None:
+    def restart_tenantry(self, connections: int | None) -> None:
         """A fresh local stack (``--fresh-stack``): down, up with the bench catalogue, tenants
-        onboarded again, warmed at this point's connections.
+        onboarded again, warmed at this point's connections (when given).
 
         Tansu's memory storage slows down as its log grows: at ≈ 300 req/s its CPU per request
         went 0.8, 1.5, 2.3, 3.9, 5.9 ms over five 20 s points in a row (2026-12-04), so a point's
@@ -284,8 +296,26 @@ class Bench:
         self.prepare_tenantry()
         if "tenantry" not in self.endpoints:
             raise RuntimeError(f"Tenantry after a restart: {self.pending.get('tenantry')}")
-        log(f"warming tenantry ({self.args.warmup}s at {connections} connections)")
-        self.load("tenantry", connections, self.args.warmup)
+        if connections is not None:
+            log(f"warming tenantry ({self.args.warmup}s at {connections} connections)")
+            self.load("tenantry", connections, self.args.warmup)
+
+    def stop_tenantry(self) -> None:
+        """Stop the local stack (``--fresh-stack``), so that the peers' points do not share the
+        machine with its idle consumers: on Tansu they poll every 3 ms, ≈ 0.6 of a core at rest
+        with the broker (2026-12-05), which the peers' figures paid before this was done."""
+        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
+        stack = [sys.executable, str(ROOT / "scripts" / "stack.py")]
+        subprocess.run([*stack, "down"], cwd=ROOT, env=env, check=False, capture_output=True)
+
+    def others_cpu_s(self, name: str) -> float:
+        """CPU seconds used so far by every target's processes but ``name``'s (nginx, the
+        upstream of all, excluded): what ran beside a point, measured across it."""
+        others = [proc for key, proc in self.servers.items() if key not in (name, "nginx")]
+        total = sum((proc.cpu_s() for proc in others), 0.0)
+        if name != "tenantry":
+            total += tenantry_cpu_s()
+        return total
 
     def measure(self, targets: list[str]) -> None:
         """Warm each target, then per connection count run every target in turn (interleaved, so
@@ -301,8 +331,13 @@ class Bench:
                 if name == "tenantry" and self.args.fresh_stack:
                     self.restart_tenantry(connections)
                 load_before = round(os.getloadavg()[0], 2)
+                others_before, started = self.others_cpu_s(name), time.monotonic()
                 result, raw = self.load(name, connections, self.args.duration)
-                point = result.as_dict() | {"loadavg_1m_before": load_before}
+                others = (self.others_cpu_s(name) - others_before) / (time.monotonic() - started)
+                point = result.as_dict() | {
+                    "loadavg_1m_before": load_before,
+                    "others_cpu_cores": round(others, 3),
+                }
                 proc = self.servers.get(name)
                 if proc is not None:
                     point["rss_mb"] = proc.rss_mb()
@@ -310,12 +345,14 @@ class Bench:
                     rss = tenantry_rss_mb()
                     point["rss_mb_by_service"] = rss
                     point["rss_mb"] = round(sum(rss.values()), 1) if rss else None
+                if name == "tenantry" and self.args.fresh_stack:
+                    self.stop_tenantry()
                 self.points.setdefault(name, {})[connections] = point
                 self.raw.setdefault(name, {})[connections] = raw
                 log(
                     f"{name:9} c={connections:<4} ok {result.ok_rps:9.1f} req/s  "
                     f"p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  "
-                    f"errors {result.errors}  (load {load_before})"
+                    f"errors {result.errors}  (load {load_before}, others {others:.2f} cores)"
                 )
 
     def write(self, started_at: str) -> Path:
@@ -365,9 +402,13 @@ class Bench:
                 self.start_litellm()
             if "portkey" in self.args.targets:
                 self.start_portkey()
-            if "tenantry" in self.args.targets:
+            if "tenantry" in self.args.targets and self.args.fresh_stack:
+                self.restart_tenantry(None)
+            elif "tenantry" in self.args.targets:
                 self.prepare_tenantry()
             targets = self.ready_targets()
+            if "tenantry" in self.args.targets and self.args.fresh_stack:
+                self.stop_tenantry()  # started again, fresh, before each of its points
             for name, why in self.pending.items():
                 log(f"{name}: pending — {why}")
             self.measure(targets)
@@ -445,8 +486,9 @@ def main() -> int:
     parser.add_argument(
         "--fresh-stack",
         action="store_true",
-        help="restart the local Tenantry stack (scripts/stack.py) before each of its points, "
-        "so that each starts on an empty broker (Tansu's memory storage slows as it fills)",
+        help="start the local Tenantry stack (scripts/stack.py) afresh before each of its "
+        "points and stop it after, so that each starts on an empty broker (Tansu's memory "
+        "storage slows as it fills) and the peers' points run without it; it is left stopped",
     )
     parser.add_argument(
         "--print-stack-env",

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import instant
+import procs
 import report
 import wrk
 
@@ -131,3 +132,36 @@ def test_ratios_compare_tenantry_with_each_peer_at_the_same_concurrency() -> Non
 def test_ratios_are_absent_when_a_target_was_not_measured() -> None:
     points = {"litellm": {50: _point(300.0, 150.0)}, "portkey": {50: _point(2000.0, 10.0)}}
     assert report.ratios(points)[50]["rps_vs_litellm"] is None
+
+
+def test_the_table_shows_what_other_targets_used_beside_each_point() -> None:
+    points = {"tenantry": {50: _point(900.0, 30.0) | {"p50_ms": 20.0, "others_cpu_cores": 0.05}}}
+    table = report.markdown(points, {})
+    assert "| other targets' CPU (cores) |" in table
+    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | 0.05 |" in table
+
+
+def test_group_cpu_counts_every_process_of_the_group_and_its_reaped_children() -> None:
+    # A parent and a child in one new session burn ≈ 0.3 s of CPU each; the child exits and is
+    # reaped, the parent waits for stdin: the group's CPU still holds both.
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    script = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)\n"
+        f"exec({burn!r})\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.read()\n"  # stay alive (and counted) until the test has read the group
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"done\n"
+        assert procs.group_cpu_s(proc.pid) >= 0.55
+    finally:
+        proc.communicate(b"", timeout=20)
+    assert procs.group_cpu_s(proc.pid) == 0.0  # nothing of the group is left
