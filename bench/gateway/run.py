@@ -6,13 +6,16 @@ tenant, at the same connection counts, for a bounded time per point. Results go 
 ``bench/gateway/results/<UTC start>.{json,md}`` and ``latest.{json,md}``.
 
 Before the first run: ``bash bench/gateway/setup.sh`` (nginx, wrk, LiteLLM's venv, Portkey).
-Tenantry is not started here: start it first with the bench's model catalogue::
+With ``--fresh-stack`` (how the README's figures are taken) the driver starts the local stack
+with the bench's model catalogue before each Tenantry point (onboarding again: the local broker
+slows down as it fills) and stops it after, so that the peers run without it; it is left
+stopped. Without it, start Tenantry first::
 
     eval "$(.venv/bin/python bench/gateway/run.py --print-stack-env)" && make up
 
 then ``.venv/bin/python bench/gateway/run.py``. Without a reachable edge the Tenantry target
-is recorded as pending and the peers are measured anyway. ``--fresh-stack`` restarts that stack
-(and onboards again) before each Tenantry point: the local broker slows down as it fills.
+is recorded as pending and the peers are measured anyway. Each point records the CPU the other
+targets' processes used beside it.
 """
 
 from __future__ import annotations
@@ -403,7 +406,10 @@ class Bench:
             if "portkey" in self.args.targets:
                 self.start_portkey()
             if "tenantry" in self.args.targets and self.args.fresh_stack:
-                self.restart_tenantry(None)
+                try:
+                    self.restart_tenantry(None)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    self.pending.setdefault("tenantry", f"the stack did not start: {exc}")
             elif "tenantry" in self.args.targets:
                 self.prepare_tenantry()
             targets = self.ready_targets()
