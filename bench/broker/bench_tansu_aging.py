@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -33,13 +32,11 @@ from tenantry_common.localstack import start_tansu
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
-TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT / "bench" / "gateway"))
+
+import procs  # noqa: E402  (the broker runs in a session of its own: its pid is its group)
+
 TOPIC = "aging"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 async def round_trips(
@@ -47,7 +44,7 @@ async def round_trips(
 ) -> dict[str, float]:
     """Median produce → fetched latency of one record, and the broker's CPU per round trip."""
     latencies = []
-    cpu_before = cpu_seconds(pid)
+    cpu_before = procs.group_cpu_s(pid)
     for _ in range(trips):
         started = time.perf_counter()
         await producer.send_and_wait(TOPIC, b"x" * 300, partition=0)
@@ -56,7 +53,7 @@ async def round_trips(
         latencies.append((time.perf_counter() - started) * 1000)
     return {
         "p50_ms": round(statistics.median(latencies), 2),
-        "broker_cpu_ms_per_trip": round((cpu_seconds(pid) - cpu_before) / trips * 1000, 3),
+        "broker_cpu_ms_per_trip": round((procs.group_cpu_s(pid) - cpu_before) / trips * 1000, 3),
     }
 
 

@@ -104,29 +104,45 @@ def preflight(*, url: str, headers: dict[str, str], tokens: list[str]) -> None:
             raise RuntimeError(f"{url} answered {status}: {raw[:300]!r}")
 
 
+def stack_pid(name: str) -> int | None:
+    """The pid `make up` recorded for a process of the local stack (var/run/<name>.pid), if any;
+    scripts/stack.py starts each in a process group of its own."""
+    try:
+        return int((ROOT / "var" / "run" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def tenantry_cpu_s() -> float:
-    """CPU seconds used so far by the running local stack: its services and its broker (each
-    started by scripts/stack.py in a process group of its own, pid in var/run/<name>.pid)."""
-    total = 0.0
-    for name in (*TENANTRY_SERVICES, "kafka"):
-        with contextlib.suppress(OSError, ValueError):
-            total += procs.group_cpu_s(int((ROOT / "var" / "run" / f"{name}.pid").read_text()))
-    return total
+    """CPU seconds used so far by the running local stack: its services and its broker."""
+    pids = (stack_pid(name) for name in (*TENANTRY_SERVICES, "kafka"))
+    return sum((procs.group_cpu_s(pid) for pid in pids if pid is not None), 0.0)
 
 
 def tenantry_rss_mb() -> dict[str, float]:
-    """RSS of each service `make up` started (pids in var/run/<name>.pid)."""
+    """RSS of each service `make up` started."""
     out: dict[str, float] = {}
     for name in TENANTRY_SERVICES:
-        pidfile = ROOT / "var" / "run" / f"{name}.pid"
-        try:
-            pid = int(pidfile.read_text().strip())
+        pid = stack_pid(name)
+        if pid is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     out[name] = round(int(line.split()[1]) / 1024, 1)
-        except (OSError, ValueError):
-            continue
     return out
+
+
+def _stack(*command: str, check: bool) -> None:
+    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server)."""
+    env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stack.py"), *command],
+        cwd=ROOT,
+        env=env,
+        check=check,
+        capture_output=True,
+    )
 
 
 class Bench:
@@ -288,13 +304,9 @@ class Bench:
         figure depended on how many requests came before it. Apache Kafka does not; the fresh
         broker measures Tenantry rather than the local broker's age.
         """
-        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
-        stack = [sys.executable, str(ROOT / "scripts" / "stack.py")]
         log("restarting the Tenantry stack (fresh broker)")
-        subprocess.run([*stack, "down"], cwd=ROOT, env=env, check=False, capture_output=True)
-        subprocess.run(
-            [*stack, "up", "--no-model"], cwd=ROOT, env=env, check=True, capture_output=True
-        )
+        self.stop_tenantry()
+        _stack("up", "--no-model", check=True)
         self.endpoints.pop("tenantry", None)
         self.prepare_tenantry()
         if "tenantry" not in self.endpoints:
@@ -307,9 +319,7 @@ class Bench:
         """Stop the local stack (``--fresh-stack``), so that the peers' points do not share the
         machine with its idle consumers: on Tansu they poll every 3 ms, ≈ 0.6 of a core at rest
         with the broker (2026-12-05), which the peers' figures paid before this was done."""
-        env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
-        stack = [sys.executable, str(ROOT / "scripts" / "stack.py")]
-        subprocess.run([*stack, "down"], cwd=ROOT, env=env, check=False, capture_output=True)
+        _stack("down", check=False)
 
     def others_cpu_s(self, name: str) -> float:
         """CPU seconds used so far by every target's processes but ``name``'s (nginx, the
@@ -405,7 +415,8 @@ class Bench:
                 self.start_litellm()
             if "portkey" in self.args.targets:
                 self.start_portkey()
-            if "tenantry" in self.args.targets and self.args.fresh_stack:
+            fresh_tenantry = "tenantry" in self.args.targets and self.args.fresh_stack
+            if fresh_tenantry:
                 try:
                     self.restart_tenantry(None)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
@@ -413,7 +424,7 @@ class Bench:
             elif "tenantry" in self.args.targets:
                 self.prepare_tenantry()
             targets = self.ready_targets()
-            if "tenantry" in self.args.targets and self.args.fresh_stack:
+            if fresh_tenantry:
                 self.stop_tenantry()  # started again, fresh, before each of its points
             for name, why in self.pending.items():
                 log(f"{name}: pending — {why}")
