@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 VectorBackend = Literal["chroma", "pinecone"]
 EmbedderKind = Literal["local", "openai"]
 EmbedRuntime = Literal["onnx", "torch"]
+EmbedPrecision = Literal["int8", "fp32"]
 
 
 class RetrievalSettings(CommonSettings):
@@ -52,6 +53,14 @@ class RetrievalSettings(CommonSettings):
         description="How the local model runs. onnx: exported once to ONNX and run by "
         "onnxruntime, the same vectors for 2.5x less CPU for a lone question (bench/README.md); "
         "torch: sentence-transformers as loaded.",
+    )
+    embed_precision: EmbedPrecision = Field(
+        default="int8",
+        description="The local model's weights on onnxruntime. int8: quantized once (dynamic, "
+        "per channel) from the fp32 export; a question takes half the time and a chunk a third, "
+        "the vectors are within cosine 0.98 of fp32's, recall a little lower (bench/README.md, "
+        "'Embedding precision'). fp32: the model's own weights, torch's vectors; the only "
+        "precision the torch runtime has.",
     )
     onnx_cache_dir: Path = Field(
         default=REPO_ROOT / "var" / "models",
@@ -119,6 +128,11 @@ class RetrievalSettings(CommonSettings):
     def _consistent(self) -> RetrievalSettings:
         if self.chunk_overlap_chars >= self.chunk_size_chars:
             raise ValueError("chunk_overlap_chars must be smaller than chunk_size_chars")
+        if self.embed_runtime == "torch" and self.embed_precision == "int8":
+            raise ValueError(
+                "TENANTRY_EMBED_PRECISION=int8 runs on onnxruntime: with "
+                "TENANTRY_EMBED_RUNTIME=torch set TENANTRY_EMBED_PRECISION=fp32"
+            )
         if self.vector_backend == "pinecone":
             if self.pinecone_api_key is None:
                 raise ValueError("vector_backend=pinecone needs TENANTRY_PINECONE_API_KEY")

@@ -13,7 +13,7 @@ import uuid
 import warnings
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from tenantry_retrieval.config import EmbedRuntime, RetrievalSettings
+from tenantry_retrieval.config import EmbedPrecision, EmbedRuntime, RetrievalSettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -93,11 +93,14 @@ class _OnnxEncoder:
     """The model's transformer exported to ONNX and run by onnxruntime.
 
     Tokenising, mean pooling and normalising are done as the model's sentence-transformers modules
-    do them (Transformer → mean Pooling → Normalize), so the vectors are the torch path's to
-    within float rounding (≈ 2e-7), and collections and caches embedded either way stay valid.
+    do them (Transformer → mean Pooling → Normalize). In fp32 the vectors are the torch path's to
+    within float rounding (≈ 2e-7), and collections and caches embedded either way stay valid; in
+    int8 (quantized weights) they are within cosine ≈ 0.99 of those.
     """
 
-    def __init__(self, path: Path, *, threads: int, cache_dir: Path) -> None:
+    def __init__(
+        self, path: Path, *, threads: int, cache_dir: Path, precision: EmbedPrecision
+    ) -> None:
         import onnxruntime
         from transformers import AutoTokenizer
 
@@ -107,12 +110,12 @@ class _OnnxEncoder:
             raise ValueError(
                 f"the onnx runtime runs BERT-style models (inputs {list(_EXPORTED_INPUTS)}); "
                 f"{path} takes {self._tokenizer.model_input_names}: "
-                "set TENANTRY_EMBED_RUNTIME=torch"
+                "set TENANTRY_EMBED_RUNTIME=torch and TENANTRY_EMBED_PRECISION=fp32"
             )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        model = exported_onnx(path, cache_dir)
+        model = exported_onnx(path, cache_dir, precision=precision)
         #: The ONNX file in use, or None where it could not be kept on disk.
         self.model_file = model if isinstance(model, Path) else None
         self._session = onnxruntime.InferenceSession(
@@ -121,8 +124,23 @@ class _OnnxEncoder:
             providers=["CPUExecutionProvider"],
         )
         self._inputs = [item.name for item in self._session.get_inputs()]
+        self._alone = precision == "int8"
 
     def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        """In int8 each text runs through the session alone; in fp32 the texts run as one batch.
+
+        int8 quantizes each layer's input with one scale for the whole batch, so in a batch a
+        text's vector would depend on the texts it shares the call with, another tenant's
+        question among them. Alone, it is also faster here (1.5-2.2x; no padding). fp32 stays
+        batched: one text at a time, questions queued under load (RAG at 100/s: p50 250-997 ms
+        against 65-80 batched; bench/README.md, "Embedding precision"), presumably because each
+        run reads all of its 90 MB of weights, a quarter of that in int8.
+        """
+        if self._alone and len(texts) > 1:
+            return np.concatenate([self._encode([text]) for text in texts])
+        return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
         features = self._tokenizer(
             # As sentence-transformers' Transformer module: stripped, lower-cased if configured.
             [text.strip().lower() if self._lower else text.strip() for text in texts],
@@ -159,7 +177,8 @@ def _mean_pooled_shape(path: Path) -> tuple[int, int, bool]:
     if modes != ["pooling_mode_mean_tokens"]:
         raise ValueError(
             f"the onnx runtime runs Transformer → mean Pooling → Normalize models; {path} has "
-            f"{kinds} with {modes or 'no pooling'}: set TENANTRY_EMBED_RUNTIME=torch"
+            f"{kinds} with {modes or 'no pooling'}: set TENANTRY_EMBED_RUNTIME=torch and "
+            "TENANTRY_EMBED_PRECISION=fp32"
         )
     config = json.loads((path / "sentence_bert_config.json").read_text())
     return (
@@ -173,13 +192,13 @@ def _mean_pooled_shape(path: Path) -> tuple[int, int, bool]:
 _ONNX_EXPORT_FORMAT = "onnx1"
 
 
-def exported_onnx(path: Path, cache_dir: Path) -> Path | bytes:
-    """The model's transformer as an ONNX file in ``cache_dir``, exported on first use.
+def exported_onnx(path: Path, cache_dir: Path, *, precision: EmbedPrecision) -> Path | bytes:
+    """The model's transformer as an ONNX file in ``cache_dir``, made on first use.
 
-    The file is named by the weights' digest, written under a temporary name and renamed, so
-    processes starting together never read half a file. If ``cache_dir`` cannot be written, the
-    model is exported to a temporary directory and returned as bytes (and exported again at the
-    next start).
+    fp32 is the exported model; int8 is that export quantized. Each file is named by the
+    weights' digest, written under a temporary name and renamed, so processes starting together
+    never read half a file. If ``cache_dir`` cannot be written, the model is made in a temporary
+    directory and returned as bytes (and made again at the next start).
     """
     weights = next(
         (
@@ -193,27 +212,68 @@ def exported_onnx(path: Path, cache_dir: Path) -> Path | bytes:
         raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin under {path}")
     with weights.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
-    name = f"{path.name}-{digest}-{_ONNX_EXPORT_FORMAT}.onnx"
+    stem = f"{path.name}-{digest}-{_ONNX_EXPORT_FORMAT}"
+    exported = _kept(cache_dir, f"{stem}.onnx", lambda target: _export_onnx(path, target))
+    if precision == "fp32":
+        return exported
+
+    def quantize(target: Path) -> None:
+        if isinstance(exported, Path):
+            _quantize_int8(exported, target)
+            return
+        source = target.with_name(f"{target.name}.fp32")
+        source.write_bytes(exported)
+        _quantize_int8(source, target)
+
+    return _kept(cache_dir, f"{stem}-int8.onnx", quantize)
+
+
+def _kept(cache_dir: Path, name: str, make: Callable[[Path], None]) -> Path | bytes:
+    """``cache_dir / name``, made by ``make(target)`` if missing; its bytes if it cannot be kept."""
     target = cache_dir / name
     if target.exists():
         return target
     partial = cache_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _export_onnx(path, partial)
+        make(partial)
         os.replace(partial, target)
     except OSError as exc:
-        log.warning(
-            "cannot keep the ONNX model in %s (%s): exporting it for this run", cache_dir, exc
-        )
+        log.warning("cannot keep %s in %s (%s): making it for this run", name, cache_dir, exc)
         with tempfile.TemporaryDirectory(prefix="tenantry-onnx-") as scratch:
-            _export_onnx(path, Path(scratch) / name)
+            make(Path(scratch) / name)
             return (Path(scratch) / name).read_bytes()
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-    log.info("exported the embedding model to %s", target)
+    log.info("made the embedding model file %s", target)
     return target
+
+
+class _QuantizerChatter(logging.Filter):
+    """onnxruntime's quantizer logs on the root logger, per tensor it leaves alone and with advice
+    to pre-process first (tried: the same vectors and speed for this model; bench/README.md).
+    While it runs, root-logger records below ERROR are dropped (the services log on named
+    loggers, which this filter does not see)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """int8 weights with onnxruntime's dynamic quantization, one scale per output channel.
+
+    Per channel keeps the vectors within cosine ≈ 0.99 of fp32; per tensor only ≈ 0.95.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    chatter = _QuantizerChatter()
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeFilter(chatter)
 
 
 def _export_onnx(path: Path, target: Path) -> None:
@@ -265,7 +325,8 @@ def _export_onnx(path: Path, target: Path) -> None:
 class LocalEmbedder:
     """all-MiniLM-L6-v2 (or another local sentence-transformers model), from local files only.
 
-    It runs on onnxruntime (the default) or torch. Encoding runs on one dedicated thread: the
+    It runs on onnxruntime (the default, int8 or fp32 weights) or torch (fp32). Encoding runs on
+    one dedicated thread: the
     event loop stays free, and the Hugging Face fast tokenizer is not safe to call from two
     threads at once ("Already borrowed").
     """
@@ -276,20 +337,25 @@ class LocalEmbedder:
         *,
         threads: int,
         runtime: EmbedRuntime,
+        precision: EmbedPrecision,
         onnx_cache_dir: Path,
     ) -> None:
+        if runtime == "torch" and precision != "fp32":
+            raise ValueError("the torch runtime runs fp32 weights only; int8 runs on onnx")
         # Never reach for the Hub: the weights are on disk and the machine may be offline.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         path = model_path or bundled_model_path()
         self._encoder: _OnnxEncoder | _TorchEncoder = (
-            _OnnxEncoder(path, threads=threads, cache_dir=onnx_cache_dir)
+            _OnnxEncoder(path, threads=threads, cache_dir=onnx_cache_dir, precision=precision)
             if runtime == "onnx"
             else _TorchEncoder(path, threads=threads)
         )
         self.runtime = runtime
-        # One name for both runtimes: their vectors are the same.
-        self._name = f"local:{path.name if model_path else 'all-MiniLM-L6-v2'}"
+        self.precision = precision
+        # One name for both runtimes in fp32: their vectors are the same.
+        model = path.name if model_path else "all-MiniLM-L6-v2"
+        self._name = f"local:{model}" if precision == "fp32" else f"local:{model}:{precision}"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         log.info("embedder %s on %s with %d thread(s)", self._name, runtime, threads)
 
@@ -300,6 +366,7 @@ class LocalEmbedder:
             settings.local_model_path,
             threads=settings.embed_threads,
             runtime=settings.embed_runtime,
+            precision=settings.embed_precision,
             onnx_cache_dir=settings.onnx_cache_dir,
         )
 
