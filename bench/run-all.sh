@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in turn, each bounded in time (`make bench`; see bench/README.md).
 #   retrieval  ingest / question embedding / search (its own embedded Chroma)   ≤ 10 min
+#   precision  the local embedder in fp32 and int8: speed and retrieval quality   ≤ 5 min
 #   cache      semantic-cache lookup by cache size, against a filtered query     ≤ 12 min
 #   metering   usage events into the ledger (its own Tansu and database)         ≤ 10 min
 #   gateway    Tenantry vs LiteLLM vs Portkey over the instant server            ≤ 15 min
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 LOGS=var/bench/logs
 mkdir -p "$LOGS"
-ONLY=${BENCH_ONLY:-"retrieval cache metering gateway system"}
+ONLY=${BENCH_ONLY:-"retrieval precision cache metering gateway system"}
 QUICK=${BENCH_QUICK:-0}
 status=0
 started_stack=0
@@ -56,6 +57,9 @@ for bench in $ONLY; do
       if [ "$QUICK" = 1 ]; then args=(--sizes 1000,10000 --question-rounds 50 --queries 100)
       else args=(); fi
       run retrieval 600 "$PY" bench/retrieval/bench_retrieval.py "${args[@]}" ;;
+    precision)
+      if [ "$QUICK" = 1 ]; then args=(--rounds 50 --repeats 1); else args=(); fi
+      run precision 300 "$PY" bench/retrieval/bench_precision.py "${args[@]}" ;;
     cache)
       if [ "$QUICK" = 1 ]; then args=(--sizes 100,1000 --questions 60)
       else args=(--sizes 100,1000,10000,100000 --questions 200); fi
