@@ -95,7 +95,7 @@ class _OnnxEncoder:
     Tokenising, mean pooling and normalising are done as the model's sentence-transformers modules
     do them (Transformer → mean Pooling → Normalize). In fp32 the vectors are the torch path's to
     within float rounding (≈ 2e-7), and collections and caches embedded either way stay valid; in
-    int8 (quantized weights) they are within cosine ≈ 0.99 of those.
+    int8 (quantized weights) they are within cosine 0.98-0.99 of those.
     """
 
     def __init__(
@@ -222,8 +222,11 @@ def exported_onnx(path: Path, cache_dir: Path, *, precision: EmbedPrecision) -> 
             _quantize_int8(exported, target)
             return
         source = target.with_name(f"{target.name}.fp32")
-        source.write_bytes(exported)
-        _quantize_int8(source, target)
+        try:
+            source.write_bytes(exported)
+            _quantize_int8(source, target)
+        finally:
+            source.unlink(missing_ok=True)
 
     return _kept(cache_dir, f"{stem}-int8.onnx", quantize)
 
@@ -263,7 +266,7 @@ class _QuantizerChatter(logging.Filter):
 def _quantize_int8(source: Path, target: Path) -> None:
     """int8 weights with onnxruntime's dynamic quantization, one scale per output channel.
 
-    Per channel keeps the vectors within cosine ≈ 0.99 of fp32; per tensor only ≈ 0.95.
+    Per channel keeps the vectors within cosine 0.98-0.99 of fp32; per tensor only 0.95-0.97.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -326,9 +329,8 @@ class LocalEmbedder:
     """all-MiniLM-L6-v2 (or another local sentence-transformers model), from local files only.
 
     It runs on onnxruntime (the default, int8 or fp32 weights) or torch (fp32). Encoding runs on
-    one dedicated thread: the
-    event loop stays free, and the Hugging Face fast tokenizer is not safe to call from two
-    threads at once ("Already borrowed").
+    one dedicated thread: the event loop stays free, and the Hugging Face fast tokenizer is not
+    safe to call from two threads at once ("Already borrowed").
     """
 
     def __init__(
