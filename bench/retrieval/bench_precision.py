@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/retrieval/bench_precision.py [--rounds 200] [--repeats 2]
 
-Speed, each precision in turn (``--repeats`` times, alternating): one question per call through
-``LocalEmbedder.embed`` (p50 / p99, the thread hop included), twelve questions in one call, and
-ingest embedding (chunks/s in the service's ingest batches; embedding only, no store).
+Speed, each precision in turn (``--repeats`` times, alternating): bench_retrieval.py's question
+measures (one question per call through ``LocalEmbedder.embed``, p50 / p99 with the thread hop;
+twelve questions in one call), and ingest embedding (chunks/s of the corpus below in the
+service's ingest batches; embedding only, no store).
 
 Quality, on real text with its own answers: the repository's Markdown (README, docs, the services'
 READMEs, bench/README.md), split into sections at its headings and chunked as retrieval chunks a
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_retrieval import bench_question_embedding  # this directory (run as a script)
 from numpy.typing import NDArray
 from tenantry_retrieval.chunking import chunk_text
 from tenantry_retrieval.config import EmbedPrecision, RetrievalSettings
@@ -113,11 +115,6 @@ def build_corpus(settings: RetrievalSettings, seed: int) -> Corpus:
     return Corpus(chunks, headings, sentences)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 async def embed_all(embedder: LocalEmbedder, texts: list[str], batch: int) -> NDArray[np.float32]:
     rows: list[list[float]] = []
     for start in range(0, len(texts), batch):
@@ -125,28 +122,17 @@ async def embed_all(embedder: LocalEmbedder, texts: list[str], batch: int) -> ND
     return np.array(rows, dtype=np.float32)
 
 
-async def speed(
-    embedder: LocalEmbedder, corpus: Corpus, rounds: int, batch: int
-) -> dict[str, float]:
-    questions = [query.text for query in corpus.headings]
-    for question in questions[:10]:
-        await embedder.embed([question])
-    timings = []
-    for i in range(rounds):
-        started = time.perf_counter()
-        await embedder.embed([questions[i % len(questions)]])
-        timings.append((time.perf_counter() - started) * 1000)
-    started = time.perf_counter()
-    await embedder.embed(questions[:12])
-    twelve_ms = (time.perf_counter() - started) * 1000
+async def speed(embedder: LocalEmbedder, corpus: Corpus, rounds: int, batch: int) -> dict[str, Any]:
+    """bench_retrieval.py's question measures, and ingest embedding without the store."""
+    questions = await bench_question_embedding(embedder, rounds)
     sample = corpus.chunks[:256]
     started = time.perf_counter()
     await embed_all(embedder, sample, batch)
     chunks_per_s = len(sample) / (time.perf_counter() - started)
     return {
-        "question_p50_ms": round(percentile(timings, 50), 2),
-        "question_p99_ms": round(percentile(timings, 99), 2),
-        "twelve_questions_ms": round(twelve_ms, 1),
+        "question_p50_ms": questions["p50_ms"],
+        "question_p99_ms": questions["p99_ms"],
+        "twelve_questions_ms": questions["burst_of_12_in_one_call_ms"],
         "ingest_chunks_per_s": round(chunks_per_s, 1),
     }
 

@@ -58,7 +58,7 @@ class RetrievalSettings(CommonSettings):
         default="int8",
         description="The local model's weights on onnxruntime. int8: quantized once (dynamic, "
         "per channel) from the fp32 export; a question takes half the time and a chunk a third, "
-        "the vectors are within cosine 0.98 of fp32's, recall a little lower (bench/README.md, "
+        "the vectors are within cosine 0.98 of fp32's, recall within ≈ 2 points (bench/README.md, "
         "'Embedding precision'). fp32: the model's own weights, torch's vectors; the only "
         "precision the torch runtime has.",
     )

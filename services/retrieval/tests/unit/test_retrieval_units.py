@@ -253,7 +253,8 @@ def test_settings_default_to_the_onnx_runtime_for_the_local_model() -> None:
 
 
 def test_settings_default_to_int8_weights_and_refuse_int8_on_torch_with_the_fix() -> None:
-    # ≈ 2.2x less CPU per question for ≈ 1 % of recall (bench/README.md, "Embedding precision").
+    # A question in half the time, recall within ≈ 2 points (bench/README.md, "Embedding
+    # precision").
     assert RetrievalSettings().embed_precision == "int8"
     assert RetrievalSettings(embed_runtime="torch", embed_precision="fp32").embed_runtime == "torch"
     with pytest.raises(ValidationError, match="TENANTRY_EMBED_PRECISION=fp32"):
