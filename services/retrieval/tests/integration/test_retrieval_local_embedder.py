@@ -38,7 +38,17 @@ def embedder(
 
 
 def cosines(a: list[list[float]], b: list[list[float]]) -> np.ndarray:
-    return np.sum(np.array(a) * np.array(b), axis=1)
+    values: np.ndarray = np.sum(np.array(a) * np.array(b), axis=1)
+    return values
+
+
+def fp32_export_in(directory: Path) -> Path:
+    """The kept fp32 export (made first if none is kept yet), copied into ``directory``."""
+    kept = embeddings.exported_onnx(
+        bundled_model_path(), RetrievalSettings().onnx_cache_dir, precision="fp32"
+    )
+    assert isinstance(kept, Path)
+    return Path(shutil.copy(kept, directory))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,7 @@ async def test_the_default_is_onnx_in_int8_close_to_the_torch_vectors(
 async def test_onnx_in_fp32_gives_the_torch_vectors_under_the_same_name(
     tmp_path: Path, torch_embedder: LocalEmbedder
 ) -> None:
-    shutil.copytree(RetrievalSettings().onnx_cache_dir, tmp_path, dirs_exist_ok=True)
+    fp32_export_in(tmp_path)
     model = await asyncio.to_thread(embedder, "onnx", tmp_path)
     assert model.name == torch_embedder.name  # stored vectors stay valid across runtimes
     expected = np.array(await torch_embedder.embed(TEXTS))
@@ -87,7 +97,7 @@ async def test_onnx_in_fp32_gives_the_torch_vectors_under_the_same_name(
 async def test_int8_ranks_the_answering_text_first_as_fp32_does(
     tmp_path: Path, onnx_embedder: LocalEmbedder
 ) -> None:
-    shutil.copytree(RetrievalSettings().onnx_cache_dir, tmp_path, dirs_exist_ok=True)
+    fp32_export_in(tmp_path)
     fp32 = await asyncio.to_thread(embedder, "onnx", tmp_path)
     passages = [
         "Refunds for annual plans are issued within 30 days of purchase.",
@@ -129,9 +139,7 @@ async def test_the_export_is_kept_and_a_second_start_reuses_it(
 async def test_int8_is_quantized_from_the_kept_export_once_and_then_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exported = RetrievalSettings().onnx_cache_dir
-    shutil.copytree(exported, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*int8*"))
-    (fp32_file,) = tmp_path.iterdir()
+    fp32_file = fp32_export_in(tmp_path)
 
     def no_export(path: Path, target: Path) -> None:
         raise AssertionError("exported again: the fp32 export is kept")
