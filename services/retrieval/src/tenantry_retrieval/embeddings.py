@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -213,11 +214,17 @@ def exported_onnx(path: Path, cache_dir: Path, *, precision: EmbedPrecision) -> 
     with weights.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
     stem = f"{path.name}-{digest}-{_ONNX_EXPORT_FORMAT}"
-    exported = _kept(cache_dir, f"{stem}.onnx", lambda target: _export_onnx(path, target))
+
+    @functools.cache  # once per call, even where the int8 file is made twice (unwritable cache)
+    def export() -> Path | bytes:
+        return _kept(cache_dir, f"{stem}.onnx", lambda target: _export_onnx(path, target))
+
     if precision == "fp32":
-        return exported
+        return export()
 
     def quantize(target: Path) -> None:
+        # The fp32 export is needed (and made if missing) only when the int8 file is made.
+        exported = export()
         if isinstance(exported, Path):
             _quantize_int8(exported, target)
             return

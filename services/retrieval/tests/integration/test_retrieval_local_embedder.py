@@ -155,6 +155,7 @@ async def test_int8_is_quantized_from_the_kept_export_once_and_then_reused(
         raise AssertionError("quantized again")
 
     monkeypatch.setattr(embeddings, "_quantize_int8", no_quantize)
+    fp32_file.unlink()  # a kept int8 file needs no fp32 export (no_export still raises)
     second = await asyncio.to_thread(embedder, "onnx", tmp_path, None, "int8")
     assert second._encoder.model_file == int8_file  # type: ignore[union-attr]
     assert len(await second.embed(["refund policy"])) == 1
