@@ -3,6 +3,7 @@
 #   retrieval  ingest / question embedding / search (its own embedded Chroma)   ≤ 10 min
 #   precision  the local embedder in fp32 and int8: speed and retrieval quality   ≤ 5 min
 #   cache      semantic-cache lookup by cache size, against a filtered query     ≤ 12 min
+#   leakage    inference's leakage scan of a RAG-sized prompt, 100 and 1,000 tenants ≤ 2 min
 #   metering   usage events into the ledger (its own Tansu and database)         ≤ 10 min
 #   gateway    Tenantry vs LiteLLM vs Portkey over the instant server            ≤ 15 min
 #   system     chat through the edge: RAG on/off, cache hit/miss, memory at rest ≤ 25 min
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 LOGS=var/bench/logs
 mkdir -p "$LOGS"
-ONLY=${BENCH_ONLY:-"retrieval precision cache metering gateway system"}
+ONLY=${BENCH_ONLY:-"retrieval precision cache leakage metering gateway system"}
 QUICK=${BENCH_QUICK:-0}
 status=0
 started_stack=0
@@ -64,6 +65,10 @@ for bench in $ONLY; do
       if [ "$QUICK" = 1 ]; then args=(--sizes 100,1000 --questions 60)
       else args=(--sizes 100,1000,10000,100000 --questions 200); fi
       run cache 720 "$PY" bench/retrieval/bench_cache_lookup.py "${args[@]}" ;;
+    leakage)
+      if [ "$QUICK" = 1 ]; then args=(--rounds 2 --repeat 20); else args=(); fi
+      run leakage 120 bash -c "$PY bench/inference/bench_leakage.py ${args[*]} \
+        && $PY bench/inference/bench_leakage.py --tenants 1000 --rounds 3 --repeat 50 ${args[*]}" ;;
     metering)
       if [ "$QUICK" = 1 ]; then args=(--events 10000); else args=(--events 50000); fi
       run metering 600 "$PY" bench/metering/bench_ingest.py --tenants 100 "${args[@]}" ;;

@@ -26,8 +26,9 @@ Known limits of pattern matching (why this is a net, not a guarantee):
   whose label came long before the value) can be released in part before the rest is
   recognised: the rest is then withheld (redact) or the answer failed (block), but the early
   part has reached the client.
-* The name list is one regular-expression alternation: fine for thousands of tenants, not for
-  millions (use an Aho-Corasick automaton then).
+* The names are one regular expression factored as a trie (a shared prefix is matched once):
+  its cost follows the names' length more than their number, fine for thousands of tenants;
+  for millions an Aho-Corasick automaton over a normalised text would be the tool.
 """
 
 from __future__ import annotations
@@ -214,12 +215,10 @@ class TenantRegistry:
             for tid, name in self._names.items():
                 if len(name.strip()) >= MIN_NAME_LENGTH:
                     owners.setdefault(_name_key(name), set()).add(tid)
-            alternatives = sorted(owners, key=len, reverse=True)
-            if alternatives:
-                body = "|".join(
-                    r"\s+".join(re.escape(word) for word in key.split()) for key in alternatives
+            if owners:
+                self._pattern = re.compile(
+                    rf"(?<!\w)(?:{_trie_alternation(owners)})(?!\w)", re.IGNORECASE
                 )
-                self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
             else:
                 self._pattern = re.compile(r"(?!x)x")  # matches nothing
             self._owners = owners
@@ -244,6 +243,39 @@ class TenantRegistry:
             if at < len(keys) and keys[at].startswith(fragment):
                 return i
         return None
+
+
+_Trie = dict[str, "_Trie"]
+
+
+def _trie_alternation(keys: Iterable[str]) -> str:
+    """A regular expression body matching exactly the given normalised names, as a trie.
+
+    Names sharing a prefix share its pattern, so at each text position the engine follows one
+    path through the names' characters instead of trying every name in turn: the cost grows with
+    the names' length, not their number (100 names over 5 KB: ≈ 0.1 ms against ≈ 0.6 ms for a
+    plain alternation; bench/inference/bench_leakage.py). A space in a name matches any run of
+    whitespace. Where one name continues another ("acme", "acme corp") the longer is tried first,
+    as in an alternation sorted longest first.
+    """
+    trie: _Trie = {}
+    for key in keys:
+        node = trie
+        for char in key:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a name ends here
+
+    def render(node: _Trie) -> str:
+        branches = [
+            (r"\s+" if char == " " else re.escape(char)) + render(child)
+            for char, child in sorted(node.items())
+            if char
+        ]
+        if "" in node:
+            return f"(?:{'|'.join(branches)})?" if branches else ""
+        return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+
+    return render(trie)
 
 
 class LeakageDetector:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import uuid
 
 import pytest
@@ -91,9 +93,7 @@ def test_secrets_are_found(detector: LeakageDetector, text: str, kind: FindingKi
     # offset as a streamed answer is: still found, wherever the text starts.
     filler = "Refunds take five business days. " * 60
     assert _kinds(detector, filler + text + " " + filler) == [kind]
-    assert [f.kind for f in detector.scan(filler + text, tenant_id=ME, start=len(filler))] == [
-        kind
-    ]
+    assert [f.kind for f in detector.scan(filler + text, tenant_id=ME, start=len(filler))] == [kind]
 
 
 def test_every_secret_pattern_runs_on_texts_holding_its_needles() -> None:
@@ -245,3 +245,41 @@ def test_a_repeated_scan_is_remembered_until_the_registry_changes(
     assert [prompt[f.start : f.end] for f in detector.scan_repeated(prompt, tenant_id=OTHER)] == [
         "Acme Corp"
     ]
+
+
+def _leftmost_longest(names: list[str], text: str) -> list[tuple[int, int]]:
+    """The oracle: every place each name occurs on its own (overlaps included), then, left to
+    right, the longest match at each start that does not overlap the one taken before it."""
+    spans: set[tuple[int, int]] = set()
+    for name in names:
+        body = r"\s+".join(re.escape(word) for word in name.casefold().split())
+        for m in re.finditer(rf"(?=((?<!\w){body}(?!\w)))", text, re.IGNORECASE):
+            spans.add((m.start(1), m.end(1)))
+    taken: list[tuple[int, int]] = []
+    for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if not taken or start >= taken[-1][1]:
+            taken.append((start, end))
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_name_trie_finds_what_each_name_alone_would(seed: int) -> None:
+    """Names sharing prefixes (one continuing another, one word or several), texts with mixed
+    case, whitespace and punctuation: the trie-shaped pattern matches where the names would,
+    the longest first."""
+    rng = random.Random(seed)
+    parts = ["ab", "abc", "abd", "b", "ba", "bab", "ca", "Äb"]
+    names = sorted(
+        {" ".join(rng.choice(parts) for _ in range(rng.randint(1, 3))) for _ in range(12)}
+    )
+    names = [name for name in names if len(name) >= 3]
+    registry = TenantRegistry()
+    for name in names:
+        registry.upsert(uuid.uuid4(), name)
+    tokens = [*parts, *names, " ", "  ", "\n\t", ",", "-", ".", "x"]
+    text = "".join(
+        token.upper() if rng.random() < 0.2 else token
+        for token in (rng.choice(tokens) for _ in range(200))
+    )
+    pattern, _owners = registry.name_pattern()
+    assert [(m.start(), m.end()) for m in pattern.finditer(text)] == _leftmost_longest(names, text)
