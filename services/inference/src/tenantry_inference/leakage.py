@@ -209,7 +209,7 @@ class TenantRegistry:
         return max((len(n) for n in self._names.values()), default=0)
 
     def name_pattern(self) -> tuple[re.Pattern[str], dict[str, set[uuid.UUID]]]:
-        """One alternation of every name (longest first), and who owns each normalised name."""
+        """All names as one expression (a trie, longest first), and who owns each name."""
         if self._pattern is None:
             owners: dict[str, set[uuid.UUID]] = {}
             for tid, name in self._names.items():
