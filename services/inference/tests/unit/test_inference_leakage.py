@@ -60,33 +60,34 @@ def test_removed_tenants_are_no_longer_flagged(detector: LeakageDetector) -> Non
     assert _kinds(detector, f"Globex {OTHER}") == []
 
 
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ("key sk-proj-abcdefghijklmnopqrstuvwx1234", FindingKind.API_KEY),
-        ("stripe sk_live_" + "a1B2" * 5, FindingKind.API_KEY),
-        ("restricted rk_test_" + "Zz09" * 4, FindingKind.API_KEY),
-        ("AKIAIOSFODNN7EXAMPLE is aws", FindingKind.API_KEY),
-        ("session ASIAIOSFODNN7EXAMPLE", FindingKind.API_KEY),
-        ("maps AIza" + "Sy-_0aB" * 5, FindingKind.API_KEY),
-        ("ghp_" + "a1" * 18 + " token", FindingKind.ACCESS_TOKEN),
-        ("ghs_" + "b2" * 18, FindingKind.ACCESS_TOKEN),
-        ("github_pat_" + "11AB_cd" * 4, FindingKind.ACCESS_TOKEN),
-        ("slack xoxb-1234567890-abcdef", FindingKind.ACCESS_TOKEN),
-        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz.123", FindingKind.ACCESS_TOKEN),
-        (
-            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-            FindingKind.JWT,
-        ),
-        ("-----BEGIN RSA PRIVATE KEY-----\nMII", FindingKind.PRIVATE_KEY),
-        ("password = hunter22", FindingKind.CREDENTIAL),
-        ("PASSWORD: hunter22", FindingKind.CREDENTIAL),
-        # Unicode case folding: a long s (U+017F) is an "s" to a case-insensitive pattern.
-        ("pa\u017f\u017fword=hunter22", FindingKind.CREDENTIAL),
-        ("card 4111 1111 1111 1111 exp 12/29", FindingKind.CARD_NUMBER),
-        ("card 5500-0000-0000-0004", FindingKind.CARD_NUMBER),
-    ],
-)
+#: One text per secret pattern (and a few spellings), with the kind it must be found as.
+SECRETS: list[tuple[str, FindingKind]] = [
+    ("key sk-proj-abcdefghijklmnopqrstuvwx1234", FindingKind.API_KEY),
+    ("stripe sk_live_" + "a1B2" * 5, FindingKind.API_KEY),
+    ("restricted rk_test_" + "Zz09" * 4, FindingKind.API_KEY),
+    ("AKIAIOSFODNN7EXAMPLE is aws", FindingKind.API_KEY),
+    ("session ASIAIOSFODNN7EXAMPLE", FindingKind.API_KEY),
+    ("maps AIza" + "Sy-_0aB" * 5, FindingKind.API_KEY),
+    ("ghp_" + "a1" * 18 + " token", FindingKind.ACCESS_TOKEN),
+    ("ghs_" + "b2" * 18, FindingKind.ACCESS_TOKEN),
+    ("github_pat_" + "11AB_cd" * 4, FindingKind.ACCESS_TOKEN),
+    ("slack xoxb-1234567890-abcdef", FindingKind.ACCESS_TOKEN),
+    ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz.123", FindingKind.ACCESS_TOKEN),
+    (
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        FindingKind.JWT,
+    ),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMII", FindingKind.PRIVATE_KEY),
+    ("password = hunter22", FindingKind.CREDENTIAL),
+    ("PASSWORD: hunter22", FindingKind.CREDENTIAL),
+    # Unicode case folding: a long s (U+017F) is an "s" to a case-insensitive pattern.
+    ("pa\u017f\u017fword=hunter22", FindingKind.CREDENTIAL),
+    ("card 4111 1111 1111 1111 exp 12/29", FindingKind.CARD_NUMBER),
+    ("card 5500-0000-0000-0004", FindingKind.CARD_NUMBER),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), SECRETS)
 def test_secrets_are_found(detector: LeakageDetector, text: str, kind: FindingKind) -> None:
     assert _kinds(detector, text) == [kind]
     # The same secret deep inside a long, ordinary text (a RAG prompt), and scanned from an
@@ -98,14 +99,8 @@ def test_secrets_are_found(detector: LeakageDetector, text: str, kind: FindingKi
 
 def test_every_secret_pattern_runs_on_texts_holding_its_needles() -> None:
     """A pattern with needles is skipped on texts without them: each match must hold one."""
-    samples = [
-        text
-        for mark in test_secrets_are_found.pytestmark  # type: ignore[attr-defined]
-        if mark.name == "parametrize"
-        for text, _kind in mark.args[1]
-    ]
     for secret in _SECRET_PATTERNS:
-        matches = [m.group() for text in samples for m in secret.pattern.finditer(text)]
+        matches = [m.group() for text, _ in SECRETS for m in secret.pattern.finditer(text)]
         assert matches, f"no sample for {secret.pattern.pattern!r}"
         for matched in matches:
             assert not secret.needles or any(n in matched for n in secret.needles), matched
