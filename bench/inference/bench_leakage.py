@@ -104,8 +104,9 @@ def main() -> None:
 
     rng = random.Random(7)
     registry = TenantRegistry()
-    for i in range(args.tenants):
-        registry.upsert(uuid.uuid4(), f"{rng.choice(NAMES)} {rng.choice(WORDS).title()} {i}")
+    names = [f"{rng.choice(NAMES)} {rng.choice(WORDS).title()} {i}" for i in range(args.tenants)]
+    for name in names:
+        registry.upsert(uuid.uuid4(), name)
     detector = LeakageDetector(registry)
     me = uuid.uuid4()
     text = prose(args.chars, rng)
@@ -138,7 +139,7 @@ def main() -> None:
             leakage._SECRET_PATTERNS = with_needles
             registry._pattern = trie
 
-    leaky = f"{text} token ghp_{'a1' * 18} from {registry.name(next(iter(registry._names)))}."
+    leaky = f"{text} token ghp_{'a1' * 18} from {names[0]}."
     for body, found in ((text, 0), (leaky, 2)):
         results = [scan_with(variant, body) for variant in variants]
         assert all(r == results[0] for r in results), results
