@@ -6,7 +6,8 @@
 #   leakage    inference's leakage scan of a RAG-sized prompt, 100 and 1,000 tenants ≤ 2 min
 #   metering   usage events into the ledger (its own Tansu and database)         ≤ 10 min
 #   gateway    Tenantry vs LiteLLM vs Portkey over the instant server            ≤ 15 min
-#   system     chat through the edge: RAG on/off, cache hit/miss, memory at rest ≤ 25 min
+#   system     chat through the edge: RAG on/off, cache hit/miss, each mode's highest
+#              sustained rate, memory at rest                                    ≤ 25 min
 # system (and gateway with BENCH_QUICK=1) needs the stack with the bench catalogue; this script
 # starts it (`scripts/stack.py up`) if it is not running, and stops it at the end only if it
 # started it. The full gateway run (--fresh-stack) starts and stops the stack itself.
@@ -81,8 +82,10 @@ for bench in $ONLY; do
       run gateway 900 "$PY" bench/gateway/run.py "${args[@]}" ;;
     system)
       stack_up || { say "system: the stack did not start"; status=1; continue; }
-      if [ "$QUICK" = 1 ]; then args=(--tenants 10 --chunks 500 --duration 5 --probe 10)
-      else args=(--tenants 100 --chunks "${BENCH_SYSTEM_CHUNKS:-1000}"); fi
+      if [ "$QUICK" = 1 ]; then
+        args=(--tenants 10 --chunks 500 --duration 5 --probe 10
+              --find-max --max-from 10 --max-ceiling 20 --max-step-s 3)
+      else args=(--tenants 100 --chunks "${BENCH_SYSTEM_CHUNKS:-1000}" --find-max --max-step-s 8); fi
       run system 1500 "$PY" bench/system/bench_system.py "${args[@]}" ;;
     *) say "unknown benchmark: $bench"; status=1 ;;
   esac

@@ -20,6 +20,10 @@ What it does, in order (every step bounded):
    stalled server is not hidden by a stalled client); with ``--warm``, first one question per
    tenant, one at a time (``warm-up``: a freshly started retrieval loading each tenant's indexes
    from disk), so that the probe and the load measure the steady state;
+   with ``--find-max``, then the highest rate the mode sustains: open-loop steps from
+   ``--max-from`` req/s, each ``--max-factor`` times the last, ``--max-step-s`` s each, until a
+   step is not sustained (a request not answered, or its p99 over ``--max-p99-ms``). The steps
+   run one after the other on one stack, so the later ones find an older local broker;
 5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
 
 Modes: ``rag`` (RAG on, cache off, a new question each time), ``gateway`` (RAG off, cache off),
@@ -111,7 +115,7 @@ def load_average() -> str:
 
 def mode_config(mode: str) -> dict[str, Any]:
     """The tenant configuration of a mode (every control on; ceilings above the load)."""
-    update = tenantry.gateway_mode_update()
+    update: dict[str, Any] = tenantry.gateway_mode_update()
     update["features"] = dict(update["features"])
     update["features"]["rag"] = mode in ("rag", "cache-miss", "cache-hit")
     update["features"]["semantic_cache"] = mode in ("cache-miss", "cache-hit")
@@ -396,6 +400,71 @@ def fill_cache(url: str, tokens: list[str], questions: list[str]) -> None:
     time.sleep(3)  # retrieval's cache-fill subscriber stores the answers
 
 
+# ------------------------------------------------------------------------------ highest rate
+
+
+def sustained(run: dict[str, Any], *, max_p99_ms: float) -> str | None:
+    """Why a step at an offered rate was not sustained, or None when it was.
+
+    Sustained: every request sent was answered (HTTP 200) and the p99, counted from each
+    request's scheduled send time, stayed within ``max_p99_ms`` (a queue that grows through the
+    step pushes the p99 past any bound).
+    """
+    if run["ok"] < run["requests"]:
+        failed = {k: v for k, v in run["statuses"].items() if k != "200"}
+        return f"{run['requests'] - run['ok']} of {run['requests']} not answered: {failed}"
+    if run["p99_ms"] is None or run["p99_ms"] > max_p99_ms:
+        return f"p99 {run['p99_ms']} ms > {max_p99_ms:g} ms"
+    return None
+
+
+def step_rates(start: float, factor: float, ceiling: float) -> list[float]:
+    """The offered rates of the search: ``start``, then times ``factor`` up to ``ceiling``."""
+    if start <= 0 or factor <= 1 or ceiling < start:
+        raise ValueError("need 0 < start <= ceiling and factor > 1")
+    rates = [float(round(start))]
+    while (following := float(round(rates[-1] * factor))) <= ceiling:
+        rates.append(max(following, rates[-1] + 1))
+    return rates
+
+
+def find_highest_rate(
+    load: Callable[[float], dict[str, Any]],
+    rates: list[float],
+    *,
+    max_p99_ms: float,
+) -> dict[str, Any]:
+    """Offer each rate in turn (``load`` runs one step) until one is not sustained.
+
+    The highest sustained rate is the last step that was; the first that was not bounds it from
+    above (None: every rate up to the ceiling was sustained).
+    """
+    steps: list[dict[str, Any]] = []
+    highest: float | None = None
+    for rate in rates:
+        run = load(rate)
+        reason = sustained(run, max_p99_ms=max_p99_ms)
+        steps.append({"offered_per_s": rate, **run, "not_sustained": reason})
+        log(
+            f"  {rate:g}/s offered: {run['achieved_ok_per_s']} ok/s, p50 {run['p50_ms']}, "
+            f"p99 {run['p99_ms']} ms" + (f": NOT sustained ({reason})" if reason else "")
+        )
+        if reason is not None:
+            return {
+                "highest_sustained_per_s": highest,
+                "first_not_sustained_per_s": rate,
+                "max_p99_ms": max_p99_ms,
+                "steps": steps,
+            }
+        highest = rate
+    return {
+        "highest_sustained_per_s": highest,
+        "first_not_sustained_per_s": None,
+        "max_p99_ms": max_p99_ms,
+        "steps": steps,
+    }
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -417,6 +486,25 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {mode} | {kind} | {r['ok']} / {r['requests']} | {r['achieved_ok_per_s']} "
                 f"| {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['cache_hits']} "
                 f"| {r['load_average']} |"
+            )
+    for mode, found in result.get("highest", {}).items():
+        highest = found["highest_sustained_per_s"]
+        above = found["first_not_sustained_per_s"]
+        lines += [
+            "",
+            f"{mode}: highest sustained rate **{highest if highest is not None else 'none'}"
+            f" req/s** (every request answered, p99 ≤ {found['max_p99_ms']:g} ms"
+            + (f"; {above:g}/s was not" if above is not None else "; the ceiling")
+            + ")",
+            "",
+            "| offered req/s | ok / sent | ok req/s | p50 ms | p99 ms | load | not sustained |",
+            "| ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for r in found["steps"]:
+            lines.append(
+                f"| {r['offered_per_s']:g} | {r['ok']} / {r['requests']} "
+                f"| {r['achieved_ok_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
+                f"| {r['load_average']} | {r['not_sustained'] or ''} |"
             )
     lines += ["", "RSS at rest (MiB): " + json.dumps(result["rss_at_rest_mb"])]
     lines += ["RSS after the load (MiB): " + json.dumps(result.get("rss_after_mb", {}))]
@@ -457,9 +545,31 @@ def main() -> int:
     parser.add_argument(
         "--modes", default="gateway,rag,cache-miss,cache-hit", help="comma-separated"
     )
+    search = parser.add_argument_group(
+        "highest sustained rate",
+        "after each mode's fixed-rate run, offer rising rates (open loop, one step each) until "
+        "one is not sustained: a request not answered, or the p99 over the bound",
+    )
+    search.add_argument("--find-max", action="store_true", help="run the search")
+    search.add_argument("--max-from", type=float, default=50.0, help="first rate, req/s")
+    search.add_argument(
+        "--max-factor", type=float, default=1.2, help="each step's rate is the last times this"
+    )
+    search.add_argument("--max-ceiling", type=float, default=1_000.0, help="highest rate tried")
+    search.add_argument("--max-step-s", type=float, default=10.0, help="seconds per step")
+    search.add_argument(
+        "--max-p99-ms", type=float, default=500.0, help="a step's p99 bound (from send time)"
+    )
     args = parser.parse_args()
     if not (1 <= args.duration <= 300 and 0 < args.rate <= 2_000 and args.tenants >= 1):
         parser.error("duration within 1..300 s, rate within 0..2000, tenants >= 1")
+    if args.find_max:
+        try:
+            rates = step_rates(args.max_from, args.max_factor, args.max_ceiling)
+        except ValueError as exc:
+            parser.error(f"--max-from/--max-factor/--max-ceiling: {exc}")
+        if not (1 <= args.max_step_s <= 120 and args.max_p99_ms > 0):
+            parser.error("--max-step-s within 1..120, --max-p99-ms above 0")
     if procs.http_status(f"{args.edge_url}/readyz")[0] != 200:
         sys.exit("[system] the edge is not ready: start the stack (see bench/README.md)")
     if not procs.port_free(INSTANT_PORT):
@@ -542,6 +652,27 @@ def main() -> int:
             )
             result["modes"][mode] = runs
             log(f"{mode}: {json.dumps(runs)}")
+            if args.find_max:
+                log(f"{mode}: the highest sustained rate (p99 ≤ {args.max_p99_ms:g} ms)")
+
+                def step(
+                    rate: float, tokens: list[str] = tokens, q: list[str] | None = questions
+                ) -> dict[str, Any]:
+                    time.sleep(2)  # the previous step's answers are in; consumers settle
+                    return asyncio.run(
+                        run_load(
+                            url=url,
+                            tokens=tokens,
+                            questions=q,
+                            rate=rate,
+                            duration_s=args.max_step_s,
+                            seed=rng.randrange(1 << 30),
+                        )
+                    )
+
+                result.setdefault("highest", {})[mode] = find_highest_rate(
+                    step, rates, max_p99_ms=args.max_p99_ms
+                )
         result["rss_after_mb"] = rss_mb()
     finally:
         nginx.stop()
