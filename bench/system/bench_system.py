@@ -22,7 +22,8 @@ What it does, in order (every step bounded):
    from disk), so that the probe and the load measure the steady state;
    with ``--find-max``, then the highest rate the mode sustains: open-loop steps from
    ``--max-from`` req/s, each ``--max-factor`` times the last, ``--max-step-s`` s each, until a
-   step is not sustained (a request not answered, or its p99 over ``--max-p99-ms``). The steps
+   step is not sustained twice in a row (a request not answered, or its p99 over
+   ``--max-p99-ms``; one failure is run again, as a stall may be another process's). The steps
    run one after the other on one stack, so the later ones find an older local broker;
 5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
 
@@ -433,23 +434,33 @@ def find_highest_rate(
     rates: list[float],
     *,
     max_p99_ms: float,
+    attempts: int = 2,
 ) -> dict[str, Any]:
     """Offer each rate in turn (``load`` runs one step) until one is not sustained.
 
-    The highest sustained rate is the last step that was; the first that was not bounds it from
-    above (None: every rate up to the ceiling was sustained).
+    A step that is not sustained is run again, up to ``attempts`` times in all, before the
+    search ends: on a shared machine one stall (another process, a collection flushed to disk)
+    would otherwise end it early. The highest sustained rate is the last step that was; the
+    first that was not bounds it from above (None: every rate up to the ceiling was sustained).
+    Every attempt is kept in ``steps``.
     """
     steps: list[dict[str, Any]] = []
     highest: float | None = None
     for rate in rates:
-        run = load(rate)
-        reason = sustained(run, max_p99_ms=max_p99_ms)
-        steps.append({"offered_per_s": rate, **run, "not_sustained": reason})
-        log(
-            f"  {rate:g}/s offered: {run['achieved_ok_per_s']} ok/s, p50 {run['p50_ms']}, "
-            f"p99 {run['p99_ms']} ms" + (f": NOT sustained ({reason})" if reason else "")
-        )
-        if reason is not None:
+        for attempt in range(1, attempts + 1):
+            run = load(rate)
+            reason = sustained(run, max_p99_ms=max_p99_ms)
+            steps.append(
+                {"offered_per_s": rate, "attempt": attempt, **run, "not_sustained": reason}
+            )
+            log(
+                f"  {rate:g}/s offered (attempt {attempt}): {run['achieved_ok_per_s']} ok/s, "
+                f"p50 {run['p50_ms']}, p99 {run['p99_ms']} ms"
+                + (f": NOT sustained ({reason})" if reason else "")
+            )
+            if reason is None:
+                break
+        else:
             return {
                 "highest_sustained_per_s": highest,
                 "first_not_sustained_per_s": rate,
@@ -497,12 +508,13 @@ def markdown(result: dict[str, Any]) -> str:
             + (f"; {above:g}/s was not" if above is not None else "; the ceiling")
             + ")",
             "",
-            "| offered req/s | ok / sent | ok req/s | p50 ms | p99 ms | load | not sustained |",
-            "| ---: | ---: | ---: | ---: | ---: | --- | --- |",
+            "| offered req/s | attempt | ok / sent | ok req/s | p50 ms | p99 ms | load "
+            "| not sustained |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for r in found["steps"]:
             lines.append(
-                f"| {r['offered_per_s']:g} | {r['ok']} / {r['requests']} "
+                f"| {r['offered_per_s']:g} | {r.get('attempt', 1)} | {r['ok']} / {r['requests']} "
                 f"| {r['achieved_ok_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
                 f"| {r['load_average']} | {r['not_sustained'] or ''} |"
             )
