@@ -24,7 +24,9 @@ What it does, in order (every step bounded):
    ``--max-from`` req/s, each ``--max-factor`` times the last, ``--max-step-s`` s each, until a
    step is not sustained twice in a row (a request not answered, or its p99 over
    ``--max-p99-ms``; one failure is run again, as a stall may be another process's). The steps
-   run one after the other on one stack, so the later ones find an older local broker;
+   run one after the other on one stack, so the later ones find an older local broker, unless
+   ``--max-fresh-stack`` starts the stack afresh for each (tenants onboarded again, warmed, 20 s
+   of rest);
 5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
 
 Modes: ``rag`` (RAG on, cache off, a new question each time), ``gateway`` (RAG off, cache off),
@@ -286,6 +288,53 @@ def start_stack() -> None:
         check=True,
         timeout=300,
     )
+
+
+#: Seconds a freshly started stack is left alone after its warm-up, before a step. Started 2 s
+#: after the warm-up, cache hits at 62/s had a p99 of 548-561 ms, where the same mode at 100/s
+#: had 152 ms on a stack that had rested 20 s since its start (2026-12-06).
+FRESH_SETTLE_S = 20
+
+
+def restart_stack() -> None:
+    """A fresh local stack (``--max-fresh-stack``): down, then up with the bench catalogue.
+
+    Tansu's memory storage slows down as its log grows (bench/README.md, "Why the local broker
+    ages"), so on one stack a later, faster step would find an older broker than the first.
+    """
+    env = os.environ | tenantry.catalogue_env(
+        instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1"
+    )
+    for command in (["down"], ["up", "--no-model"]):
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "stack.py"), *command],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
+
+
+def ready_mode(
+    args: argparse.Namespace,
+    tenants: list[tenantry.BenchTenant],
+    mode: str,
+    *,
+    url: str,
+    questions: list[str] | None,
+    warm_seed: int | None,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Configure the tenants for a mode; (member tokens, the warm-up run if ``warm_seed``).
+
+    ``questions`` (the cache-hit mode's, one per tenant) are asked once first, to fill the cache.
+    """
+    set_mode(args, tenants, mode)
+    tokens = member_tokens(args, tenants)
+    if questions is not None:
+        fill_cache(url, tokens, questions)
+    warm = ask_each_once(url, tokens, None, seed=warm_seed) if warm_seed is not None else None
+    return tokens, warm
 
 
 # ------------------------------------------------------------------------------ load
@@ -572,6 +621,12 @@ def main() -> int:
     search.add_argument(
         "--max-p99-ms", type=float, default=500.0, help="a step's p99 bound (from send time)"
     )
+    search.add_argument(
+        "--max-fresh-stack",
+        action="store_true",
+        help="before each step, restart the local stack (a fresh broker), onboard the tenants "
+        "again, ask each one question and let it rest 20 s (1.5-2 minutes per step)",
+    )
     args = parser.parse_args()
     if not (1 <= args.duration <= 300 and 0 < args.rate <= 2_000 and args.tenants >= 1):
         parser.error("duration within 1..300 s, rate within 0..2000, tenants >= 1")
@@ -632,15 +687,14 @@ def main() -> int:
         url = f"{args.edge_url}{tenantry.CHAT_COMPLETIONS_PATH}"
         rng = random.Random(seed)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            set_mode(args, tenants, mode)
-            tokens = member_tokens(args, tenants)
-            questions = None
-            if mode == "cache-hit":
-                questions = [question(rng) for _ in tokens]
-                fill_cache(url, tokens, questions)
+            questions = [question(rng) for _ in tenants] if mode == "cache-hit" else None
+            warm_seed = rng.randrange(1 << 30) if args.warm and mode != "gateway" else None
+            tokens, warm = ready_mode(
+                args, tenants, mode, url=url, questions=questions, warm_seed=warm_seed
+            )
             runs: dict[str, Any] = {}
-            if args.warm and mode != "gateway":
-                runs["warm-up"] = ask_each_once(url, tokens, None, seed=rng.randrange(1 << 30))
+            if warm is not None:
+                runs["warm-up"] = warm
             runs["sequential"] = asyncio.run(
                 run_load(
                     url=url,
@@ -668,8 +722,23 @@ def main() -> int:
                 log(f"{mode}: the highest sustained rate (p99 ≤ {args.max_p99_ms:g} ms)")
 
                 def step(
-                    rate: float, tokens: list[str] = tokens, q: list[str] | None = questions
+                    rate: float,
+                    mode: str = mode,
+                    tokens: list[str] = tokens,
+                    q: list[str] | None = questions,
                 ) -> dict[str, Any]:
+                    if args.max_fresh_stack:
+                        log(f"  {rate:g}/s: a fresh stack, the tenants onboarded and warmed")
+                        restart_stack()
+                        tokens, _ = ready_mode(
+                            args,
+                            prepare_tenants(args),
+                            mode,
+                            url=url,
+                            questions=q,
+                            warm_seed=rng.randrange(1 << 30),
+                        )
+                        time.sleep(FRESH_SETTLE_S)
                     time.sleep(2)  # the previous step's answers are in; consumers settle
                     return asyncio.run(
                         run_load(
