@@ -235,6 +235,30 @@ def fill_collections(
     return {"tenants_filled": filled, "seconds": round(time.perf_counter() - started, 1)}
 
 
+#: Which tenants' documents collections the last fill wrote, and how many chunks each.
+FILLED = VAR / "system-filled.json"
+
+
+def chunks_filled(tenant_ids: list[str], filled: dict[str, Any] | None, chunks: int) -> bool:
+    """Whether every tenant's documents collection was filled with at least ``chunks`` chunks.
+
+    A run with ``--no-fill`` after a restart of the local broker onboards new tenants (the
+    services have forgotten the old ones), whose collections are empty: the fill belongs to the
+    tenants it was written for.
+    """
+    if filled is None or filled.get("chunks", 0) < chunks:
+        return False
+    return set(tenant_ids) <= set(filled.get("tenant_ids", []))
+
+
+def read_filled() -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads(FILLED.read_text())
+    except (OSError, ValueError):
+        return None
+    return record
+
+
 def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
     """Write `chunks` random-vector chunks into every tenant's documents collection."""
 
@@ -246,7 +270,9 @@ def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> 
             {"document_id": document_id, "chunk_index": i, "title": "handbook"},
         )
 
-    return fill_collections(tenants, "docs", chunks, seed, chunk)
+    done = fill_collections(tenants, "docs", chunks, seed, chunk)
+    FILLED.write_text(json.dumps({"tenant_ids": [t.tenant_id for t in tenants], "chunks": chunks}))
+    return done
 
 
 #: The corpus version of the cache filler: one no request asks in, and larger than any the
@@ -534,7 +560,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# System bench {result['started_at']}",
         "",
-        f"{result['tenants']} tenants x {result['chunks']} chunks{filler};"
+        f"{result['tenants']} tenants x {result['chunks']} chunks{filler}"
+        + (
+            " (**not filled: these tenants' documents collections were empty**)"
+            if result.get("chunks_filled") is False
+            else ""
+        )
+        + ";"
         f" rate {result['rate']} req/s, {result['duration_s']} s per mode.",
         "",
         "| mode | kind | ok / sent | ok req/s | p50 ms | p90 ms | p99 ms | cache hits | load |",
@@ -555,7 +587,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"{mode}: highest sustained rate **{highest if highest is not None else 'none'}"
             f" req/s** (every request answered, p99 ≤ {found['max_p99_ms']:g} ms"
             + (f"; {above:g}/s was not" if above is not None else "; the ceiling")
-            + ")",
+            + ")"
+            + (
+                "; **some steps' tenants had empty documents collections**"
+                if any(r.get("chunks_filled") is False for r in found["steps"])
+                else ""
+            ),
             "",
             "| offered req/s | attempt | ok / sent | ok req/s | p50 ms | p99 ms | load "
             "| not sustained |",
@@ -681,6 +718,14 @@ def main() -> int:
                 start_stack()
             log(f"filled: {result['fill']}")
             time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
+        result["chunks_filled"] = chunks_filled(
+            [t.tenant_id for t in tenants], read_filled(), args.chunks
+        )
+        if not result["chunks_filled"]:
+            log(
+                f"WARNING: these tenants' documents collections do not hold {args.chunks} chunks "
+                "(new tenants on a restarted broker?): searches run over empty collections"
+            )
         result["rss_at_rest_mb"] = rss_mb()
         result["load_at_rest"] = load_average()
         log(f"RSS at rest: {result['rss_at_rest_mb']} (load {result['load_at_rest']})")
@@ -730,17 +775,23 @@ def main() -> int:
                     if args.max_fresh_stack:
                         log(f"  {rate:g}/s: a fresh stack, the tenants onboarded and warmed")
                         restart_stack()
+                        fresh = prepare_tenants(args)
+                        filled_now = chunks_filled(
+                            [t.tenant_id for t in fresh], read_filled(), args.chunks
+                        )
                         tokens, _ = ready_mode(
                             args,
-                            prepare_tenants(args),
+                            fresh,
                             mode,
                             url=url,
                             questions=q,
                             warm_seed=rng.randrange(1 << 30),
                         )
                         time.sleep(FRESH_SETTLE_S)
+                    else:
+                        filled_now = result["chunks_filled"]
                     time.sleep(2)  # the previous step's answers are in; consumers settle
-                    return asyncio.run(
+                    return {"chunks_filled": filled_now} | asyncio.run(
                         run_load(
                             url=url,
                             tokens=tokens,

@@ -114,3 +114,32 @@ def test_one_stall_is_run_again_and_does_not_end_the_search() -> None:
         (60, 2),
         (72, 1),
     ]
+
+
+def test_chunks_count_only_for_the_tenants_the_fill_was_written_for() -> None:
+    filled = {"tenant_ids": ["a", "b"], "chunks": 10_000}
+    assert bench_system.chunks_filled(["a", "b"], filled, 10_000)
+    assert bench_system.chunks_filled(["a"], filled, 1_000)
+    # New tenants onboarded on a restarted broker: their collections are empty.
+    assert not bench_system.chunks_filled(["a", "c"], filled, 10_000)
+    assert not bench_system.chunks_filled(["a"], filled, 20_000)
+    assert not bench_system.chunks_filled(["a"], None, 1)
+
+
+def test_the_report_says_when_the_collections_were_empty() -> None:
+    result: dict[str, Any] = {
+        "started_at": "x",
+        "tenants": 1,
+        "chunks": 10_000,
+        "rate": 1,
+        "duration_s": 1,
+        "modes": {},
+        "rss_at_rest_mb": {},
+    }
+    assert "not filled" not in bench_system.markdown(result | {"chunks_filled": True})
+    assert "not filled" in bench_system.markdown(result | {"chunks_filled": False})
+    found = bench_system.find_highest_rate(
+        lambda rate: {"chunks_filled": False} | run(), [50], max_p99_ms=500
+    )
+    report = bench_system.markdown(result | {"highest": {"rag": found}})
+    assert "some steps' tenants had empty documents collections" in report
