@@ -259,6 +259,46 @@ def read_filled() -> dict[str, Any] | None:
     return record
 
 
+def reuse_fill(
+    tenants: list[tenantry.BenchTenant], chunks: int, *, chroma: Path = ROOT / "var" / "chroma"
+) -> dict[str, Any]:
+    """Give new tenants the filled documents collections of the fill's tenants (retrieval stopped).
+
+    After a restart of the local broker the bench onboards new tenants; the fill's collections
+    belong to the old ones, which no service knows any more. Each filled collection is renamed to
+    a new tenant's name (in place: nothing is copied or indexed again), after the new tenant's
+    own, empty, collection is deleted. Refuses when the fill is smaller than asked or has fewer
+    tenants, or when a new tenant's collection holds anything.
+    """
+    import chromadb
+
+    filled = read_filled()
+    if chunks_filled([t.tenant_id for t in tenants], filled, chunks):
+        return {"reused": 0}
+    if filled is None or filled["chunks"] < chunks or len(filled["tenant_ids"]) < len(tenants):
+        raise RuntimeError(f"no fill of {len(tenants)} tenants x {chunks} chunks to reuse: fill")
+    client = chromadb.PersistentClient(path=str(chroma))
+    names = {c.name for c in client.list_collections()}
+    current = {t.tenant_id for t in tenants}
+    donors = [old for old in filled["tenant_ids"] if old not in current]
+    kept = [t.tenant_id for t in tenants if t.tenant_id in set(filled["tenant_ids"])]
+    reused = 0
+    for tenant in tenants:
+        if tenant.tenant_id in set(filled["tenant_ids"]):
+            continue
+        donor = donors.pop(0)
+        target = f"tenant-{uuid.UUID(tenant.tenant_id).hex}-docs"
+        if target in names:
+            if client.get_collection(target).count():
+                raise RuntimeError(f"{target} holds records: not replaced by a filled collection")
+            client.delete_collection(target)
+        client.get_collection(f"tenant-{uuid.UUID(donor).hex}-docs").modify(name=target)
+        kept.append(tenant.tenant_id)
+        reused += 1
+    FILLED.write_text(json.dumps({"tenant_ids": kept + donors, "chunks": filled["chunks"]}))
+    return {"reused": reused}
+
+
 def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
     """Write `chunks` random-vector chunks into every tenant's documents collection."""
 
@@ -718,6 +758,16 @@ def main() -> int:
                 start_stack()
             log(f"filled: {result['fill']}")
             time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
+        if args.no_fill and not chunks_filled(
+            [t.tenant_id for t in tenants], read_filled(), args.chunks
+        ):
+            log("new tenants (a restarted broker): the filled collections are renamed to theirs")
+            stop_retrieval()
+            try:
+                result["fill"] = reuse_fill(tenants, args.chunks)
+            finally:
+                start_stack()
+            time.sleep(20)  # settle, as after a fill
         result["chunks_filled"] = chunks_filled(
             [t.tenant_id for t in tenants], read_filled(), args.chunks
         )
@@ -776,6 +826,12 @@ def main() -> int:
                         log(f"  {rate:g}/s: a fresh stack, the tenants onboarded and warmed")
                         restart_stack()
                         fresh = prepare_tenants(args)
+                        if mode != "gateway":
+                            stop_retrieval()
+                            try:
+                                reuse_fill(fresh, args.chunks)
+                            finally:
+                                start_stack()
                         filled_now = chunks_filled(
                             [t.tenant_id for t in fresh], read_filled(), args.chunks
                         )
