@@ -25,8 +25,8 @@ What it does, in order (every step bounded):
    step is not sustained twice in a row (a request not answered, or its p99 over
    ``--max-p99-ms``; one failure is run again, as a stall may be another process's). The steps
    run one after the other on one stack, so the later ones find an older local broker, unless
-   ``--max-fresh-stack`` starts the stack afresh for each (tenants onboarded again, warmed, 20 s
-   of rest);
+   ``--max-fresh-stack`` starts the stack afresh for each (tenants onboarded again and given the
+   fill's collections, warmed, 20 s of rest);
 5. writes ``bench/system/results/<UTC start>.json`` and ``latest.{json,md}``.
 
 Modes: ``rag`` (RAG on, cache off, a new question each time), ``gateway`` (RAG off, cache off),
@@ -702,7 +702,8 @@ def main() -> int:
         "--max-fresh-stack",
         action="store_true",
         help="before each step, restart the local stack (a fresh broker), onboard the tenants "
-        "again, ask each one question and let it rest 20 s (1.5-2 minutes per step)",
+        "again, give them the fill's collections, ask each one question and let it rest 20 s "
+        "(2-3 minutes per step)",
     )
     args = parser.parse_args()
     if not (1 <= args.duration <= 300 and 0 < args.rate <= 2_000 and args.tenants >= 1):
