@@ -134,15 +134,7 @@ def tenantry_rss_mb() -> dict[str, float]:
 
 
 def _stack(*command: str, check: bool) -> None:
-    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server)."""
-    env = os.environ | tenantry.catalogue_env(instant_base_url=INSTANT_BASE_URL)
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "stack.py"), *command],
-        cwd=ROOT,
-        env=env,
-        check=check,
-        capture_output=True,
-    )
+    tenantry.run_stack(*command, instant_base_url=INSTANT_BASE_URL, check=check)
 
 
 class Bench:

@@ -10,6 +10,9 @@ Everything here goes through the edge's public HTTP API, as an operator and tena
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -50,6 +53,23 @@ def catalogue(*, instant_base_url: str) -> dict[str, dict[str, Any]]:
 def catalogue_env(*, instant_base_url: str) -> dict[str, str]:
     """Environment for every Tenantry service (``make up`` passes it through)."""
     return {"TENANTRY_MODELS": json.dumps(catalogue(instant_base_url=instant_base_url))}
+
+
+def run_stack(*command: str, instant_base_url: str, check: bool) -> None:
+    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server)."""
+    env = os.environ | catalogue_env(instant_base_url=instant_base_url)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[2] / "scripts" / "stack.py"),
+            *command,
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        check=check,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 @dataclass(frozen=True)

@@ -368,17 +368,9 @@ def restart_stack() -> None:
     Tansu's memory storage slows down as its log grows (bench/README.md, "Why the local broker
     ages"), so on one stack a later, faster step would find an older broker than the first.
     """
-    env = os.environ | tenantry.catalogue_env(
-        instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1"
-    )
     for command in (["down"], ["up", "--no-model"]):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "stack.py"), *command],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            timeout=300,
-            capture_output=True,
+        tenantry.run_stack(
+            *command, instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1", check=True
         )
 
 
