@@ -280,11 +280,12 @@ def reuse_fill(
     client = chromadb.PersistentClient(path=str(chroma))
     names = {c.name for c in client.list_collections()}
     current = {t.tenant_id for t in tenants}
+    filled_ids = set(filled["tenant_ids"])
     donors = [old for old in filled["tenant_ids"] if old not in current]
-    kept = [t.tenant_id for t in tenants if t.tenant_id in set(filled["tenant_ids"])]
+    kept = [t.tenant_id for t in tenants if t.tenant_id in filled_ids]
     reused = 0
     for tenant in tenants:
-        if tenant.tenant_id in set(filled["tenant_ids"]):
+        if tenant.tenant_id in filled_ids:
             continue
         donor = donors.pop(0)
         target = f"tenant-{uuid.UUID(tenant.tenant_id).hex}-docs"
