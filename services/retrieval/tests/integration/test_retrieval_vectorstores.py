@@ -7,9 +7,11 @@ through the real ``pinecone`` SDK against an in-process mock of Pinecone's data-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from pinecone import Pinecone
 from retrieval_pinecone_mock import MOCK_INDEX_DIMENSION, PineconeMock
 from tenantry_retrieval.config import RetrievalSettings
 from tenantry_retrieval.vectorstore import (
+    CHROMA_SQLITE_FILE,
     ChromaStore,
     Filter,
     Namespace,
@@ -27,6 +30,7 @@ from tenantry_retrieval.vectorstore import (
     VectorRecord,
     VectorStore,
     namespace_for,
+    use_write_ahead_log,
 )
 
 pytestmark = pytest.mark.integration
@@ -246,3 +250,21 @@ async def test_every_call_without_a_tenant_uuid_is_refused(
 
 async def test_ping_answers(store: VectorStore) -> None:
     await store.ping()
+
+
+async def test_embedded_chroma_writes_through_a_write_ahead_log(tmp_path: Path) -> None:
+    """The embedded store switches Chroma's SQLite file to WAL (fewer syncs per write while
+    Chroma holds the GIL), and what it wrote is there for the next process that opens it."""
+    tenant = uuid.uuid4()
+    first = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
+    await first.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=_records("c", 5))
+    await first.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / CHROMA_SQLITE_FILE)) as database:
+        assert database.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert use_write_ahead_log(tmp_path) == "wal"  # idempotent
+
+    again = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
+    assert await again.count(tenant_id=tenant, kind=Namespace.CACHE) == 5
+    hits = await again.query(tenant_id=tenant, kind=Namespace.CACHE, vector=_unit(2), top_k=1)
+    assert [h.id for h in hits] == ["c:2"]
+    await again.close()
