@@ -8,8 +8,8 @@ twelve questions in one call), and ingest embedding (chunks/s of the corpus belo
 service's ingest batches; embedding only, no store).
 
 Quality, on real text with its own answers: the repository's Markdown (README, docs, the services'
-READMEs, bench/README.md), split into sections at its headings and chunked as retrieval chunks a
-document. Two query sets, searched exactly (cosine, brute force) over all chunks:
+READMEs, bench/README.md and HISTORY.md), split into sections at its headings and chunked as
+retrieval chunks a document. Two query sets, searched exactly (cosine, brute force) over all chunks:
 
 * headings: a section's heading as the question; relevant: the chunks of that section;
 * sentences: one sentence (8 to 30 words) of a chunk; relevant: every chunk that contains it.
@@ -64,7 +64,7 @@ class Corpus:
 
 
 def markdown_files() -> list[Path]:
-    files = [ROOT / "README.md", ROOT / "bench" / "README.md"]
+    files = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "bench" / "HISTORY.md"]
     files += sorted((ROOT / "docs").glob("*.md"))
     files += sorted((ROOT / "services").glob("*/README.md"))
     return [path for path in files if path.exists()]

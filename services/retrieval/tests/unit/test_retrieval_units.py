@@ -240,12 +240,12 @@ def test_settings_defaults_serve_on_8001_with_embedded_chroma_under_var() -> Non
 
 def test_settings_default_to_one_torch_thread_for_the_embedder() -> None:
     # Beside the other services on the same cores, a second intra-op thread cut the questions
-    # answered per second to a third to a half (bench/README.md, "Full RAG: one torch thread").
+    # answered per second to a third to a half (bench/HISTORY.md, "Full RAG: one torch thread").
     assert RetrievalSettings().embed_threads == 1
 
 
 def test_settings_default_to_the_onnx_runtime_for_the_local_model() -> None:
-    # The same vectors as torch for 2.5x less CPU for a lone question (bench/README.md,
+    # The same vectors as torch for 2.5x less CPU for a lone question (bench/HISTORY.md,
     # "Full RAG on onnxruntime").
     settings = RetrievalSettings()
     assert settings.embed_runtime == "onnx"
