@@ -1,8 +1,8 @@
 """Embedded Chroma's writes in SQLite's rollback-journal mode against WAL mode, in one run.
 
-Each round opens a new embedded Chroma in a temporary directory, creates ``--collections``
-collections (as the semantic cache has one per tenant), puts the SQLite file in the round's
-journal mode and upserts ``--writes`` records one at a time, one every ``--every-ms`` (as the
+Each round makes a new SQLite file in the round's journal mode in a temporary directory, opens
+an embedded Chroma on it, creates ``--collections`` collections (as the semantic cache has one
+per tenant) and upserts ``--writes`` records one at a time, one every ``--every-ms`` (as the
 cache fill does under load), while a second thread ticks every 0.5 ms: Chroma's binding holds
 the GIL through a write, so the time the ticker misses shows how long each write stops
 everything else in the process (retrieval's event loop and embedding thread). Rounds alternate
@@ -74,11 +74,11 @@ def one_round(
     """``writes`` one-record upserts spread over ``collections`` collections in ``mode``."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="bench-chroma-writes-") as folder:
+        # Before Chroma opens the file, as retrieval does (use_write_ahead_log's docstring).
+        in_force = _set_mode(Path(folder) / "chroma.sqlite3", mode)
         client = chromadb.PersistentClient(
             path=folder, settings=Settings(anonymized_telemetry=False)
         )
-        client.heartbeat()
-        in_force = _set_mode(Path(folder) / "chroma.sqlite3", mode)
         names = [f"tenant-{i:04d}-cache" for i in range(collections)]
         targets = [
             client.get_or_create_collection(

@@ -11,7 +11,8 @@ import contextlib
 import math
 import os
 import random
-import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -252,19 +253,60 @@ async def test_ping_answers(store: VectorStore) -> None:
     await store.ping()
 
 
+def _journal_mode_seen_by_another_process(database: Path) -> str:
+    """Asked from a subprocess: opening and closing the file here, beside Chroma's own SQLite,
+    would drop Chroma's POSIX locks (the hazard use_write_ahead_log avoids)."""
+    script = (
+        "import sqlite3, sys; "
+        "print(sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode').fetchone()[0])"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script, str(database)], capture_output=True, text=True, check=True
+    )
+    return found.stdout.strip()
+
+
+def _deleted_files_held_open() -> list[str]:
+    """Files this process holds open that are gone from disk (Linux /proc)."""
+    links = []
+    for descriptor in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(descriptor))
+    return [link for link in links if link.endswith(" (deleted)")]
+
+
 async def test_embedded_chroma_writes_through_a_write_ahead_log(tmp_path: Path) -> None:
-    """The embedded store switches Chroma's SQLite file to WAL (fewer syncs per write while
-    Chroma holds the GIL), and what it wrote is there for the next process that opens it."""
+    """A new directory's SQLite file is made in WAL mode before Chroma opens it; the WAL stays
+    on disk while Chroma writes through it (a second ChromaStore in the same process leaves the
+    open file alone), and what was written is there for the next process."""
     tenant = uuid.uuid4()
+    database = tmp_path / CHROMA_SQLITE_FILE
     first = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
     await first.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=_records("c", 5))
-    await first.close()
-    with contextlib.closing(sqlite3.connect(tmp_path / CHROMA_SQLITE_FILE)) as database:
-        assert database.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert use_write_ahead_log(tmp_path) == "wal"  # idempotent
+    assert Path(f"{database}-wal").exists()
+    assert use_write_ahead_log(tmp_path) is None  # open here: not touched
 
     again = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
-    assert await again.count(tenant_id=tenant, kind=Namespace.CACHE) == 5
+    await again.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=_records("d", 2))
+    assert Path(f"{database}-wal").exists()
+    assert _journal_mode_seen_by_another_process(database) == "wal"
+    assert not [f for f in _deleted_files_held_open() if f.startswith(str(database))]
+    assert await again.count(tenant_id=tenant, kind=Namespace.CACHE) == 7
     hits = await again.query(tenant_id=tenant, kind=Namespace.CACHE, vector=_unit(2), top_k=1)
     assert [h.id for h in hits] == ["c:2"]
+    await first.close()
     await again.close()
+
+    script = (
+        "import sys; from tenantry_retrieval.config import RetrievalSettings; "
+        "from tenantry_retrieval.vectorstore import ChromaStore, Namespace; import asyncio, uuid; "
+        "store = ChromaStore.from_settings(RetrievalSettings(chroma_path=sys.argv[1])); "
+        "print(asyncio.run(store.count(tenant_id=uuid.UUID(sys.argv[2]), kind=Namespace.CACHE)))"
+    )
+    counted = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(tenant)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert counted.stdout.strip().splitlines()[-1] == "7"
