@@ -94,8 +94,7 @@ def register_handlers(
 
     @responses  # type: ignore[untyped-decorator]
     async def on_chat_responses(answers: list[ChatCompleted]) -> None:
-        for answer in answers:
-            await service.fill_cache(completed=answer)
+        await service.fill_cache(completed=answers)
 
 
 def may_fill_cache(headers: Mapping[str, str]) -> bool:

@@ -527,6 +527,36 @@ async def test_a_question_is_embedded_once_for_its_cache_fill_and_repeats_but_pe
     assert (embedded(), reused("question")) == (before[0] + 2, before[1] + 1)
 
 
+async def test_a_fill_batch_writes_each_tenant_once_and_a_redelivered_answer_once(
+    service: RetrievalService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy, quiet = uuid.uuid4(), uuid.uuid4()
+    answers = [
+        completed(busy, f"Question {n} of {busy.hex[:6]}?", f"Answer {n}.", corpus_version=0)
+        for n in range(3)
+    ]
+    answers.append(answers[0])  # delivered twice
+    answers.append(completed(quiet, "How long is the notice period?", "A month.", corpus_version=0))
+    answers.append(
+        completed(quiet, "Not for the cache?", "No.", corpus_version=0, semantic_cache=False)
+    )
+    answers.append(completed(quiet, "An old corpus?", "Stale.", corpus_version=7))
+
+    upserts: list[tuple[uuid.UUID, int]] = []
+    upsert = service.store.upsert
+
+    async def counted(**kwargs: Any) -> None:
+        if kwargs["kind"] == Namespace.CACHE:
+            upserts.append((kwargs["tenant_id"], len(kwargs["records"])))
+        await upsert(**kwargs)
+
+    monkeypatch.setattr(service.store, "upsert", counted)
+    assert await service.fill_cache(completed=answers) == 4
+    assert sorted(upserts) == sorted([(busy, 3), (quiet, 1)])
+    assert await cache_count(service, busy) == 3
+    assert await cache_count(service, quiet) == 1
+
+
 async def _equals(value: Any, expected: int) -> bool:
     return bool(await value == expected)
 
