@@ -324,14 +324,21 @@ def use_write_ahead_log(chroma_path: Path) -> str | None:
     own copy of SQLite, and POSIX file locks belong to the process: this connection closing
     while Chroma has the file open would drop Chroma's locks and, seeing no other connection,
     delete the WAL file Chroma writes to (sqlite.org/howtocorrupt.html, "multiple copies of
-    SQLite"). So nothing is done when the file is open in this process already (Linux).
+    SQLite"). So nothing is done when this process has set the file up before, or has it open
+    (as /proc tells, on Linux).
     """
-    database = chroma_path / CHROMA_SQLITE_FILE
-    if _open_in_this_process(database):
+    database = (chroma_path / CHROMA_SQLITE_FILE).resolve()
+    if database in _PREPARED or _open_in_this_process(database):
         return None
     with contextlib.closing(sqlite3.connect(database, timeout=10)) as connection:
         (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+    _PREPARED.add(database)
     return str(mode).lower()
+
+
+#: The files use_write_ahead_log has set up in this process: Chroma keeps a file open for the
+#: rest of the process once it has opened it, wherever /proc cannot tell.
+_PREPARED: set[Path] = set()
 
 
 def _open_in_this_process(path: Path) -> bool:

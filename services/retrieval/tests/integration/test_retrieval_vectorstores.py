@@ -310,3 +310,17 @@ async def test_embedded_chroma_writes_through_a_write_ahead_log(tmp_path: Path) 
         check=True,
     )
     assert counted.stdout.strip().splitlines()[-1] == "7"
+
+
+def test_a_file_chroma_opened_without_the_store_is_left_alone(tmp_path: Path) -> None:
+    """Chroma opened by other code in this process first: the switch sees the open file (Linux
+    /proc) and does nothing, rather than dropping Chroma's locks."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path), settings=Settings(anonymized_telemetry=False)
+    )
+    client.heartbeat()
+    assert use_write_ahead_log(tmp_path) is None
+    assert _journal_mode_seen_by_another_process(tmp_path / CHROMA_SQLITE_FILE) == "delete"
