@@ -308,17 +308,16 @@ def use_write_ahead_log(chroma_path: Path) -> str | None:
     """Put an embedded Chroma's SQLite file in WAL journal mode (creating the file if new); the
     mode now in force, or None when this process already has the file open (left as it is).
 
-    Chroma (1.5) leaves its file in SQLite's default rollback-journal mode, where each write
-    transaction syncs the journal twice, the file and its directory: ≈ 10 fsyncs per upsert,
-    all while Chroma's Rust binding holds the GIL (it frees it for reads, not for writes), so
-    each answer the semantic cache keeps stops the event loop for the whole write. In WAL mode
-    a commit appends to the log and syncs it once (≈ 2.5 instead of ≈ 10 fsyncs per upsert):
-    a one-record upsert froze the process ≈ 20 % less (median 7.0 against 8.7 ms on a noisy
-    machine), and took 4.1 instead of 11.6 ms while another process wrote to the disk
-    (bench/README.md "The cache's writes"); a commit is still on disk when it returns. The
-    mode is stored in the file, and Chroma creates its tables in a new file set up this way as
-    in any other. WAL needs SQLite's shared memory, so a network file system may refuse it
-    (the mode returned then says so).
+    Chroma (1.5) leaves its file in SQLite's default rollback-journal mode, where a commit
+    syncs the journal and then the file: ≈ 3.8 fsyncs per one-record upsert (strace, every
+    thread), all while Chroma's Rust binding holds the GIL (it frees it for reads, not for
+    writes), so each answer the semantic cache keeps stops the event loop for the whole
+    write. In WAL mode a commit appends to the log and syncs it once: ≈ 1.6 fsyncs per
+    upsert, and the process froze ≈ 20 % less per upsert (median 7.0 against 8.7 ms on a
+    noisy machine; bench/README.md "The cache's writes"). A commit is still on disk when it
+    returns. The mode is stored in the file, and Chroma creates its tables in a new file set
+    up this way as in any other. WAL needs SQLite's shared memory, so a network file system
+    may refuse it (the mode returned then says so).
 
     Call it before this process opens the directory with Chroma. Chroma's binding carries its
     own copy of SQLite, and POSIX file locks belong to the process: this connection closing
