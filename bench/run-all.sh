@@ -3,6 +3,7 @@
 #   retrieval  ingest / question embedding / search (its own embedded Chroma)   ≤ 10 min
 #   precision  the local embedder in fp32 and int8: speed and retrieval quality   ≤ 5 min
 #   cache      semantic-cache lookup by cache size, against a filtered query     ≤ 12 min
+#   writes     the cache's Chroma writes: SQLite's rollback journal against WAL   ≤ 3 min
 #   leakage    inference's leakage scan of a RAG-sized prompt, 100 and 1,000 tenants ≤ 2 min
 #   metering   usage events into the ledger (its own Tansu and database)         ≤ 10 min
 #   gateway    Tenantry vs LiteLLM vs Portkey over the instant server            ≤ 15 min
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 LOGS=var/bench/logs
 mkdir -p "$LOGS"
-ONLY=${BENCH_ONLY:-"retrieval precision cache leakage metering gateway system"}
+ONLY=${BENCH_ONLY:-"retrieval precision cache writes leakage metering gateway system"}
 QUICK=${BENCH_QUICK:-0}
 status=0
 started_stack=0
@@ -66,6 +67,10 @@ for bench in $ONLY; do
       if [ "$QUICK" = 1 ]; then args=(--sizes 100,1000 --questions 60)
       else args=(--sizes 100,1000,10000,100000 --questions 200); fi
       run cache 720 "$PY" bench/retrieval/bench_cache_lookup.py "${args[@]}" ;;
+    writes)
+      if [ "$QUICK" = 1 ]; then args=(--rounds 1 --writes 40); else args=(--rounds 6); fi
+      run writes 180 "$PY" bench/retrieval/bench_chroma_writes.py "${args[@]}" \
+        --out "bench/retrieval/results/chroma-writes-$(date -u +%Y%m%dT%H%M%S).json" ;;
     leakage)
       if [ "$QUICK" = 1 ]; then args=(--rounds 2 --repeat 20); else args=(); fi
       run leakage 120 bash -c "$PY bench/inference/bench_leakage.py ${args[*]} \
