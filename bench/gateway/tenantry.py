@@ -56,9 +56,10 @@ def catalogue_env(*, instant_base_url: str) -> dict[str, str]:
 
 
 def run_stack(*command: str, instant_base_url: str, check: bool) -> None:
-    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server)."""
+    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server);
+    with ``check``, a failure raises with the end of what the script printed."""
     env = os.environ | catalogue_env(instant_base_url=instant_base_url)
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             str(Path(__file__).resolve().parents[2] / "scripts" / "stack.py"),
@@ -66,10 +67,16 @@ def run_stack(*command: str, instant_base_url: str, check: bool) -> None:
         ],
         cwd=Path(__file__).resolve().parents[2],
         env=env,
-        check=check,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    if check and done.returncode:
+        printed = (done.stdout + done.stderr).strip().splitlines()[-20:]
+        raise RuntimeError(
+            f"scripts/stack.py {' '.join(command)} failed (rc {done.returncode}):\n"
+            + "\n".join(printed)
+        )
 
 
 @dataclass(frozen=True)

@@ -38,16 +38,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -348,13 +348,24 @@ def fill_cache_entries(
     return fill_collections(tenants, "cache", entries, seed, answer)
 
 
+def stack(*command: str) -> None:
+    """``scripts/stack.py <command>`` with the bench catalogue (the instant model)."""
+    tenantry.run_stack(*command, instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1", check=True)
+
+
 def start_stack() -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "stack.py"), "up", "--no-model"],
-        cwd=ROOT,
-        check=True,
-        timeout=300,
-    )
+    """Start whatever of the stack is not running (after ``stop_retrieval``: retrieval)."""
+    stack("up", "--no-model")
+
+
+@contextlib.contextmanager
+def retrieval_stopped() -> Iterator[None]:
+    """Retrieval stopped for the block (its embedded Chroma is written), then started again."""
+    stop_retrieval()
+    try:
+        yield
+    finally:
+        start_stack()
 
 
 #: Seconds a freshly started stack is left alone after its warm-up, before a step. Started 2 s
@@ -369,10 +380,8 @@ def restart_stack() -> None:
     Tansu's memory storage slows down as its log grows (bench/README.md, "Why the local broker
     ages"), so on one stack a later, faster step would find an older broker than the first.
     """
-    for command in (["down"], ["up", "--no-model"]):
-        tenantry.run_stack(
-            *command, instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1", check=True
-        )
+    stack("down")
+    start_stack()
 
 
 def ready_mode(
@@ -743,28 +752,19 @@ def main() -> int:
             result["fill"] = "skipped (--no-fill: collections filled by an earlier run)"
         else:
             log(f"chunks: {args.chunks} per tenant, retrieval stopped while Chroma is written")
-            stop_retrieval()
-            try:
+            with retrieval_stopped():
                 result["fill"] = fill_chunks(tenants, args.chunks, seed=7)
                 if args.cache_entries:
                     result["cache_fill"] = fill_cache_entries(tenants, args.cache_entries, seed=9)
-            finally:
-                start_stack()
             log(f"filled: {result['fill']}")
             time.sleep(20)  # settle: consumers rejoin their groups, caches warm, GC
-        if args.no_fill and not chunks_filled(
-            [t.tenant_id for t in tenants], read_filled(), args.chunks
-        ):
+        tenant_ids = [t.tenant_id for t in tenants]
+        if args.no_fill and not chunks_filled(tenant_ids, read_filled(), args.chunks):
             log("new tenants (a restarted broker): the filled collections are renamed to theirs")
-            stop_retrieval()
-            try:
+            with retrieval_stopped():
                 result["fill"] = reuse_fill(tenants, args.chunks)
-            finally:
-                start_stack()
             time.sleep(20)  # settle, as after a fill
-        result["chunks_filled"] = chunks_filled(
-            [t.tenant_id for t in tenants], read_filled(), args.chunks
-        )
+        result["chunks_filled"] = chunks_filled(tenant_ids, read_filled(), args.chunks)
         if not result["chunks_filled"]:
             log(
                 f"WARNING: these tenants' documents collections do not hold {args.chunks} chunks "
@@ -821,11 +821,8 @@ def main() -> int:
                         restart_stack()
                         fresh = prepare_tenants(args)
                         if mode != "gateway":
-                            stop_retrieval()
-                            try:
+                            with retrieval_stopped():
                                 reuse_fill(fresh, args.chunks)
-                            finally:
-                                start_stack()
                         filled_now = chunks_filled(
                             [t.tenant_id for t in fresh], read_filled(), args.chunks
                         )
