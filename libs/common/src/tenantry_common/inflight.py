@@ -31,6 +31,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream.kafka.subscriber.usecase import DefaultSubscriber
 
+from tenantry_common.fetchwait import FetchWait
+
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
@@ -171,25 +173,36 @@ class WindowedSubscriber(DefaultSubscriber):
 
     Each message still runs through the whole middleware chain (telemetry, metrics, the
     reliable-consumer middleware that retries and dead-letters); that middleware hands the
-    finished record to ``finished`` instead of committing it itself.
+    finished record to ``finished`` instead of committing it itself. With a ``FetchWait`` its
+    consumer fetches with a longer wait while no message comes (``fetchwait.py``).
     """
 
     window: int
     ledger: OffsetLedger
     committer: Committer
+    fetch_wait: FetchWait | None
     _slots: asyncio.Semaphore
     _in_flight: set[asyncio.Task[None]]
 
-    def _setup_window(self, window: int) -> None:
+    def _setup_window(self, window: int, fetch_wait: FetchWait | None) -> None:
         self.window = window
+        self.fetch_wait = fetch_wait
         self.ledger = OffsetLedger()
         self.committer = Committer(lambda: self.consumer)
         self._slots = asyncio.Semaphore(window)
         self._in_flight = set()
         self._listener = _ForgetRevoked(self, self._listener)
 
+    async def start(self) -> None:
+        """Start the consumer, then let its fetch wait follow the traffic."""
+        await super().start()
+        if self.fetch_wait is not None and self.consumer is not None:
+            self.fetch_wait.attach(self.consumer)
+
     async def consume_one(self, msg: ConsumerRecord[Any, Any]) -> None:
         """Start the message and return (waits only while the window is full)."""
+        if self.fetch_wait is not None:
+            self.fetch_wait.seen()
         await self._slots.acquire()
         self.ledger.start(TopicPartition(msg.topic, msg.partition), msg.offset)
         task = asyncio.create_task(self._consume_in_window(msg))
@@ -212,6 +225,8 @@ class WindowedSubscriber(DefaultSubscriber):
     async def stop(self) -> None:
         """Let the messages in flight end (up to the graceful timeout), commit, then stop."""
         self.running = False
+        if self.fetch_wait is not None:
+            self.fetch_wait.detach()
         pending = set(self._in_flight)
         if pending:
             _, late = await asyncio.wait(pending, timeout=self._outer_config.graceful_timeout)
@@ -223,13 +238,15 @@ class WindowedSubscriber(DefaultSubscriber):
         await super().stop()
 
 
-def windowed(subscriber: object, *, window: int) -> WindowedSubscriber:
+def windowed(
+    subscriber: object, *, window: int, fetch_wait: FetchWait | None = None
+) -> WindowedSubscriber:
     """Turn a subscriber just declared with ``broker.subscriber`` into a windowed one.
 
     FastStream builds only its own subscriber classes, so this re-classes the plain
     ``DefaultSubscriber`` it returned (one consumer, manual ack policy): the subclass adds
-    behaviour and state, not slots, and takes over ``consume_one`` and ``stop``. Call it before
-    the broker starts.
+    behaviour and state, not slots, and takes over ``start``, ``consume_one`` and ``stop``.
+    Call it before the broker starts.
     """
     if type(subscriber) is not DefaultSubscriber:
         raise TypeError(
@@ -240,5 +257,5 @@ def windowed(subscriber: object, *, window: int) -> WindowedSubscriber:
         raise ValueError("window must be at least 1")
     subscriber.__class__ = WindowedSubscriber
     assert isinstance(subscriber, WindowedSubscriber)
-    subscriber._setup_window(window)
+    subscriber._setup_window(window, fetch_wait)
     return subscriber

@@ -92,6 +92,17 @@ class CommonSettings(BaseSettings):
             " Apache Kafka (see messaging.py)."
         ),
     )
+    kafka_idle_fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        description=(
+            "A hot-path consumer's fetch wait once it has been idle for kafka_idle_after_s"
+            " (fetchwait.py); not above kafka_fetch_max_wait_ms turns this off."
+        ),
+    )
+    kafka_idle_after_s: float = Field(
+        default=2.0, gt=0, description="Quiet time before a hot-path consumer waits longer."
+    )
     gc_gen0_threshold: int = Field(
         default=10_000,
         ge=100,

@@ -188,6 +188,8 @@ def build_app(
         namespace=settings.reply_lease_namespace,
         lease_ttl_s=settings.reply_lease_ttl_s,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=settings.kafka_idle_fetch_max_wait_ms,
+        idle_after_s=settings.kafka_idle_after_s,
     )
     verifier = build_verifier(settings, edge.keys)
     broker.include_router(lifecycle_router(settings, edge))

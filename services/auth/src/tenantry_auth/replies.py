@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenantry_common.events import ChatCompleted, ChatDelta, ChatFailed, ChatResponseEvent
+from tenantry_common.fetchwait import FetchWait
 from tenantry_common.topics import CHAT_RESPONSES
 
 log = logging.getLogger("tenantry.auth.replies")
@@ -91,6 +92,8 @@ class ReplyRouter:
         partitions: int = CHAT_RESPONSES.partitions,
         topic: str = CHAT_RESPONSES.name,
         fetch_max_wait_ms: int = 3,
+        idle_fetch_max_wait_ms: int = 0,
+        idle_after_s: float = 2.0,
     ) -> None:
         self.redis = redis
         self.bootstrap_servers = bootstrap_servers
@@ -99,6 +102,13 @@ class ReplyRouter:
         self.partitions = partitions
         self.topic = topic
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        # Short fetches while a request awaits its answer or answers arrive, longer ones after.
+        self.fetch_wait = FetchWait(
+            wait_ms=fetch_max_wait_ms,
+            idle_wait_ms=idle_fetch_max_wait_ms,
+            idle_after_s=idle_after_s,
+            busy=lambda: bool(self._pending),
+        )
         self.owner = uuid.uuid4().hex
         self.partition: int | None = None
         self._pending: dict[uuid.UUID, PendingReply] = {}
@@ -210,6 +220,7 @@ class ReplyRouter:
         )
         self._consumer = consumer
         await consumer.start()
+        self.fetch_wait.attach(consumer)
         try:
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
@@ -221,6 +232,7 @@ class ReplyRouter:
                 for record in batch.get(tp, []):
                     self._dispatch(record.value)
         finally:
+            self.fetch_wait.detach()
             self._consumer = None
             await consumer.stop()
 
@@ -246,6 +258,7 @@ class ReplyRouter:
         """Start collecting answers for a request (before it is published)."""
         pending = PendingReply(request_id)
         self._pending[request_id] = pending
+        self.fetch_wait.seen()
         return pending
 
     def forget(self, request_id: uuid.UUID) -> None:

@@ -20,6 +20,7 @@ from tenantry_common.events import (
     TenantProvisioned,
     UsageRecorded,
 )
+from tenantry_common.fetchwait import FetchWait
 from tenantry_common.ids import derived_id
 from tenantry_common.inflight import windowed
 from tenantry_common.messaging import MANUAL, publish_event, subscriber_options
@@ -75,7 +76,9 @@ def register_handlers(broker: KafkaBroker, *, settings: Settings, deps: Inferenc
         "max_workers": 1
     }
     chat = windowed(
-        broker.subscriber(CHAT_CONTEXT.name, **chat_options), window=settings.chat_concurrency
+        broker.subscriber(CHAT_CONTEXT.name, **chat_options),
+        window=settings.chat_concurrency,
+        fetch_wait=FetchWait.from_settings(settings),
     )
 
     @chat

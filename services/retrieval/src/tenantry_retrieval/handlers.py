@@ -22,6 +22,7 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
 )
+from tenantry_common.fetchwait import FetchWait
 from tenantry_common.inflight import windowed
 from tenantry_common.messaging import CACHEABLE_HEADER, publish_event, subscriber_options
 from tenantry_common.topics import CHAT_REQUESTS, CHAT_RESPONSES, DOCUMENTS, TENANTS_LIFECYCLE
@@ -57,6 +58,7 @@ def register_handlers(
     questions = windowed(
         broker.subscriber(CHAT_REQUESTS.name, **question_options),
         window=settings.question_concurrency,
+        fetch_wait=FetchWait.from_settings(settings),
     )
 
     @questions
