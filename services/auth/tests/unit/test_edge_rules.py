@@ -9,7 +9,7 @@ import pytest
 from tenantry_auth.config import Settings
 from tenantry_auth.keys import KeyCipher
 from tenantry_auth.ratelimit import RateDecision
-from tenantry_auth.replies import PendingReply
+from tenantry_auth.replies import PendingReply, ReplyRouter
 from tenantry_auth.security import new_client_id, tenant_of_client
 from tenantry_auth.service import (
     TIER_LIMITS,
@@ -127,3 +127,30 @@ async def test_pending_reply_times_out() -> None:
         async for _ in pending.events(timeout_s=0.05):
             pass
     await asyncio.sleep(0)
+
+
+class _NoRedis:
+    """What ReplyRouter's constructor asks of Redis (the scripts), and nothing more."""
+
+    def register_script(self, script: str) -> object:
+        return object()
+
+
+def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() -> None:
+    router = ReplyRouter(
+        redis=_NoRedis(),  # type: ignore[arg-type]
+        bootstrap_servers="unused:9092",
+        namespace="test",
+        lease_ttl_s=10,
+        fetch_max_wait_ms=3,
+        idle_fetch_max_wait_ms=50,
+    )
+    assert router.fetch_wait.adaptive
+    assert not router.fetch_wait.busy()
+    router.fetch_wait.idle = True  # as after a quiet spell
+    request = uuid.uuid4()
+    router.register(request)
+    assert not router.fetch_wait.idle, "a request is waiting: short fetches from the next on"
+    assert router.fetch_wait.busy(), "and they stay short until it is answered or given up"
+    router.forget(request)
+    assert not router.fetch_wait.busy()
