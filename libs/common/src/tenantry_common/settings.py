@@ -101,7 +101,7 @@ class CommonSettings(BaseSettings):
         ),
     )
     kafka_idle_after_s: float = Field(
-        default=2.0, gt=0, description="Quiet time before a hot-path consumer waits longer."
+        default=2.0, ge=0.1, description="Quiet time before a hot-path consumer waits longer."
     )
     gc_gen0_threshold: int = Field(
         default=10_000,

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from tenantry_common.fetchwait import FetchWait
 from tenantry_common.settings import CommonSettings
 
@@ -100,3 +101,8 @@ async def test_detach_stops_following() -> None:
     wait.detach()
     await asyncio.sleep(QUIET_S * 3)
     assert consumer._fetcher._fetch_max_wait_ms == 3
+
+
+def test_settings_refuse_a_quiet_time_that_would_spin_the_watcher() -> None:
+    with pytest.raises(ValidationError, match="kafka_idle_after_s"):
+        CommonSettings(kafka_idle_after_s=0.001)
