@@ -10,7 +10,7 @@ under load a consumer off the load's path (retrieval's questions in gateway mode
 ``FetchWait`` moves a consumer that has seen nothing for ``idle_after_s`` (and is not expecting
 anything, ``busy``) to ``idle_wait_ms``, and back to ``wait_ms`` as soon as a message comes. The
 price: the first message after a quiet spell may wait up to ``idle_wait_ms`` longer at that hop
-(measured through the stack: about 1 to 3 ms more at p50, docs/operations.md).
+(measured through the stack: about 1 ms more at p50, docs/operations.md).
 
 On Apache Kafka a waiting fetch returns when data arrives; the compose file and the k8s
 ConfigMap set the wait to 500 ms, and an idle wait not above the wait turns this off.
