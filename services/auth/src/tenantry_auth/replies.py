@@ -101,7 +101,6 @@ class ReplyRouter:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.partitions = partitions
         self.topic = topic
-        self.fetch_max_wait_ms = fetch_max_wait_ms
         # Short fetches while a request awaits its answer or answers arrive, longer ones after.
         self.fetch_wait = FetchWait(
             wait_ms=fetch_max_wait_ms,
@@ -216,7 +215,7 @@ class ReplyRouter:
             client_id=f"edge-replies-{partition}",
             # Every answer waits on this fetch; the local broker answers a fetch only at its
             # deadline (aiokafka's default 500 ms), see tenantry_common.messaging.
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.fetch_wait.wait_ms,
         )
         self._consumer = consumer
         await consumer.start()

@@ -364,10 +364,10 @@ class RetrievalService:
         """Remember freshly generated answers under their questions; how many were kept.
 
         One upsert per tenant for the whole batch: embedded Chroma holds the GIL through a
-        write, and most of a write's cost is per call (≈ 3.4 ms, ≈ 0.8 more per record;
-        bench/HISTORY.md, the figures of 2026-12-05 22:41), so a busy tenant's answers in one
-        batch stop the event loop once, not once each. A request delivered twice in the batch
-        is kept once (its id is the entry's id).
+        write, and most of a write's cost is per call (≈ 3.8 to 4.3 ms of CPU with one record,
+        ≈ 7.7 ms with ten; bench/HISTORY.md, the figures of 2026-12-05 22:41), so a busy
+        tenant's answers in one batch stop the event loop once, not once each. A request
+        delivered twice in the batch is kept once (its id is the entry's id).
         """
         now = int(time.time())
         kept: dict[uuid.UUID, dict[str, VectorRecord]] = {}
