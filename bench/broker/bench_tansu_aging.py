@@ -5,8 +5,10 @@ Starts its own Tansu on ``--port`` (not the stack's), and on one single-partitio
 measures a produce + fetch round trip of one 300-byte record (``--trips`` of them: median
 latency, and Tansu's CPU per round trip from ``/proc``), first on an empty log, then after each
 ``--step`` more records, each produced as its own batch (as requests arrive at a low rate).
-Then it asks the broker to delete the records below the high watermark (Kafka's DeleteRecords,
-what a retention job would do) and reports what the broker answered.
+At each size it also polls the partition's end for ``--idle-s`` seconds, fetches that find
+nothing (as a hot consumer between requests), and reports the broker's cores meanwhile. Then
+it asks the broker to delete the records below the high watermark (Kafka's DeleteRecords, what
+a retention job would do) and reports what the broker answered.
 
     .venv/bin/python bench/broker/bench_tansu_aging.py --steps 2 --step 10000
 
@@ -57,6 +59,32 @@ async def round_trips(
     }
 
 
+async def empty_polls(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, seconds: float, pid: int
+) -> dict[str, float]:
+    """The broker's cores while the consumer, at the partition's end, fetches nothing."""
+    await consumer.seek_to_end(tp)
+    await consumer.position(tp)
+    cpu_before = procs.group_cpu_s(pid)
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        await consumer.getmany(tp, timeout_ms=200)
+    return {"broker_cores_empty_polling": round((procs.group_cpu_s(pid) - cpu_before) / elapsed, 3)}
+
+
+async def measure_size(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    args: argparse.Namespace,
+    pid: int,
+) -> dict[str, float]:
+    """Round trips, then empty polls, at the log's current size."""
+    return await round_trips(producer, consumer, tp, args.trips, pid) | await empty_polls(
+        consumer, tp, args.idle_s, pid
+    )
+
+
 async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     servers = f"127.0.0.1:{args.port}"
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
@@ -70,7 +98,7 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
         tp = TopicPartition(TOPIC, 0)
         consumer.assign([tp])
         await consumer.seek_to_end(tp)
-        rows = [{"records_in_log": 0, **await round_trips(producer, consumer, tp, args.trips, pid)}]
+        rows = [{"records_in_log": 0, **await measure_size(producer, consumer, tp, args, pid)}]
         print(rows[-1], flush=True)
         for _ in range(args.steps):
             consumer.pause(tp)  # no fetches while the log grows: only the round trips measure
@@ -83,7 +111,7 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
             rows.append(
                 {
                     "records_in_log": end,
-                    **await round_trips(producer, consumer, tp, args.trips, pid),
+                    **await measure_size(producer, consumer, tp, args, pid),
                 }
             )
             print(rows[-1], flush=True)
@@ -111,6 +139,9 @@ def main() -> int:
     parser.add_argument("--trips", type=int, default=200, help="round trips per measurement")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--step", type=int, default=10_000, help="records added per step")
+    parser.add_argument(
+        "--idle-s", type=float, default=5.0, help="seconds of empty polls per measurement"
+    )
     args = parser.parse_args()
     started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     log_path = ROOT / "var" / "bench" / "logs" / "tansu-aging.log"
