@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
@@ -32,28 +32,36 @@ TOKEN_KEY_TTL_S = 3 * 24 * 3600
 SPEND_KEY_TTL_S = 40 * 24 * 3600
 SETTLED_MARKER_TTL_S = 3 * 24 * 3600
 
-_RESERVE = """
-local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local want = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local spend_used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
-local spend_limit = tonumber(ARGV[5])
-if spend_limit >= 0 and spend_used >= spend_limit then
-  return {0, used, reserved, 2}
+#: The reservation as a Lua function, so that another script can run it after checks of its own
+#: (the edge's admission runs the rate limit first, in the same round trip). Returns
+#: ``{granted, used, reserved, why}``; ``why`` 1 is the daily tokens, 2 the monthly spend.
+RESERVE_LUA_FUNCTION = """
+local function reserve(tokens_key, holds_key, spend_key, want, limit, request_id, ttl, spend_limit)
+  local used = tonumber(redis.call('HGET', tokens_key, 'used') or '0')
+  local reserved = tonumber(redis.call('HGET', tokens_key, 'reserved') or '0')
+  local spend_used = tonumber(redis.call('HGET', spend_key, 'used') or '0')
+  if spend_limit >= 0 and spend_used >= spend_limit then
+    return {0, used, reserved, 2}
+  end
+  if redis.call('HEXISTS', holds_key, request_id) == 1 then
+    return {1, used, reserved, 0}
+  end
+  if used + reserved + want > limit then
+    return {0, used, reserved, 1}
+  end
+  redis.call('HINCRBY', tokens_key, 'reserved', want)
+  redis.call('HSET', holds_key, request_id, want)
+  redis.call('EXPIRE', tokens_key, ttl)
+  redis.call('EXPIRE', holds_key, ttl)
+  return {1, used, reserved + want, 0}
 end
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
-  return {1, used, reserved, 0}
-end
-if used + reserved + want > limit then
-  return {0, used, reserved, 1}
-end
-redis.call('HINCRBY', KEYS[1], 'reserved', want)
-redis.call('HSET', KEYS[2], ARGV[3], want)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {1, used, reserved + want, 0}
 """
+
+_RESERVE = (
+    RESERVE_LUA_FUNCTION
+    + "return reserve(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3],"
+    " ARGV[4], tonumber(ARGV[5]))"
+)
 
 _RELEASE = """
 local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -281,6 +289,38 @@ class BudgetStore:
         """The ids of the tenant's usage events of ``day`` already settled (a hash)."""
         return tenant_key(tenant_id, "budget", "settled", day.isoformat())
 
+    def reservation_keys(self, *, tenant_id: uuid.UUID, day: date) -> list[str]:
+        """The keys ``reserve`` (the Lua function) takes, in its order."""
+        return [
+            self._tokens(tenant_id, day),
+            self._holds(tenant_id, day),
+            self._spend(tenant_id, month_of(day)),
+        ]
+
+    @staticmethod
+    def reservation_args(
+        *,
+        request_id: uuid.UUID,
+        tokens: int,
+        daily_limit: int,
+        monthly_spend_limit_micros: int | None,
+    ) -> list[int | str]:
+        """The other arguments ``reserve`` (the Lua function) takes, in its order."""
+        return [
+            tokens,
+            daily_limit,
+            str(request_id),
+            TOKEN_KEY_TTL_S,
+            -1 if monthly_spend_limit_micros is None else monthly_spend_limit_micros,
+        ]
+
+    @staticmethod
+    def reservation(result: Sequence[Any], *, daily_limit: int) -> Reservation:
+        """A ``Reservation`` from what ``reserve`` (the Lua function) returned."""
+        granted, used, reserved, why = (int(x) for x in result)
+        refusal = {0: None, 1: RefusalReason.DAILY_TOKENS, 2: RefusalReason.MONTHLY_SPEND}[why]
+        return Reservation(bool(granted), used, reserved, daily_limit, refusal)
+
     async def reserve(
         self,
         *,
@@ -293,22 +333,15 @@ class BudgetStore:
     ) -> Reservation:
         """Hold ``tokens`` of today's budget for a request, unless it would overshoot."""
         result = await self._reserve(
-            keys=[
-                self._tokens(tenant_id, day),
-                self._holds(tenant_id, day),
-                self._spend(tenant_id, month_of(day)),
-            ],
-            args=[
-                tokens,
-                daily_limit,
-                str(request_id),
-                TOKEN_KEY_TTL_S,
-                -1 if monthly_spend_limit_micros is None else monthly_spend_limit_micros,
-            ],
+            keys=self.reservation_keys(tenant_id=tenant_id, day=day),
+            args=self.reservation_args(
+                request_id=request_id,
+                tokens=tokens,
+                daily_limit=daily_limit,
+                monthly_spend_limit_micros=monthly_spend_limit_micros,
+            ),
         )
-        granted, used, reserved, why = (int(x) for x in result)
-        refusal = {0: None, 1: RefusalReason.DAILY_TOKENS, 2: RefusalReason.MONTHLY_SPEND}[why]
-        return Reservation(bool(granted), used, reserved, daily_limit, refusal)
+        return self.reservation(result, daily_limit=daily_limit)
 
     async def release(self, *, tenant_id: uuid.UUID, request_id: uuid.UUID, day: date) -> int:
         """Give back a reservation that will never be settled (e.g. the request was not sent)."""

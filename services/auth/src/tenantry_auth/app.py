@@ -32,6 +32,7 @@ from tenantry_common.topics import TopicSpec
 
 from tenantry_auth import service
 from tenantry_auth.access import AccessGuard
+from tenantry_auth.admission import Admission
 from tenantry_auth.api import api_routes, install_error_handlers
 from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
@@ -39,7 +40,6 @@ from tenantry_auth.handlers import lifecycle_router
 from tenantry_auth.keys import KeyCipher, KeyRing
 from tenantry_auth.limits import BodySizeLimit
 from tenantry_auth.plain import EdgeApp
-from tenantry_auth.ratelimit import RateLimiter
 from tenantry_auth.replies import ReplyRouter
 from tenantry_auth.security import SecretHasher
 
@@ -121,6 +121,7 @@ def build_edge(
     """The ``Edge`` the logic works with, over the given connections."""
     sessions = session_factory(engine)
     guard = AccessGuard(redis=redis, sessions=sessions)
+    budgets = BudgetStore(redis)
 
     async def publish(topic: TopicSpec, event: Event) -> None:
         await publish_event(broker, topic, event)
@@ -140,8 +141,8 @@ def build_edge(
             time_cost=settings.password_hash_time_cost,
             memory_kib=settings.password_hash_memory_kib,
         ),
-        budgets=BudgetStore(redis),
-        rates=RateLimiter(redis),
+        budgets=budgets,
+        admission=Admission(redis, budgets),
         configs=ConfigCache(
             sessions=sessions,
             guard=guard,

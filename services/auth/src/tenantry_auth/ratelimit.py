@@ -1,34 +1,43 @@
-"""Per-tenant request rate limiting: GCRA in one Redis Lua script (atomic across replicas).
+"""Per-tenant request rate limiting: GCRA in Redis Lua (atomic across replicas).
 
 The script reads the clock from Redis (``TIME``), so replicas with skewed clocks agree. A tenant
 with ``limit`` requests per minute may burst ``limit`` requests, then one every ``60/limit`` s.
+The edge runs it together with the budget reservation, in one script (``admission.py``).
 """
 
 from __future__ import annotations
 
 import math
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio import Redis
-from tenantry_common.tenancy import tenant_key
-
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local emission = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + emission
-local allow_at = new_tat - tolerance
-if allow_at > now then
-  return {0, allow_at - now, tat - now}
+#: The rate limit as a Lua function: ``gcra(key, emission_ms, tolerance_ms)`` returns
+#: ``{allowed, wait_ms, used_ms}`` and counts the request only when it is allowed.
+GCRA_LUA_FUNCTION = """
+local function gcra(key, emission, tolerance)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + emission
+  local allow_at = new_tat - tolerance
+  if allow_at > now then
+    return {0, allow_at - now, tat - now}
+  end
+  -- PX takes an integer: 60000 / limit has decimals for most limits (e.g. 7 per minute).
+  redis.call('SET', key, new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
+  return {1, 0, new_tat - now}
 end
--- PX takes an integer: 60000 / limit has decimals for most limits (e.g. 7 per minute).
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
-return {1, 0, new_tat - now}
 """
+
+#: A burst of up to a minute's worth of requests.
+TOLERANCE_MS = 60_000.0
+
+
+def emission_ms(per_minute: int) -> float:
+    """The time one request uses of the allowance, at ``per_minute`` requests per minute."""
+    return 60_000 / per_minute
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,22 @@ class RateDecision:
     remaining: int
     retry_after_s: int
     reset_s: int
+
+    @classmethod
+    def from_gcra(cls, result: Sequence[Any], *, per_minute: int) -> RateDecision:
+        """The decision from what ``gcra`` (the Lua function) returned."""
+        allowed, wait_ms, used_ms = result
+        emission = emission_ms(per_minute)
+        wait = float(wait_ms)
+        used = float(used_ms)
+        remaining = max(0, math.floor((TOLERANCE_MS - used) / emission)) if allowed else 0
+        return cls(
+            allowed=bool(int(allowed)),
+            limit=per_minute,
+            remaining=remaining,
+            retry_after_s=max(1, math.ceil(wait / 1000)),
+            reset_s=max(0, math.ceil(used / 1000)),
+        )
 
     def headers(self) -> dict[str, str]:
         """IETF ``RateLimit-*`` headers (and ``Retry-After`` when refused)."""
@@ -50,29 +75,3 @@ class RateDecision:
         if not self.allowed:
             headers["Retry-After"] = str(self.retry_after_s)
         return headers
-
-
-class RateLimiter:
-    """Requests per minute per tenant."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._script = redis.register_script(_GCRA)
-
-    async def hit(self, *, tenant_id: uuid.UUID, per_minute: int) -> RateDecision:
-        """Count one request against the tenant's rate, unless that would exceed it."""
-        emission_ms = 60_000 / per_minute
-        tolerance_ms = 60_000.0
-        allowed, wait_ms, used_ms = await self._script(
-            keys=[tenant_key(tenant_id, "ratelimit", "requests")],
-            args=[emission_ms, tolerance_ms],
-        )
-        wait = float(wait_ms)
-        used = float(used_ms)
-        remaining = max(0, math.floor((tolerance_ms - used) / emission_ms)) if allowed else 0
-        return RateDecision(
-            allowed=bool(int(allowed)),
-            limit=per_minute,
-            remaining=remaining,
-            retry_after_s=max(1, math.ceil(wait / 1000)),
-            reset_s=max(0, math.ceil(used / 1000)),
-        )

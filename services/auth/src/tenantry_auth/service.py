@@ -63,11 +63,12 @@ from tenantry_common.topics import (
 
 from tenantry_auth import repository as repo
 from tenantry_auth.access import AccessGuard
+from tenantry_auth.admission import Admission
 from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
 from tenantry_auth.keys import KeyRing
 from tenantry_auth.models import Client, Document, DocumentStatus, Tenant, TenantStatus
-from tenantry_auth.ratelimit import RateDecision, RateLimiter
+from tenantry_auth.ratelimit import RateDecision
 from tenantry_auth.security import SecretHasher, new_client_id, new_client_secret, tenant_of_client
 
 log = logging.getLogger("tenantry.auth.service")
@@ -139,7 +140,7 @@ class Edge:
     keys: KeyRing
     hasher: SecretHasher
     budgets: BudgetStore
-    rates: RateLimiter
+    admission: Admission
     configs: ConfigCache
 
 
@@ -909,16 +910,9 @@ async def admit_chat(
         + limit
     )
     try:
-        rate = await edge.rates.hit(
-            tenant_id=principal.tenant_id, per_minute=config.rate_limit_per_minute
-        )
-        if not rate.allowed:
-            raise RateLimited(
-                f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
-                rate.headers(),
-            )
-        held = await edge.budgets.reserve(
+        admitted = await edge.admission.admit(
             tenant_id=principal.tenant_id,
+            per_minute=config.rate_limit_per_minute,
             request_id=request_id,
             tokens=worst_case,
             day=now.date(),
@@ -931,6 +925,12 @@ async def admit_chat(
             "chat is refused rather than run unmetered",
             {"Retry-After": str(edge.settings.redis_retry_after_s)},
         ) from exc
+    rate, held = admitted.rate, admitted.held
+    if held is None:
+        raise RateLimited(
+            f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
+            rate.headers(),
+        )
     if not held.granted:
         if held.refusal == RefusalReason.MONTHLY_SPEND:
             raise BudgetRefused(

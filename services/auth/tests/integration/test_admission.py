@@ -1,0 +1,126 @@
+"""The edge's admission against the real Redis: rate limit and budget reservation in one script."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date
+
+import pytest
+from tenantry_auth.admission import Admission
+from tenantry_common.budget import BudgetStore, RefusalReason
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2026, 12, 6)
+
+
+async def _admit(
+    admission: Admission,
+    tenant_id: uuid.UUID,
+    *,
+    per_minute: int = 100,
+    tokens: int = 100,
+    daily_limit: int = 1_000_000,
+    monthly_spend_limit_micros: int | None = None,
+    request_id: uuid.UUID | None = None,
+):
+    return await admission.admit(
+        tenant_id=tenant_id,
+        per_minute=per_minute,
+        request_id=request_id or uuid.uuid4(),
+        tokens=tokens,
+        day=DAY,
+        daily_limit=daily_limit,
+        monthly_spend_limit_micros=monthly_spend_limit_micros,
+    )
+
+
+async def test_rate_limits_that_do_not_divide_a_minute_are_enforced(redis_client) -> None:
+    # 60,000 ms / 7 has decimals; Redis's PX refused them, and chat answered 503 for the tenant.
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    tenant_id = uuid.uuid4()
+    decisions = [await _admit(admission, tenant_id, per_minute=7) for _ in range(8)]
+    assert [d.rate.allowed for d in decisions] == [True] * 7 + [False]
+    assert [d.rate.remaining for d in decisions[:7]] == [6, 5, 4, 3, 2, 1, 0]
+    assert decisions[-1].rate.retry_after_s >= 1
+    assert "Retry-After" in decisions[-1].rate.headers()
+
+
+async def test_a_request_over_the_rate_holds_no_budget(redis_client) -> None:
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    tenant_id = uuid.uuid4()
+    admitted = [await _admit(admission, tenant_id, per_minute=2, tokens=40) for _ in range(3)]
+    assert [a.held is not None and a.held.granted for a in admitted] == [True, True, False]
+    assert admitted[-1].held is None
+    snap = await budgets.snapshot(tenant_id=tenant_id, day=DAY)
+    assert snap.tokens_reserved == 80
+
+
+async def test_a_request_over_the_budget_still_counts_against_the_rate(redis_client) -> None:
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    tenant_id = uuid.uuid4()
+    refused = await _admit(admission, tenant_id, per_minute=2, tokens=500, daily_limit=100)
+    assert refused.rate.allowed
+    assert refused.held is not None
+    assert not refused.held.granted
+    assert refused.held.refusal == RefusalReason.DAILY_TOKENS
+    granted = await _admit(admission, tenant_id, per_minute=2, tokens=50, daily_limit=100)
+    assert granted.held is not None
+    assert granted.held.granted
+    over_rate = await _admit(admission, tenant_id, per_minute=2, tokens=50, daily_limit=100)
+    assert not over_rate.rate.allowed
+
+
+async def test_the_monthly_spend_refuses_as_the_budget_store_does(redis_client) -> None:
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    tenant_id = uuid.uuid4()
+    spent = await _admit(admission, tenant_id, monthly_spend_limit_micros=0)
+    assert spent.held is not None
+    assert not spent.held.granted
+    assert spent.held.refusal == RefusalReason.MONTHLY_SPEND
+
+
+async def test_admission_holds_what_the_budget_store_holds(redis_client) -> None:
+    # The reservation half is the budget module's own Lua function: the same inputs give the
+    # same answers and the same hold as BudgetStore.reserve, up to the limit exactly, one token
+    # over it, and the same request id twice.
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    ours, theirs = uuid.uuid4(), uuid.uuid4()
+    first = uuid.uuid4()
+    asks = [(first, 250), *((uuid.uuid4(), 250) for _ in range(3)), (uuid.uuid4(), 1), (first, 250)]
+    answers = []
+    for request_id, tokens in asks:
+        admitted = await _admit(
+            admission, ours, tokens=tokens, daily_limit=1_000, request_id=request_id
+        )
+        reserved = await budgets.reserve(
+            tenant_id=theirs, request_id=request_id, tokens=tokens, day=DAY, daily_limit=1_000
+        )
+        assert admitted.held == reserved
+        answers.append(reserved.granted)
+    assert answers == [True, True, True, True, False, True]
+    assert await budgets.snapshot(tenant_id=ours, day=DAY) == await budgets.snapshot(
+        tenant_id=theirs, day=DAY
+    )
+
+
+async def test_concurrent_admissions_overshoot_neither_rate_nor_budget(redis_client) -> None:
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client, budgets)
+    tenant_id = uuid.uuid4()
+    results = await asyncio.gather(
+        *(
+            _admit(admission, tenant_id, per_minute=30, tokens=100, daily_limit=1_050)
+            for _ in range(60)
+        )
+    )
+    assert sum(r.rate.allowed for r in results) == 30
+    assert sum(r.held is not None and r.held.granted for r in results) == 10
+    snap = await budgets.snapshot(tenant_id=tenant_id, day=DAY)
+    assert snap.tokens_reserved == 1_000
