@@ -289,12 +289,13 @@ class BudgetStore:
         """The ids of the tenant's usage events of ``day`` already settled (a hash)."""
         return tenant_key(tenant_id, "budget", "settled", day.isoformat())
 
-    def reservation_keys(self, *, tenant_id: uuid.UUID, day: date) -> list[str]:
+    @classmethod
+    def reservation_keys(cls, *, tenant_id: uuid.UUID, day: date) -> list[str]:
         """The keys ``reserve`` (the Lua function) takes, in its order."""
         return [
-            self._tokens(tenant_id, day),
-            self._holds(tenant_id, day),
-            self._spend(tenant_id, month_of(day)),
+            cls._tokens(tenant_id, day),
+            cls._holds(tenant_id, day),
+            cls._spend(tenant_id, month_of(day)),
         ]
 
     @staticmethod

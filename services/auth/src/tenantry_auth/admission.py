@@ -46,8 +46,7 @@ class Admitted:
 class Admission:
     """Rate limit, then budget reservation, for one chat request."""
 
-    def __init__(self, redis: Redis, budgets: BudgetStore) -> None:
-        self._budgets = budgets
+    def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_ADMIT)
 
     async def admit(
@@ -65,7 +64,7 @@ class Admission:
         result = await self._script(
             keys=[
                 tenant_key(tenant_id, "ratelimit", "requests"),
-                *self._budgets.reservation_keys(tenant_id=tenant_id, day=day),
+                *BudgetStore.reservation_keys(tenant_id=tenant_id, day=day),
             ],
             args=[
                 emission_ms(per_minute),

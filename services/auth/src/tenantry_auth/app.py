@@ -121,7 +121,6 @@ def build_edge(
     """The ``Edge`` the logic works with, over the given connections."""
     sessions = session_factory(engine)
     guard = AccessGuard(redis=redis, sessions=sessions)
-    budgets = BudgetStore(redis)
 
     async def publish(topic: TopicSpec, event: Event) -> None:
         await publish_event(broker, topic, event)
@@ -141,8 +140,8 @@ def build_edge(
             time_cost=settings.password_hash_time_cost,
             memory_kib=settings.password_hash_memory_kib,
         ),
-        budgets=budgets,
-        admission=Admission(redis, budgets),
+        budgets=BudgetStore(redis),
+        admission=Admission(redis),
         configs=ConfigCache(
             sessions=sessions,
             guard=guard,

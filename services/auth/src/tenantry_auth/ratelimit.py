@@ -1,6 +1,6 @@
 """Per-tenant request rate limiting: GCRA in Redis Lua (atomic across replicas).
 
-The script reads the clock from Redis (``TIME``), so replicas with skewed clocks agree. A tenant
+The function reads the clock from Redis (``TIME``), so replicas with skewed clocks agree. A tenant
 with ``limit`` requests per minute may burst ``limit`` requests, then one every ``60/limit`` s.
 The edge runs it together with the budget reservation, in one script (``admission.py``).
 """

@@ -38,8 +38,7 @@ async def _admit(
 
 async def test_rate_limits_that_do_not_divide_a_minute_are_enforced(redis_client) -> None:
     # 60,000 ms / 7 has decimals; Redis's PX refused them, and chat answered 503 for the tenant.
-    budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     tenant_id = uuid.uuid4()
     decisions = [await _admit(admission, tenant_id, per_minute=7) for _ in range(8)]
     assert [d.rate.allowed for d in decisions] == [True] * 7 + [False]
@@ -50,7 +49,7 @@ async def test_rate_limits_that_do_not_divide_a_minute_are_enforced(redis_client
 
 async def test_a_request_over_the_rate_holds_no_budget(redis_client) -> None:
     budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     tenant_id = uuid.uuid4()
     admitted = [await _admit(admission, tenant_id, per_minute=2, tokens=40) for _ in range(3)]
     assert [a.held is not None and a.held.granted for a in admitted] == [True, True, False]
@@ -60,8 +59,7 @@ async def test_a_request_over_the_rate_holds_no_budget(redis_client) -> None:
 
 
 async def test_a_request_over_the_budget_still_counts_against_the_rate(redis_client) -> None:
-    budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     tenant_id = uuid.uuid4()
     refused = await _admit(admission, tenant_id, per_minute=2, tokens=500, daily_limit=100)
     assert refused.rate.allowed
@@ -76,8 +74,7 @@ async def test_a_request_over_the_budget_still_counts_against_the_rate(redis_cli
 
 
 async def test_the_monthly_spend_refuses_as_the_budget_store_does(redis_client) -> None:
-    budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     tenant_id = uuid.uuid4()
     spent = await _admit(admission, tenant_id, monthly_spend_limit_micros=0)
     assert spent.held is not None
@@ -90,7 +87,7 @@ async def test_admission_holds_what_the_budget_store_holds(redis_client) -> None
     # same answers and the same hold as BudgetStore.reserve, up to the limit exactly, one token
     # over it, and the same request id twice.
     budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     ours, theirs = uuid.uuid4(), uuid.uuid4()
     first = uuid.uuid4()
     asks = [(first, 250), *((uuid.uuid4(), 250) for _ in range(3)), (uuid.uuid4(), 1), (first, 250)]
@@ -112,7 +109,7 @@ async def test_admission_holds_what_the_budget_store_holds(redis_client) -> None
 
 async def test_concurrent_admissions_overshoot_neither_rate_nor_budget(redis_client) -> None:
     budgets = BudgetStore(redis_client)
-    admission = Admission(redis_client, budgets)
+    admission = Admission(redis_client)
     tenant_id = uuid.uuid4()
     results = await asyncio.gather(
         *(
