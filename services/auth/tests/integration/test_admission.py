@@ -7,7 +7,7 @@ import uuid
 from datetime import date
 
 import pytest
-from tenantry_auth.admission import Admission
+from tenantry_auth.admission import Admission, Admitted
 from tenantry_common.budget import BudgetStore, RefusalReason
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ async def _admit(
     daily_limit: int = 1_000_000,
     monthly_spend_limit_micros: int | None = None,
     request_id: uuid.UUID | None = None,
-):
+) -> Admitted:
     return await admission.admit(
         tenant_id=tenant_id,
         per_minute=per_minute,
