@@ -1,7 +1,8 @@
 """CPU per chat call through the openai SDK: httpx2 or aiohttp transport, typed or raw chunks,
 the way inference opens its stream (``client.post`` with ``stream=True``); with ``--whole``,
-whole answers the way inference asks for them (``client.post`` with ``cast_to=object``), and
-for scale the same request sent with aiohttp alone (no SDK: not what inference does).
+whole answers the way inference asks for them (``client.post`` with ``cast_to=object``; without
+its per-call timeout option), and for scale the same request sent with aiohttp alone (no SDK:
+not what inference does).
 
 Needs the gateway bench's instant server (nginx answering a fixed SSE stream)::
 
