@@ -65,7 +65,8 @@ class AppendResult:
 
 
 async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]) -> AppendResult:
-    """Append events to their tenants' chains, each event exactly once, in one transaction.
+    """Append events to their tenants' chains, each event exactly once, in one transaction
+    (after a short one that creates the heads of tenants new to the log, see ``_lock_heads``).
 
     The statements are per batch, not per tenant: one locks every head of the batch, one finds
     the events already stored, one inserts the new records, one advances the heads. A batch of
@@ -79,25 +80,43 @@ async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]
     tenants = sorted(by_tenant)
     if not tenants:
         return AppendResult(appended=0, duplicates=0)
-    async with engine.begin() as conn:
-        heads = await _lock_heads(conn, tenants)
-        # Under the head locks no other append of these tenants runs, so this check is exact.
-        found = await conn.execute(
-            _KNOWN_EVENTS,
-            {"tenants": tenants, "event_ids": list({e.event_id for e in events})},
-        )
-        known = {(row.tenant_id, row.event_id) for row in found}
-        at = utcnow()
-        rows: list[dict[str, Any]] = []
-        advanced: list[dict[str, Any]] = []
-        for tenant_id in tenants:
-            linked, head = _link(by_tenant[tenant_id], head=heads[tenant_id], known=known, at=at)
-            if linked:
-                rows += linked
-                advanced.append({"tenant": tenant_id, "new_sequence": head[0], "new_hash": head[1]})
-        if rows:
-            await conn.execute(_APPEND, rows)
-            await conn.execute(_ADVANCE_HEAD, advanced)
+    # Two passes at most: heads are never deleted, so after _create_heads all are found.
+    for _ in range(2):
+        async with engine.begin() as conn:
+            heads = await _lock_heads(conn, tenants)
+            if heads is not None:
+                return await _append_locked(conn, events, by_tenant, heads)
+        # Some tenant is new to the log: its head is created in a transaction of its own, with
+        # no head locked (the locks taken above were released), then the heads are locked anew.
+        await _create_heads(engine, tenants)
+    raise RuntimeError("audit chain heads were created but not found; were heads deleted?")
+
+
+async def _append_locked(
+    conn: AsyncConnection,
+    events: Sequence[AuditRecorded],
+    by_tenant: dict[uuid.UUID, list[AuditRecorded]],
+    heads: dict[uuid.UUID, tuple[int, str]],
+) -> AppendResult:
+    """The batch's records, appended while every head of its tenants is locked."""
+    tenants = sorted(by_tenant)
+    # Under the head locks no other append of these tenants runs, so this check is exact.
+    found = await conn.execute(
+        _KNOWN_EVENTS,
+        {"tenants": tenants, "event_ids": list({e.event_id for e in events})},
+    )
+    known = {(row.tenant_id, row.event_id) for row in found}
+    at = utcnow()
+    rows: list[dict[str, Any]] = []
+    advanced: list[dict[str, Any]] = []
+    for tenant_id in tenants:
+        linked, head = _link(by_tenant[tenant_id], head=heads[tenant_id], known=known, at=at)
+        if linked:
+            rows += linked
+            advanced.append({"tenant": tenant_id, "new_sequence": head[0], "new_hash": head[1]})
+    if rows:
+        await conn.execute(_APPEND, rows)
+        await conn.execute(_ADVANCE_HEAD, advanced)
     return AppendResult(appended=len(rows), duplicates=len(events) - len(rows))
 
 
@@ -144,15 +163,13 @@ _LOCK_HEADS = (
     .order_by(chain_heads.c.tenant_id)
     .with_for_update()
 )
-_LOCK_HEAD = (
-    select(chain_heads.c.sequence, chain_heads.c.hash)
-    .where(chain_heads.c.tenant_id == bindparam("tenant"))
-    .with_for_update()
-)
-_CREATE_HEAD = text(
+#: A new tenant's head, created by a transaction that holds no head lock (see append_records):
+#: concurrent creators insert in one sorted order and wait only on each other's same rows.
+_CREATE_HEADS = text(
     "INSERT INTO audit_chain_heads (tenant_id, sequence, hash) "
-    "VALUES (:tenant, 0, :genesis) ON CONFLICT (tenant_id) DO NOTHING"
-)
+    "SELECT tenant, 0, :genesis FROM unnest(CAST(:tenants AS uuid[])) AS tenant ORDER BY tenant "
+    "ON CONFLICT (tenant_id) DO NOTHING"
+).bindparams(_TENANTS)
 _KNOWN_EVENTS = select(records.c.tenant_id, records.c.event_id).where(
     records.c.tenant_id == any_(_TENANTS),
     records.c.event_id == any_(bindparam("event_ids", type_=ARRAY(Uuid()))),
@@ -178,20 +195,24 @@ def _tenant(tenant_id: uuid.UUID) -> uuid.UUID:
 
 async def _lock_heads(
     conn: AsyncConnection, tenants: list[uuid.UUID]
-) -> dict[uuid.UUID, tuple[int, str]]:
-    """Lock the chain heads of ``tenants`` (sorted), creating those that do not exist yet."""
+) -> dict[uuid.UUID, tuple[int, str]] | None:
+    """Lock the chain heads of ``tenants`` (sorted); None when one of them does not exist yet.
+
+    Creating a missing head here, with other heads already locked, broke the one lock order:
+    a batch held head B and waited to lock head A, which another batch had locked (it saw A
+    created and committed in between) while it waited for B. Postgres aborted one of them as a
+    deadlock (seen in CI, 2026-12-06). So this only locks, in the ORDER BY's order.
+    """
     found = await conn.execute(_LOCK_HEADS, {"tenants": tenants})
     heads = {row.tenant_id: (int(row.sequence), str(row.hash)) for row in found}
-    # A tenant's first records (rare): its head is created, then locked. The heads above are
-    # already held, so this waits at most on another batch creating the same head, which
-    # holds nothing this batch still needs (new heads are created in the same sorted order).
-    for tenant_id in tenants:
-        if tenant_id not in heads:
-            tenant = {"tenant": tenant_id}
-            await conn.execute(_CREATE_HEAD, tenant | {"genesis": GENESIS_HASH})
-            row = (await conn.execute(_LOCK_HEAD, tenant)).one()
-            heads[tenant_id] = (int(row.sequence), str(row.hash))
-    return heads
+    return heads if len(heads) == len(tenants) else None
+
+
+async def _create_heads(engine: AsyncEngine, tenants: list[uuid.UUID]) -> None:
+    """Create the heads of those of ``tenants`` new to the log (sequence 0, the genesis hash),
+    committed before any of them is locked for an append."""
+    async with engine.begin() as conn:
+        await conn.execute(_CREATE_HEADS, {"tenants": tenants, "genesis": GENESIS_HASH})
 
 
 # --------------------------------------------------------------------------- verify

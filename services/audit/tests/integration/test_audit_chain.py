@@ -118,6 +118,55 @@ async def test_concurrent_batches_over_shared_tenants_chain_every_event_once(
         assert (report.ok, report.head_sequence) == (True, 6 + (2 if i < 10 else 0))
 
 
+async def _until_a_session_waits_on_a_lock(engine: AsyncEngine) -> None:
+    for _ in range(100):
+        # A transaction of its own each time: pg_stat_activity is a snapshot per transaction.
+        async with engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the batch never waited on the uncommitted head")
+
+
+async def test_a_batch_creating_a_head_holds_no_other_head_meanwhile(
+    writer_engine: AsyncEngine,
+) -> None:
+    """The interleaving that deadlocked in CI (2026-12-06): a batch locked a tenant's existing
+    head, then waited to create a new tenant's head that another writer had inserted and not
+    committed, and that writer went on to lock the first head. Now the batch creates heads in
+    a transaction of its own, holding no head, so the other writer gets the head at once."""
+    new, existing = uuid.uuid4(), uuid.uuid4()
+    await _append(writer_engine, existing, 1)
+    async with writer_engine.connect() as other:
+        await other.execute(
+            text("INSERT INTO audit_chain_heads (tenant_id, sequence, hash) VALUES (:t, 0, :g)"),
+            {"t": new, "g": GENESIS_HASH},
+        )
+        batch = asyncio.create_task(
+            service.append_records(
+                engine=writer_engine, events=[make_event(new, 0), make_event(existing, 1)]
+            )
+        )
+        await _until_a_session_waits_on_a_lock(writer_engine)
+        await other.execute(text("SET LOCAL lock_timeout = '5s'"))
+        await other.execute(
+            text("SELECT 1 FROM audit_chain_heads WHERE tenant_id = :t FOR UPDATE"),
+            {"t": existing},
+        )
+        await other.commit()
+    result = await asyncio.wait_for(batch, 10)
+    assert (result.appended, result.duplicates) == (2, 0)
+    for tenant, head in ((new, 1), (existing, 2)):
+        report = await service.verify_chain(engine=writer_engine, tenant_id=tenant)
+        assert (report.ok, report.head_sequence) == (True, head)
+
+
 @pytest.mark.parametrize(
     "statement",
     [
