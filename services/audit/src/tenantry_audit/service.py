@@ -84,11 +84,12 @@ async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]
     for _ in range(2):
         async with engine.begin() as conn:
             heads = await _lock_heads(conn, tenants)
-            if heads is not None:
+            missing = [t for t in tenants if t not in heads]
+            if not missing:
                 return await _append_locked(conn, events, by_tenant, heads)
         # Some tenant is new to the log: its head is created in a transaction of its own, with
         # no head locked (the locks taken above were released), then the heads are locked anew.
-        await _create_heads(engine, tenants)
+        await _create_heads(engine, missing)
     raise RuntimeError("audit chain heads were created but not found; were heads deleted?")
 
 
@@ -195,8 +196,8 @@ def _tenant(tenant_id: uuid.UUID) -> uuid.UUID:
 
 async def _lock_heads(
     conn: AsyncConnection, tenants: list[uuid.UUID]
-) -> dict[uuid.UUID, tuple[int, str]] | None:
-    """Lock the chain heads of ``tenants`` (sorted); None when one of them does not exist yet.
+) -> dict[uuid.UUID, tuple[int, str]]:
+    """Lock those chain heads of ``tenants`` (sorted) that exist, and return them.
 
     Creating a missing head here, with other heads already locked, broke the one lock order:
     a batch held head B and waited to lock head A, which another batch had locked (it saw A
@@ -204,13 +205,12 @@ async def _lock_heads(
     deadlock (seen in CI, 2026-12-06). So this only locks, in the ORDER BY's order.
     """
     found = await conn.execute(_LOCK_HEADS, {"tenants": tenants})
-    heads = {row.tenant_id: (int(row.sequence), str(row.hash)) for row in found}
-    return heads if len(heads) == len(tenants) else None
+    return {row.tenant_id: (int(row.sequence), str(row.hash)) for row in found}
 
 
 async def _create_heads(engine: AsyncEngine, tenants: list[uuid.UUID]) -> None:
-    """Create the heads of those of ``tenants`` new to the log (sequence 0, the genesis hash),
-    committed before any of them is locked for an append."""
+    """Create the heads of ``tenants`` (sorted; new to the log, unless another batch created
+    one meanwhile): sequence 0, the genesis hash, committed before any is locked for an append."""
     async with engine.begin() as conn:
         await conn.execute(_CREATE_HEADS, {"tenants": tenants, "genesis": GENESIS_HASH})
 
