@@ -86,7 +86,7 @@ async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]
             heads = await _lock_heads(conn, tenants)
             missing = [t for t in tenants if t not in heads]
             if not missing:
-                return await _append_locked(conn, events, by_tenant, heads)
+                return await _append_locked(conn, events, tenants, by_tenant, heads)
         # Some tenant is new to the log: its head is created in a transaction of its own, with
         # no head locked (the locks taken above were released), then the heads are locked anew.
         await _create_heads(engine, missing)
@@ -96,11 +96,11 @@ async def append_records(*, engine: AsyncEngine, events: Sequence[AuditRecorded]
 async def _append_locked(
     conn: AsyncConnection,
     events: Sequence[AuditRecorded],
+    tenants: list[uuid.UUID],
     by_tenant: dict[uuid.UUID, list[AuditRecorded]],
     heads: dict[uuid.UUID, tuple[int, str]],
 ) -> AppendResult:
-    """The batch's records, appended while every head of its tenants is locked."""
-    tenants = sorted(by_tenant)
+    """The batch's records, appended while every head of its ``tenants`` (sorted) is locked."""
     # Under the head locks no other append of these tenants runs, so this check is exact.
     found = await conn.execute(
         _KNOWN_EVENTS,
