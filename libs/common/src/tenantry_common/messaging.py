@@ -6,10 +6,11 @@ How a consumed message ends, decided in one place (``ReliableConsumerMiddleware`
 * it failed on the message itself (cannot be parsed, fails validation, a ``PermanentError``, or
   any error still there after ``consumer_max_attempts`` tries) → the original bytes go to
   ``<topic>.dlq`` with the error and source headers, and only then is the offset committed;
-* it failed because a dependency is away (connection refused, timeouts) → nothing is committed,
-  the consumer seeks back to the message and tries it again after a pause, so an outage never
-  turns good messages into dead letters (a windowed subscriber, ``inflight.py``, tries it again
-  in place instead: later messages of its partition may be in flight);
+* it failed because a dependency is away (connection refused, timeouts), or lost a race in
+  Postgres that a retry wins (a deadlock, a serialization failure) → nothing is committed, the
+  consumer seeks back to the message and tries it again after a pause, so an outage or a
+  conflict never turns good messages into dead letters (a windowed subscriber, ``inflight.py``,
+  tries it again in place instead: later messages of its partition may be in flight);
 * the DLQ publish itself failed → nothing is committed, the consumer seeks back.
 
 A windowed subscriber's finished messages are handed to its ``OffsetLedger`` instead of being
@@ -96,13 +97,13 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is a dependency's outage rather than a fault of the message."""
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return True
-    name = type(exc).__module__ + "." + type(exc).__name__
-    # Without importing every driver here: their connection-level errors, by name.
-    transient_names = (
+#: Postgres's "try the transaction again" errors: serialization_failure, deadlock_detected.
+#: Nothing is wrong with the message; the transaction lost a race with another one.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+#: Connection-level errors of the drivers, by qualified name (so this module imports none).
+_TRANSIENT_NAMES = frozenset(
+    {
         "redis.exceptions.ConnectionError",
         "redis.exceptions.TimeoutError",
         "redis.exceptions.BusyLoadingError",
@@ -112,26 +113,30 @@ def is_transient(exc: BaseException) -> bool:
         "asyncpg.exceptions.TooManyConnectionsError",
         "sqlalchemy.exc.InterfaceError",
         "sqlalchemy.exc.DisconnectionError",
-    )
-    if name in transient_names:
-        return True
-    if name == "sqlalchemy.exc.OperationalError" or name == "sqlalchemy.exc.DBAPIError":
-        return bool(getattr(exc, "connection_invalidated", False)) or _caused_by_transient(exc)
-    return _caused_by_transient(exc)
+    }
+)
 
 
-def _caused_by_transient(exc: BaseException) -> bool:
-    cause = exc.__cause__ or exc.__context__
-    seen = 0
-    while cause is not None and seen < 5:
-        if isinstance(cause, _TRANSIENT_TYPES) or type(cause).__name__ in (
-            "CannotConnectNowError",
-            "ConnectionDoesNotExistError",
-            "AdminShutdownError",
-        ):
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is a dependency's outage or a lost race, not a fault of the message.
+
+    The error and what caused it are looked at (SQLAlchemy raises its own error from the
+    driver's): a driver's connection error, a connection SQLAlchemy invalidated, or a Postgres
+    error whose SQLSTATE says to run the transaction again.
+    """
+    error: BaseException | None = exc
+    for _ in range(6):
+        if error is None:
+            return False
+        if isinstance(error, _TRANSIENT_TYPES):
             return True
-        cause = cause.__cause__ or cause.__context__
-        seen += 1
+        if type(error).__module__ + "." + type(error).__name__ in _TRANSIENT_NAMES:
+            return True
+        if getattr(error, "connection_invalidated", False) is True:
+            return True
+        if getattr(error, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        error = error.__cause__ or error.__context__
     return False
 
 
@@ -257,7 +262,7 @@ class ReliableConsumerMiddleware(BaseMiddleware):
         if exc_val is not None and is_transient(exc_val):
             self.policy.metrics.retried.labels(getattr(record, "topic", "?"), "transient").inc()
             log.warning(
-                "dependency unavailable; message will be retried",
+                "transient failure (an outage or a lost race); message will be retried",
                 extra={
                     "topic": getattr(record, "topic", None),
                     "error_type": type(exc_val).__name__,
@@ -290,7 +295,7 @@ class ReliableConsumerMiddleware(BaseMiddleware):
     async def _pause_for_outage(self, exc: BaseException, topic: str, what: str) -> None:
         self.policy.metrics.retried.labels(topic, "transient").inc()
         log.warning(
-            f"dependency unavailable; {what} will be retried in place",
+            f"transient failure (an outage or a lost race); {what} will be retried in place",
             extra={"topic": topic, "error_type": type(exc).__name__},
         )
         await asyncio.sleep(self.policy.transient_pause_s)
@@ -418,7 +423,7 @@ class ReliableConsumerMiddleware(BaseMiddleware):
         if exc_val is not None and is_transient(exc_val):
             self.policy.metrics.retried.labels(records[0].topic, "transient").inc()
             log.warning(
-                "dependency unavailable; batch will be retried",
+                "transient failure (an outage or a lost race); batch will be retried",
                 extra={"topic": records[0].topic, "error_type": type(exc_val).__name__},
             )
             await self._rewind_batch(records)
