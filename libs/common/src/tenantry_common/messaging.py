@@ -503,8 +503,10 @@ class ReliableConsumerMiddleware(BaseMiddleware):
             headers=headers,
         )
         self.policy.metrics.dead_lettered.labels(topic).inc()
+        # The place and the error in the text too: captured logs (pytest's) drop the extras.
         log.error(
-            "message dead-lettered",
+            f"message dead-lettered: {topic}[{record.partition}]@{record.offset},"
+            f" {type(error).__name__}",
             extra={
                 "topic": topic,
                 "partition": record.partition,

@@ -13,7 +13,6 @@ from datetime import timedelta
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from audit_testkit import TestIssuer, make_event, read_topic, rewrite_tail, wait_for
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -24,6 +23,7 @@ from tenantry_audit.config import AuditSettings
 from tenantry_common.events import TenantOffboarded, TenantProvisioned
 from tenantry_common.ids import utcnow
 from tenantry_common.messaging import build_broker, publish_event
+from tenantry_common.testing.lifespan import serving
 from tenantry_common.topics import AUDIT, TENANTS_LIFECYCLE
 
 from conftest import new_audit_settings
@@ -48,7 +48,7 @@ async def app(audit_settings: AuditSettings, issuer: TestIssuer) -> AsyncIterato
     application = build_app(
         audit_settings, verifier=issuer.verifier(), group_prefix=f"t{uuid.uuid4().hex[:8]}."
     )
-    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=60):
+    async with serving(application):
         yield application
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from asgi_lifespan import LifespanManager
 from tenantry_auth.app import build_app, migrate
 from tenantry_auth.config import Settings
 from tenantry_common.events import (
@@ -36,6 +35,7 @@ from tenantry_common.events import (
     parse_event,
 )
 from tenantry_common.localstack import free_port
+from tenantry_common.testing.lifespan import serving
 
 OPERATOR_SECRET = "test-operator-secret-0123456789"
 ROOT = Path(__file__).resolve().parents[4]
@@ -93,7 +93,7 @@ def edge_settings(
 @pytest.fixture(scope="session")
 async def edge_app(edge_settings: Settings) -> AsyncIterator[Any]:
     app = build_app(edge_settings, migrate_on_start=False)
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=30):
+    async with serving(app, startup_timeout=60, shutdown_timeout=30):
         yield app
 
 

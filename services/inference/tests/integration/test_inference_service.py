@@ -27,7 +27,6 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from starlette.applications import Starlette
@@ -63,6 +62,7 @@ from tenantry_common.localstack import free_port
 from tenantry_common.messaging import ensure_topics, publish_event
 from tenantry_common.settings import LOCAL_MODEL, ModelSpec, default_catalogue
 from tenantry_common.testing.fixtures import LOG_DIR, private_broker
+from tenantry_common.testing.lifespan import serving
 from tenantry_common.topics import (
     AUDIT,
     CHAT_CONTEXT,
@@ -380,7 +380,7 @@ async def harness(
 
     gateway.generate = spy
     try:
-        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
+        async with serving(app):
             # Another tenant, known to the registry: its name must never reach an answer.
             await publish_event(
                 h.broker,

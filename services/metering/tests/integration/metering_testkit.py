@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_common.events import (
@@ -23,6 +22,7 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import derived_id
 from tenantry_common.settings import LOCAL_MODEL
+from tenantry_common.testing.lifespan import serving
 from tenantry_common.testing.tokens import TestIssuer
 from tenantry_metering.app import build_app
 from tenantry_metering.config import Settings
@@ -87,8 +87,8 @@ async def running(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The metering app with its lifespan (broker, database, Redis) and an HTTP client."""
     app = build_app(settings, verifier=(issuer or TestIssuer()).verifier())
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    async with serving(app) as served:
+        transport = httpx.ASGITransport(app=served)
         async with httpx.AsyncClient(transport=transport, base_url="http://metering") as client:
             yield app, client
 

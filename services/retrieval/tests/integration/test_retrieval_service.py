@@ -16,7 +16,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from tenantry_common.events import (
@@ -44,6 +43,7 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import derived_id
 from tenantry_common.messaging import DLQ_HEADER_ERROR, publish_event
+from tenantry_common.testing.lifespan import serving
 from tenantry_common.topics import (
     AUDIT,
     CHAT_CONTEXT,
@@ -186,7 +186,7 @@ async def app(
         registry=registry,
         group_prefix=f"test-{uuid.uuid4().hex[:6]}-",
     )
-    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=60):
+    async with serving(application):
         yield application
 
 
