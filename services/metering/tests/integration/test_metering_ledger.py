@@ -30,6 +30,7 @@ from tenantry_common.settings import LOCAL_MODEL, default_catalogue
 from tenantry_common.topics import TENANTS_LIFECYCLE, USAGE, USAGE_DAILY
 from tenantry_metering import repository
 from tenantry_metering.config import Settings
+from tenantry_metering.runtime import ROLLUP_PUBLISH_CHUNK
 
 pytestmark = pytest.mark.integration
 
@@ -241,6 +242,32 @@ async def test_daily_rollups_are_published_for_analysts(
         10,
     )
     assert latest.cost_micros == sum(PRICE.cost_micros(10, i) for i in range(5))
+
+
+async def test_a_flush_of_more_rows_than_one_chunk_publishes_every_row(
+    metering_settings: Settings, engine: AsyncEngine, producer: KafkaBroker
+) -> None:
+    tenants = [uuid.uuid4() for _ in range(ROLLUP_PUBLISH_CHUNK + 100)]
+    day = datetime(2025, 6, 3, 10, tzinfo=UTC)
+    async with running(metering_settings):
+        for tenant in tenants:
+            await publish_event(producer, USAGE, usage(tenant, prompt=7, occurred_at=day))
+
+        async def every_tenant_rolled_up() -> bool:
+            records = await read_topic(
+                metering_settings.kafka_bootstrap_servers, USAGE_DAILY.name, idle_s=0.5
+            )
+            wanted = {str(t) for t in tenants}
+            return wanted <= {r.key.decode()[:36] for r in records}
+
+        await wait_until(every_tenant_rolled_up, timeout=60, what="every tenant's rollup")
+    wanted = {str(t) for t in tenants}
+    records = await read_topic(metering_settings.kafka_bootstrap_servers, USAGE_DAILY.name)
+    rollups = [parse_event(r.value) for r in records if r.key.decode()[:36] in wanted]
+    assert all(isinstance(e, UsageRolledUp) for e in rollups)
+    assert {(str(e.tenant_id), e.day, e.requests, e.prompt_tokens) for e in rollups} == {
+        (t, day.date(), 1, 7) for t in wanted
+    }
 
 
 async def _rollups(settings: Settings, tenant: uuid.UUID) -> list[UsageRolledUp]:

@@ -1,4 +1,5 @@
-"""The batch path's pure parts: decoding, one row per event id, splitting by tenant, the gate."""
+"""The batch path's pure parts: decoding, one row per event id, splitting by tenant, the gate;
+what a rollup flush keeps when publishes fail."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from tenantry_common.events import Reservation, UsageRecorded
 from tenantry_common.messaging import PermanentError
 from tenantry_common.settings import LOCAL_MODEL, default_catalogue
+from tenantry_metering.config import Settings
 from tenantry_metering.handlers import decode_usage_batch
-from tenantry_metering.runtime import SettleGate
+from tenantry_metering.metrics import MeteringMetrics
+from tenantry_metering.repository import AggregateRow
+from tenantry_metering.runtime import Runtime, SettleGate
 from tenantry_metering.service import fingerprint, ledger_columns, split_by_tenant
 
 pytestmark = pytest.mark.unit
@@ -150,3 +155,55 @@ async def test_a_batch_whose_parts_fail_waits_for_every_part_and_prefers_an_outa
     with pytest.raises(ConnectionError):
         await runtime.ingest(events)
     assert sorted(ended) == [0, 1, 2, 3], "every part ended before the batch failed"
+
+
+def _row(tenant: uuid.UUID, requests: int = 1) -> AggregateRow:
+    return AggregateRow(
+        tenant_id=tenant,
+        period=date(2025, 1, 31),
+        model=LOCAL_MODEL,
+        requests=requests,
+        cached_requests=0,
+        prompt_tokens=10,
+        completion_tokens=2,
+        cost_micros=5,
+        unpriced_requests=0,
+    )
+
+
+async def test_a_rollup_flush_with_failed_publishes_keeps_them_unless_a_newer_row_came() -> None:
+    """A stand-in broker fails two chosen rows (the real broker's flush is in integration)."""
+    day = date(2025, 1, 31)
+    rows = {(t, day, LOCAL_MODEL): _row(t) for t in (uuid.uuid4() for _ in range(1_100))}
+    keys = list(rows)
+    failing, overtaken = keys[3], keys[1_050]  # in the first and the last chunk
+    unreachable = {failing[0], overtaken[0]}
+    published: list[bytes] = []
+
+    class Broker:
+        async def publish(self, message: Any, *, key: bytes, **_: Any) -> None:
+            await asyncio.sleep(0)
+            tenant = uuid.UUID(key.decode()[:36])
+            if tenant == overtaken[0] and tenant in unreachable:
+                # A batch recorded a newer row for this key while the flush was publishing.
+                runtime.dirty_rollups[overtaken] = _row(tenant, requests=2)
+            if tenant in unreachable:
+                raise ConnectionError("broker away")
+            published.append(key)
+
+    runtime = Runtime(
+        settings=Settings(environment="test"),
+        broker=Broker(),  # type: ignore[arg-type]
+        metrics=MeteringMetrics(CollectorRegistry()),
+    )
+    runtime.dirty_rollups = dict(rows)
+    with pytest.raises(ConnectionError):
+        await runtime.flush_rollups()
+    assert len(published) == len(set(published)) == 1_098, "every other row, across the chunks"
+    assert runtime.dirty_rollups == {failing: rows[failing], overtaken: _row(overtaken[0], 2)}
+
+    unreachable.clear()
+    published.clear()
+    assert await runtime.flush_rollups() == 2
+    assert runtime.dirty_rollups == {}
+    assert len(published) == 2
