@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faststream.kafka import KafkaBroker
+from messaging_testkit import audit_event
 from tenantry_common.batching import lingering
-from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
+from tenantry_common.events import AuditRecorded
 from tenantry_common.inflight import windowed
 from tenantry_common.messaging import (
     DLQ_HEADER_ATTEMPTS,
@@ -37,18 +38,6 @@ from tenantry_common.topics import TopicSpec
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
-
-
-def _event(tenant: uuid.UUID, n: int) -> AuditRecorded:
-    return AuditRecorded(
-        tenant_id=tenant,
-        audit_type=AuditType.API_CALL,
-        source="test",
-        resource_type="thing",
-        resource_id=str(n),
-        action="poke",
-        status=AuditStatus.SUCCESS,
-    )
 
 
 @pytest.fixture
@@ -127,7 +116,7 @@ async def test_handler_round_trip_commits_after_processing(settings, topic) -> N
     tenant = uuid.uuid4()
     async with broker:
         await broker.start()
-        sent = [_event(tenant, i) for i in range(3)]
+        sent = [audit_event(tenant, i) for i in range(3)]
         for e in sent:
             await publish_event(broker, topic, e)
         await _wait(lambda: len(seen) == 3)
@@ -160,7 +149,7 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_never_skipped(
     async with broker:
         await broker.start()
         for i in range(2):
-            await publish_event(broker, topic, _event(tenant, i))
+            await publish_event(broker, topic, audit_event(tenant, i))
         await _wait(lambda: attempts.get("1") == 1)
         # The first message failed three times and was dead-lettered before the second ran.
         assert attempts["0"] == 3
@@ -197,7 +186,7 @@ async def test_malformed_bytes_go_to_dlq_and_the_consumer_goes_on(settings, topi
             topic, b"{not json", headers=[("content-type", b"application/json")]
         )
         await producer.send_and_wait(topic, b'{"event_type": "AuditRecorded"}')
-        bad_version = _event(uuid.uuid4(), 7).model_dump(mode="json") | {"schema_version": 99}
+        bad_version = audit_event(uuid.uuid4(), 7).model_dump(mode="json") | {"schema_version": 99}
         import json
 
         await producer.send_and_wait(
@@ -208,7 +197,7 @@ async def test_malformed_bytes_go_to_dlq_and_the_consumer_goes_on(settings, topi
 
     async with broker:
         await broker.start()
-        await publish_event(broker, topic, _event(uuid.uuid4(), 42))
+        await publish_event(broker, topic, audit_event(uuid.uuid4(), 42))
         await _wait(lambda: seen == ["42"])
         await asyncio.sleep(0.3)
 
@@ -239,7 +228,7 @@ async def _slow_consumer_run(
     async with broker:
         await broker.start()
         for i in range(messages):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(broker, topic, audit_event(uuid.uuid4(), i))
     return group, marker_dir, env
 
 
@@ -314,7 +303,7 @@ async def test_window_runs_one_partitions_messages_at_once_and_commits_them_in_o
     async with gated.broker:
         await gated.broker.start()
         for i in range(5):
-            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(gated.broker, topic, audit_event(uuid.uuid4(), i))
         # All five are in flight at once, from the topic's only partition.
         await _wait(lambda: sorted(gated.started) == ["0", "1", "2", "3", "4"])
         for later in ("4", "3", "1"):
@@ -337,7 +326,7 @@ async def test_window_holds_at_most_its_size_in_flight(settings, topic) -> None:
     async with gated.broker:
         await gated.broker.start()
         for i in range(4):
-            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(gated.broker, topic, audit_event(uuid.uuid4(), i))
         await _wait(lambda: len(gated.started) == 2)
         await asyncio.sleep(0.5)
         assert gated.started == ["0", "1"], "the third waits for a free place"
@@ -370,7 +359,7 @@ async def test_window_dead_letters_a_failing_message_and_commits_past_it_only_th
     async with broker:
         await broker.start()
         for i in range(3):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(broker, topic, audit_event(uuid.uuid4(), i))
         await _wait(lambda: sorted(done) == ["1", "2"])
         await asyncio.sleep(0.5)
         assert await _committed(bootstrap, group, topic) in (None, -1, 0)
@@ -402,7 +391,7 @@ async def test_window_retries_a_message_in_place_through_an_outage(settings, top
     async with broker:
         await broker.start()
         for i in range(2):
-            await publish_event(broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(broker, topic, audit_event(uuid.uuid4(), i))
         await _wait(lambda: sorted(done) == ["0", "1"], timeout=30)
         await _wait_committed(bootstrap, group, topic, 2)
     assert attempts == {"0": 3, "1": 1}, "retried in place, the other message not again"
@@ -414,7 +403,7 @@ async def test_window_stop_lets_messages_in_flight_finish_and_commits_them(setti
     await gated.broker.start()
     try:
         for i in range(3):
-            await publish_event(gated.broker, topic, _event(uuid.uuid4(), i))
+            await publish_event(gated.broker, topic, audit_event(uuid.uuid4(), i))
         await _wait(lambda: len(gated.started) == 3)
         stopping = asyncio.create_task(stop_broker(gated.broker, timeout_s=20))
         await asyncio.sleep(0.3)
@@ -465,14 +454,14 @@ async def test_a_small_batch_lingers_for_more_records_then_goes_as_it_is(setting
         await broker.start()
         await asyncio.sleep(6)  # joined the group (Tansu takes ≈ 5 s)
         for i in range(3):
-            await publish_event(broker, topic, _event(tenant, i))
+            await publish_event(broker, topic, audit_event(tenant, i))
         await asyncio.sleep(0.5)
         assert batches == [], "three records wait for two more"
         for i in range(3, 5):
-            await publish_event(broker, topic, _event(tenant, i))
+            await publish_event(broker, topic, audit_event(tenant, i))
         await _wait(lambda: len(batches) == 1)
         assert batches == [["0", "1", "2", "3", "4"]], "one batch, in offset order"
-        await publish_event(broker, topic, _event(tenant, 5))
+        await publish_event(broker, topic, audit_event(tenant, 5))
         await _wait(lambda: len(batches) == 2, timeout=10)  # alone, after the linger
         await _wait_committed(settings.kafka_bootstrap_servers, group, topic, 6)
     assert batches[1] == ["5"]

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
+from messaging_testkit import audit_event
+from tenantry_common.events import AuditRecorded
 from tenantry_common.messaging import (
     DLQ_HEADER_ATTEMPTS,
     DLQ_HEADER_ERROR,
@@ -24,22 +25,6 @@ from tenantry_common.topics import TopicSpec
 pytestmark = pytest.mark.integration
 
 
-def _event(tenant: uuid.UUID, n: int, resource: str | None = None) -> bytes:
-    return (
-        AuditRecorded(
-            tenant_id=tenant,
-            audit_type=AuditType.API_CALL,
-            source="test",
-            resource_type="thing",
-            resource_id=resource or str(n),
-            action="poke",
-            status=AuditStatus.SUCCESS,
-        )
-        .model_dump_json()
-        .encode()
-    )
-
-
 async def test_batch_with_bad_records_dead_letters_only_them_and_commits_past_all(
     kafka_bootstrap: str,
 ) -> None:
@@ -50,7 +35,10 @@ async def test_batch_with_bad_records_dead_letters_only_them_and_commits_past_al
     )
     tenant = uuid.uuid4()
     # 20 records over 2 partitions; "bad" fails permanently, "{" cannot be parsed at all.
-    values = [_event(tenant, i, "bad" if i in (3, 11) else None) for i in range(20)]
+    values = [
+        audit_event(tenant, i, "bad" if i in (3, 11) else None).model_dump_json().encode()
+        for i in range(20)
+    ]
     values[7] = b"{"
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()

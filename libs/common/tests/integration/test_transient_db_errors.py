@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from messaging_testkit import audit_event
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from tenantry_common.events import AuditRecorded, AuditStatus, AuditType
+from tenantry_common.events import AuditRecorded
 from tenantry_common.messaging import (
     RETRYABLE_SQLSTATES,
     build_broker,
@@ -122,22 +123,6 @@ async def test_a_unique_violation_is_not_transient(engine: AsyncEngine) -> None:
     assert not is_transient(caught.value)
 
 
-def _event(tenant: uuid.UUID, n: int) -> bytes:
-    return (
-        AuditRecorded(
-            tenant_id=tenant,
-            audit_type=AuditType.API_CALL,
-            source="test",
-            resource_type="thing",
-            resource_id=str(n),
-            action="poke",
-            status=AuditStatus.SUCCESS,
-        )
-        .model_dump_json()
-        .encode()
-    )
-
-
 async def test_a_batch_that_keeps_losing_deadlocks_is_retried_whole_and_never_dead_lettered(
     kafka_bootstrap: str, engine: AsyncEngine
 ) -> None:
@@ -157,7 +142,9 @@ async def test_a_batch_that_keeps_losing_deadlocks_is_retried_whole_and_never_de
     await producer.start()
     try:
         for i in range(10):
-            await producer.send_and_wait(topic, _event(tenant, i), key=str(tenant).encode())
+            await producer.send_and_wait(
+                topic, audit_event(tenant, i).model_dump_json().encode(), key=str(tenant).encode()
+            )
     finally:
         await producer.stop()
 
