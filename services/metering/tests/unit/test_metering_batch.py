@@ -207,3 +207,30 @@ async def test_a_rollup_flush_with_failed_publishes_keeps_them_unless_a_newer_ro
     assert await runtime.flush_rollups() == 2
     assert runtime.dirty_rollups == {}
     assert len(published) == 2
+
+
+async def test_a_cancelled_rollup_flush_keeps_every_row_it_did_not_confirm() -> None:
+    """Shutdown cancels the flush loop mid-publish; its final flush must still find the rows.
+
+    A stand-in broker whose publishes never finish (the real broker's flush is in integration).
+    """
+    rows = {(t, date(2025, 1, 31), LOCAL_MODEL): _row(t) for t in (uuid.uuid4() for _ in range(3))}
+    started = asyncio.Event()
+
+    class Broker:
+        async def publish(self, message: Any, **_: Any) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+    runtime = Runtime(
+        settings=Settings(environment="test"),
+        broker=Broker(),  # type: ignore[arg-type]
+        metrics=MeteringMetrics(CollectorRegistry()),
+    )
+    runtime.dirty_rollups = dict(rows)
+    flush = asyncio.create_task(runtime.flush_rollups())
+    await started.wait()
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    assert runtime.dirty_rollups == rows
