@@ -171,7 +171,7 @@ def _row(tenant: uuid.UUID, requests: int = 1) -> AggregateRow:
     )
 
 
-async def test_a_rollup_flush_with_failed_publishes_keeps_them_unless_a_newer_row_came() -> None:
+async def test_a_flush_keeps_failed_rows_unless_a_newer_row_came_stand_in_broker() -> None:
     """A stand-in broker fails two chosen rows (the real broker's flush is in integration)."""
     day = date(2025, 1, 31)
     rows = {(t, day, LOCAL_MODEL): _row(t) for t in (uuid.uuid4() for _ in range(1_100))}
@@ -209,7 +209,7 @@ async def test_a_rollup_flush_with_failed_publishes_keeps_them_unless_a_newer_ro
     assert len(published) == 2
 
 
-async def test_a_cancelled_rollup_flush_keeps_every_row_it_did_not_confirm() -> None:
+async def test_a_cancelled_flush_keeps_every_unconfirmed_row_stand_in_broker() -> None:
     """Shutdown cancels the flush loop mid-publish; its final flush must still find the rows.
 
     A stand-in broker whose publishes never finish (the real broker's flush is in integration).
