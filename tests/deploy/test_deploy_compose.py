@@ -18,7 +18,7 @@ from deploy_support import (
     service_settings,
     unknown_settings,
 )
-from tenantry_common.settings import CommonSettings
+from tenantry_common.settings import PROMPT_MARKUP_STOPS, CommonSettings
 
 pytestmark = pytest.mark.unit
 
@@ -149,3 +149,4 @@ def test_compose_environment_names_are_settings_the_service_reads(
     ).models
     assert "smollm2-135m" in models
     assert models["smollm2-135m"].base_url == "http://model-server:8081/v1"
+    assert models["smollm2-135m"].stop == list(PROMPT_MARKUP_STOPS)

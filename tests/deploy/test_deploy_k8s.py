@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from tenantry_common.health import health_router
 from tenantry_common.metrics import metrics_router
-from tenantry_common.settings import CommonSettings
+from tenantry_common.settings import PROMPT_MARKUP_STOPS, CommonSettings
 from tenantry_common.topics import CHAT_RESPONSES, all_topics_with_dlqs
 
 pytestmark = pytest.mark.unit
@@ -196,6 +196,7 @@ def test_model_server_probes_the_openai_models_endpoint(
     assert (
         catalogue["smollm2-135m"].base_url == f"http://model-server:{named_port(main, 'http')}/v1"
     )
+    assert catalogue["smollm2-135m"].stop == list(PROMPT_MARKUP_STOPS)
 
 
 @pytest.mark.parametrize("workload", [*WORKLOADS, "chroma"])

@@ -24,6 +24,13 @@ class ModelSpec(BaseModel):
     )
     context_window: int = Field(ge=256)
     tokenizer: str | None = Field(default=None, description="Tokenizer to count with, if needed.")
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Stop sequences sent with every call (at most 4, as OpenAI's API takes), "
+        "e.g. the prompt's own markup for a small model that tends to echo it.",
+        examples=[["<passage", "</passage"]],
+    )
 
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
         """Exact integer cost, rounded up to the next micro-dollar."""
@@ -36,6 +43,9 @@ class ModelSpec(BaseModel):
 
 LOCAL_MODEL = "smollm2-135m"
 
+#: The openings of inference's prompt fences (tenantry_inference.prompts), as stop sequences.
+PROMPT_MARKUP_STOPS = ("<passage", "</passage", "<untrusted_passages", "</untrusted_passages")
+
 
 def default_catalogue() -> dict[str, ModelSpec]:
     """The local SmolLM2 server, plus OpenAI's models (usable once OPENAI_API_KEY is set)."""
@@ -47,6 +57,9 @@ def default_catalogue() -> dict[str, ModelSpec]:
             input_price_micros_per_mtok=50_000,
             output_price_micros_per_mtok=100_000,
             context_window=2048,
+            # The 135M model sometimes goes on to recite a passage with its fence tags; an
+            # answer ends where it starts to.
+            stop=list(PROMPT_MARKUP_STOPS),
         ),
         "gpt-4o-mini": ModelSpec(
             base_url="https://api.openai.com/v1",

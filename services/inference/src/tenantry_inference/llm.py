@@ -115,6 +115,8 @@ class ModelGateway:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
+        if spec.stop:
+            request["stop"] = list(spec.stop)
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))
