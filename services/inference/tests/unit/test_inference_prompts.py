@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 
 import pytest
 from tenantry_common.events import ChatMessage, Passage
+from tenantry_common.settings import PROMPT_MARKUP_STOPS
 from tenantry_inference.prompts import (
     DEFAULT_TEMPLATE,
     ISOLATION_INSTRUCTIONS,
@@ -92,6 +94,19 @@ def test_passages_are_fenced_as_untrusted_and_cannot_close_the_fence() -> None:
 
 def test_no_passages_means_the_bare_question() -> None:
     assert user_message(question="Hi?", passages=[], tenant_name="A").content == "Hi?"
+
+
+def test_the_local_models_stop_sequences_are_where_the_prompts_fences_open() -> None:
+    """The catalogue's stops (tenantry_common.settings) must follow the fences built here."""
+    content = user_message(
+        question="Hi?", passages=[_passage(0.9, 3, "a"), _passage(0.5, 3, "b")], tenant_name="A"
+    ).content
+    for stop in PROMPT_MARKUP_STOPS:
+        assert stop in content
+    opened = {
+        m.start() for stop in PROMPT_MARKUP_STOPS for m in re.finditer(re.escape(stop), content)
+    }
+    assert opened == {m.start() for m in re.finditer("<", content)}, "every fence tag is a stop"
 
 
 def test_context_is_trimmed_lowest_score_first_to_fit_the_window() -> None:
