@@ -16,8 +16,10 @@ import functools
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
@@ -65,8 +67,7 @@ async def _one_by_one(
         )
 
 
-async def _timed(job: object) -> tuple[float, float]:
-    assert callable(job)
+async def _timed(job: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     await job()
     return time.perf_counter() - wall, time.process_time() - cpu

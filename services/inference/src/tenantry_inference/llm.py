@@ -116,7 +116,7 @@ class ModelGateway:
             "temperature": temperature,
         }
         if spec.stop:
-            request["stop"] = list(spec.stop)
+            request["stop"] = spec.stop
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))
