@@ -101,6 +101,23 @@ def group_cpu_s(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def named_cpu_s(command: str) -> float:
+    """CPU seconds (user + system, with reaped children) used so far by every process whose
+    command name is ``command``: for servers the bench shares but did not start (Redis,
+    Postgres), whose process groups are not its own."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if stat[stat.index("(") + 1 : stat.rindex(")")] != command:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def start(
     *,
     name: str,

@@ -43,6 +43,27 @@ def ratios(points: Points) -> dict[int, dict[str, Any]]:
     return out
 
 
+#: Servers every target's requests pass through or may use; not the target's own CPU.
+SHARED_PROCESSES = ("nginx", "redis", "postgres")
+
+
+def cpu_ms_per_request(
+    before: Mapping[str, float], after: Mapping[str, float], *, answered: int
+) -> dict[str, float | None]:
+    """Milliseconds of CPU per answered request of each process, across one point, and
+    ``own``: the sum over the target's own processes (the shared servers apart)."""
+    if answered <= 0:
+        return dict.fromkeys((*after, "own"))
+    out: dict[str, float | None] = {
+        name: round((after[name] - before.get(name, after[name])) * 1000 / answered, 3)
+        for name in after
+    }
+    out["own"] = round(
+        sum(v for k, v in out.items() if k not in SHARED_PROCESSES and v is not None), 3
+    )
+    return out
+
+
 def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -61,16 +82,37 @@ def markdown(points: Points, meta: Mapping[str, Any]) -> str:
         f"rotated, load average before the run {meta.get('loadavg_before', '?')}.",
         "",
         "| target | connections | ok req/s | p50 ms | p99 ms | errors | RSS after (MiB) "
-        "| other targets' CPU (cores) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| other targets' CPU (cores) | own CPU ms per request | Redis + Postgres CPU ms "
+        "per request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in ("tenantry", "litellm", "portkey", "nginx"):
         for level, point in sorted(points.get(target, {}).items()):
+            cpu = point.get("cpu_ms_per_request") or {}
+            shared = [cpu.get(k) for k in ("redis", "postgres")]
             lines.append(
                 f"| {target} | {level} | {_num(point['ok_rps'])} | {_num(point['p50_ms'], 2)} "
                 f"| {_num(point['p99_ms'], 2)} | {point['errors']} "
-                f"| {_num(point.get('rss_mb'))} | {_num(point.get('others_cpu_cores'), 2)} |"
+                f"| {_num(point.get('rss_mb'))} | {_num(point.get('others_cpu_cores'), 2)} "
+                f"| {_num(cpu.get('own'), 3)} "
+                f"| {_num(sum(v for v in shared if v is not None) if any(shared) else None, 3)} |"
             )
+    by_process = {
+        level: point["cpu_ms_per_request"]
+        for level, point in sorted(points.get("tenantry", {}).items())
+        if point.get("cpu_ms_per_request")
+    }
+    if by_process:
+        names = [n for n in next(iter(by_process.values())) if n not in ("own", "nginx")]
+        lines += [
+            "",
+            "Tenantry's CPU per answered request by process (ms):",
+            "",
+            "| connections | " + " | ".join(names) + " |",
+            "| ---: | " + " | ".join("---:" for _ in names) + " |",
+        ]
+        for level, cpu in by_process.items():
+            lines.append(f"| {level} | " + " | ".join(_num(cpu.get(n), 3) for n in names) + " |")
     lines += [
         "",
         "| connections | ours/LiteLLM req/s (≥ 3) | ours/LiteLLM p99 (≤ 0.3) "

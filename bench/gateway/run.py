@@ -15,7 +15,8 @@ stopped. Without it, start Tenantry first::
 
 then ``.venv/bin/python bench/gateway/run.py``. Without a reachable edge the Tenantry target
 is recorded as pending and the peers are measured anyway. Each point records the CPU the other
-targets' processes used beside it.
+targets' processes used beside it, and
+the CPU per answered request of each process that served it (``cpu_ms_per_request``).
 """
 
 from __future__ import annotations
@@ -322,6 +323,24 @@ class Bench:
             total += tenantry_cpu_s()
         return total
 
+    def cpu_by_process(self, name: str) -> dict[str, float]:
+        """CPU seconds used so far by the processes that serve ``name``'s requests: its own
+        (each Tenantry service and the broker; a peer's process group), the instant server
+        upstream of all, and the machine's Redis and Postgres (LiteLLM uses Redis too)."""
+        out: dict[str, float] = {}
+        if name == "tenantry":
+            for service in (*TENANTRY_SERVICES, "kafka"):
+                pid = stack_pid(service)
+                if pid is not None:
+                    out[service] = procs.group_cpu_s(pid)
+        elif (own := self.servers.get(name)) is not None:
+            out[name] = own.cpu_s()
+        if name != "nginx" and (upstream := self.servers.get("nginx")) is not None:
+            out["nginx"] = upstream.cpu_s()
+        out["redis"] = procs.named_cpu_s("redis-server")
+        out["postgres"] = procs.named_cpu_s("postgres")
+        return out
+
     def measure(self, targets: list[str]) -> None:
         """Warm each target, then per connection count run every target in turn (interleaved, so
         that background load from the rest of the machine falls on all targets alike)."""
@@ -336,12 +355,17 @@ class Bench:
                 if name == "tenantry" and self.args.fresh_stack:
                     self.restart_tenantry(connections)
                 load_before = round(os.getloadavg()[0], 2)
+                cpu_before = self.cpu_by_process(name)
                 others_before, started = self.others_cpu_s(name), time.monotonic()
                 result, raw = self.load(name, connections, self.args.duration)
                 others = (self.others_cpu_s(name) - others_before) / (time.monotonic() - started)
+                cpu_after = self.cpu_by_process(name)
                 point = result.as_dict() | {
                     "loadavg_1m_before": load_before,
                     "others_cpu_cores": round(others, 3),
+                    "cpu_ms_per_request": report.cpu_ms_per_request(
+                        cpu_before, cpu_after, answered=result.requests - result.non_2xx
+                    ),
                 }
                 proc = self.servers.get(name)
                 if proc is not None:

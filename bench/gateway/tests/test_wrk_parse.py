@@ -138,7 +138,54 @@ def test_the_table_shows_what_other_targets_used_beside_each_point() -> None:
     points = {"tenantry": {50: _point(900.0, 30.0) | {"p50_ms": 20.0, "others_cpu_cores": 0.05}}}
     table = report.markdown(points, {})
     assert "| other targets' CPU (cores) |" in table
-    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | 0.05 |" in table
+    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | 0.05 | — | — |" in table
+
+
+def test_cpu_per_request_splits_the_targets_own_processes_from_the_shared_servers() -> None:
+    before = {"auth": 10.0, "inference": 20.0, "kafka": 5.0, "nginx": 1.0, "redis": 2.0}
+    after = {"auth": 11.0, "inference": 22.5, "kafka": 5.5, "nginx": 1.1, "redis": 2.2}
+    cpu = report.cpu_ms_per_request(before, after, answered=1000)
+    assert cpu["auth"] == pytest.approx(1.0)
+    assert cpu["inference"] == pytest.approx(2.5)
+    assert cpu["redis"] == pytest.approx(0.2)
+    assert cpu["own"] == pytest.approx(1.0 + 2.5 + 0.5)  # not nginx's nor Redis's
+    assert set(report.cpu_ms_per_request(before, after, answered=0).values()) == {None}
+
+
+def test_the_table_shows_cpu_per_request_and_tenantrys_by_process() -> None:
+    cpu = {
+        "auth": 1.0,
+        "inference": 2.5,
+        "kafka": 0.5,
+        "nginx": 0.1,
+        "redis": 0.2,
+        "postgres": 0.05,
+        "own": 4.0,
+    }
+    points = {"tenantry": {50: _point(900.0, 30.0) | {"p50_ms": 20.0, "cpu_ms_per_request": cpu}}}
+    table = report.markdown(points, {})
+    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | — | 4.000 | 0.250 |" in table
+    assert "| connections | auth | inference | kafka | redis | postgres |" in table
+    assert "| 50 | 1.000 | 2.500 | 0.500 | 0.200 | 0.050 |" in table
+
+
+def test_named_cpu_counts_processes_by_their_command_name(tmp_path: Path) -> None:
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    # A command name of this test's own: the kernel names a process after the file it ran.
+    command = tmp_path / "burn-cpu-test"
+    command.symlink_to(sys.executable)
+    assert procs.named_cpu_s(command.name) == 0.0
+    proc = subprocess.Popen(
+        [str(command), "-c", burn + "\nprint('done', flush=True)\ninput()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"done\n"
+        assert procs.named_cpu_s(command.name) >= 0.25
+    finally:
+        proc.communicate(b"\n", timeout=20)
 
 
 def test_group_cpu_counts_every_process_of_the_group_and_its_reaped_children() -> None:
