@@ -344,7 +344,14 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         else detector.scan(m.content, tenant_id=request.tenant_id)
         for m in messages
     ]
-    question_findings = detector.scan(request.question, tenant_id=request.tenant_id)
+    # Without passages the user message is the question itself (gateway mode, most cache
+    # misses): its findings are the question's, not scanned twice.
+    last = messages[-1]
+    question_findings = (
+        findings[-1]
+        if last.role == "user" and last.content == request.question
+        else detector.scan(request.question, tenant_id=request.tenant_id)
+    )
     if any(findings) or question_findings:
         every = [f for per_message in findings for f in per_message] + question_findings
         if resolved.policy is LeakagePolicy.BLOCK:

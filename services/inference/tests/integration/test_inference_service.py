@@ -786,6 +786,39 @@ async def test_a_prompt_naming_another_tenant_is_blocked_before_the_model_is_cal
     assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
 
 
+@pytest.mark.parametrize("with_passages", [False, True], ids=["bare question", "with passages"])
+async def test_scripted_prompt_naming_another_tenant_is_redacted_in_prompt_and_question(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str], with_passages: bool
+) -> None:
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant, policy=LeakagePolicy.REDACT)
+    marker = uuid.uuid4().hex
+    passages = [
+        Passage(
+            document_id=uuid.uuid4(),
+            chunk_index=0,
+            title="Refunds",
+            text=f"Refunds take 14 days. {OTHER_TENANT_NAME} pays late.",
+            score=0.9,
+        )
+    ]
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=f"What does {OTHER_TENANT_NAME} pay? {marker}",
+        model="scripted-ok",
+        passages=passages if with_passages else [],
+    )
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    redacted = f"What does [REDACTED:other_tenant_name] pay? {marker}"
+    assert final.question == redacted
+    assert server.count(redacted) == 1, "the model got the redacted question"
+    assert server.count(request.question) == 0
+
+
 async def test_scripted_zero_completion_usage_report_is_recounted_with_the_tokenizer(
     harness: Harness,
 ) -> None:
