@@ -43,15 +43,16 @@ def ratios(points: Points) -> dict[int, dict[str, Any]]:
     return out
 
 
-#: Servers every target's requests pass through or may use; not the target's own CPU.
+#: Servers every target's requests pass through or may use: not a peer's own CPU.
 SHARED_PROCESSES = ("nginx", "redis", "postgres")
 
 
 def cpu_ms_per_request(
-    before: Mapping[str, float], after: Mapping[str, float], *, answered: int
+    before: Mapping[str, float], after: Mapping[str, float], *, answered: int, target: str
 ) -> dict[str, float | None]:
     """Milliseconds of CPU per answered request of each process, across one point, and
-    ``own``: the sum over the target's own processes (the shared servers apart)."""
+    ``own``: the sum over the target's own processes (the shared servers apart, unless the
+    target is one of them: nginx's own row)."""
     if answered <= 0:
         return dict.fromkeys((*after, "own"))
     out: dict[str, float | None] = {
@@ -59,7 +60,12 @@ def cpu_ms_per_request(
         for name in after
     }
     out["own"] = round(
-        sum(v for k, v in out.items() if k not in SHARED_PROCESSES and v is not None), 3
+        sum(
+            v
+            for k, v in out.items()
+            if v is not None and (k == target or k not in SHARED_PROCESSES)
+        ),
+        3,
     )
     return out
 

@@ -364,7 +364,10 @@ class Bench:
                     "loadavg_1m_before": load_before,
                     "others_cpu_cores": round(others, 3),
                     "cpu_ms_per_request": report.cpu_ms_per_request(
-                        cpu_before, cpu_after, answered=result.requests - result.non_2xx
+                        cpu_before,
+                        cpu_after,
+                        answered=result.requests - result.non_2xx,
+                        target=name,
                     ),
                 }
                 proc = self.servers.get(name)

@@ -144,12 +144,18 @@ def test_the_table_shows_what_other_targets_used_beside_each_point() -> None:
 def test_cpu_per_request_splits_the_targets_own_processes_from_the_shared_servers() -> None:
     before = {"auth": 10.0, "inference": 20.0, "kafka": 5.0, "nginx": 1.0, "redis": 2.0}
     after = {"auth": 11.0, "inference": 22.5, "kafka": 5.5, "nginx": 1.1, "redis": 2.2}
-    cpu = report.cpu_ms_per_request(before, after, answered=1000)
+    cpu = report.cpu_ms_per_request(before, after, answered=1000, target="tenantry")
     assert cpu["auth"] == pytest.approx(1.0)
     assert cpu["inference"] == pytest.approx(2.5)
     assert cpu["redis"] == pytest.approx(0.2)
     assert cpu["own"] == pytest.approx(1.0 + 2.5 + 0.5)  # not nginx's nor Redis's
-    assert set(report.cpu_ms_per_request(before, after, answered=0).values()) == {None}
+    empty = report.cpu_ms_per_request(before, after, answered=0, target="tenantry")
+    assert set(empty.values()) == {None}
+    # nginx answering wrk directly: its own CPU is nginx's.
+    direct = report.cpu_ms_per_request(
+        {"nginx": 1.0, "redis": 2.0}, {"nginx": 1.5, "redis": 2.0}, answered=100_000, target="nginx"
+    )
+    assert direct["own"] == pytest.approx(0.005)
 
 
 def test_the_table_shows_cpu_per_request_and_tenantrys_by_process() -> None:
