@@ -95,13 +95,13 @@ def markdown(points: Points, meta: Mapping[str, Any]) -> str:
     for target in ("tenantry", "litellm", "portkey", "nginx"):
         for level, point in sorted(points.get(target, {}).items()):
             cpu = point.get("cpu_ms_per_request") or {}
-            shared = [cpu.get(k) for k in ("redis", "postgres")]
+            shared = [v for v in (cpu.get("redis"), cpu.get("postgres")) if v is not None]
             lines.append(
                 f"| {target} | {level} | {_num(point['ok_rps'])} | {_num(point['p50_ms'], 2)} "
                 f"| {_num(point['p99_ms'], 2)} | {point['errors']} "
                 f"| {_num(point.get('rss_mb'))} | {_num(point.get('others_cpu_cores'), 2)} "
                 f"| {_num(cpu.get('own'), 3)} "
-                f"| {_num(sum(v for v in shared if v is not None) if any(shared) else None, 3)} |"
+                f"| {_num(sum(shared) if shared else None, 3)} |"
             )
     by_process = {
         level: point["cpu_ms_per_request"]

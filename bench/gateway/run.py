@@ -15,8 +15,8 @@ stopped. Without it, start Tenantry first::
 
 then ``.venv/bin/python bench/gateway/run.py``. Without a reachable edge the Tenantry target
 is recorded as pending and the peers are measured anyway. Each point records the CPU the other
-targets' processes used beside it, and
-the CPU per answered request of each process that served it (``cpu_ms_per_request``).
+targets' processes used beside it, and the CPU per answered request of each process that served
+it (``cpu_ms_per_request``).
 """
 
 from __future__ import annotations
