@@ -54,7 +54,7 @@ test-e2e: install ## end-to-end tests through the edge's HTTP API
 	bash scripts/ensure-services.sh
 	$(PYTEST) -m e2e
 
-test-fault: install ## fault injection under load (kill -9, Postgres and Redis restarts); ~4 min
+test-fault: install ## fault injection under load (kill -9, Postgres and Redis restarts); ~2-4 min
 	$(PYTEST) -m fault
 
 lint: install ## ruff, mypy and hadolint
