@@ -344,8 +344,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         else detector.scan(m.content, tenant_id=request.tenant_id)
         for m in messages
     ]
-    # Without passages the user message is the question itself (gateway mode, most cache
-    # misses): its findings are the question's, not scanned twice.
+    # Without passages (gateway mode, or a search that found nothing) the user message is the
+    # question itself: its findings are the question's, not scanned twice.
     last = messages[-1]
     question_findings = (
         findings[-1]
