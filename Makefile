@@ -78,6 +78,7 @@ logs: ## follow the local stack's logs
 
 schemas: install ## export event JSON Schemas (docs/schemas) and AsyncAPI documents (docs/asyncapi)
 	$(PY) -m tenantry_common.schemas docs/schemas
+	$(PY) -m tenantry_metering.schemas docs/schemas
 	$(PY) scripts/asyncapi.py docs/asyncapi
 
 k8s-topics: install ## regenerate k8s/base/kafka-topics.yaml from topics.py

@@ -11,7 +11,8 @@ from tenantry_common.topics import ALL_TOPICS
 
 
 def export_schemas(directory: Path) -> list[Path]:
-    """Write ``<Event>.json`` for every event into ``directory``; returns the files written."""
+    """Write ``<Event>.json`` for every event and ``topics.json`` (every topic, its partitions
+    and description) into ``directory``; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for model in ALL_EVENTS:
@@ -25,7 +26,9 @@ def export_schemas(directory: Path) -> list[Path]:
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)
     index = {t.name: {"partitions": t.partitions, "description": t.description} for t in ALL_TOPICS}
-    (directory / "topics.json").write_text(json.dumps(index, indent=2) + "\n")
+    topics = directory / "topics.json"
+    topics.write_text(json.dumps(index, indent=2) + "\n")
+    written.append(topics)
     return written
 
 
