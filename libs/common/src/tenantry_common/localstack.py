@@ -67,7 +67,7 @@ def smollm2_gguf() -> Path:
 
 #: Tansu's tokio worker threads (``TANSU_WORKER_THREADS`` overrides). tokio starts one per
 #: core by default; on this 2-core machine, shared with the five services, one worker used
-#: 10 to 15 % less broker CPU per gateway request than two and answered 1 to 12 % more requests
+#: 11 to 16 % less broker CPU per gateway request than two and answered 1 to 12 % more requests
 #: per second (two alternating pairs of runs, bench/README.md, "One broker thread").
 TANSU_WORKER_THREADS = "1"
 
