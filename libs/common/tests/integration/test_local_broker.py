@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,25 +10,29 @@ from tenantry_common.localstack import free_port, start_tansu, stop_process
 pytestmark = pytest.mark.integration
 
 
-def _tokio_workers(pid: int) -> int:
-    tasks = Path(f"/proc/{pid}/task")
-    return sum((task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks.iterdir())
-
-
-@pytest.mark.parametrize(("override", "workers"), [(None, 1), ("2", 2)])
-def test_tansu_runs_one_tokio_worker_unless_told_otherwise(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str | None, workers: int
-) -> None:
-    monkeypatch.delenv("TOKIO_WORKER_THREADS", raising=False)
-    if override is None:
-        monkeypatch.delenv("TANSU_WORKER_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("TANSU_WORKER_THREADS", override)
-    broker = start_tansu(free_port(), tmp_path / "tansu.log")
+def _started_tansu(tmp_path: Path, workers_setting: str | None) -> tuple[int, list[bytes]]:
+    """Start Tansu, and return its tokio threads (workers; tokio names its blocking-pool
+    threads alike, but starts those only when needed) and its environment; then stop it."""
+    broker = start_tansu(free_port(), tmp_path / f"tansu-{workers_setting}.log")
     try:
-        assert _tokio_workers(broker.pid) == workers
-        environ = Path(f"/proc/{broker.pid}/environ").read_bytes().split(b"\0")
-        assert f"TOKIO_WORKER_THREADS={workers}".encode() in environ
+        tasks = Path(f"/proc/{broker.pid}/task")
+        threads = sum(
+            (task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks.iterdir()
+        )
+        return threads, Path(f"/proc/{broker.pid}/environ").read_bytes().split(b"\0")
     finally:
         stop_process(broker)
-    assert os.environ.get("TOKIO_WORKER_THREADS") is None
+
+
+def test_tansu_runs_one_tokio_worker_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TOKIO_WORKER_THREADS", raising=False)
+    monkeypatch.setenv("TANSU_WORKER_THREADS", "3")
+    three, environ = _started_tansu(tmp_path, "3")
+    assert b"TOKIO_WORKER_THREADS=3" in environ
+
+    monkeypatch.delenv("TANSU_WORKER_THREADS")
+    one, environ = _started_tansu(tmp_path, None)
+    assert b"TOKIO_WORKER_THREADS=1" in environ
+    assert three - one == 2, f"{one} tokio threads by default, {three} with three workers"
