@@ -66,9 +66,10 @@ def smollm2_gguf() -> Path:
 
 
 #: Tansu's tokio worker threads (``TANSU_WORKER_THREADS`` overrides). tokio starts one per
-#: core by default; on this 2-core machine, shared with the five services, one worker used
-#: 11 to 16 % less broker CPU per gateway request than two and answered 1 to 12 % more requests
-#: per second (two alternating pairs of runs, bench/README.md, "One broker thread").
+#: core by default; on this 2-core machine, shared with the five services, the broker used 11 to
+#: 16 % less CPU per gateway request with one worker than with two, and the stack answered 1 to
+#: 12 % more requests per second (two alternating pairs of runs, bench/README.md, "One broker
+#: thread").
 TANSU_WORKER_THREADS = "1"
 
 
