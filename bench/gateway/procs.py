@@ -72,32 +72,34 @@ class Proc:
             self._log.close()  # type: ignore[attr-defined]
 
 
-def _group_pids(pgid: int) -> list[int]:
-    """Process ids whose process group is pgid."""
-    pids: list[int] = []
+def _stats() -> list[tuple[int, str, list[str]]]:
+    """Every process: (pid, command name, the fields of /proc/<pid>/stat after the command)."""
+    out: list[tuple[int, str, list[str]]] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
+        with contextlib.suppress(OSError, ValueError):
             stat = (entry / "stat").read_text()
-            # Fields after the parenthesised command: state ppid pgrp ...
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
+            command = stat[stat.index("(") + 1 : stat.rindex(")")]
+            out.append((int(entry.name), command, stat[stat.rindex(")") + 2 :].split()))
+    return out
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    """utime + stime + cutime + cstime (proc(5) fields 14 to 17; after the command: state ppid
+    pgrp session tty tpgid flags minflt cminflt majflt cmajflt, then these four)."""
+    return sum(int(f) for f in fields[11:15])
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Process ids whose process group is pgid (the third field after the command)."""
+    return [pid for pid, _, fields in _stats() if int(fields[2]) == pgid]
 
 
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) used so far by the living processes of a process group and
     by the children they have waited for (a worker that exited and was reaped still counts)."""
-    ticks = 0
-    for pid in _group_pids(pgid):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            # After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
-            # cmajflt utime stime cutime cstime (proc(5) fields 14 to 17).
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += sum(int(f) for f in fields[11:15])
+    ticks = sum(_cpu_ticks(fields) for _, _, fields in _stats() if int(fields[2]) == pgid)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -105,16 +107,7 @@ def named_cpu_s(command: str) -> float:
     """CPU seconds (user + system, with reaped children) used so far by every process whose
     command name is ``command``: for servers the bench shares but did not start (Redis,
     Postgres), whose process groups are not its own."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            if stat[stat.index("(") + 1 : stat.rindex(")")] != command:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += sum(int(f) for f in fields[11:15])
+    ticks = sum(_cpu_ticks(fields) for _, name, fields in _stats() if name == command)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -114,10 +114,20 @@ def stack_pid(name: str) -> int | None:
         return None
 
 
+def tenantry_cpu_by_process() -> dict[str, float]:
+    """CPU seconds used so far by each process of the running local stack: its services and
+    its broker (``kafka``)."""
+    out: dict[str, float] = {}
+    for name in (*TENANTRY_SERVICES, "kafka"):
+        pid = stack_pid(name)
+        if pid is not None:
+            out[name] = procs.group_cpu_s(pid)
+    return out
+
+
 def tenantry_cpu_s() -> float:
     """CPU seconds used so far by the running local stack: its services and its broker."""
-    pids = (stack_pid(name) for name in (*TENANTRY_SERVICES, "kafka"))
-    return sum((procs.group_cpu_s(pid) for pid in pids if pid is not None), 0.0)
+    return sum(tenantry_cpu_by_process().values(), 0.0)
 
 
 def tenantry_rss_mb() -> dict[str, float]:
@@ -329,10 +339,7 @@ class Bench:
         upstream of all, and the machine's Redis and Postgres (LiteLLM uses Redis too)."""
         out: dict[str, float] = {}
         if name == "tenantry":
-            for service in (*TENANTRY_SERVICES, "kafka"):
-                pid = stack_pid(service)
-                if pid is not None:
-                    out[service] = procs.group_cpu_s(pid)
+            out |= tenantry_cpu_by_process()
         elif (own := self.servers.get(name)) is not None:
             out[name] = own.cpu_s()
         if name != "nginx" and (upstream := self.servers.get("nginx")) is not None:

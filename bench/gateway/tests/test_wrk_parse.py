@@ -20,6 +20,9 @@ import wrk
 
 pytestmark = pytest.mark.unit
 
+#: Python that burns ≈ 0.3 s of CPU (for the CPU-accounting tests).
+BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+
 REPORT = """Running 15s test @ http://127.0.0.1:18091/v1/chat/completions
   1 threads and 50 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -176,13 +179,12 @@ def test_the_table_shows_cpu_per_request_and_tenantrys_by_process() -> None:
 
 
 def test_named_cpu_counts_processes_by_their_command_name(tmp_path: Path) -> None:
-    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
     # A command name of this test's own: the kernel names a process after the file it ran.
     command = tmp_path / "burn-cpu-test"
     command.symlink_to(sys.executable)
     assert procs.named_cpu_s(command.name) == 0.0
     proc = subprocess.Popen(
-        [str(command), "-c", burn + "\nprint('done', flush=True)\ninput()"],
+        [str(command), "-c", BURN + "\nprint('done', flush=True)\ninput()"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -197,11 +199,10 @@ def test_named_cpu_counts_processes_by_their_command_name(tmp_path: Path) -> Non
 def test_group_cpu_counts_every_process_of_the_group_and_its_reaped_children() -> None:
     # A parent and a child in one new session burn ≈ 0.3 s of CPU each; the child exits and is
     # reaped, the parent waits for stdin: the group's CPU still holds both.
-    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
     script = (
         "import subprocess, sys\n"
-        f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)\n"
-        f"exec({burn!r})\n"
+        f"subprocess.run([sys.executable, '-c', {BURN!r}], check=True)\n"
+        f"exec({BURN!r})\n"
         "print('done', flush=True)\n"
         "sys.stdin.read()\n"  # stay alive (and counted) until the test has read the group
     )
