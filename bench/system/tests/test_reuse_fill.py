@@ -30,6 +30,10 @@ def docs(tenant_id: str) -> str:
     return f"tenant-{uuid.UUID(tenant_id).hex}-docs"
 
 
+def cache(tenant_id: str) -> str:
+    return f"tenant-{uuid.UUID(tenant_id).hex}-cache"
+
+
 def test_new_tenants_get_the_filled_collections_and_the_record_follows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -44,20 +48,54 @@ def test_new_tenants_get_the_filled_collections_and_the_record_follows(
             embeddings=[[float(i), 1.0, float(n)] for n in range(3)],
         )
     client.create_collection(docs(new[0]))  # provisioned by retrieval: empty
+    client.create_collection(cache(new[1])).add(ids=["q"], embeddings=[[1.0, 1.0, 1.0]])
     bench_system.FILLED.write_text(json.dumps({"tenant_ids": old, "chunks": 3}))
 
     assert bench_system.reuse_fill([tenant(t) for t in new], 3, chroma=tmp_path / "chroma") == {
-        "reused": 2
+        "reused": 2,
+        "dropped": 0,
     }
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     assert [client.get_collection(docs(t)).count() for t in new] == [3, 3]
     names = {c.name for c in client.list_collections()}
     assert not names & {docs(t) for t in old}
+    assert cache(new[1]) in names  # the new tenants' own collections stay
     assert bench_system.chunks_filled(new, bench_system.read_filled(), 3)
     # Filled already: nothing to do.
     assert bench_system.reuse_fill([tenant(t) for t in new], 3, chroma=tmp_path / "chroma") == {
-        "reused": 0
+        "reused": 0,
+        "dropped": 0,
     }
+
+
+def test_the_collections_of_tenants_no_service_knows_are_dropped_and_the_unused_fill_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chromadb
+
+    monkeypatch.setattr(bench_system, "FILLED", tmp_path / "filled.json")
+    filled, new = [str(uuid.uuid4()) for _ in range(2)], str(uuid.uuid4())
+    forgotten = [str(uuid.uuid4()) for _ in range(3)]  # earlier runs' tenants
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    for tenant_id in filled:
+        client.create_collection(docs(tenant_id)).add(ids=["x"], embeddings=[[1.0, 0.0]])
+    for tenant_id in forgotten:
+        client.create_collection(docs(tenant_id))
+        client.create_collection(cache(tenant_id)).add(ids=["q"], embeddings=[[0.0, 1.0]])
+    client.create_collection("not-a-tenant-namespace")
+    bench_system.FILLED.write_text(json.dumps({"tenant_ids": filled, "chunks": 1}))
+
+    assert bench_system.reuse_fill([tenant(new)], 1, chroma=tmp_path / "chroma") == {
+        "reused": 1,
+        "dropped": 6,
+    }
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    assert {c.name for c in client.list_collections()} == {
+        docs(new),
+        docs(filled[1]),  # the fill's spare, for a run with more tenants
+        "not-a-tenant-namespace",
+    }
+    assert bench_system.read_filled() == {"tenant_ids": [new, filled[1]], "chunks": 1}
 
 
 def test_a_fill_too_small_or_a_collection_in_use_is_refused(
