@@ -239,6 +239,9 @@ def fill_collections(
 #: Which tenants' documents collections the last fill wrote, and how many chunks each.
 FILLED = VAR / "system-filled.json"
 
+#: A tenant's namespace in the local Chroma (retrieval's ``namespace_for``).
+TENANT_COLLECTION = re.compile(r"tenant-(?P<tenant>[0-9a-f]{32})-(?P<kind>[a-z]+)")
+
 
 def chunks_filled(tenant_ids: list[str], filled: dict[str, Any] | None, chunks: int) -> bool:
     """Whether every tenant's documents collection was filled with at least ``chunks`` chunks.
@@ -312,10 +315,6 @@ def reuse_fill(
             client.delete_collection(collection.name)
             dropped += 1
     return {"reused": reused, "dropped": dropped}
-
-
-#: A tenant's namespace in the local Chroma (retrieval's ``namespace_for``).
-TENANT_COLLECTION = re.compile(r"tenant-(?P<tenant>[0-9a-f]{32})-(?P<kind>[a-z]+)")
 
 
 def fill_chunks(tenants: list[tenantry.BenchTenant], chunks: int, seed: int) -> dict[str, Any]:
