@@ -271,8 +271,8 @@ def reuse_fill(
     After a restart of the local broker the bench onboards new tenants; the fill's collections
     belong to the old ones, which no service knows any more. Each filled collection is renamed to
     a new tenant's name (in place: nothing is copied or indexed again), after the new tenant's
-    own, empty, collection is deleted. Refuses when the fill is smaller than asked or has fewer
-    tenants, or when a new tenant's collection holds anything.
+    own collection, if it has an empty one, is deleted. Refuses when the fill is smaller than
+    asked or has fewer tenants, or when a new tenant's collection holds anything.
 
     Then every other tenant's collections are dropped (the fill's unused ones are kept): no
     service knows those tenants after the restart, and each collection in the store makes every

@@ -47,7 +47,7 @@ def test_new_tenants_get_the_filled_collections_and_the_record_follows(
             ids=[f"{i}-{n}" for n in range(3)],
             embeddings=[[float(i), 1.0, float(n)] for n in range(3)],
         )
-    client.create_collection(docs(new[0]))  # provisioned by retrieval: empty
+    client.create_collection(docs(new[0]))  # empty (its documents deleted): replaced
     client.create_collection(cache(new[1])).add(ids=["q"], embeddings=[[1.0, 1.0, 1.0]])
     bench_system.FILLED.write_text(json.dumps({"tenant_ids": old, "chunks": 3}))
 

@@ -419,15 +419,21 @@ class RetrievalService:
     # ------------------------------------------------------------------ lifecycle
 
     async def provision_tenant(self, *, event: Event) -> list[Outgoing]:
-        """Create the tenant's document and cache namespaces, then acknowledge."""
+        """Acknowledge a new tenant once the vector store has answered.
+
+        Nothing is created here: a namespace comes into being with its first write (the first
+        document, the first answer the cache keeps), and a search of one not yet written
+        answers empty. Every collection an embedded Chroma holds makes each of its queries
+        dearer (docs/operations.md, "Scaling"), so a tenant that never uses retrieval or the
+        cache (gateway mode) adds none; Pinecone has always worked this way.
+        """
         try:
-            for kind in Namespace:
-                await self.store.ensure(tenant_id=event.tenant_id, kind=kind)
+            await self.store.ping()
         except Exception as exc:
             if is_transient(exc):
                 raise
             return [_ack(event, LifecycleAction.PROVISIONED, False, type(exc).__name__)]
-        return [_ack(event, LifecycleAction.PROVISIONED, True, "namespaces ready")]
+        return [_ack(event, LifecycleAction.PROVISIONED, True, "vector store ready")]
 
     async def offboard_tenant(self, *, event: Event) -> list[Outgoing]:
         """Delete the tenant's namespaces (documents and cache) and corpus version; acknowledge."""

@@ -70,16 +70,16 @@ class VectorHit:
 
 
 class VectorStore(Protocol):
-    """What retrieval needs from a vector database, always inside one tenant's namespace."""
+    """What retrieval needs from a vector database, always inside one tenant's namespace.
 
-    async def ensure(self, *, tenant_id: uuid.UUID, kind: Namespace) -> None:
-        """Create the namespace if it does not exist."""
-        ...
+    A namespace exists from its first write on; until then a query answers empty, a count 0,
+    and a delete or drop does nothing.
+    """
 
     async def upsert(
         self, *, tenant_id: uuid.UUID, kind: Namespace, records: Sequence[VectorRecord]
     ) -> None:
-        """Insert or replace records by id."""
+        """Insert or replace records by id; the first write creates the namespace."""
         ...
 
     async def query(
@@ -188,11 +188,6 @@ class ChromaStore:
                 return None
         self._collections[name] = collection
         return collection
-
-    async def ensure(self, *, tenant_id: uuid.UUID, kind: Namespace) -> None:
-        """Create the collection if it does not exist."""
-        name = namespace_for(tenant_id, kind)
-        await asyncio.to_thread(self._collection, name, create=True)
 
     async def upsert(
         self, *, tenant_id: uuid.UUID, kind: Namespace, records: Sequence[VectorRecord]
@@ -379,10 +374,6 @@ class PineconeStore:
             )
         host = str(pc.describe_index(settings.pinecone_index).host)
         return cls(pc.Index(host=host), pinecone=pc)
-
-    async def ensure(self, *, tenant_id: uuid.UUID, kind: Namespace) -> None:
-        """Pinecone creates a namespace on its first write; only the name is checked here."""
-        namespace_for(tenant_id, kind)
 
     async def upsert(
         self, *, tenant_id: uuid.UUID, kind: Namespace, records: Sequence[VectorRecord]

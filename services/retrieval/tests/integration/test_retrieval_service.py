@@ -5,6 +5,7 @@ service publishes is read back from the topics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -17,7 +18,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
+from pinecone import Pinecone
 from prometheus_client import CollectorRegistry
+from retrieval_pinecone_mock import PineconeMock
 from tenantry_common.events import (
     AuditRecorded,
     AuditType,
@@ -66,6 +69,7 @@ from tenantry_retrieval.vectorstore import (
     Filter,
     MetadataValue,
     Namespace,
+    PineconeStore,
     VectorRecord,
     namespace_for,
 )
@@ -752,10 +756,7 @@ async def test_a_fill_purges_entries_that_can_never_be_served_again(
     await fill_cache(app, service, fresh, expect=2)
 
 
-async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
-    app: FastAPI, collector: Collector, service: RetrievalService, redis_client: Any
-) -> None:
-    tenant, neighbour = uuid.uuid4(), uuid.uuid4()
+def _provisioned(tenant: uuid.UUID) -> TenantProvisioned:
     config = TenantConfig(
         tenant_name="Acme",
         tier=Tier.PRO,
@@ -769,22 +770,41 @@ async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
         monthly_spend_budget_micros=5_000_000,
         cache_similarity_threshold=0.9,
     )
-    provisioned = TenantProvisioned(
+    return TenantProvisioned(
         tenant_id=tenant, tenant_name="Acme", tier=Tier.PRO, config_version=1, config=config
     )
-    await publish_event(app.state.broker, TENANTS_LIFECYCLE, provisioned)
+
+
+def _collections(service: RetrievalService) -> set[str]:
+    return {c.name for c in service.store._client.list_collections()}  # type: ignore[attr-defined]
+
+
+async def test_provisioning_creates_nothing_first_writes_create_and_offboarding_deletes(
+    app: FastAPI, collector: Collector, service: RetrievalService, redis_client: Any
+) -> None:
+    tenant, neighbour = uuid.uuid4(), uuid.uuid4()
+    await publish_event(app.state.broker, TENANTS_LIFECYCLE, _provisioned(tenant))
     ack = await collector.wait_for(
         TenantLifecycleAcknowledged,
         lambda e: e.tenant_id == tenant and e.action == LifecycleAction.PROVISIONED,
     )
-    assert (ack.service, ack.succeeded) == ("retrieval", True)
-    names = {c.name for c in service.store._client.list_collections()}  # type: ignore[attr-defined]
-    assert {namespace_for(tenant, k) for k in Namespace} <= names
+    assert (ack.service, ack.succeeded, ack.detail) == ("retrieval", True, "vector store ready")
+    names = {namespace_for(tenant, k) for k in Namespace}
+    assert not names & _collections(service), "a tenant that never writes adds no collection"
+
+    # Searched before anything was written: empty answers, and still nothing created.
+    fresh = await ask(app, collector, chat_request(tenant, "How many vacation days?"))
+    assert isinstance(fresh, ContextRetrieved)
+    assert fresh.passages == []
+    assert not names & _collections(service)
 
     for t in (tenant, neighbour):
         await ingest(app, collector, t, HANDBOOK.format(canary=canary(t)))
+        assert namespace_for(t, Namespace.DOCUMENTS) in _collections(service)
+        assert namespace_for(t, Namespace.CACHE) not in _collections(service)
         answer = completed(t, "Vacation days?", "25.", corpus_version=1)
         await fill_cache(app, service, answer, expect=1)
+    assert names <= _collections(service), "the first document and the first kept answer"
 
     offboarded = TenantOffboarded(tenant_id=tenant, tenant_name="Acme", reason="contract ended")
     await publish_event(app.state.broker, TENANTS_LIFECYCLE, offboarded)
@@ -794,8 +814,7 @@ async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
     )
     assert (ack.service, ack.succeeded) == ("retrieval", True)
     assert ack.event_id == derived_id(offboarded.event_id, "retrieval-ack")
-    names = {c.name for c in service.store._client.list_collections()}  # type: ignore[attr-defined]
-    assert not {namespace_for(tenant, k) for k in Namespace} & names
+    assert not names & _collections(service)
     assert await redis_client.exists(corpus_version_key(tenant)) == 0
     for kind in Namespace:
         assert await service.store.count(tenant_id=tenant, kind=kind) == 0
@@ -804,6 +823,29 @@ async def test_provisioning_creates_and_offboarding_deletes_both_namespaces(
         AuditRecorded, lambda e: e.tenant_id == tenant and e.audit_type == AuditType.DELETION
     )
     assert deletion.action == "offboard"
+
+
+async def test_provisioning_is_refused_when_the_store_refuses_pinecone_mock(
+    service: RetrievalService, pinecone_mock_server: PineconeMock
+) -> None:
+    """Pinecone's cloud cannot run here: its mock, once with a wrong key, once with the right."""
+    tenant = uuid.uuid4()
+
+    def with_key(api_key: str) -> RetrievalService:
+        index = Pinecone(api_key=api_key).Index(host=pinecone_mock_server.host)
+        return dataclasses.replace(service, store=PineconeStore(index))
+
+    refused = await with_key("not-the-key").provision_tenant(event=_provisioned(tenant))
+    [ack] = [item.event for item in refused]
+    assert isinstance(ack, TenantLifecycleAcknowledged)
+    assert (ack.succeeded, ack.detail) == (False, "UnauthorizedError")
+
+    [accepted] = await with_key(pinecone_mock_server.api_key).provision_tenant(
+        event=_provisioned(tenant)
+    )
+    assert isinstance(accepted.event, TenantLifecycleAcknowledged)
+    assert accepted.event.succeeded
+    assert pinecone_mock_server.requests[-1].path == "/describe_index_stats", "it asked the store"
 
 
 async def test_feature_flags_turn_retrieval_and_the_cache_off(

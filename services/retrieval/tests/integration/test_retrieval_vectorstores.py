@@ -219,7 +219,6 @@ async def test_delete_where_in_an_absent_namespace_is_a_no_op(store: VectorStore
 
 async def test_drop_deletes_the_namespace_and_tolerates_absence(store: VectorStore) -> None:
     tenant = uuid.uuid4()
-    await store.ensure(tenant_id=tenant, kind=Namespace.CACHE)
     await store.upsert(tenant_id=tenant, kind=Namespace.CACHE, records=_records("q", 2))
     await _count_is(store, tenant, Namespace.CACHE, 2)
     await store.drop(tenant_id=tenant, kind=Namespace.CACHE)
@@ -237,7 +236,6 @@ async def test_every_call_without_a_tenant_uuid_is_refused(
 ) -> None:
     kind = Namespace.DOCUMENTS
     calls = [
-        store.ensure(tenant_id=bad_tenant, kind=kind),  # type: ignore[arg-type]
         store.upsert(tenant_id=bad_tenant, kind=kind, records=_records("d", 1)),  # type: ignore[arg-type]
         store.query(tenant_id=bad_tenant, kind=kind, vector=_unit(0), top_k=1),  # type: ignore[arg-type]
         store.delete_where(tenant_id=bad_tenant, kind=kind, where={"document_id": "d"}),  # type: ignore[arg-type]
