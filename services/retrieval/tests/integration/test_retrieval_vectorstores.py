@@ -1,8 +1,9 @@
-"""One contract suite for every vector store: Chroma runs here for real (embedded, in a temp
-directory); Pinecone runs against the real service when PINECONE_API_KEY is set and is skipped
-visibly otherwise. Pinecone's cloud cannot run here, so PineconeStore also runs the whole suite
-through the real ``pinecone`` SDK against an in-process mock of Pinecone's data-plane API
-(``retrieval_pinecone_mock``); those tests carry ``pinecone_mock_server`` in their id."""
+"""One contract suite for every vector store: Chroma runs here for real, embedded in a temp
+directory and as a server (``chroma run``, as compose and k8s deploy it); Pinecone runs against
+the real service when PINECONE_API_KEY is set and is skipped visibly otherwise. Pinecone's cloud
+cannot run here, so PineconeStore also runs the whole suite through the real ``pinecone`` SDK
+against an in-process mock of Pinecone's data-plane API (``retrieval_pinecone_mock``); those
+tests carry ``pinecone_mock_server`` in their id."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def _records(document: str, count: int, seed: int = 0) -> list[VectorRecord]:
 @pytest.fixture(
     params=[
         "chroma",
+        "chroma_server",
         pytest.param(
             "pinecone",
             marks=pytest.mark.skipif(
@@ -74,6 +76,11 @@ def _records(document: str, count: int, seed: int = 0) -> list[VectorRecord]:
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
     if request.param == "chroma":
         built: VectorStore = ChromaStore.from_settings(RetrievalSettings(chroma_path=tmp_path))
+    elif request.param == "chroma_server":
+        url: str = request.getfixturevalue("chroma_server")
+        built = await asyncio.to_thread(
+            ChromaStore.from_settings, RetrievalSettings(chroma_http_url=url)
+        )
     elif request.param == "pinecone_mock_server":
         mock: PineconeMock = request.getfixturevalue("pinecone_mock_server")
         # The SDK's real client, pointed at the mock's host the way Pinecone Local is used.
