@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "bench" / "gateway"))
 
 import instant  # noqa: E402
 import procs  # noqa: E402
+import run as gateway_run  # noqa: E402
 import tenantry  # noqa: E402
 
 VAR = ROOT / "var" / "bench"
@@ -115,6 +116,32 @@ def rss_mb() -> dict[str, float]:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_s_by_process() -> dict[str, float]:
+    """CPU seconds used so far by each process of the stack (its services and broker, as the
+    gateway comparison counts them), Redis, Postgres and this process, the load generator."""
+    stack: dict[str, float] = gateway_run.tenantry_cpu_by_process()
+    return stack | {
+        "redis": procs.named_cpu_s("redis-server"),
+        "postgres": procs.named_cpu_s("postgres"),
+        "load generator": time.process_time(),
+    }
+
+
+def cpu_per_answer(
+    before: dict[str, float], after: dict[str, float], *, ok: int, elapsed_s: float
+) -> dict[str, Any]:
+    """Each process's CPU per answered request (ms) between two readings, and the cores used.
+
+    A process missing from either reading (not running, or no pid file) is left out, not
+    counted as 0. The bench restarts no process during a load.
+    """
+    used = {name: after[name] - before[name] for name in after if name in before}
+    return {
+        "cpu_ms_per_ok": {name: round(s * 1000 / ok, 2) for name, s in used.items()} if ok else {},
+        "cpu_cores": round(sum(used.values()) / elapsed_s, 2) if elapsed_s > 0 else None,
+    }
 
 
 def mode_config(mode: str) -> dict[str, Any]:
@@ -460,6 +487,7 @@ async def run_load(
     hits = 0
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=400)
+    cpu_before = cpu_s_by_process()
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -491,6 +519,7 @@ async def run_load(
         if tasks:
             await asyncio.wait(tasks, timeout=60)
         elapsed = loop.time() - start
+    cpu = cpu_per_answer(cpu_before, cpu_s_by_process(), ok=len(latencies), elapsed_s=elapsed)
     ok = len(latencies)
     latencies.sort()
 
@@ -509,7 +538,7 @@ async def run_load(
         "mean_ms": round(statistics.fmean(latencies), 1) if ok else None,
         "cache_hits": hits,
         "load_average": load_average(),
-    }
+    } | cpu
 
 
 def ask_each_once(
@@ -663,6 +692,15 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {r['achieved_ok_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
                 f"| {r['load_average']} | {r['not_sustained'] or ''} |"
             )
+    cpu_lines = [
+        f"- {mode}, {kind}: {r['cpu_cores']} cores; "
+        + ", ".join(f"{name} {ms}" for name, ms in r["cpu_ms_per_ok"].items())
+        for mode, runs in result["modes"].items()
+        for kind, r in runs.items()
+        if kind.endswith("/s") and r.get("cpu_ms_per_ok")
+    ]
+    if cpu_lines:
+        lines += ["", "CPU per answered request (ms), at the rate:", "", *cpu_lines]
     lines += ["", "RSS at rest (MiB): " + json.dumps(result["rss_at_rest_mb"])]
     lines += ["RSS after the load (MiB): " + json.dumps(result.get("rss_after_mb", {}))]
     return "\n".join(lines) + "\n"
