@@ -101,9 +101,10 @@ def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _models_endpoint_up(port: int) -> bool:
+def http_ok(port: int, path: str) -> bool:
+    """Whether ``GET http://127.0.0.1:<port><path>`` answers 200 within a second."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
             return int(resp.status) == 200
     except OSError:
         return False
@@ -137,7 +138,7 @@ def start_model_server(port: int, log_path: Path, *, n_ctx: int = 2048) -> subpr
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_for(lambda: _models_endpoint_up(port), 120, "model server", proc)
+    wait_for(lambda: http_ok(port, "/v1/models"), 120, "model server", proc)
     return proc
 
 

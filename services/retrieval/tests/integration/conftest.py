@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from retrieval_pinecone_mock import MOCK_INDEX_DIMENSION, PineconeMock, serve_pinecone_mock
-from tenantry_common.localstack import free_port, stop_process, wait_for
+from tenantry_common.localstack import free_port, http_ok, stop_process, wait_for
 from tenantry_common.testing.fixtures import LOG_DIR, private_broker
 
 
@@ -31,16 +30,6 @@ def pinecone_mock_server() -> Iterator[PineconeMock]:
     """A mock of Pinecone's data plane: one cosine index of MOCK_INDEX_DIMENSION dimensions."""
     with serve_pinecone_mock(dimension=MOCK_INDEX_DIMENSION) as mock:
         yield mock
-
-
-def _heartbeat(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1
-        ) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +55,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        wait_for(lambda: _heartbeat(port), 60, "chroma server", proc)
+        wait_for(lambda: http_ok(port, "/api/v2/heartbeat"), 60, "chroma server", proc)
         yield url
     finally:
         stop_process(proc)
