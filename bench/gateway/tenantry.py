@@ -55,10 +55,16 @@ def catalogue_env(*, instant_base_url: str) -> dict[str, str]:
     return {"TENANTRY_MODELS": json.dumps(catalogue(instant_base_url=instant_base_url))}
 
 
-def run_stack(*command: str, instant_base_url: str, check: bool) -> None:
-    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server);
-    with ``check``, a failure raises with the end of what the script printed."""
-    env = os.environ | catalogue_env(instant_base_url=instant_base_url)
+def run_stack(
+    *command: str,
+    instant_base_url: str,
+    check: bool,
+    settings: Mapping[str, str] | None = None,
+) -> None:
+    """``scripts/stack.py <command>`` with the bench's model catalogue (the instant server) and
+    any ``settings`` (environment variables) over this process's environment; with ``check``, a
+    failure raises with the end of what the script printed."""
+    env = os.environ | dict(settings or {}) | catalogue_env(instant_base_url=instant_base_url)
     done = subprocess.run(
         [
             sys.executable,

@@ -206,8 +206,10 @@ def member_tokens(args: argparse.Namespace, tenants: list[tenantry.BenchTenant])
     ]
 
 
-def stop_retrieval() -> None:
+def stop_retrieval() -> dict[str, str]:
+    """Stop retrieval; its ``TENANTRY_*`` settings, to start it again as it was."""
     pid = int((ROOT / "var" / "run" / "retrieval.pid").read_text().strip())
+    settings = service_settings(pid)
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -219,6 +221,14 @@ def stop_retrieval() -> None:
     else:
         os.killpg(pid, signal.SIGKILL)
     (ROOT / "var" / "run" / "retrieval.pid").unlink(missing_ok=True)
+    return settings
+
+
+def service_settings(pid: int) -> dict[str, str]:
+    """The ``TENANTRY_*`` environment variables a running process was started with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pairs = (item.decode(errors="replace").partition("=") for item in raw if item)
+    return {name: value for name, _, value in pairs if name.startswith("TENANTRY_")}
 
 
 #: The record at an index of a tenant's filled collection: its id, text and metadata.
@@ -392,24 +402,30 @@ def fill_cache_entries(
     return fill_collections(tenants, "cache", entries, seed, answer)
 
 
-def stack(*command: str) -> None:
+def stack(*command: str, settings: dict[str, str] | None = None) -> None:
     """``scripts/stack.py <command>`` with the bench catalogue (the instant model)."""
-    tenantry.run_stack(*command, instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1", check=True)
+    tenantry.run_stack(
+        *command,
+        instant_base_url=f"http://127.0.0.1:{INSTANT_PORT}/v1",
+        check=True,
+        settings=settings,
+    )
 
 
-def start_stack() -> None:
+def start_stack(settings: dict[str, str] | None = None) -> None:
     """Start whatever of the stack is not running (after ``stop_retrieval``: retrieval)."""
-    stack("up", "--no-model")
+    stack("up", "--no-model", settings=settings)
 
 
 @contextlib.contextmanager
 def retrieval_stopped() -> Iterator[None]:
-    """Retrieval stopped for the block (its embedded Chroma is written), then started again."""
-    stop_retrieval()
+    """Retrieval stopped for the block (its embedded Chroma is written), then started again
+    with the settings it had (a setting given to ``make up`` alone would otherwise be lost)."""
+    settings = stop_retrieval()
     try:
         yield
     finally:
-        start_stack()
+        start_stack(settings)
 
 
 #: Seconds a freshly started stack is left alone after its warm-up, before a step. Started 2 s
