@@ -66,7 +66,6 @@ import tenantry  # noqa: E402
 
 VAR = ROOT / "var" / "bench"
 RESULTS = HERE / "results"
-SERVICES = ("auth", "retrieval", "inference", "metering", "audit")
 INSTANT_PORT = 18090
 DIMENSION = 384  # all-MiniLM-L6-v2, the local embedder
 WORDS = [
@@ -98,20 +97,6 @@ WORDS = [
 
 def log(message: str) -> None:
     print(f"[system] {message}", flush=True)
-
-
-def rss_mb() -> dict[str, float]:
-    """RSS of each service `make up` started (pids in var/run/<name>.pid)."""
-    out: dict[str, float] = {}
-    for name in SERVICES:
-        try:
-            pid = int((ROOT / "var" / "run" / f"{name}.pid").read_text().strip())
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[name] = round(int(line.split()[1]) / 1024, 1)
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def load_average() -> str:
@@ -535,8 +520,8 @@ async def run_load(
         if tasks:
             await asyncio.wait(tasks, timeout=60)
         elapsed = loop.time() - start
-    cpu = cpu_per_answer(cpu_before, cpu_s_by_process(), ok=len(latencies), elapsed_s=elapsed)
     ok = len(latencies)
+    cpu = cpu_per_answer(cpu_before, cpu_s_by_process(), ok=ok, elapsed_s=elapsed)
     latencies.sort()
 
     def pct(q: float) -> float | None:
@@ -841,7 +826,7 @@ def main() -> int:
                 f"WARNING: these tenants' documents collections do not hold {args.chunks} chunks "
                 "(new tenants on a restarted broker?): searches run over empty collections"
             )
-        result["rss_at_rest_mb"] = rss_mb()
+        result["rss_at_rest_mb"] = gateway_run.tenantry_rss_mb()
         result["load_at_rest"] = load_average()
         log(f"RSS at rest: {result['rss_at_rest_mb']} (load {result['load_at_rest']})")
         url = f"{args.edge_url}{tenantry.CHAT_COMPLETIONS_PATH}"
@@ -923,7 +908,7 @@ def main() -> int:
                 result.setdefault("highest", {})[mode] = find_highest_rate(
                     step, rates, max_p99_ms=args.max_p99_ms
                 )
-        result["rss_after_mb"] = rss_mb()
+        result["rss_after_mb"] = gateway_run.tenantry_rss_mb()
     finally:
         nginx.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
