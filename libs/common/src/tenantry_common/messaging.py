@@ -649,7 +649,10 @@ def subscriber_options(
     answers at once, so there the shorter wait only costs idle fetch round trips; the compose
     file and the k8s ConfigMap set it back to 500 ms. On Tansu the local default, 3 ms, puts
     ≈ 1.5 ms on each hop of a request and costs ≈ 0.15 of a core more at rest than 10 ms did
-    (a cache hit's p50 went from 20.4 to 13.7 ms, bench/README.md).
+    (a cache hit's p50 went from 20.4 to 13.7 ms, bench/README.md). A later A/B, five
+    fresh-stack points per value over two machines, kept it: 10 ms saved CPU only below full
+    load, and one request at a time through retrieval took longer (bench/README.md, "The
+    hot-path fetch wait, again").
     """
     options: dict[str, Any] = {
         "group_id": group_id,
