@@ -22,12 +22,21 @@ def test_a_running_process_tenantry_settings_are_read_and_nothing_else() -> None
         "TENANTRY_EMPTY": "",
         "OTHER": "x=y",
     }
-    proc = subprocess.Popen(["sleep", "30"], env=env)
+    # Popen can return while the child's exec is still setting up its new stack, when
+    # /proc/<pid>/environ reads empty (CI saw it); a line from the child says its exec is done,
+    # and the child waits for its stdin to close.
+    proc = subprocess.Popen(
+        ["sh", "-c", "echo started; read _"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
         assert bench_system.service_settings(proc.pid) == {
             "TENANTRY_KAFKA_FETCH_MAX_WAIT_MS": "10",
             "TENANTRY_EMPTY": "",
         }
     finally:
-        proc.kill()
-        proc.wait()
+        proc.communicate(timeout=10)
