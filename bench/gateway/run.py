@@ -253,7 +253,9 @@ class Bench:
         try:
             tokens = tenantry.prepare_tenants(
                 edge_url=edge,
-                operator_secret=self.args.operator_secret,
+                # Read when onboarding, not at start: on a fresh clone the first
+                # `--fresh-stack` start is what creates var/operator.secret.
+                operator_secret=self.args.operator_secret or operator_secret(),
                 count=self.args.tenants,
                 state_file=VAR / "tenantry-tenants.json",
                 broker_started_at=_mtime(ROOT / "var" / "run" / "kafka.pid"),
@@ -546,8 +548,6 @@ def main() -> int:
         return 0
     if any(c < 1 for c in args.connections) or args.duration < 1 or args.duration > 300:
         parser.error("connections must be >= 1 and duration within 1..300 s")
-    if args.operator_secret is None:
-        args.operator_secret = operator_secret()
     check_installed()
     return Bench(args).run()
 
