@@ -538,7 +538,8 @@ def main() -> int:
     parser.add_argument(
         "--print-stack-env",
         action="store_true",
-        help="print `export` lines for `make up` (catalogue -> instant server, operator secret)",
+        help="print `export` lines for `make up` (the model catalogue pointing at the instant "
+        "server; `make up` makes the operator secret itself)",
     )
     args = parser.parse_args()
     if args.print_stack_env:
