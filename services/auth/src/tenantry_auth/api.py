@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -18,11 +19,17 @@ from fastapi import (
     Query,
     Request,
 )
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry_common.auth import EDGE_ISSUER, Principal, Role, TokenVerifier, principal_dependency
 from tenantry_common.events import (
     AuditStatus,
@@ -46,6 +53,9 @@ from tenantry_auth.security import tenant_of_client
 
 log = logging.getLogger("tenantry.auth.api")
 
+#: An exception handler of the app (request, exception) -> response.
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
 # --------------------------------------------------------------------------- errors
 
 _STATUS: dict[type[service.EdgeError], int] = {
@@ -61,16 +71,23 @@ _STATUS: dict[type[service.EdgeError], int] = {
 }
 
 
+def _edge_status(exc: service.EdgeError) -> int:
+    return next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Refusals become 4xx with a reason; an unreachable store becomes 503, never a crash."""
+    """Refusals become 4xx with a reason; an unreachable store becomes 503, never a crash.
+
+    The OpenAI-compatible routes (``is_openai_path``) answer the same refusals in OpenAI's
+    error shape, so that OpenAI's SDKs and the tools built on them read them as their own.
+    """
 
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, service.EdgeError)
-        status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
         body: dict[str, Any] = {"detail": exc.detail}
         if isinstance(exc, service.InvalidClient):
             body = {"error": "invalid_client", "error_description": exc.detail}
-        return JSONResponse(body, status_code=status, headers=exc.headers)
+        return JSONResponse(body, status_code=_edge_status(exc), headers=exc.headers)
 
     async def on_store_down(request: Request, exc: Exception) -> Response:
         if _is_data_error(exc):
@@ -83,9 +100,28 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
-    app.add_exception_handler(service.EdgeError, on_edge_error)
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return await http_exception_handler(request, exc)
+
+    async def on_invalid_body(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return await request_validation_exception_handler(request, exc)
+
+    def openai_aware(handler: ErrorHandler) -> ErrorHandler:
+        async def handle(request: Request, exc: Exception) -> Response:
+            response = await handler(request, exc)
+            if is_openai_path(request.url.path):
+                return as_openai_error(exc, response)
+            return response
+
+        return handle
+
+    app.add_exception_handler(service.EdgeError, openai_aware(on_edge_error))
+    app.add_exception_handler(StarletteHTTPException, openai_aware(on_http_error))
+    app.add_exception_handler(RequestValidationError, openai_aware(on_invalid_body))
     for exc_type in (RedisError, OperationalError, DBAPIError, ConnectionError, OSError):
-        app.add_exception_handler(exc_type, on_store_down)
+        app.add_exception_handler(exc_type, openai_aware(on_store_down))
 
 
 def _is_data_error(exc: Exception) -> bool:
@@ -203,9 +239,33 @@ class ChatAnswer(BaseModel):
     usage: Usage
 
 
+class TextPart(BaseModel):
+    """A text part of a message's content, as OpenAI's newer clients send it."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=32_000)
+
+
 class OpenAIMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=32_000)
+    content: (
+        Annotated[str, Field(max_length=32_000)] | Annotated[list[TextPart], Field(max_length=100)]
+    )
+
+    @property
+    def text(self) -> str:
+        """The content as one text (parts joined by a blank line)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n\n".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(
+        default=False, description="End the stream with a chunk carrying the usage."
+    )
 
 
 class ChatCompletionRequest(BaseModel):
@@ -216,12 +276,55 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = Field(default=None, max_length=200)
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=32_768, description="OpenAI's newer name for max_tokens."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    @property
+    def completion_limit(self) -> int | None:
+        """The answer's token limit, by either name (the smaller if both are given)."""
+        given = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
+        return min(given) if given else None
+
+
+class ModelCard(BaseModel):
+    """One model a tenant may use, as OpenAI's ``GET /v1/models`` lists it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default=0, description="Not tracked: always 0.")
+    owned_by: str = "tenantry"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class Problem(BaseModel):
     detail: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """A refusal of an OpenAI-compatible route, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+#: The statuses the OpenAI-compatible routes document, each in OpenAI's error shape.
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIError} for status in (400, 401, 403, 404, 429, 503, 504)
+}
 
 
 @dataclass(frozen=True)
@@ -823,24 +926,18 @@ def api_routes(
     @router.post(
         "/v1/chat/completions",
         tags=["chat"],
-        responses={
-            200: {"content": {"text/event-stream": {}}},
-            429: {"model": Problem},
-            504: {"model": Problem},
-        },
+        responses={200: {"content": {"text/event-stream": {}}}, **OPENAI_ERRORS},
     )
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, principal: TenantUser, access: Access
     ) -> Response:
         """OpenAI-compatible chat completions (whole or streamed)."""
         user_turns = [i for i, m in enumerate(body.messages) if m.role == "user"]
-        if not user_turns or not body.messages[user_turns[-1]].content.strip():
-            return _openai_error(
-                "the last user message is missing or empty", 400, "invalid_request_error"
-            )
+        if not user_turns or not body.messages[user_turns[-1]].text.strip():
+            return _openai_error("the last user message is missing or empty", 400, param="messages")
         last = user_turns[-1]
-        question = body.messages[last].content[:16_000]
-        history = [ChatMessage(role=m.role, content=m.content) for m in body.messages[:last]]
+        question = body.messages[last].text[:16_000]
+        history = [ChatMessage(role=m.role, content=m.text) for m in body.messages[:last]]
         stream = wants_stream(request, body.stream)
         deadline = settings.chat_deadline_s
         request_id = uuid.uuid4()
@@ -857,21 +954,18 @@ def api_routes(
                     conversation_id=None,
                     stream=stream,
                     model=body.model,
-                    max_tokens=body.max_tokens,
+                    max_tokens=body.completion_limit,
                     temperature=body.temperature,
                 )
             except service.EdgeError as exc:
-                status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
-                kind = "rate_limit_error" if status == 429 else "invalid_request_error"
-                return _openai_error(exc.detail, status, kind, exc.headers)
+                return _openai_edge_error(exc)
             headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
             timeout_detail = str(_deadline_body(request_id, deadline)["detail"])
             first, events = await first_event(pending, deadline)
             if first is None:
-                return _openai_error(timeout_detail, 504, "deadline_exceeded", headers)
+                return _openai_error(timeout_detail, 504, code="deadline_exceeded", headers=headers)
             if isinstance(first, ChatFailed):
-                status = _FAILURE_STATUS[first.reason]
-                return _openai_error(first.message, status, first.reason.value, headers)
+                return _openai_failure(first, headers)
             chunk_id = f"chatcmpl-{request_id}"
             created = int(time.time())
             if not stream:
@@ -883,23 +977,17 @@ def api_routes(
                         _openai_completion(chunk_id, created, event), headers=headers
                     )
                 if isinstance(event, ChatFailed):
-                    status = _FAILURE_STATUS[event.reason]
-                    return _openai_error(event.message, status, event.reason.value, headers)
-                return _openai_error(timeout_detail, 504, "deadline_exceeded", headers)
+                    return _openai_failure(event, headers)
+                return _openai_error(timeout_detail, 504, code="deadline_exceeded", headers=headers)
             model = admitted.request.options.model
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
 
             def chunk(delta: dict[str, str], finish: str | None) -> str:
-                data = {
-                    "id": chunk_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                return _data(_openai_chunk(chunk_id, created, model, [choice]))
 
-            def error_chunk(message: str, kind: str) -> str:
-                return f"data: {json.dumps({'error': {'message': message, 'type': kind}})}\n\n"
+            def error_chunk(message: str, status: int, code: str) -> str:
+                return _data(_openai_error_body(message, status, code=code))
 
             async def sse() -> AsyncIterator[str]:
                 try:
@@ -914,12 +1002,16 @@ def api_routes(
                             if not streamed:
                                 yield chunk({"content": event.answer}, None)
                             yield chunk({}, "stop")
+                            if include_usage:  # as OpenAI sends it: no choices, then [DONE]
+                                usage = _openai_chunk(chunk_id, created, model, [])
+                                yield _data(usage | {"usage": _openai_usage(event)})
                             break
                         elif isinstance(event, ChatFailed):
-                            yield error_chunk(event.message, event.reason.value)
+                            status = _FAILURE_STATUS[event.reason]
+                            yield error_chunk(event.message, status, event.reason.value)
                             break
                         else:
-                            yield error_chunk(timeout_detail, "deadline_exceeded")
+                            yield error_chunk(timeout_detail, 504, "deadline_exceeded")
                             break
                         event = await next_event(events)
                     yield "data: [DONE]\n\n"
@@ -935,6 +1027,35 @@ def api_routes(
         finally:
             if not handed_over:
                 replies.forget(request_id)
+
+    @router.get("/v1/models", tags=["chat"], response_model=ModelList, responses=OPENAI_ERRORS)
+    async def list_models(principal: TenantUser, access: Access) -> ModelList:
+        """The models this tenant may chat with, its default first (OpenAI-compatible)."""
+        models = await service.tenant_models(
+            edge=edge,
+            tenant_id=principal.tenant_id,
+            recorded_config_version=access.config_version,
+        )
+        return ModelList(data=[ModelCard(id=model) for model in models])
+
+    @router.get(
+        "/v1/models/{model_id:path}",
+        tags=["chat"],
+        response_model=ModelCard,
+        responses=OPENAI_ERRORS,
+    )
+    async def get_model(model_id: str, principal: TenantUser, access: Access) -> ModelCard:
+        """One model this tenant may chat with (OpenAI-compatible); 404 for any other."""
+        models = await service.tenant_models(
+            edge=edge,
+            tenant_id=principal.tenant_id,
+            recorded_config_version=access.config_version,
+        )
+        if model_id not in models:
+            raise service.ModelNotAllowed(
+                f"model {model_id!r} does not exist or this tenant may not use it"
+            )
+        return ModelCard(id=model_id)
 
     async def chat_user(request: Request) -> tuple[Principal, CheckedAccess]:
         """A chat route's dependencies, solved in FastAPI's order: token, access, role."""
@@ -1058,6 +1179,39 @@ def _oauth_error(code: str, description: str, status: int) -> JSONResponse:
     )
 
 
+# --------------------------------------------------------------------------- OpenAI's shapes
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether a route answers as OpenAI's API does, its errors included."""
+    return path in ("/v1/chat/completions", "/v1/models") or path.startswith("/v1/models/")
+
+
+def _data(payload: dict[str, Any]) -> str:
+    """One server-sent event of an OpenAI stream."""
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _openai_usage(event: ChatCompleted) -> dict[str, int]:
+    return {
+        "prompt_tokens": event.usage.prompt_tokens,
+        "completion_tokens": event.usage.completion_tokens,
+        "total_tokens": event.usage.total_tokens,
+    }
+
+
+def _openai_chunk(
+    chunk_id: str, created: int, model: str, choices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+
+
 def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -1071,19 +1225,111 @@ def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": event.usage.prompt_tokens,
-            "completion_tokens": event.usage.completion_tokens,
-            "total_tokens": event.usage.total_tokens,
-        },
+        "usage": _openai_usage(event),
     }
 
 
+def _openai_type(status: int) -> str:
+    """OpenAI's error type for an HTTP status (what its SDKs and the tools on them show)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _openai_error_body(
+    message: str, status: int, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    kind = "insufficient_quota" if code == "insufficient_quota" else _openai_type(status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def _openai_error(
-    message: str, status: int, kind: str, headers: dict[str, str] | None = None
+    message: str,
+    status: int,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    """An error as OpenAI's API answers it: ``{"error": {message, type, param, code}}``."""
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": kind}},
+        _openai_error_body(message, status, code=code, param=param),
         status_code=status,
         headers=headers,
     )
+
+
+def _openai_edge_error(exc: service.EdgeError) -> JSONResponse:
+    """A refusal of the edge, in OpenAI's shape (an unknown model is a 404, as there)."""
+    if isinstance(exc, service.ModelNotAllowed):
+        return _openai_error(
+            exc.detail, 404, code="model_not_found", param="model", headers=exc.headers
+        )
+    code = {
+        service.RateLimited: "rate_limit_exceeded",
+        service.BudgetRefused: "insufficient_quota",
+        service.NotFound: "not_found",
+        service.Unavailable: "service_unavailable",
+    }.get(type(exc))
+    return _openai_error(exc.detail, _edge_status(exc), code=code, headers=exc.headers)
+
+
+def _openai_failure(event: ChatFailed, headers: dict[str, str]) -> JSONResponse:
+    """A request the model side could not answer (the reason is the code)."""
+    status = _FAILURE_STATUS[event.reason]
+    return _openai_error(event.message, status, code=event.reason.value, headers=headers)
+
+
+def _openai_validation_error(exc: RequestValidationError) -> JSONResponse:
+    """A body that failed validation: 400 naming the first bad field, as OpenAI's API does."""
+    errors = list(exc.errors())
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
+    kind = str(first.get("type", "invalid"))
+    # The location's first part is where the field is ("body"); the rest names the field.
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    if kind == "json_invalid":
+        param = None
+        context = first.get("ctx")
+        reason = context.get("error") if isinstance(context, dict) else None
+        message = f"the body is not valid JSON: {reason or 'it cannot be parsed'}"
+    else:
+        said = str(first.get("msg", "invalid request"))
+        message = f"{param}: {said}" if param else said
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return _openai_error(message, 400, code=kind, param=param)
+
+
+def as_openai_error(exc: Exception, response: Response) -> Response:
+    """The app's answer to ``exc`` (``response``), reshaped as OpenAI's API would answer it."""
+    if isinstance(exc, RequestValidationError):
+        return _openai_validation_error(exc)
+    if isinstance(exc, service.EdgeError):
+        return _openai_edge_error(exc)
+    status = response.status_code
+    headers = {
+        name: value
+        for name, value in response.headers.items()
+        if name.lower() not in ("content-length", "content-type")
+    }
+    raw = bytes(response.body) if isinstance(response, JSONResponse) else b""
+    try:
+        detail = json.loads(raw).get("detail") if raw else None
+    except (ValueError, AttributeError):
+        detail = None
+    message = detail if isinstance(detail, str) else _http_reason(status)
+    code = "invalid_api_key" if status == 401 else None
+    return _openai_error(message, status, code=code, headers=headers)
+
+
+def _http_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
@@ -125,7 +125,7 @@ class EdgeApp(FastAPI):
     async def handle_plain_error(self, request: Request, exc: Exception) -> Response:
         """The app's exception handler for ``exc`` (by its class's MRO); 500 if none applies."""
         if isinstance(exc, BodyTooLarge):
-            return JSONResponse({"detail": str(exc)}, status_code=413)
+            exc = HTTPException(413, detail=str(exc))  # answered as any other 413
         for cls in type(exc).__mro__:
             handler = self.exception_handlers.get(cls)
             if handler is not None:

@@ -101,6 +101,10 @@ class Invalid(EdgeError):
     pass
 
 
+class ModelNotAllowed(Invalid):
+    """The model asked for is not one of the tenant's allowed models."""
+
+
 class Forbidden(EdgeError):
     pass
 
@@ -856,6 +860,17 @@ def _next_month_s(now: datetime) -> int:
     return max(1, int((first - now).total_seconds()))
 
 
+async def tenant_models(
+    *, edge: Edge, tenant_id: uuid.UUID, recorded_config_version: int | None
+) -> list[str]:
+    """The models a tenant may use, its default first (the config the chat routes read)."""
+    found = await edge.configs.get(tenant_id=tenant_id, recorded_version=recorded_config_version)
+    if found is None:
+        raise NotFound("this tenant has no configuration")
+    config, _ = found
+    return [config.model, *(m for m in config.allowed_models if m != config.model)]
+
+
 async def admit_chat(
     *,
     edge: Edge,
@@ -889,7 +904,7 @@ async def admit_chat(
         raise Forbidden("streaming is disabled for this tenant")
     chosen = model or config.model
     if chosen not in config.allowed_models:
-        raise Invalid(
+        raise ModelNotAllowed(
             f"model {chosen!r} is not allowed for this tenant; allowed: {config.allowed_models}"
         )
     limit = min(max_tokens or config.max_tokens_per_request, config.max_tokens_per_request)

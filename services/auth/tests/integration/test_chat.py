@@ -3,6 +3,7 @@ partition, SSE, the OpenAI-compatible shape, the deadline, rate limits and budge
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -200,14 +201,168 @@ async def test_openai_compatible_streaming_ends_with_done(client, tenant, respon
     assert "".join(line for line in lines if '"content"' in line).count("forty-two") == 1
 
 
-async def test_openai_model_outside_the_tenants_allowed_list_is_400(client, tenant) -> None:
+async def test_openai_model_outside_the_tenants_allowed_list_is_404_model_not_found(
+    client, tenant
+) -> None:
+    """As OpenAI answers a model the key may not use; /v1/chat keeps its 422."""
     r = await client.post(
         "/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
         headers=bearer(tenant.member_token),
     )
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+    assert "not allowed" in error["message"]
+
+
+async def test_openai_routes_answer_every_refusal_in_openais_error_shape(client, tenant) -> None:
+    """Bad bodies are 400 naming the field, bad tokens 401, wrong methods 405: each as
+    ``{"error": {message, type, param, code}}``, which OpenAI's SDKs read; /v1/chat keeps
+    FastAPI's ``detail``."""
+    member = bearer(tenant.member_token)
+    cases = [
+        ({"messages": []}, member, 400, "invalid_request_error", "messages"),
+        (
+            {"messages": [{"role": "wizard", "content": "hi"}]},
+            member,
+            400,
+            "invalid_request_error",
+            "messages.0.role",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "temperature": 9},
+            member,
+            400,
+            "invalid_request_error",
+            "temperature",
+        ),
+        (
+            {"messages": [{"role": "user", "content": " "}]},
+            member,
+            400,
+            "invalid_request_error",
+            "messages",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}]}, {}, 401, "authentication_error", None),
+        (
+            {"messages": [{"role": "user", "content": "hi"}]},
+            bearer("not-a-token"),
+            401,
+            "authentication_error",
+            None,
+        ),
+    ]
+    for body, headers, status, kind, param in cases:
+        r = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == status, (body, r.text)
+        assert set(r.json()) == {"error"}, r.text
+        error = r.json()["error"]
+        assert (error["type"], error["param"]) == (kind, param), r.text
+        assert error["message"], r.text
+    assert "WWW-Authenticate" in r.headers
+
+    r = await client.post(
+        "/v1/chat/completions",
+        content=b"{not json",
+        headers=member | {"Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "json_invalid"
+    r = await client.get("/v1/chat/completions", headers=member)
+    assert r.status_code == 405
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+    r = await client.post("/v1/chat", json={"question": ""}, headers=member)
     assert r.status_code == 422
-    assert "not allowed" in r.json()["error"]["message"]
+    assert "detail" in r.json()
+
+
+async def test_openai_stream_with_include_usage_ends_with_a_usage_chunk(
+    client, tenant, responder
+) -> None:
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 200, r.text
+    lines = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    usage_chunk = json.loads(lines[-2])
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+    assert json.loads(lines[-3])["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in json.loads(line) for line in lines[:-2])
+
+
+async def test_openai_content_parts_and_max_completion_tokens_are_honoured(
+    client, tenant, responder
+) -> None:
+    """Newer OpenAI clients send content as text parts and the limit as max_completion_tokens."""
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "hi"}],
+                },
+            ],
+            "max_completion_tokens": 40,
+        },
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 200, r.text
+    [request] = responder.for_tenant(tenant.tenant_id)
+    assert request.question == "first\n\nhi"
+    assert [(m.role, m.content) for m in request.history] == [("system", "be brief")]
+    assert request.options.max_tokens == 40
+
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": [{"type": "image_url", "x": 1}]}]},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"].startswith("messages.0.content")
+
+
+async def test_openai_models_lists_the_tenants_allowed_models_default_first(client, tenant) -> None:
+    admin = bearer(tenant.admin_token)
+    r = await client.put(
+        "/v1/config",
+        json={"allowed_models": ["gpt-4o-mini", "smollm2-135m"], "model": "smollm2-135m"},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    member = bearer(tenant.member_token)
+    r = await client.get("/v1/models", headers=member)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "object": "list",
+        "data": [
+            {"id": "smollm2-135m", "object": "model", "created": 0, "owned_by": "tenantry"},
+            {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "tenantry"},
+        ],
+    }
+    r = await client.get("/v1/models/gpt-4o-mini", headers=member)
+    assert (r.status_code, r.json()["id"]) == (200, "gpt-4o-mini")
+    r = await client.get("/v1/models/openai/gpt-5", headers=member)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "model_not_found"
+    r = await client.get("/v1/models")
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
 
 
 async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
