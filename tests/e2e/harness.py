@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from tenantry_common.localstack import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +169,13 @@ def wait_until(predicate: object, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{what}: not reached within {timeout_s:.0f}s")
+
+
+def client_token(http: httpx.Client, client_id: str, secret: str) -> str:
+    """An access token for a client (the operator's, or a tenant's) from the edge."""
+    r = http.post(
+        "/v1/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])

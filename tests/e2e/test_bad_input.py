@@ -22,7 +22,7 @@ from tenantry_common.topics import (
     USAGE,
 )
 
-from tests.e2e.harness import System
+from tests.e2e.harness import System, client_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -36,15 +36,6 @@ CONSUMED_TOPICS = [
     USAGE,
     AUDIT,
 ]
-
-
-def _token(http: httpx.Client, client_id: str, secret: str) -> str:
-    r = http.post(
-        "/v1/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["access_token"])
 
 
 @pytest.mark.parametrize(
@@ -79,7 +70,7 @@ def test_bad_input_gets_a_clear_4xx(
     system: System, operator_secret_file: Path, method, path, kwargs
 ) -> None:
     http = httpx.Client(base_url=system.edge.url, timeout=60)
-    token = _token(http, "operator", operator_secret_file.read_text())
+    token = client_token(http, "operator", operator_secret_file.read_text())
     headers = {"Authorization": f"Bearer {token}"} | kwargs.pop("headers", {})
     r = http.request(method, path, headers=headers, **kwargs)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)

@@ -10,20 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import System
+from tests.e2e.harness import System, client_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 N_TENANTS = 4
-
-
-def _token(http: httpx.Client, client_id: str, secret: str) -> str:
-    r = http.post(
-        "/v1/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["access_token"])
 
 
 def _h(token: str) -> dict[str, str]:
@@ -33,7 +24,7 @@ def _h(token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tenants(system: System, operator_secret_file: Path) -> list[dict[str, str]]:
     http = httpx.Client(base_url=system.edge.url, timeout=120)
-    operator = _token(http, "operator", operator_secret_file.read_text())
+    operator = client_token(http, "operator", operator_secret_file.read_text())
     made = []
     for i in range(N_TENANTS):
         canary = f"CANARY-{uuid.uuid4().hex[:12].upper()}"
@@ -60,7 +51,7 @@ def tenants(system: System, operator_secret_file: Path) -> list[dict[str, str]]:
         ):
             assert time.monotonic() < deadline, "tenant not active in time"
             time.sleep(0.5)
-        t["token"] = _token(http, t.pop("client_id"), t.pop("client_secret"))
+        t["token"] = client_token(http, t.pop("client_id"), t.pop("client_secret"))
     for t in made:
         # Near-identical documents: only the canary differs.
         text = (

@@ -1,0 +1,117 @@
+"""The edge's OpenAI-compatible API through the real ``openai`` SDK, as a frontend built on it
+would call it: the tenant's models, whole and streamed answers from the local model (with the
+stream's usage chunk), and refusals arriving as the SDK's own typed errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.harness import System, client_token
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
+    """An OpenAI client holding a new tenant member's token, pointed at the edge."""
+    http = httpx.Client(base_url=system.edge.url, timeout=120)
+    operator = client_token(http, "operator", operator_secret_file.read_text())
+    r = http.post(
+        "/v1/tenants",
+        json={"name": "SDK Frontend", "tier": "pro", "admin_contact": "dev@sdk.test"},
+        headers={"Authorization": f"Bearer {operator}"},
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    deadline = time.monotonic() + 120
+    while (
+        http.get(
+            f"/v1/tenants/{created['tenant_id']}", headers={"Authorization": f"Bearer {operator}"}
+        ).json()["status"]
+        != "active"
+    ):
+        assert time.monotonic() < deadline, "tenant not active in time"
+        time.sleep(0.5)
+    admin = client_token(http, created["client_id"], created["client_secret"])
+    # Short answers from the local model; no cache, so every question reaches the model.
+    r = http.put(
+        "/v1/config",
+        json={
+            "max_tokens_per_request": 24,
+            "features": {
+                "rag": False,
+                "streaming": True,
+                "semantic_cache": False,
+                "fine_tuning": False,
+            },
+        },
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 200, r.text
+    return openai.OpenAI(base_url=f"{system.edge.url}/v1", api_key=admin, max_retries=0)
+
+
+def test_models_are_the_tenants_own(sdk: openai.OpenAI) -> None:
+    models = [model.id for model in sdk.models.list()]
+    assert models[0] == "smollm2-135m"
+    assert sdk.models.retrieve("smollm2-135m").id == "smollm2-135m"
+    with pytest.raises(openai.NotFoundError) as refused:
+        sdk.models.retrieve("gpt-4o-mini")
+    assert refused.value.code == "model_not_found"
+
+
+def test_whole_and_streamed_answers_carry_text_and_usage(sdk: openai.OpenAI) -> None:
+    whole = sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Name one colour of the sky."}],
+        max_tokens=12,
+    )
+    assert whole.choices[0].message.content
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens > 0
+
+    text: list[str] = []
+    usage = None
+    with sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Name one animal that can fly."}],
+        max_completion_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as stream:
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            text.extend(choice.delta.content or "" for choice in chunk.choices)
+    assert "".join(text).strip()
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:
+    with pytest.raises(openai.NotFoundError) as not_allowed:
+        sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert (not_allowed.value.code, not_allowed.value.param) == ("model_not_found", "model")
+
+    with pytest.raises(openai.BadRequestError) as invalid:
+        sdk.chat.completions.create(model="smollm2-135m", messages=[])
+    assert invalid.value.param == "messages"
+
+    with pytest.raises(openai.BadRequestError) as hot:
+        sdk.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": "hi"}], temperature=7
+        )
+    assert hot.value.param == "temperature"
+
+    stranger = openai.OpenAI(base_url=f"{system.edge.url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as unknown:
+        stranger.models.list()
+    assert unknown.value.code == "invalid_api_key"
