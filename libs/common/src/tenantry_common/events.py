@@ -222,6 +222,13 @@ class ChatDelta(Event):
     delta: str
 
 
+class FinishReason(enum.StrEnum):
+    """Why the model stopped writing an answer."""
+
+    STOP = "stop"  # it finished (or reached a stop sequence)
+    LENGTH = "length"  # it reached the answer's token limit: the answer is cut short
+
+
 class ChatCompleted(Event):
     """The final answer to a request (inference, or retrieval on a cache hit)."""
 
@@ -237,6 +244,16 @@ class ChatCompleted(Event):
     config_version: int = Field(ge=0)
     corpus_version: int = Field(ge=0)
     semantic_cache: bool = Field(default=True, description="Whether the tenant allows caching it.")
+    finish_reason: FinishReason = Field(
+        default=FinishReason.STOP,
+        description="Why the model stopped: 'length' when the answer reached its token limit "
+        "(such an answer is cut short, and is not cached).",
+    )
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the semantic cache may keep this answer for later questions."""
+        return self.semantic_cache and not self.cached and self.finish_reason is FinishReason.STOP
 
 
 class FailureReason(enum.StrEnum):

@@ -79,8 +79,9 @@ DLQ_HEADER_ATTEMPTS = "x-dlq-attempts"
 DLQ_HEADER_FAILED_AT = "x-dlq-failed-at"
 
 #: On every ChatCompleted: "true" when the answer may go into the tenant's semantic cache
-#: (``ChatCompleted.semantic_cache`` and not itself served from it), else "false". Retrieval's
-#: cache fill reads every response; this lets it pass over the rest without decoding them.
+#: (``ChatCompleted.cacheable``: allowed, not itself served from it, not cut short), else
+#: "false". Retrieval's cache fill reads every response; this lets it pass over the rest
+#: without decoding them.
 CACHEABLE_HEADER = "x-cacheable"
 
 
@@ -682,8 +683,7 @@ async def publish_event(
     name = topic.name if isinstance(topic, TopicSpec) else topic
     described = {"event_type": event.event_type, "schema_version": str(event.schema_version)}
     if isinstance(event, ChatCompleted):
-        cacheable = event.semantic_cache and not event.cached
-        described[CACHEABLE_HEADER] = "true" if cacheable else "false"
+        described[CACHEABLE_HEADER] = "true" if event.cacheable else "false"
     await broker.publish(
         event,
         topic=name,

@@ -192,6 +192,33 @@ def test_tenant_config_refuses_a_model_outside_allowed_models() -> None:
         CONFIG.model_copy(update={}).model_validate(CONFIG.model_dump() | {"model": "gpt-4o-mini"})
 
 
+@pytest.mark.parametrize(
+    ("change", "cacheable"),
+    [
+        ({}, True),
+        ({"semantic_cache": False}, False),  # the tenant does not allow it
+        ({"cached": True}, False),  # already the cache's answer
+        ({"finish_reason": ev.FinishReason.LENGTH}, False),  # cut short at its token limit
+    ],
+)
+def test_only_a_whole_fresh_answer_the_tenant_allows_is_cacheable(
+    change: dict[str, object], cacheable: bool
+) -> None:
+    answer = ev.ChatCompleted(
+        tenant_id=TENANT,
+        request_id=REQ,
+        user_id="c",
+        question="q",
+        answer="a",
+        model="smollm2-135m",
+        usage=ev.TokenUsage(prompt_tokens=10, completion_tokens=5),
+        config_version=3,
+        corpus_version=5,
+    )
+    assert answer.finish_reason is ev.FinishReason.STOP  # older producers send none
+    assert answer.model_copy(update=change).cacheable is cacheable
+
+
 def test_response_union_decodes_by_event_type() -> None:
     from pydantic import TypeAdapter
 

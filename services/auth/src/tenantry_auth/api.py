@@ -40,6 +40,7 @@ from tenantry_common.events import (
     ChatMessage,
     Citation,
     FailureReason,
+    FinishReason,
     TenantConfig,
     Tier,
 )
@@ -237,6 +238,9 @@ class ChatAnswer(BaseModel):
     citations: list[Citation]
     cached: bool
     usage: Usage
+    finish_reason: FinishReason = Field(
+        description="'length' when the answer reached its token limit and is cut short."
+    )
 
 
 class TextPart(BaseModel):
@@ -1001,7 +1005,7 @@ def api_routes(
                         elif isinstance(event, ChatCompleted):
                             if not streamed:
                                 yield chunk({"content": event.answer}, None)
-                            yield chunk({}, "stop")
+                            yield chunk({}, event.finish_reason.value)
                             if include_usage:  # as OpenAI sends it: no choices, then [DONE]
                                 usage = _openai_chunk(chunk_id, created, model, [])
                                 yield _data(usage | {"usage": _openai_usage(event)})
@@ -1222,7 +1226,7 @@ def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": event.answer},
-                "finish_reason": "stop",
+                "finish_reason": event.finish_reason.value,
             }
         ],
         "usage": _openai_usage(event),

@@ -1008,4 +1008,5 @@ def answer_body(completed: Any) -> dict[str, Any]:
             "completion_tokens": completed.usage.completion_tokens,
             "total_tokens": completed.usage.total_tokens,
         },
+        "finish_reason": completed.finish_reason.value,
     }

@@ -29,6 +29,7 @@ from tenantry_common.events import (
     ContextRetrieved,
     Event,
     FailureReason,
+    FinishReason,
     LifecycleAction,
     TenantLifecycleAcknowledged,
     TokenUsage,
@@ -188,7 +189,8 @@ class Responder:
     every ContextRetrieved (what the edge sends in gateway mode) of a tenant ``onboard`` made
     (other packages' tests in the same session publish ContextRetrieved for real inference).
 
-    A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed.
+    A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed;
+    ``[length]`` an answer cut at its token limit.
     """
 
     producer: AIOKafkaProducer
@@ -232,6 +234,9 @@ class Responder:
                 usage=TokenUsage(prompt_tokens=11, completion_tokens=5),
                 config_version=request.options.config_version,
                 corpus_version=0,
+                finish_reason=FinishReason.LENGTH
+                if "[length]" in request.question
+                else FinishReason.STOP,
             ),
             partition,
         )

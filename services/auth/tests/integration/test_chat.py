@@ -30,7 +30,8 @@ async def test_chat_round_trip_answers_with_the_documented_shape(
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"request_id", "answer", "citations", "cached", "usage"}
+    assert set(body) == {"request_id", "answer", "citations", "cached", "usage", "finish_reason"}
+    assert body["finish_reason"] == "stop"
     assert body["answer"] == "The answer is forty-two."
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
     [request] = [
@@ -199,6 +200,29 @@ async def test_openai_compatible_streaming_ends_with_done(client, tenant, respon
     assert lines[-1] == "data: [DONE]"
     assert '"finish_reason":"stop"' in lines[-2]
     assert "".join(line for line in lines if '"content"' in line).count("forty-two") == 1
+
+
+async def test_an_answer_cut_at_its_token_limit_is_finish_reason_length_everywhere(
+    client, tenant, responder
+) -> None:
+    """What OpenAI's clients read to tell a cut-off answer (and /v1/chat says the same)."""
+    member = bearer(tenant.member_token)
+    ask = {"messages": [{"role": "user", "content": "long story [length]"}]}
+    r = await client.post("/v1/chat/completions", json=ask, headers=member)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+
+    r = await client.post("/v1/chat/completions", json=ask | {"stream": True}, headers=member)
+    finishes = [
+        json.loads(line[6:])["choices"][0]["finish_reason"]
+        for line in r.text.split("\n")
+        if line.startswith("data: {")
+    ]
+    assert finishes[-1] == "length"
+    assert set(finishes[:-1]) == {None}
+
+    r = await client.post("/v1/chat", json={"question": "long story [length]"}, headers=member)
+    assert r.json()["finish_reason"] == "length"
 
 
 async def test_openai_model_outside_the_tenants_allowed_list_is_404_model_not_found(

@@ -39,10 +39,12 @@ class ModelCallError(Exception):
 
 @dataclass(frozen=True)
 class StreamPiece:
-    """One chunk of a streamed answer: some text, or the usage the server reported at the end."""
+    """One chunk of an answer: some text, the usage the server reported, or why it stopped."""
 
     text: str = ""
     usage: TokenUsage | None = None
+    #: The server's ``finish_reason`` ("stop", "length", ...) once it gives one.
+    finish: str | None = None
 
 
 class ModelGateway:
@@ -144,6 +146,9 @@ class ModelGateway:
                     content = _field(_field(choice, "delta"), "content")
                     if isinstance(content, str) and content:
                         yield StreamPiece(text=content)
+                    finish = _field(choice, "finish_reason")
+                    if isinstance(finish, str) and finish:
+                        yield StreamPiece(finish=finish)
             if not received:
                 # Not even a role chunk: the server ignored "stream" (a JSON body parses as no
                 # events at all). Answering empty, at zero tokens, would hide it.
@@ -193,7 +198,8 @@ class ModelGateway:
 
 
 def _whole_answer(completion: object, model: str) -> list[StreamPiece]:
-    """The pieces of a whole (non-streamed) completion: its usage if reported, then its text."""
+    """The pieces of a whole (non-streamed) completion: its usage if reported, its text, then
+    why it stopped if said."""
     choices = _field(completion, "choices")
     if not isinstance(choices, list):
         # A stream, or text: the server ignored "stream": false. Not an answer to bill.
@@ -209,6 +215,9 @@ def _whole_answer(completion: object, model: str) -> list[StreamPiece]:
     content = _field(_field(choices[0], "message"), "content") if choices else None
     if isinstance(content, str) and content:
         pieces.append(StreamPiece(text=content))
+    finish = _field(choices[0], "finish_reason") if choices else None
+    if isinstance(finish, str) and finish:
+        pieces.append(StreamPiece(finish=finish))
     return pieces
 
 

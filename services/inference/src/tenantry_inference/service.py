@@ -31,6 +31,7 @@ from tenantry_common.events import (
     Citation,
     ContextRetrieved,
     FailureReason,
+    FinishReason,
     LeakagePolicy,
     Passage,
     ReplyTo,
@@ -190,6 +191,7 @@ class _Run:
     passages_dropped: int = 0
     ttft_s: float | None = None
     deltas: int = 0
+    finish: str | None = None
 
 
 def sha256_text(text: str) -> str:
@@ -313,6 +315,8 @@ async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outb
         config_version=resolved.config_version,
         corpus_version=request.corpus_version,
         semantic_cache=resolved.semantic_cache,
+        # Cut short at the token limit (the model's word for it): said to the client, not cached.
+        finish_reason=FinishReason.LENGTH if run.finish == "length" else FinishReason.STOP,
     )
     await _finish(run=run, deps=deps, outbox=outbox, final=completed, status="success", error=None)
     return "success"
@@ -400,6 +404,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
             ):
                 if piece.usage is not None:
                     run.reported = piece.usage
+                if piece.finish is not None:
+                    run.finish = piece.finish
                 if piece.text:
                     if run.ttft_s is None:
                         run.ttft_s = time.monotonic() - called
@@ -519,6 +525,7 @@ async def _finish(
         "prompt_tokens": run.usage.prompt_tokens,
         "completion_tokens": run.usage.completion_tokens,
         "usage_source": run.usage_source,
+        "finish_reason": run.finish,
         "passages_used": len(run.passages),
         "passages_dropped": run.passages_dropped,
         "redactions": run.redactions,

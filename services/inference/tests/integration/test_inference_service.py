@@ -43,6 +43,7 @@ from tenantry_common.events import (
     ContextRetrieved,
     Event,
     FailureReason,
+    FinishReason,
     LeakagePolicy,
     LifecycleAction,
     Passage,
@@ -59,7 +60,7 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.localstack import free_port
-from tenantry_common.messaging import ensure_topics, publish_event
+from tenantry_common.messaging import CACHEABLE_HEADER, ensure_topics, publish_event
 from tenantry_common.settings import LOCAL_MODEL, ModelSpec, default_catalogue
 from tenantry_common.testing.fixtures import LOG_DIR, private_broker
 from tenantry_common.testing.lifespan import serving
@@ -525,6 +526,70 @@ async def test_streamed_answer_from_local_model_uses_the_context_token_by_token(
     assert final.usage.prompt_tokens == server_prompt_tokens
     assert final.usage.completion_tokens == len(tokenized.json()["tokens"])
     assert 0 < final.usage.completion_tokens <= config.max_tokens_per_request
+
+
+async def test_an_answer_cut_at_its_token_limit_says_so_and_is_not_cacheable(
+    harness: Harness, kafka_bootstrap: str
+) -> None:
+    """The local model's own finish_reason, whole and streamed: 'length' at a 3-token limit
+    (marked not cacheable in the record's header), 'stop' when it finishes."""
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    for stream in (False, True):
+        cut = context(
+            tenant,
+            harness.reply_topic,
+            question=f"Describe the ocean in detail (stream={stream}).",
+            stream=stream,
+            max_tokens=3,
+        )
+        await harness.ask(cut)
+        final = await harness.final(cut.request_id)
+        assert isinstance(final, ChatCompleted), final
+        assert final.finish_reason is FinishReason.LENGTH, (stream, final.answer)
+        assert not final.cacheable
+        (audit,) = await harness.audits(cut.request_id)
+        assert audit.details["finish_reason"] == "length"
+
+    whole = context(
+        tenant, harness.reply_topic, question="Reply with the single word: yes.", max_tokens=40
+    )
+    await harness.ask(whole)
+    final = await harness.final(whole.request_id)
+    assert isinstance(final, ChatCompleted), final
+    assert final.finish_reason is FinishReason.STOP, final.answer
+    assert final.cacheable
+
+    headers = await _response_headers(
+        kafka_bootstrap, harness.reply_topic, {cut.request_id, whole.request_id}
+    )
+    assert headers[cut.request_id][CACHEABLE_HEADER] == b"false"
+    assert headers[whole.request_id][CACHEABLE_HEADER] == b"true"
+
+
+async def _response_headers(
+    bootstrap: str, topic: str, request_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, bytes]]:
+    """The Kafka headers of each request's final response on the reply topic."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    found: dict[uuid.UUID, dict[str, bytes]] = {}
+    await consumer.start()
+    try:
+        for _ in range(40):
+            batch = await consumer.getmany(timeout_ms=250)
+            for records in batch.values():
+                for record in records:
+                    with contextlib.suppress(ValueError):
+                        event = parse_event(record.value)
+                        if isinstance(event, ChatCompleted) and event.request_id in request_ids:
+                            found[event.request_id] = dict(record.headers)
+            if found.keys() == request_ids:
+                break
+    finally:
+        await consumer.stop()
+    return found
 
 
 async def test_usage_and_audit_are_published_with_hashes_never_text(harness: Harness) -> None:

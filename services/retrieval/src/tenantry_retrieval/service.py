@@ -373,7 +373,7 @@ class RetrievalService:
         kept: dict[uuid.UUID, dict[str, VectorRecord]] = {}
         versions: dict[uuid.UUID, int] = {}
         for answer in completed:
-            if answer.cached or not answer.semantic_cache:
+            if not answer.cacheable:
                 continue
             tenant = answer.tenant_id
             if tenant not in versions:

@@ -32,6 +32,7 @@ from tenantry_common.events import (
     DocumentDeleted,
     DocumentSubmitted,
     Event,
+    FinishReason,
     LifecycleAction,
     ReplyTo,
     Reservation,
@@ -282,6 +283,7 @@ def completed(
     config_version: int = 1,
     semantic_cache: bool = True,
     citations: list[Citation] | None = None,
+    finish_reason: FinishReason = FinishReason.STOP,
 ) -> ChatCompleted:
     return ChatCompleted(
         tenant_id=tenant,
@@ -295,6 +297,7 @@ def completed(
         config_version=config_version,
         corpus_version=corpus_version,
         semantic_cache=semantic_cache,
+        finish_reason=finish_reason,
     )
 
 
@@ -545,6 +548,15 @@ async def test_a_fill_batch_writes_each_tenant_once_and_a_redelivered_answer_onc
         completed(quiet, "Not for the cache?", "No.", corpus_version=0, semantic_cache=False)
     )
     answers.append(completed(quiet, "An old corpus?", "Stale.", corpus_version=7))
+    answers.append(
+        completed(
+            quiet,
+            "Cut short?",
+            "The answer stopped in the mid",
+            corpus_version=0,
+            finish_reason=FinishReason.LENGTH,
+        )
+    )
 
     upserts: list[tuple[uuid.UUID, int]] = []
     upsert = service.store.upsert
