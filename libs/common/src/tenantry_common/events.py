@@ -247,13 +247,13 @@ class ChatCompleted(Event):
     finish_reason: FinishReason = Field(
         default=FinishReason.STOP,
         description="Why the model stopped: 'length' when the answer reached its token limit "
-        "(such an answer is cut short, and is not cached).",
+        "and is cut short (a cache hit says what the cached answer's did).",
     )
 
     @property
     def cacheable(self) -> bool:
         """Whether the semantic cache may keep this answer for later questions."""
-        return self.semantic_cache and not self.cached and self.finish_reason is FinishReason.STOP
+        return self.semantic_cache and not self.cached
 
 
 class FailureReason(enum.StrEnum):

@@ -79,8 +79,8 @@ DLQ_HEADER_ATTEMPTS = "x-dlq-attempts"
 DLQ_HEADER_FAILED_AT = "x-dlq-failed-at"
 
 #: On every ChatCompleted: "true" when the answer may go into the tenant's semantic cache
-#: (``ChatCompleted.cacheable``: allowed, not itself served from it, not cut short), else
-#: "false". Retrieval's cache fill reads every response; this lets it pass over the rest
+#: (``ChatCompleted.cacheable``: the tenant allows it and it was not itself served from it),
+#: else "false". Retrieval's cache fill reads every response; this lets it pass over the rest
 #: without decoding them.
 CACHEABLE_HEADER = "x-cacheable"
 

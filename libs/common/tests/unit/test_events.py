@@ -198,10 +198,10 @@ def test_tenant_config_refuses_a_model_outside_allowed_models() -> None:
         ({}, True),
         ({"semantic_cache": False}, False),  # the tenant does not allow it
         ({"cached": True}, False),  # already the cache's answer
-        ({"finish_reason": ev.FinishReason.LENGTH}, False),  # cut short at its token limit
+        ({"finish_reason": ev.FinishReason.LENGTH}, True),  # cut short: cached, and says so
     ],
 )
-def test_only_a_whole_fresh_answer_the_tenant_allows_is_cacheable(
+def test_a_fresh_answer_the_tenant_allows_is_cacheable(
     change: dict[str, object], cacheable: bool
 ) -> None:
     answer = ev.ChatCompleted(

@@ -315,7 +315,7 @@ async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outb
         config_version=resolved.config_version,
         corpus_version=request.corpus_version,
         semantic_cache=resolved.semantic_cache,
-        # Cut short at the token limit (the model's word for it): said to the client, not cached.
+        # Cut short at the token limit (the model's word for it): the client is told.
         finish_reason=FinishReason.LENGTH if run.finish == "length" else FinishReason.STOP,
     )
     await _finish(run=run, deps=deps, outbox=outbox, final=completed, status="success", error=None)

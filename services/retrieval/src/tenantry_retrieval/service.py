@@ -26,6 +26,7 @@ from tenantry_common.events import (
     DocumentDeleted,
     DocumentSubmitted,
     Event,
+    FinishReason,
     LifecycleAction,
     Passage,
     TenantLifecycleAcknowledged,
@@ -392,6 +393,7 @@ class RetrievalService:
                     "model": answer.model,
                     "config_version": answer.config_version,
                     "corpus_version": answer.corpus_version,
+                    "finish_reason": answer.finish_reason.value,
                     "expires_at": now + self.settings.cache_ttl_s,
                     "citations": json.dumps(
                         [c.model_dump(mode="json") for c in answer.citations],
@@ -488,6 +490,14 @@ def _context(request: ChatRequested, passages: list[Passage], version: int) -> O
     return Outgoing(CHAT_CONTEXT, event)
 
 
+def _finish_reason(stored: object) -> FinishReason:
+    """A cache entry's finish reason ("stop" for entries written before it was kept)."""
+    try:
+        return FinishReason(str(stored))
+    except ValueError:
+        return FinishReason.STOP
+
+
 def _cache_hit(request: ChatRequested, hit: VectorHit, version: int) -> list[Outgoing]:
     citations = [Citation.model_validate(c) for c in json.loads(str(hit.metadata["citations"]))]
     answer = ChatCompleted(
@@ -504,6 +514,8 @@ def _cache_hit(request: ChatRequested, hit: VectorHit, version: int) -> list[Out
         config_version=request.options.config_version,
         corpus_version=version,
         semantic_cache=True,
+        # An answer cut at its token limit is served as it was, and says so.
+        finish_reason=_finish_reason(hit.metadata.get("finish_reason")),
     )
     usage = UsageRecorded(
         event_id=derived_id(request.request_id, "usage"),

@@ -463,6 +463,7 @@ async def test_paraphrases_hit_the_cache_and_different_questions_miss(
         assert hit.answer == original.answer
         assert hit.citations == [citation]
         assert hit.usage == TokenUsage(prompt_tokens=0, completion_tokens=0)
+        assert hit.finish_reason is FinishReason.STOP
         assert hit.event_id == derived_id(request.request_id, "cached-answer")
         assert collector.where[hit.event_id] == (REPLY.topic, REPLY.partition)
         usage = await collector.wait_for(
@@ -496,6 +497,21 @@ async def test_paraphrases_hit_the_cache_and_different_questions_miss(
     await eventually(lambda: _equals(cache_count(service, tenant), 2))
     await asyncio.sleep(0.5)
     assert await cache_count(service, tenant) == 2
+
+    # An answer cut at its token limit is cached too, and a hit on it says it was cut short.
+    cut = completed(
+        tenant,
+        "Describe the onboarding checklist in full.",
+        "First, collect your laptop; then",
+        corpus_version=0,
+        finish_reason=FinishReason.LENGTH,
+    )
+    await fill_cache(app, service, cut, expect=3)
+    hit = await ask(
+        app, collector, chat_request(tenant, "Describe the onboarding checklist in full.")
+    )
+    assert isinstance(hit, ChatCompleted)
+    assert (hit.cached, hit.answer, hit.finish_reason) == (True, cut.answer, FinishReason.LENGTH)
 
 
 async def test_a_question_is_embedded_once_for_its_cache_fill_and_repeats_but_per_tenant(
@@ -548,15 +564,6 @@ async def test_a_fill_batch_writes_each_tenant_once_and_a_redelivered_answer_onc
         completed(quiet, "Not for the cache?", "No.", corpus_version=0, semantic_cache=False)
     )
     answers.append(completed(quiet, "An old corpus?", "Stale.", corpus_version=7))
-    answers.append(
-        completed(
-            quiet,
-            "Cut short?",
-            "The answer stopped in the mid",
-            corpus_version=0,
-            finish_reason=FinishReason.LENGTH,
-        )
-    )
 
     upserts: list[tuple[uuid.UUID, int]] = []
     upsert = service.store.upsert
