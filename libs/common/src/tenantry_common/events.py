@@ -230,9 +230,17 @@ class FinishReason(enum.StrEnum):
 
 
 class ChatCompleted(Event):
-    """The final answer to a request (inference, or retrieval on a cache hit)."""
+    """The final answer to a request (inference, or retrieval on a cache hit).
+
+    Version 2 added ``finish_reason``; a version-1 answer reads as "stop". A consumer that
+    knows only version 1 refuses version 2 with a clear error, so consumers (the edge,
+    retrieval) are upgraded before producers (inference, retrieval's cache hits).
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     event_type: Literal["ChatCompleted"] = "ChatCompleted"
+    schema_version: int = Field(default=2, description="Version of this contract.")
     request_id: uuid.UUID
     user_id: str
     question: str = Field(description="Kept so the semantic cache can be filled from the answer.")

@@ -159,6 +159,18 @@ def test_unknown_schema_version_is_refused_with_a_clear_error() -> None:
         ev.ChatRequested.model_validate(data)
 
 
+def test_chat_completed_reads_version_1_as_stop_and_refuses_version_3() -> None:
+    """ChatCompleted version 2 added finish_reason; an answer from before it still reads."""
+    [completed] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
+    assert completed.schema_version == 2
+    old = json.loads(completed.model_dump_json(exclude={"finish_reason"})) | {"schema_version": 1}
+    parsed = ev.parse_event(json.dumps(old).encode())
+    assert isinstance(parsed, ev.ChatCompleted)
+    assert parsed.finish_reason is ev.FinishReason.STOP
+    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatCompleted"):
+        ev.ChatCompleted.model_validate(old | {"schema_version": 3})
+
+
 def test_unknown_event_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown event_type 'Nope'"):
         ev.parse_event(b'{"event_type": "Nope"}')
