@@ -325,9 +325,11 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
-#: The statuses the OpenAI-compatible routes document, each in OpenAI's error shape.
+#: What the OpenAI-compatible routes document for their refusals: every 4xx and 5xx in OpenAI's
+#: error shape (a range, which also keeps FastAPI from documenting a 422 they never answer).
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIError} for status in (400, 401, 403, 404, 429, 503, 504)
+    "4XX": {"model": OpenAIError, "description": "Refused (a bad body is 400)"},
+    "5XX": {"model": OpenAIError, "description": "Not answered"},
 }
 
 
