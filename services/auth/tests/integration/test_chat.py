@@ -300,6 +300,10 @@ async def test_openai_routes_answer_every_refusal_in_openais_error_shape(client,
     r = await client.get("/v1/chat/completions", headers=member)
     assert r.status_code == 405
     assert r.json()["error"]["type"] == "invalid_request_error"
+    big = {"messages": [{"role": "user", "content": "x" * 30_000}] * 100}
+    r = await client.post("/v1/chat/completions", json=big, headers=member)
+    assert r.status_code == 413
+    assert "larger than" in r.json()["error"]["message"]
 
     r = await client.post("/v1/chat", json={"question": ""}, headers=member)
     assert r.status_code == 422
