@@ -1010,7 +1010,7 @@ def api_routes(
                             yield chunk({}, event.finish_reason.value)
                             if include_usage:  # as OpenAI sends it: no choices, then [DONE]
                                 usage = _openai_chunk(chunk_id, created, model, [])
-                                yield _data(usage | {"usage": _openai_usage(event)})
+                                yield _data(usage | {"usage": service.usage_body(event.usage)})
                             break
                         elif isinstance(event, ChatFailed):
                             status = _FAILURE_STATUS[event.reason]
@@ -1198,14 +1198,6 @@ def _data(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def _openai_usage(event: ChatCompleted) -> dict[str, int]:
-    return {
-        "prompt_tokens": event.usage.prompt_tokens,
-        "completion_tokens": event.usage.completion_tokens,
-        "total_tokens": event.usage.total_tokens,
-    }
-
-
 def _openai_chunk(
     chunk_id: str, created: int, model: str, choices: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -1231,7 +1223,7 @@ def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -
                 "finish_reason": event.finish_reason.value,
             }
         ],
-        "usage": _openai_usage(event),
+        "usage": service.usage_body(event.usage),
     }
 
 

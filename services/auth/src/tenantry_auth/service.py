@@ -47,6 +47,7 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
     Tier,
+    TokenUsage,
 )
 from tenantry_common.ids import PLATFORM_TENANT_ID, derived_id, utcnow
 from tenantry_common.settings import LOCAL_MODEL
@@ -996,6 +997,15 @@ async def admit_chat(
     return AdmittedChat(request, rate, config)
 
 
+def usage_body(usage: TokenUsage) -> dict[str, int]:
+    """An answer's usage as the chat routes answer it (OpenAI's three counts)."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
 def answer_body(completed: Any) -> dict[str, Any]:
     """The JSON answer of ``POST /v1/chat`` from a ChatCompleted."""
     return {
@@ -1003,10 +1013,6 @@ def answer_body(completed: Any) -> dict[str, Any]:
         "answer": completed.answer,
         "citations": [c.model_dump(mode="json") for c in completed.citations],
         "cached": completed.cached,
-        "usage": {
-            "prompt_tokens": completed.usage.prompt_tokens,
-            "completion_tokens": completed.usage.completion_tokens,
-            "total_tokens": completed.usage.total_tokens,
-        },
+        "usage": usage_body(completed.usage),
         "finish_reason": completed.finish_reason.value,
     }
