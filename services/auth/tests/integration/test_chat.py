@@ -413,6 +413,28 @@ async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
     assert "rate limit" in r.json()["detail"]
 
 
+async def test_openai_rate_limit_and_budget_refusals_are_429s_with_their_codes(
+    client, onboard, responder
+) -> None:
+    """On the OpenAI route: the rate limit is rate_limit_exceeded, the budget
+    insufficient_quota, each with Retry-After."""
+    ask = {"messages": [{"role": "user", "content": "q"}]}
+    for limits, code in (
+        ({"rate_limit_per_minute": 1}, "rate_limit_exceeded"),
+        ({"daily_token_budget": 3000, "max_tokens_per_request": 1000}, "insufficient_quota"),
+    ):
+        tenant = await onboard(tier="pro")
+        r = await client.put("/v1/config", json=limits, headers=bearer(tenant.admin_token))
+        assert r.status_code == 200, r.text
+        member = bearer(tenant.member_token)
+        first = await client.post("/v1/chat/completions", json=ask, headers=member)
+        assert first.status_code == 200, first.text
+        second = await client.post("/v1/chat/completions", json=ask, headers=member)
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == code
+        assert int(second.headers["Retry-After"]) >= 1
+
+
 async def test_budget_refuses_with_429_when_the_reservation_would_overshoot(
     client, tenant, responder
 ) -> None:
