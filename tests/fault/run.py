@@ -35,7 +35,7 @@ from tenantry_common.redis import create_redis
 from tenantry_common.settings import ModelSpec
 from tenantry_common.topics import AUDIT, all_topics_with_dlqs
 
-from tests.e2e.harness import System, build_system
+from tests.e2e.harness import System, build_system, client_token
 from tests.fault.stores import InstantModel, PrivatePostgres, PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,19 +274,10 @@ class LoadGenerator(threading.Thread):
 # --------------------------------------------------------------------------- setup
 
 
-def _token(http: httpx.Client, client_id: str, secret: str) -> str:
-    r = http.post(
-        "/v1/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
-    )
-    r.raise_for_status()
-    return str(r.json()["access_token"])
-
-
 def onboard(edge_url: str, operator_secret: str, count: int) -> list[Tenant]:
     """Tenants created through the edge as an operator would, each with one document."""
     http = httpx.Client(base_url=edge_url, timeout=60)
-    operator = {"Authorization": f"Bearer {_token(http, 'operator', operator_secret)}"}
+    operator = {"Authorization": f"Bearer {client_token(http, 'operator', operator_secret)}"}
     made: list[tuple[str, str, str]] = []
     for i in range(count):
         r = http.post(
@@ -309,7 +300,7 @@ def onboard(edge_url: str, operator_secret: str, count: int) -> list[Tenant]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tenant {tenant_id} not active")
             time.sleep(0.5)
-    tenants = [Tenant(tid, _token(http, cid, secret)) for tid, cid, secret in made]
+    tenants = [Tenant(tid, client_token(http, cid, secret)) for tid, cid, secret in made]
     for t in tenants:
         r = http.post(
             "/v1/documents",

@@ -216,17 +216,7 @@ def test_tenant_config_refuses_a_model_outside_allowed_models() -> None:
 def test_a_fresh_answer_the_tenant_allows_is_cacheable(
     change: dict[str, object], cacheable: bool
 ) -> None:
-    answer = ev.ChatCompleted(
-        tenant_id=TENANT,
-        request_id=REQ,
-        user_id="c",
-        question="q",
-        answer="a",
-        model="smollm2-135m",
-        usage=ev.TokenUsage(prompt_tokens=10, completion_tokens=5),
-        config_version=3,
-        corpus_version=5,
-    )
+    [answer] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
     assert answer.finish_reason is ev.FinishReason.STOP  # older producers send none
     assert answer.model_copy(update=change).cacheable is cacheable
 
