@@ -531,8 +531,9 @@ async def test_streamed_answer_from_local_model_uses_the_context_token_by_token(
 async def test_an_answer_cut_at_its_token_limit_says_so(
     harness: Harness, kafka_bootstrap: str
 ) -> None:
-    """The local model's own finish_reason, whole and streamed: 'length' at a 3-token limit,
-    'stop' when it finishes; either may go into the semantic cache (the record's header)."""
+    """The local model's own finish_reason, whole and streamed: 'length' at a 3-token limit; such
+    an answer may still go into the semantic cache (the record's header). ('stop' is checked
+    against the scripted server: whether this tiny model stops within a limit is up to it.)"""
     tenant = uuid.uuid4()
     await harness.configure(tenant)
     for stream in (False, True):
@@ -550,19 +551,8 @@ async def test_an_answer_cut_at_its_token_limit_says_so(
         (audit,) = await harness.audits(cut.request_id)
         assert audit.details["finish_reason"] == "length"
 
-    whole = context(
-        tenant, harness.reply_topic, question="Reply with the single word: yes.", max_tokens=40
-    )
-    await harness.ask(whole)
-    final = await harness.final(whole.request_id)
-    assert isinstance(final, ChatCompleted), final
-    assert final.finish_reason is FinishReason.STOP, final.answer
-
-    headers = await _response_headers(
-        kafka_bootstrap, harness.reply_topic, {cut.request_id, whole.request_id}
-    )
+    headers = await _response_headers(kafka_bootstrap, harness.reply_topic, {cut.request_id})
     assert headers[cut.request_id][CACHEABLE_HEADER] == b"true"
-    assert headers[whole.request_id][CACHEABLE_HEADER] == b"true"
 
 
 async def _response_headers(
@@ -922,6 +912,7 @@ async def test_a_request_without_stream_gets_a_whole_answer_and_a_stream_is_stre
     assert server.requests[question] == [(False, "application/json")]
     assert final.answer == SCRIPTED_ANSWER
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (21, 9)
+    assert final.finish_reason is FinishReason.STOP  # the server's own "stop"
     assert harness.deltas(request.request_id) == []
 
     question, request, final = await ask_fresh(harness, "scripted-ok", "stream it", stream=True)
