@@ -48,13 +48,32 @@ class Event(Contract):
         description="Unique id of this event; consumers deduplicate on it.",
     )
     event_type: str
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this contract.")
+    schema_version: int = Field(
+        default=SCHEMA_VERSION,
+        description="Version of this contract: the oldest one that carries what the event holds.",
+    )
     tenant_id: uuid.UUID = Field(
         description="The tenant the event belongs to (from a verified token)."
     )
     occurred_at: AwareDatetime = Field(
         default_factory=utcnow, description="When it happened (UTC)."
     )
+
+    def model_post_init(self, context: Any, /) -> None:
+        # An event built here (not read) is written as the oldest version that carries it.
+        if "schema_version" not in self.model_fields_set:
+            version = self.written_version()
+            if version != SCHEMA_VERSION:
+                object.__setattr__(self, "schema_version", version)
+
+    def written_version(self) -> int:
+        """The oldest version of this contract that carries everything this event holds.
+
+        A field added in a later version is left out of the JSON while it holds its default
+        (``exclude_if``), and the event is then written as the older version: consumers not
+        yet upgraded read it, so a rolling upgrade refuses only events that use what is new.
+        """
+        return SCHEMA_VERSION
 
     @field_validator("schema_version")
     @classmethod
@@ -138,6 +157,12 @@ class ChatOptions(Contract):
     semantic_cache: bool = True
     cache_similarity_threshold: float = Field(ge=0.0, le=1.0)
     top_k: int = Field(default=4, ge=1, le=50)
+    stop: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Sequences where the model stops writing, the request's own (version 2).",
+        exclude_if=lambda stop: not stop,
+    )
 
 
 class Reservation(Contract):
@@ -182,6 +207,15 @@ class TokenUsage(Contract):
 
 
 class _ChatRequestFields(Event):
+    """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
+
+    Version 2 added ``options.stop``. A request without stop sequences is written as version 1
+    (see ``Event.written_version``), so only requests that use them need consumers that know
+    version 2.
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
+
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
     conversation_id: uuid.UUID | None = None
@@ -194,6 +228,9 @@ class _ChatRequestFields(Event):
     deadline_at: AwareDatetime | None = Field(
         default=None, description="After this the edge has given up; later work is wasted."
     )
+
+    def written_version(self) -> int:
+        return 2 if self.options.stop else 1
 
 
 class ChatRequested(_ChatRequestFields):
@@ -232,15 +269,13 @@ class FinishReason(enum.StrEnum):
 class ChatCompleted(Event):
     """The final answer to a request (inference, or retrieval on a cache hit).
 
-    Version 2 added ``finish_reason``; a version-1 answer reads as "stop". A consumer that
-    knows only version 1 refuses version 2 with a clear error, so consumers (the edge,
-    retrieval) are upgraded before producers (inference, retrieval's cache hits).
+    Version 2 added ``finish_reason``; a version-1 answer reads as "stop", and an answer that
+    stopped is written as version 1 (see ``Event.written_version``).
     """
 
     supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     event_type: Literal["ChatCompleted"] = "ChatCompleted"
-    schema_version: int = Field(default=2, description="Version of this contract.")
     request_id: uuid.UUID
     user_id: str
     question: str = Field(description="Kept so the semantic cache can be filled from the answer.")
@@ -255,8 +290,12 @@ class ChatCompleted(Event):
     finish_reason: FinishReason = Field(
         default=FinishReason.STOP,
         description="Why the model stopped: 'length' when the answer reached its token limit "
-        "and is cut short (a cache hit says what the cached answer's did).",
+        "and is cut short (a cache hit says what the cached answer's did). Version 2.",
+        exclude_if=lambda reason: reason is FinishReason.STOP,
     )
+
+    def written_version(self) -> int:
+        return 1 if self.finish_reason is FinishReason.STOP else 2
 
     @property
     def cacheable(self) -> bool:

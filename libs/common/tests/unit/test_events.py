@@ -154,21 +154,76 @@ def test_event_round_trips_through_json(event: ev.Event) -> None:
 
 
 def test_unknown_schema_version_is_refused_with_a_clear_error() -> None:
-    data = json.loads(EXAMPLES[0].model_dump_json()) | {"schema_version": 2}
-    with pytest.raises(ValidationError, match="unsupported schema_version 2 for ChatRequested"):
+    data = json.loads(EXAMPLES[0].model_dump_json()) | {"schema_version": 3}
+    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatRequested"):
         ev.ChatRequested.model_validate(data)
 
 
-def test_chat_completed_reads_version_1_as_stop_and_refuses_version_3() -> None:
-    """ChatCompleted version 2 added finish_reason; an answer from before it still reads."""
+def _fields(model: type[ev.Contract]) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_chat_completed_that_stopped_is_written_as_version_1_and_a_cut_one_as_version_2() -> None:
+    """ChatCompleted version 2 added finish_reason. An answer that stopped carries nothing
+    version 1 lacks, so it is written as version 1: a consumer not yet upgraded reads it."""
     [completed] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
-    assert completed.schema_version == 2
-    old = json.loads(completed.model_dump_json(exclude={"finish_reason"})) | {"schema_version": 1}
+    assert completed.finish_reason is ev.FinishReason.STOP
+    assert completed.schema_version == 1
+    written = json.loads(completed.model_dump_json())
+    assert set(written) <= _fields(ev.ChatCompleted) - {"finish_reason"}  # version 1's fields
+    assert written["schema_version"] == 1
+
+    cut = ev.ChatCompleted(
+        **completed.model_dump(exclude={"event_id", "schema_version", "finish_reason"}),
+        finish_reason=ev.FinishReason.LENGTH,
+    )
+    assert cut.schema_version == 2
+    written = json.loads(cut.model_dump_json())
+    assert (written["schema_version"], written["finish_reason"]) == (2, "length")
+    again = ev.parse_event(cut.model_dump_json().encode())
+    assert again == cut
+
+
+def test_chat_completed_reads_version_1_as_stop_and_refuses_version_3() -> None:
+    [completed] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
+    old = json.loads(completed.model_dump_json())
+    assert old["schema_version"] == 1
     parsed = ev.parse_event(json.dumps(old).encode())
     assert isinstance(parsed, ev.ChatCompleted)
     assert parsed.finish_reason is ev.FinishReason.STOP
     with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatCompleted"):
         ev.ChatCompleted.model_validate(old | {"schema_version": 3})
+
+
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+def test_a_chat_request_without_stop_sequences_is_version_1_and_with_them_version_2(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved],
+) -> None:
+    """Version 2 added options.stop: only a request that has some needs an upgraded consumer."""
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    written = json.loads(plain.model_dump_json())
+    assert written["schema_version"] == 1
+    assert set(written["options"]) <= _fields(ev.ChatOptions) - {"stop"}  # version 1's fields
+
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "options"})
+    options = OPTIONS.model_copy(update={"stop": ["\n\n", "END"]})
+    stopping = kind.model_validate(fields | {"options": options})
+    assert stopping.schema_version == 2
+    written = json.loads(stopping.model_dump_json())
+    assert (written["schema_version"], written["options"]["stop"]) == (2, ["\n\n", "END"])
+    assert ev.parse_event(stopping.model_dump_json().encode()) == stopping
+    # Read as written: a version-1 request stays version 1, and reads as having no stop.
+    again = ev.parse_event(plain.model_dump_json().encode())
+    assert (again.schema_version, again.options.stop) == (1, [])  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 3 for {kind.__name__}"):
+        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 3})
+
+
+def test_a_chat_request_takes_at_most_4_stop_sequences() -> None:
+    with pytest.raises(ValidationError, match="stop"):
+        OPTIONS.model_validate(OPTIONS.model_dump() | {"stop": ["a", "b", "c", "d", "e"]})
+    with pytest.raises(ValidationError, match="stop"):
+        OPTIONS.model_validate(OPTIONS.model_dump() | {"stop": [""]})
 
 
 def test_unknown_event_type_is_refused() -> None:
