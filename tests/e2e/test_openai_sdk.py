@@ -1,6 +1,7 @@
 """The edge's OpenAI-compatible API through the real ``openai`` SDK, as a frontend built on it
 would call it: the tenant's models, whole and streamed answers from the local model (with the
-stream's usage chunk), and refusals arriving as the SDK's own typed errors."""
+stream's usage chunk), stop sequences, and refusals (among them parameters the platform does not
+support) arriving as the SDK's own typed errors."""
 
 from __future__ import annotations
 
@@ -94,6 +95,17 @@ def test_whole_and_streamed_answers_carry_text_and_usage(sdk: openai.OpenAI) -> 
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_the_answer_ends_at_the_requests_stop_sequence(sdk: openai.OpenAI) -> None:
+    answer = sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Describe the sea in three sentences."}],
+        stop=["."],
+    )
+    # (Not its finish_reason: whether this tiny model ends a sentence within the tenant's
+    # 24 tokens is up to it.)
+    assert "." not in (answer.choices[0].message.content or "")
+
+
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:
     with pytest.raises(openai.NotFoundError) as not_allowed:
         sdk.chat.completions.create(
@@ -110,6 +122,14 @@ def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: Sy
             model="smollm2-135m", messages=[{"role": "user", "content": "hi"}], temperature=7
         )
     assert hot.value.param == "temperature"
+
+    with pytest.raises(openai.BadRequestError) as tools:
+        sdk.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "What is the weather?"}],
+            tools=[{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+        )
+    assert (tools.value.code, tools.value.param) == ("unsupported_parameter", "tools")
 
     stranger = openai.OpenAI(base_url=f"{system.edge.url}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as unknown:

@@ -27,8 +27,9 @@ class ModelSpec(BaseModel):
     stop: list[str] = Field(
         default_factory=list,
         max_length=4,
-        description="Stop sequences sent with every call (at most 4, as OpenAI's API takes), "
-        "e.g. the prompt's own markup for a small model that tends to echo it.",
+        description="Stop sequences sent with every call, e.g. the prompt's own markup for a "
+        "small model that tends to echo it. A request's own (up to 4) are sent with them, so "
+        "keep this empty for a provider that takes at most 4 in all, as OpenAI's API does.",
         examples=[["<passage", "</passage"]],
     )
 

@@ -272,8 +272,17 @@ class StreamOptions(BaseModel):
     )
 
 
+StopSequence = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request the platform honours (others ignored)."""
+    """OpenAI's chat completion request: what the platform honours, and what it must refuse.
+
+    Parameters that would change what kind of answer the client gets (tools, several choices,
+    JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter``
+    rather than ignored: a client relying on them would otherwise get a plain text answer and
+    no sign of why. Sampling hints other than ``temperature`` are ignored, as are unknown fields.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -286,12 +295,65 @@ class ChatCompletionRequest(BaseModel):
         default=None, ge=1, le=32_768, description="OpenAI's newer name for max_tokens."
     )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(
+        default=None, description="Up to 4 sequences where the model stops writing."
+    )
+    # Refused unless absent or harmless (see ``unsupported``).
+    n: int | None = Field(default=None, ge=1, le=128)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
     @property
     def completion_limit(self) -> int | None:
         """The answer's token limit, by either name (the smaller if both are given)."""
         given = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
         return min(given) if given else None
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def unsupported(self) -> tuple[str, str, str] | None:
+        """The first parameter asking for what the platform does not do, as
+        (param, OpenAI's code, message); None when every parameter can be honoured."""
+        if self.n not in (None, 1):
+            return "n", "unsupported_value", "only one choice per request is supported (n=1)"
+        for name, value in (("tools", self.tools), ("functions", self.functions)):
+            if value:
+                return name, "unsupported_parameter", f"{name} (function calling) is not supported"
+        for name, choice in (
+            ("tool_choice", self.tool_choice),
+            ("function_call", self.function_call),
+        ):
+            if choice not in (None, "none", "auto"):
+                return (
+                    name,
+                    "unsupported_value",
+                    f"{name} {choice!r}: function calling is not supported",
+                )
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            return (
+                "response_format",
+                "unsupported_value",
+                f"response_format {kind!r} is not supported; answers are text",
+            )
+        if self.logprobs or self.top_logprobs:
+            name = "logprobs" if self.logprobs else "top_logprobs"
+            return name, "unsupported_parameter", "log probabilities are not supported"
+        if self.audio is not None or set(self.modalities or ["text"]) != {"text"}:
+            name = "audio" if self.audio is not None else "modalities"
+            return name, "unsupported_value", "only text output is supported"
+        return None
 
 
 class ModelCard(BaseModel):
@@ -798,6 +860,7 @@ def api_routes(
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        stop: list[str] | None = None,
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -818,6 +881,7 @@ def api_routes(
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
+            stop=stop or (),
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -938,6 +1002,9 @@ def api_routes(
         body: ChatCompletionRequest, request: Request, principal: TenantUser, access: Access
     ) -> Response:
         """OpenAI-compatible chat completions (whole or streamed)."""
+        if refused := body.unsupported():
+            param, code, message = refused
+            return _openai_error(message, 400, code=code, param=param)
         user_turns = [i for i, m in enumerate(body.messages) if m.role == "user"]
         if not user_turns or not body.messages[user_turns[-1]].text.strip():
             return _openai_error("the last user message is missing or empty", 400, param="messages")
@@ -962,6 +1029,7 @@ def api_routes(
                     model=body.model,
                     max_tokens=body.completion_limit,
                     temperature=body.temperature,
+                    stop=body.stop_sequences,
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -886,11 +886,14 @@ async def admit_chat(
     model: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    stop: Sequence[str] = (),
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
 
     The request goes to retrieval (ChatRequested) when the tenant has RAG or the semantic
     cache on, and straight to inference (ContextRetrieved without passages) when both are off.
+    A request with its own stop sequences skips the semantic cache: a cached answer was not
+    cut at them, and its own answer may be cut where others' would not be.
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -915,8 +918,9 @@ async def admit_chat(
         temperature=config.temperature if temperature is None else temperature,
         config_version=version,
         rag=config.features.rag,
-        semantic_cache=config.features.semantic_cache,
+        semantic_cache=config.features.semantic_cache and not stop,
         cache_similarity_threshold=config.cache_similarity_threshold,
+        stop=list(stop),
     )
     now = utcnow()
     worst_case = (

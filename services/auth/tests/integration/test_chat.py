@@ -365,6 +365,95 @@ async def test_openai_content_parts_and_max_completion_tokens_are_honoured(
     assert r.json()["error"]["param"].startswith("messages.0.content")
 
 
+async def test_openai_stop_and_temperature_reach_the_request_and_stop_skips_the_cache(
+    client, tenant, responder
+) -> None:
+    """The request's own stop sequences and temperature travel with it. With stop sequences
+    the semantic cache is skipped (a cached answer was not cut at them), and the request is
+    written as version 2; without them it stays version 1 for consumers not yet upgraded."""
+    member = bearer(tenant.member_token)
+    asked = [
+        ({"stop": "END", "temperature": 0.7}, ["END"], 0.7, False, 2),
+        ({"stop": ["\n\n", "Q:"]}, ["\n\n", "Q:"], 0.2, False, 2),
+        ({"stop": None}, [], 0.2, True, 1),
+        ({}, [], 0.2, True, 1),
+    ]
+    for extra, stop, temperature, cached, version in asked:
+        question = f"stop {uuid.uuid4().hex[:8]}"
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": question}]} | extra,
+            headers=member,
+        )
+        assert r.status_code == 200, r.text
+        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        options = request.options
+        assert (options.stop, options.temperature) == (stop, temperature), extra
+        assert (options.semantic_cache, request.schema_version) == (cached, version), extra
+
+    for stop in (["a", "b", "c", "d", "e"], "", ["x" * 201]):
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "stop": stop},
+            headers=member,
+        )
+        assert r.status_code == 400, (stop, r.text)
+        assert r.json()["error"]["param"].startswith("stop"), r.text
+
+
+async def test_openai_parameters_the_platform_cannot_honour_are_refused_not_ignored(
+    client, tenant, responder
+) -> None:
+    """A client that asks for tools, several choices, JSON mode, log probabilities or audio
+    gets OpenAI's 400 naming the parameter, not a plain text answer with no sign of why;
+    their harmless values are accepted."""
+    member = bearer(tenant.member_token)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
+    refused = [
+        ({"tools": [tool]}, "tools", "unsupported_parameter"),
+        ({"functions": [tool["function"]]}, "functions", "unsupported_parameter"),
+        ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
+        ({"function_call": {"name": "lookup"}}, "function_call", "unsupported_value"),
+        ({"n": 2}, "n", "unsupported_value"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
+        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"top_logprobs": 3}, "top_logprobs", "unsupported_parameter"),
+        ({"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_value"),
+    ]
+    for extra, param, code in refused:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]} | extra,
+            headers=member,
+        )
+        assert r.status_code == 400, (extra, r.text)
+        error = r.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            param,
+            code,
+        ), r.text
+    assert responder.for_tenant(tenant.tenant_id) == []  # none of them was published
+
+    harmless = {
+        "n": 1,
+        "tools": [],
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "logprobs": False,
+        "modalities": ["text"],
+        "top_p": 0.9,
+        "user": "end-user-7",
+    }
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}]} | harmless,
+        headers=member,
+    )
+    assert r.status_code == 200, r.text
+
+
 async def test_openai_models_lists_the_tenants_allowed_models_default_first(client, tenant) -> None:
     admin = bearer(tenant.admin_token)
     r = await client.put(
@@ -475,6 +564,15 @@ async def test_streaming_disabled_by_feature_flag_is_403(client, tenant) -> None
         "/v1/chat", json={"question": "q", "stream": True}, headers=bearer(tenant.member_token)
     )
     assert r.status_code == 403
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "q"}], "stream": True},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 403
+    error = r.json()["error"]
+    assert error["type"] == "permission_error", error
+    assert "streaming is disabled" in error["message"]
 
 
 async def test_operator_cannot_chat(client, operator_token) -> None:

@@ -81,6 +81,16 @@ async def test_redis_outage_fails_chat_closed_and_keeps_revocation_exact(
             assert r.status_code == 503
             assert int(r.headers["Retry-After"]) >= 1
             assert "Redis" in r.json()["detail"]
+            r = await edge.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "down"}]},
+                headers=bearer(member),
+            )
+            assert r.status_code == 503
+            assert int(r.headers["Retry-After"]) >= 1
+            error = r.json()["error"]  # OpenAI's shape on its route
+            assert (error["type"], error["code"]) == ("server_error", "service_unavailable")
+            assert "Redis" in error["message"]
             assert (await edge.get("/readyz")).status_code == 503
 
             # Authentication still works, answered by Postgres.

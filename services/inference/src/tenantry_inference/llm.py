@@ -102,8 +102,11 @@ class ModelGateway:
         max_tokens: int,
         temperature: float,
         stream: bool,
+        stop: Sequence[str] = (),
     ) -> AsyncIterator[StreamPiece]:
         """The answer: text pieces as they arrive, then the usage if the server gave one.
+
+        ``stop`` is the request's own stop sequences, sent with the model's (its catalogue's).
 
         ``stream=False`` asks for the whole answer in one response (one text piece): for a
         client that did not ask for a stream there is nothing to gain from one, and parsing
@@ -117,8 +120,8 @@ class ModelGateway:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        if spec.stop:
-            request["stop"] = spec.stop
+        if sequences := list(dict.fromkeys([*spec.stop, *stop])):
+            request["stop"] = sequences
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))

@@ -255,7 +255,8 @@ def _resolve(*, request: ContextRetrieved, deps: InferenceDeps) -> _Resolved:
         system=system_message(resolved_template=resolved, tenant_name=config.tenant_name),
         # Never more than the edge reserved, nor more than the tenant's current limit.
         max_tokens=min(options.max_tokens, config.max_tokens_per_request),
-        temperature=config.temperature,
+        # The edge's: the request's own when it gave one, else the config's when admitted.
+        temperature=options.temperature,
         policy=config.leakage_policy,
         config_version=version,
         semantic_cache=options.semantic_cache and config.features.semantic_cache,
@@ -399,6 +400,7 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 messages=messages,
                 max_tokens=built.max_tokens,
                 temperature=resolved.temperature,
+                stop=request.options.stop,
                 # A client that waits for the whole answer gets it from one whole response.
                 stream=request.stream,
             ):

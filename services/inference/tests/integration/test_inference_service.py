@@ -108,6 +108,8 @@ class ScriptedOpenAI:
         self.calls: dict[str, int] = {}
         #: Per question: (the body's "stream", the Accept header) of each call.
         self.requests: dict[str, list[tuple[bool, str]]] = {}
+        #: Per question: the body of each call.
+        self.bodies: dict[str, list[dict[str, Any]]] = {}
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
         #: HELD: set when such a request arrives; its answer starts only once ``release`` is set.
         self.held = asyncio.Event()
@@ -123,6 +125,7 @@ class ScriptedOpenAI:
         n = self.calls[question] = self.calls.get(question, 0) + 1
         streamed = bool(body.get("stream"))
         self.requests.setdefault(question, []).append((streamed, request.headers.get("accept", "")))
+        self.bodies.setdefault(question, []).append(body)
         fast_retry = {"retry-after-ms": "10"}
         if behaviour == "429-then-ok" and n == 1:
             return JSONResponse({"error": {"message": "slow down"}}, 429, headers=fast_retry)
@@ -430,6 +433,8 @@ def context(
     passages: list[Passage] | None = None,
     max_tokens: int = 40,
     deadline_at: datetime | None = None,
+    temperature: float = 0.0,
+    stop: list[str] | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -441,9 +446,10 @@ def context(
         options=ChatOptions(
             model=model,
             max_tokens=max_tokens,
-            temperature=0.0,
+            temperature=temperature,
             config_version=1,
             cache_similarity_threshold=0.9,
+            stop=stop or [],
         ),
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
@@ -578,6 +584,50 @@ async def _response_headers(
     finally:
         await consumer.stop()
     return found
+
+
+async def test_scripted_request_temperature_and_stop_sequences_reach_the_model(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The edge resolved the temperature (the request's own, or the config's) and the request's
+    stop sequences: the model gets those, not the config's temperature (0.0 here)."""
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    asked = [(0.7, ["END", "\n\n"]), (0.0, [])]
+    for temperature, stop in asked:
+        question = f"temperature {temperature} {uuid.uuid4().hex}"
+        request = context(
+            tenant,
+            harness.reply_topic,
+            question=question,
+            model="scripted-ok",
+            temperature=temperature,
+            stop=stop,
+        )
+        await harness.ask(request)
+        final = await harness.final(request.request_id)
+        assert isinstance(final, ChatCompleted), final
+        [body] = server.bodies[question]
+        assert body["temperature"] == temperature
+        assert body.get("stop", []) == stop
+
+
+async def test_the_local_model_stops_at_the_requests_stop_sequence(harness: Harness) -> None:
+    """Sent with the catalogue's own stop sequences for this model, which it also keeps."""
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    request = context(
+        tenant, harness.reply_topic, question="Describe the sea in three sentences.", stop=["."]
+    )
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    assert "." not in final.answer
+    [sent] = [
+        c for c in harness.sent_messages if c["messages"][-1].content.endswith(request.question)
+    ]
+    assert sent["stop"] == ["."]
 
 
 async def test_usage_and_audit_are_published_with_hashes_never_text(harness: Harness) -> None:
