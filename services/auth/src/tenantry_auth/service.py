@@ -892,8 +892,10 @@ async def admit_chat(
 
     The request goes to retrieval (ChatRequested) when the tenant has RAG or the semantic
     cache on, and straight to inference (ContextRetrieved without passages) when both are off.
-    A request with its own stop sequences skips the semantic cache: a cached answer was not
-    cut at them, and its own answer may be cut where others' would not be.
+    The semantic cache is keyed by the question alone, so only a question asked on its own
+    uses it: one that comes with earlier messages (a follow-up, a system message of the
+    client's own) may mean something else entirely, and a request with its own stop sequences
+    wants an answer cut where a cached one was not.
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -918,7 +920,7 @@ async def admit_chat(
         temperature=config.temperature if temperature is None else temperature,
         config_version=version,
         rag=config.features.rag,
-        semantic_cache=config.features.semantic_cache and not stop,
+        semantic_cache=config.features.semantic_cache and not stop and not history,
         cache_similarity_threshold=config.cache_similarity_threshold,
         stop=list(stop),
     )

@@ -401,6 +401,36 @@ async def test_openai_stop_and_temperature_reach_the_request_and_stop_skips_the_
         assert r.json()["error"]["param"].startswith("stop"), r.text
 
 
+async def test_a_question_with_earlier_messages_skips_the_semantic_cache(
+    client, tenant, responder
+) -> None:
+    """The cache is keyed by the question alone: "and how long does that take?" after a talk
+    about refunds must not get the cached answer from a talk about shipping."""
+    member = bearer(tenant.member_token)
+    asked = [
+        ([], True),
+        ([{"role": "system", "content": "Answer in French."}], False),
+        (
+            [
+                {"role": "user", "content": "What is the refund policy?"},
+                {"role": "assistant", "content": "Refunds within 30 days."},
+            ],
+            False,
+        ),
+    ]
+    for earlier, cached in asked:
+        question = f"and how long does that take? {uuid.uuid4().hex[:8]}"
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [*earlier, {"role": "user", "content": question}]},
+            headers=member,
+        )
+        assert r.status_code == 200, r.text
+        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        assert len(request.history) == len(earlier)
+        assert request.options.semantic_cache is cached, earlier
+
+
 async def test_openai_parameters_the_platform_cannot_honour_are_refused_not_ignored(
     client, tenant, responder
 ) -> None:
