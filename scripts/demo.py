@@ -2,8 +2,9 @@
 
 Onboards two tenants whose documents overlap in topic (both have a refund policy, with
 different terms), asks questions plain and streamed, repeats a paraphrase that the semantic cache
-answers, shows usage and cost, a budget refusal, and the first lines of each tenant's audit CSV —
-and checks that neither tenant ever sees the other's documents.
+answers, asks a follow-up in a conversation, shows usage and cost, a budget refusal, and the
+first lines of each tenant's audit CSV — and checks that neither tenant ever sees the other's
+documents.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ TENANTS = {
 }
 QUESTION = "What is the refund policy?"
 PARAPHRASE = "What's the refund policy?"
+FOLLOW_UP = "And how many days do I have for that?"
 
 
 def banner(text: str) -> None:
@@ -149,8 +151,11 @@ def wait_indexed(http: httpx.Client, tenant: Tenant, timeout_s: float = 180) -> 
         time.sleep(1)
 
 
-def ask(http: httpx.Client, tenant: Tenant, question: str) -> dict[str, Any]:
-    r = http.post("/v1/chat", json={"question": question}, headers=auth(tenant.admin_token))
+def ask(
+    http: httpx.Client, tenant: Tenant, question: str, conversation_id: str | None = None
+) -> dict[str, Any]:
+    body = {"question": question, "conversation_id": conversation_id}
+    r = http.post("/v1/chat", json=body, headers=auth(tenant.admin_token))
     if r.status_code != 200:
         fail(f"{tenant.name} chat: {r.status_code} {r.text}")
     return dict(r.json())
@@ -232,6 +237,16 @@ def main() -> None:
         body = ask(http, tenant, PARAPHRASE)
         show_answer(tenant, "paraphrase", body, others)
         print(f"    → served from the semantic cache: {body['cached']}")
+        conversation = str(uuid.uuid4())
+        ask(http, tenant, QUESTION, conversation)
+        body = ask(http, tenant, FOLLOW_UP, conversation)
+        show_answer(tenant, "follow-up in a conversation", body, others)
+        r = http.get(f"/v1/conversations/{conversation}", headers=auth(tenant.admin_token))
+        if r.status_code != 200 or len(r.json()["messages"]) != 4:
+            fail(f"{tenant.name}'s conversation was not kept: {r.status_code} {r.text[:300]}")
+        print(
+            "    → sent with the conversation's first turn; 4 messages kept (GET /v1/conversations)"
+        )
 
     time.sleep(2)  # usage and audit are consumed asynchronously
     for tenant in tenants:

@@ -1,5 +1,6 @@
 """Isolation through every read surface: many tenants with near-identical documents, each with
-a unique canary; every tenant probes every surface; no canary or id of another tenant crosses."""
+a unique canary; every tenant probes every surface (conversations under one shared id among
+them); no canary or id of another tenant crosses."""
 
 from __future__ import annotations
 
@@ -83,6 +84,18 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
                 break
             assert time.monotonic() < deadline, "own document never retrieved"
             time.sleep(2)
+    # Every tenant talks in a conversation with the same id, and tells it its canary.
+    conversation = str(uuid.uuid4())
+    for t in tenants:
+        r = http.post(
+            "/v1/chat",
+            json={
+                "question": f"My reference is {t['canary']}. How long is the refund window?",
+                "conversation_id": conversation,
+            },
+            headers=_h(t["token"]),
+        )
+        assert r.status_code == 200, r.text
     for t in tenants:
         others = [o for o in tenants if o is not t]
         # Answers and citations (asked twice: the second may come from the cache).
@@ -99,7 +112,9 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             "audit": http.get(
                 "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
             ),
+            "conversation": http.get(f"/v1/conversations/{conversation}", headers=_h(t["token"])),
         }
+        assert t["canary"] in surfaces["conversation"].text  # its own turn is there
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
             for o in others:

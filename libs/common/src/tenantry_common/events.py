@@ -172,9 +172,13 @@ class Reservation(Contract):
     period_day: date = Field(description="UTC day whose budget key holds the reservation.")
 
 
+#: The longest message a chat request's history may carry.
+MAX_MESSAGE_CHARS = 32_000
+
+
 class ChatMessage(Contract):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=32_000)
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class Passage(Contract):

@@ -222,7 +222,11 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=16_000)
-    conversation_id: uuid.UUID | None = None
+    conversation_id: uuid.UUID | None = Field(
+        default=None,
+        description="A UUID of the caller's choosing: the conversation's earlier turns (kept by "
+        "the edge for a while) go with the question, and this turn is kept for the next.",
+    )
     stream: bool = False
 
 
@@ -234,6 +238,9 @@ class Usage(BaseModel):
 
 class ChatAnswer(BaseModel):
     request_id: uuid.UUID
+    conversation_id: uuid.UUID | None = Field(
+        description="The request's conversation, if it named one."
+    )
     answer: str
     citations: list[Citation]
     cached: bool
@@ -368,6 +375,13 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ConversationView(BaseModel):
+    conversation_id: uuid.UUID
+    messages: list[ChatMessage] = Field(
+        description="The turns kept, oldest first: what goes with the conversation's next question."
+    )
 
 
 class Problem(BaseModel):
@@ -919,20 +933,42 @@ def api_routes(
     async def chat(
         body: ChatRequest, request: Request, principal: TenantUser, access: Access
     ) -> Response:
-        """Ask a question over the tenant's documents (JSON, or Server-Sent Events)."""
+        """Ask a question over the tenant's documents (JSON, or Server-Sent Events).
+
+        With a ``conversation_id`` (a UUID of the caller's choosing) the conversation's earlier
+        turns go with the question, and this turn is kept for the next one.
+        """
         stream = wants_stream(request, body.stream)
         deadline = settings.chat_deadline_s
+        conversation_id = body.conversation_id
+        history: list[ChatMessage] = []
+        if conversation_id is not None:
+            history = await service.conversation_history(
+                edge=edge, principal=principal, conversation_id=conversation_id
+            )
         request_id = uuid.uuid4()
         pending = replies.register(request_id)
         handed_over = False
+
+        async def answered(completed: ChatCompleted) -> dict[str, Any]:
+            if conversation_id is not None:
+                await service.remember_turn(
+                    edge=edge,
+                    principal=principal,
+                    conversation_id=conversation_id,
+                    question=body.question,
+                    answer=completed.answer,
+                )
+            return service.answer_body(completed, conversation_id)
+
         try:
             admitted = await admit(
                 principal,
                 access,
                 request_id=request_id,
                 question=body.question,
-                history=[],
-                conversation_id=body.conversation_id,
+                history=history,
+                conversation_id=conversation_id,
                 stream=stream,
             )
             headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
@@ -949,7 +985,7 @@ def api_routes(
                 while isinstance(event, ChatDelta):
                     event = await next_event(events)
                 if isinstance(event, ChatCompleted):
-                    return JSONResponse(service.answer_body(event), headers=headers)
+                    return JSONResponse(await answered(event), headers=headers)
                 if isinstance(event, ChatFailed):
                     status = _FAILURE_STATUS[event.reason]
                     return JSONResponse(_failure_body(event), status_code=status, headers=headers)
@@ -971,7 +1007,7 @@ def api_routes(
                                 },
                             )
                         elif isinstance(event, ChatCompleted):
-                            yield _sse("completed", service.answer_body(event))
+                            yield _sse("completed", await answered(event))
                             return
                         elif isinstance(event, ChatFailed):
                             yield _sse("error", _failure_body(event))
@@ -1130,6 +1166,36 @@ def api_routes(
                 f"model {model_id!r} does not exist or this tenant may not use it"
             )
         return ModelCard(id=model_id)
+
+    @router.get(
+        "/v1/conversations/{conversation_id}",
+        tags=["chat"],
+        response_model=ConversationView,
+        responses={404: {"model": Problem}, 503: {"model": Problem}},
+    )
+    async def get_conversation(
+        conversation_id: uuid.UUID, principal: TenantUser
+    ) -> ConversationView:
+        """The caller's own conversation so far (404 once it expired, or if it is not theirs)."""
+        messages = await service.conversation_history(
+            edge=edge, principal=principal, conversation_id=conversation_id
+        )
+        if not messages:
+            raise service.NotFound("no such conversation (it may have expired)")
+        return ConversationView(conversation_id=conversation_id, messages=messages)
+
+    @router.delete(
+        "/v1/conversations/{conversation_id}",
+        tags=["chat"],
+        status_code=204,
+        responses={404: {"model": Problem}, 503: {"model": Problem}},
+    )
+    async def delete_conversation(conversation_id: uuid.UUID, principal: TenantUser) -> Response:
+        """Forget the caller's conversation: its next question starts afresh."""
+        await service.forget_conversation(
+            edge=edge, principal=principal, conversation_id=conversation_id
+        )
+        return Response(status_code=204)
 
     async def chat_user(request: Request) -> tuple[Principal, CheckedAccess]:
         """A chat route's dependencies, solved in FastAPI's order: token, access, role."""

@@ -36,6 +36,7 @@ from tenantry_auth.admission import Admission
 from tenantry_auth.api import api_routes, install_error_handlers
 from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
+from tenantry_auth.conversations import ConversationStore
 from tenantry_auth.handlers import lifecycle_router
 from tenantry_auth.keys import KeyCipher, KeyRing
 from tenantry_auth.limits import BodySizeLimit
@@ -147,6 +148,9 @@ def build_edge(
             guard=guard,
             max_age_s=settings.config_cache_max_age_s,
             max_entries=settings.config_cache_size,
+        ),
+        conversations=ConversationStore(
+            redis, max_turns=settings.conversation_turns, ttl_s=settings.conversation_ttl_s
         ),
     )
 

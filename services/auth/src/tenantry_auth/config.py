@@ -58,6 +58,14 @@ class Settings(CommonSettings):
     config_cache_size: int = Field(default=10_000, ge=1, description="Tenants held in memory.")
 
     chat_deadline_s: float = Field(default=60.0, gt=0)
+    conversation_turns: int = Field(
+        default=10, ge=1, le=100, description="Turns of a /v1/chat conversation kept for the next."
+    )
+    conversation_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="A conversation is forgotten this long after its last turn.",
+    )
     reply_lease_namespace: str = "tenantry:edge:reply-partition"
     reply_lease_ttl_s: float = Field(default=10.0, gt=1)
     redis_retry_after_s: int = Field(default=5, ge=1)

@@ -26,6 +26,7 @@ from tenantry_common.auth import Principal, Role
 from tenantry_common.budget import BudgetStore, RefusalReason, seconds_until_next_day
 from tenantry_common.db import transaction
 from tenantry_common.events import (
+    MAX_MESSAGE_CHARS,
     AuditRecorded,
     AuditStatus,
     AuditType,
@@ -67,6 +68,7 @@ from tenantry_auth.access import AccessGuard
 from tenantry_auth.admission import Admission
 from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
+from tenantry_auth.conversations import ConversationStore
 from tenantry_auth.keys import KeyRing
 from tenantry_auth.models import Client, Document, DocumentStatus, Tenant, TenantStatus
 from tenantry_auth.ratelimit import RateDecision
@@ -147,6 +149,7 @@ class Edge:
     budgets: BudgetStore
     admission: Admission
     configs: ConfigCache
+    conversations: ConversationStore
 
 
 # --------------------------------------------------------------------------- tiers and config
@@ -657,6 +660,13 @@ async def offboard_tenant(*, edge: Edge, tenant_id: uuid.UUID, actor: str, reaso
         await _redis_write(edge.guard.revoke(tenant_id=tenant_id, client_ids=revoked))
     edge.configs.forget(tenant_id)
     try:
+        await edge.conversations.delete_tenant(tenant_id)
+    except RedisError:
+        log.error(
+            "the tenant's conversations were not deleted; they expire on their own",
+            extra={"tenant_id": str(tenant_id)},
+        )
+    try:
         await edge.publish(
             TENANTS_LIFECYCLE,
             TenantOffboarded(tenant_id=tenant_id, tenant_name=tenant.name, reason=reason[:500]),
@@ -1003,6 +1013,73 @@ async def admit_chat(
     return AdmittedChat(request, rate, config)
 
 
+# --------------------------------------------------------------------------- conversations
+
+
+def _conversations_down(exc: RedisError, edge: Edge) -> Unavailable:
+    return Unavailable(
+        "conversations cannot be read right now (Redis unavailable); try again",
+        {"Retry-After": str(edge.settings.redis_retry_after_s)},
+    )
+
+
+async def conversation_history(
+    *, edge: Edge, principal: Principal, conversation_id: uuid.UUID
+) -> list[ChatMessage]:
+    """The caller's conversation so far (none if it is new, expired or someone else's)."""
+    try:
+        return await edge.conversations.history(
+            tenant_id=principal.tenant_id,
+            subject=principal.subject,
+            conversation_id=conversation_id,
+        )
+    except RedisError as exc:
+        raise _conversations_down(exc, edge) from exc
+
+
+async def remember_turn(
+    *,
+    edge: Edge,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    question: str,
+    answer: str,
+) -> None:
+    """Keep a question and its answer for the conversation's next question. The answer has
+    been given either way: if Redis fails here, only the conversation misses this turn."""
+    turn = [
+        ChatMessage(role="user", content=question),
+        ChatMessage(role="assistant", content=answer[:MAX_MESSAGE_CHARS]),
+    ]
+    try:
+        await edge.conversations.append(
+            tenant_id=principal.tenant_id,
+            subject=principal.subject,
+            conversation_id=conversation_id,
+            messages=turn,
+        )
+    except RedisError as exc:
+        log.warning(
+            "conversation turn not kept (Redis unavailable)",
+            extra={"error_type": type(exc).__name__},
+        )
+
+
+async def forget_conversation(
+    *, edge: Edge, principal: Principal, conversation_id: uuid.UUID
+) -> None:
+    try:
+        found = await edge.conversations.delete(
+            tenant_id=principal.tenant_id,
+            subject=principal.subject,
+            conversation_id=conversation_id,
+        )
+    except RedisError as exc:
+        raise _conversations_down(exc, edge) from exc
+    if not found:
+        raise NotFound("no such conversation (it may have expired)")
+
+
 def usage_body(usage: TokenUsage) -> dict[str, int]:
     """An answer's usage as the chat routes answer it (OpenAI's three counts)."""
     return {
@@ -1012,10 +1089,11 @@ def usage_body(usage: TokenUsage) -> dict[str, int]:
     }
 
 
-def answer_body(completed: Any) -> dict[str, Any]:
+def answer_body(completed: Any, conversation_id: uuid.UUID | None = None) -> dict[str, Any]:
     """The JSON answer of ``POST /v1/chat`` from a ChatCompleted."""
     return {
         "request_id": str(completed.request_id),
+        "conversation_id": None if conversation_id is None else str(conversation_id),
         "answer": completed.answer,
         "citations": [c.model_dump(mode="json") for c in completed.citations],
         "cached": completed.cached,

@@ -30,7 +30,16 @@ async def test_chat_round_trip_answers_with_the_documented_shape(
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"request_id", "answer", "citations", "cached", "usage", "finish_reason"}
+    assert set(body) == {
+        "request_id",
+        "conversation_id",
+        "answer",
+        "citations",
+        "cached",
+        "usage",
+        "finish_reason",
+    }
+    assert body["conversation_id"] is None
     assert body["finish_reason"] == "stop"
     assert body["answer"] == "The answer is forty-two."
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
