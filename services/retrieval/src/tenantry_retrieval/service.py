@@ -308,7 +308,7 @@ class RetrievalService:
             return [_context(request, [], version), _search_audit(request, 0, False, version)]
 
         vector = await self._question_vector(
-            tenant_id=request.tenant_id, text=request.question, purpose="question"
+            tenant_id=request.tenant_id, text=search_text(request), purpose="question"
         )
 
         if options.semantic_cache:
@@ -467,6 +467,21 @@ class RetrievalService:
 
 
 # --------------------------------------------------------------------------- event builders
+
+
+#: How much of the question before a follow-up goes into its search (MiniLM reads 256 tokens).
+EARLIER_QUESTION_CHARS = 1_000
+
+
+def search_text(request: ChatRequested) -> str:
+    """What the tenant's documents are searched with: the question, after the one asked before
+    it when it is a follow-up ("how long does that take?" alone finds shipping times, not the
+    refunds the conversation is about). A follow-up never uses the semantic cache (the edge
+    turns it off), so the cache still sees the question alone."""
+    earlier = [m.content for m in request.history if m.role == "user"]
+    if not earlier:
+        return request.question
+    return f"{earlier[-1][-EARLIER_QUESTION_CHARS:]}\n{request.question}"
 
 
 def _passage(hit: VectorHit) -> Passage:

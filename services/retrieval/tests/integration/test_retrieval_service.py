@@ -25,6 +25,7 @@ from tenantry_common.events import (
     AuditRecorded,
     AuditType,
     ChatCompleted,
+    ChatMessage,
     ChatOptions,
     ChatRequested,
     Citation,
@@ -920,6 +921,43 @@ async def test_context_carries_every_request_field_and_passages_for_citations(
     )
     assert search.details["passages"] == len(context.passages)
     assert "vacation" not in search.model_dump_json()
+
+
+async def test_a_follow_up_is_searched_with_the_question_before_it(
+    app: FastAPI, collector: Collector
+) -> None:
+    """ "How long does that take?" alone is nearest to shipping times; after a question about
+    refunds it must find the refund policy."""
+    tenant = uuid.uuid4()
+    for title, text in (
+        (
+            "Refunds",
+            "Refund policy: items may be returned within 30 days of delivery for a full refund. "
+            "Refunds are processed within 5 business days.",
+        ),
+        (
+            "Shipping",
+            "Shipping: standard orders take 3 to 5 days to arrive; express shipping takes one day.",
+        ),
+    ):
+        await ingest(app, collector, tenant, text, title=title)
+    alone = chat_request(tenant, "How long does that take?", semantic_cache=False)
+    follow_up = alone.model_copy(
+        update={
+            "request_id": uuid.uuid4(),
+            "history": [
+                ChatMessage(role="user", content="What is your refund policy?"),
+                ChatMessage(role="assistant", content="You may return items."),
+            ],
+        }
+    )
+    first = {}
+    for request in (alone, follow_up):
+        context = await ask(app, collector, request)
+        assert isinstance(context, ContextRetrieved)
+        first[request.request_id] = context.passages[0].title
+        assert context.question == "How long does that take?"  # the question is unchanged
+    assert (first[alone.request_id], first[follow_up.request_id]) == ("Shipping", "Refunds")
 
 
 async def test_a_request_past_its_deadline_is_passed_on_without_search_or_cache(
