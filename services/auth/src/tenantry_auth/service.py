@@ -935,12 +935,14 @@ async def admit_chat(
         stop=list(stop),
     )
     now = utcnow()
-    worst_case = (
-        estimate_prompt_tokens(
-            config=config, question=question, history=history, top_k=options.top_k
-        )
-        + limit
+    estimate = estimate_prompt_tokens(
+        config=config, question=question, history=history, top_k=options.top_k
     )
+    # Inference fits prompt and answer into the model's window (dropping the oldest turns of a
+    # long conversation first), so no request can use more than the window.
+    worst_case = estimate + limit
+    if (spec := edge.settings.models.get(chosen)) is not None:
+        worst_case = min(worst_case, spec.context_window)
     try:
         admitted = await edge.admission.admit(
             tenant_id=principal.tenant_id,

@@ -178,3 +178,25 @@ def test_history_is_whole_turns_newest_first_within_the_size_bound() -> None:
     assert _newest(turns, 1_000) == turns
     assert _newest(turns, 100) == turns[-4:]  # two turns fit, a third would not
     assert _newest(turns, 39) == []
+
+
+async def test_a_long_conversation_reserves_no_more_than_the_models_window(
+    client, onboard, responder
+) -> None:
+    """Its turns may hold far more than the window, but inference drops the oldest that do not
+    fit: reserving for all of them would refuse a tenant's budget for tokens never used. (No
+    metering here settles the reservations, so they add up: 3 × 2048 fit in 10,000.)"""
+    tenant = await onboard(tier="pro")
+    r = await client.put(
+        "/v1/config", json={"daily_token_budget": 10_000}, headers=bearer(tenant.admin_token)
+    )
+    assert r.status_code == 200, r.text
+    conversation = uuid.uuid4()
+    long_question = "Tell me about refunds. " * 600  # ≈ 13,800 characters, ≈ 4,600 tokens
+    for n in range(3):
+        question = f"{n} {long_question}"
+        _, request = await _ask(
+            client, responder, tenant.tenant_id, tenant.member_token, question, conversation
+        )
+        assert len(request.history) == 2 * n
+        assert request.reservation.reserved_tokens == 2048  # smollm2-135m's window
