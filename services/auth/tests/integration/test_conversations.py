@@ -185,7 +185,7 @@ async def test_a_long_conversation_reserves_no_more_than_the_models_window(
 ) -> None:
     """Its turns may hold far more than the window, but inference drops the oldest that do not
     fit: reserving for all of them would refuse a tenant's budget for tokens never used. (No
-    metering here settles the reservations, so they add up: 3 × 2048 fit in 10,000.)"""
+    metering here settles the reservations, so they add up: 3 times 2048 fit in 10,000.)"""
     tenant = await onboard(tier="pro")
     r = await client.put(
         "/v1/config", json={"daily_token_budget": 10_000}, headers=bearer(tenant.admin_token)
