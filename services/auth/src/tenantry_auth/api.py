@@ -1096,6 +1096,11 @@ def api_routes(
                 choice = {"index": 0, "delta": delta, "finish_reason": finish}
                 return _data(_openai_chunk(chunk_id, created, model, [choice]))
 
+            def last_chunk(completed: ChatCompleted) -> str:
+                choice = {"index": 0, "delta": {}, "finish_reason": completed.finish_reason.value}
+                body = _openai_chunk(chunk_id, created, model, [choice])
+                return _data(body | {"citations": service.citations_body(completed.citations)})
+
             def error_chunk(message: str, status: int, code: str) -> str:
                 return _data(_openai_error_body(message, status, code=code))
 
@@ -1111,7 +1116,7 @@ def api_routes(
                         elif isinstance(event, ChatCompleted):
                             if not streamed:
                                 yield chunk({"content": event.answer}, None)
-                            yield chunk({}, event.finish_reason.value)
+                            yield last_chunk(event)
                             if include_usage:  # as OpenAI sends it: no choices, then [DONE]
                                 usage = _openai_chunk(chunk_id, created, model, [])
                                 yield _data(usage | {"usage": service.usage_body(event.usage)})
@@ -1345,6 +1350,8 @@ def _openai_chunk(
 
 
 def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -> dict[str, Any]:
+    # ``citations`` is the platform's addition (as Perplexity's API adds one): OpenAI's SDKs
+    # keep unknown fields, so a frontend on them can still show an answer's sources.
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -1358,6 +1365,7 @@ def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -
             }
         ],
         "usage": service.usage_body(event.usage),
+        "citations": service.citations_body(event.citations),
     }
 
 

@@ -33,6 +33,7 @@ from tenantry_common.events import (
     ChatMessage,
     ChatOptions,
     ChatRequested,
+    Citation,
     ContextRetrieved,
     DocumentDeleted,
     DocumentSubmitted,
@@ -1091,13 +1092,18 @@ def usage_body(usage: TokenUsage) -> dict[str, int]:
     }
 
 
+def citations_body(citations: Sequence[Citation]) -> list[dict[str, Any]]:
+    """The passages an answer drew on, as both chat APIs give them."""
+    return [c.model_dump(mode="json") for c in citations]
+
+
 def answer_body(completed: Any, conversation_id: uuid.UUID | None = None) -> dict[str, Any]:
     """The JSON answer of ``POST /v1/chat`` from a ChatCompleted."""
     return {
         "request_id": str(completed.request_id),
         "conversation_id": None if conversation_id is None else str(conversation_id),
         "answer": completed.answer,
-        "citations": [c.model_dump(mode="json") for c in completed.citations],
+        "citations": citations_body(completed.citations),
         "cached": completed.cached,
         "usage": usage_body(completed.usage),
         "finish_reason": completed.finish_reason.value,

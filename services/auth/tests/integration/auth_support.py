@@ -26,6 +26,7 @@ from tenantry_common.events import (
     ChatDelta,
     ChatFailed,
     ChatRequested,
+    Citation,
     ContextRetrieved,
     Event,
     FailureReason,
@@ -42,6 +43,13 @@ OPERATOR_SECRET = "test-operator-secret-0123456789"
 ROOT = Path(__file__).resolve().parents[4]
 LOG_DIR = ROOT / "var" / "log" / "tests"
 SERVICES = ("retrieval", "inference", "metering", "audit")
+#: The citation the stand-in answers with when a question says "[cite]".
+CITED = Citation(
+    document_id=uuid.UUID("0e4f5c2a-7d1b-4c8e-9a3f-2b6d8e1c5a70"),
+    chunk_index=2,
+    title="Refund policy",
+    score=0.87,
+)
 
 
 @pytest.fixture(scope="session")
@@ -234,6 +242,7 @@ class Responder:
                 usage=TokenUsage(prompt_tokens=11, completion_tokens=5),
                 config_version=request.options.config_version,
                 corpus_version=0,
+                citations=[CITED] if "[cite]" in request.question else [],
                 finish_reason=FinishReason.LENGTH
                 if "[length]" in request.question
                 else FinishReason.STOP,

@@ -7,7 +7,7 @@ import json
 import uuid
 
 import pytest
-from auth_support import bearer
+from auth_support import CITED, bearer
 from tenantry_common.budget import BudgetStore
 from tenantry_common.events import ChatRequested, ContextRetrieved
 from tenantry_common.ids import derived_id
@@ -196,6 +196,35 @@ async def test_openai_compatible_completion_shape(client, tenant, responder) -> 
     [request] = responder.for_tenant(tenant.tenant_id)
     assert request.options.max_tokens == 50
     assert [m.role for m in request.history] == ["system"]
+
+
+async def test_openai_answers_carry_their_citations_whole_and_streamed(
+    client, tenant, responder
+) -> None:
+    """OpenAI's shape has no place for sources; ``citations`` is added beside ``usage`` (and on
+    the stream's last chunk), where OpenAI's SDKs keep it, so a frontend on them can show them."""
+    cited = [CITED.model_dump(mode="json")]
+    member = bearer(tenant.member_token)
+    asked = {"messages": [{"role": "user", "content": "refunds? [cite]"}]}
+    r = await client.post("/v1/chat/completions", json=asked, headers=member)
+    assert r.status_code == 200, r.text
+    assert r.json()["citations"] == cited
+    r = await client.post("/v1/chat", json={"question": "refunds? [cite]"}, headers=member)
+    assert r.json()["citations"] == cited  # the same shape as /v1/chat's
+
+    r = await client.post("/v1/chat/completions", json=asked | {"stream": True}, headers=member)
+    chunks = [json.loads(line[6:]) for line in r.text.split("\n") if line.startswith("data: {")]
+    last = chunks[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert last["citations"] == cited
+    assert all("citations" not in c for c in chunks[:-1])
+
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "no sources"}]},
+        headers=member,
+    )
+    assert r.json()["citations"] == []
 
 
 async def test_openai_compatible_streaming_ends_with_done(client, tenant, responder) -> None:
