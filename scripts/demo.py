@@ -132,19 +132,15 @@ def onboard(http: httpx.Client, operator: str, name: str, tier: str = "pro") -> 
 
 
 def wait_indexed(http: httpx.Client, tenant: Tenant, timeout_s: float = 180) -> None:
-    """Wait until retrieval has indexed every document (its `ingest` records in the audit log)."""
+    """Wait until retrieval has indexed every document (its status in GET /v1/documents)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        r = http.get(
-            "/v1/audit/export", params={"format": "jsonl"}, headers=auth(tenant.admin_token)
-        )
-        indexed = {
-            record.get("resource_id")
-            for record in map(json.loads, r.text.splitlines() if r.status_code == 200 else [])
-            if record.get("action") == "ingest" and record.get("status") == "success"
-        }
-        if tenant.document_ids <= indexed:
-            print(f"  {tenant.name}: {len(indexed)} documents chunked, embedded and indexed")
+        r = http.get("/v1/documents", headers=auth(tenant.admin_token))
+        documents = r.json()["documents"] if r.status_code == 200 else []
+        indexed = {d["document_id"]: d["chunks"] for d in documents if d["status"] == "indexed"}
+        if tenant.document_ids <= set(indexed):
+            chunks = sum(indexed.values())
+            print(f"  {tenant.name}: {len(indexed)} documents indexed ({chunks} chunks)")
             return
         if time.monotonic() > deadline:
             fail(f"{tenant.name}: documents not indexed within {timeout_s:.0f}s")

@@ -351,6 +351,16 @@ class DocumentDeleted(Event):
 
 DocumentEvent = Annotated[DocumentSubmitted | DocumentDeleted, Field(discriminator="event_type")]
 
+
+class DocumentIndexed(Event):
+    """Retrieval stored a submitted document: its chunks are searchable from now on."""
+
+    event_type: Literal["DocumentIndexed"] = "DocumentIndexed"
+    document_id: uuid.UUID
+    chunks: int = Field(ge=0, description="How many chunks it was stored as (0: no text in it).")
+    corpus_version: int = Field(ge=0, description="The tenant's corpus version that has it.")
+
+
 # --------------------------------------------------------------------------- tenants
 
 
@@ -518,6 +528,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ChatFailed,
     DocumentSubmitted,
     DocumentDeleted,
+    DocumentIndexed,
     TenantConfigChanged,
     TenantProvisioned,
     TenantOffboarded,

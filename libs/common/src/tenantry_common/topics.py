@@ -37,6 +37,9 @@ CHAT_RESPONSES = TopicSpec(
     description="ChatDelta/ChatCompleted/ChatFailed; each edge replica reads its own partition",
 )
 DOCUMENTS = TopicSpec("documents.v1", 12, description="DocumentSubmitted/DocumentDeleted")
+DOCUMENT_STATUS = TopicSpec(
+    "documents.status.v1", 6, description="DocumentIndexed: retrieval → edge (document status)"
+)
 TENANTS_CONFIG = TopicSpec(
     "tenants.config.v1",
     6,
@@ -69,6 +72,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     CHAT_CONTEXT,
     CHAT_RESPONSES,
     DOCUMENTS,
+    DOCUMENT_STATUS,
     TENANTS_CONFIG,
     TENANTS_LIFECYCLE,
     USAGE,

@@ -81,6 +81,7 @@ EXAMPLES: list[ev.Event] = [
         tenant_id=TENANT, document_id=DOC, title="Refunds", text="Text", submitted_by="c"
     ),
     ev.DocumentDeleted(tenant_id=TENANT, document_id=DOC, deleted_by="c"),
+    ev.DocumentIndexed(tenant_id=TENANT, document_id=DOC, chunks=3, corpus_version=4),
     ev.TenantConfigChanged(tenant_id=TENANT, version=3, config=CONFIG, changed_by="admin"),
     ev.TenantProvisioned(
         tenant_id=TENANT, tenant_name="Acme", tier=ev.Tier.PRO, config_version=1, config=CONFIG

@@ -209,8 +209,12 @@ class DocumentView(BaseModel):
     title: str
     size_bytes: int
     content_type: str
-    status: str
+    status: Literal["submitted", "indexed"] = Field(
+        description="'submitted': queued for retrieval; 'indexed': stored, and searchable."
+    )
     submitted_at: datetime
+    chunks: int | None = Field(description="How many chunks it was stored as, once indexed.")
+    indexed_at: datetime | None
 
 
 class DocumentList(BaseModel):
@@ -848,6 +852,19 @@ def api_routes(
             documents=[DocumentView.model_validate(r, from_attributes=True) for r in rows],
             total=total,
         )
+
+    @router.get(
+        "/v1/documents/{document_id}",
+        tags=["documents"],
+        response_model=DocumentView,
+        responses={404: {"model": Problem}},
+    )
+    async def get_document(document_id: uuid.UUID, principal: TenantAdmin) -> DocumentView:
+        """One of the caller's tenant's documents: whether it is indexed yet (404 if deleted)."""
+        document = await service.get_document(
+            edge=edge, principal=principal, document_id=document_id
+        )
+        return DocumentView.model_validate(document, from_attributes=True)
 
     @router.delete(
         "/v1/documents/{document_id}",

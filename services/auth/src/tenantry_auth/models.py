@@ -44,7 +44,8 @@ class TenantStatus(enum.StrEnum):
 
 
 class DocumentStatus(enum.StrEnum):
-    SUBMITTED = "submitted"
+    SUBMITTED = "submitted"  # queued for retrieval
+    INDEXED = "indexed"  # stored: searchable
     DELETED = "deleted"
 
 
@@ -122,6 +123,8 @@ class Document(Base):
     submitted_by: Mapped[str] = mapped_column(String(200), nullable=False)
     submitted_at: Mapped[datetime] = _ts()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class SigningKey(Base):

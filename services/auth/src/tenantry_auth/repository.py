@@ -308,6 +308,36 @@ async def list_documents(
     return list(rows), int(total or 0)
 
 
+async def mark_document_indexed(
+    *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID, chunks: int
+) -> bool:
+    """Mark a submitted document indexed; False if it is unknown, deleted or already indexed."""
+    result = await session.execute(
+        update(Document)
+        .where(
+            _scoped(Document, tenant_id),
+            Document.document_id == document_id,
+            Document.status == DocumentStatus.SUBMITTED.value,
+        )
+        .values(status=DocumentStatus.INDEXED.value, chunks=chunks, indexed_at=utcnow())
+        .returning(Document.document_id)
+    )
+    return result.first() is not None
+
+
+async def get_document(
+    *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
+) -> Document | None:
+    """A document of the tenant that is not deleted."""
+    return await session.scalar(
+        select(Document).where(
+            _scoped(Document, tenant_id),
+            Document.document_id == document_id,
+            Document.status != DocumentStatus.DELETED.value,
+        )
+    )
+
+
 async def mark_document_deleted(
     *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
 ) -> bool:

@@ -36,6 +36,7 @@ from tenantry_common.events import (
     Citation,
     ContextRetrieved,
     DocumentDeleted,
+    DocumentIndexed,
     DocumentSubmitted,
     Event,
     FeatureFlags,
@@ -813,6 +814,33 @@ async def submit_document(
         details={"size_bytes": document.size_bytes},
     )
     return document
+
+
+async def get_document(*, edge: Edge, principal: Principal, document_id: uuid.UUID) -> Document:
+    async with edge.sessions() as session:
+        document = await repo.get_document(
+            session=session, tenant_id=principal.tenant_id, document_id=document_id
+        )
+    if document is None:
+        raise NotFound("no such document")
+    return document
+
+
+async def on_document_indexed(*, edge: Edge, event: DocumentIndexed) -> None:
+    """Retrieval stored a document: it shows as indexed, with its chunks (idempotent; a
+    document deleted meanwhile stays deleted)."""
+    async with transaction(edge.sessions) as session:
+        changed = await repo.mark_document_indexed(
+            session=session,
+            tenant_id=event.tenant_id,
+            document_id=event.document_id,
+            chunks=event.chunks,
+        )
+    if changed:
+        log.info(
+            "document indexed",
+            extra={"tenant_id": str(event.tenant_id), "document_id": str(event.document_id)},
+        )
 
 
 async def delete_document(*, edge: Edge, principal: Principal, document_id: uuid.UUID) -> None:

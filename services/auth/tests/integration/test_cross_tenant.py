@@ -34,6 +34,7 @@ async def pair(onboard, client):
         ("DELETE", "/v1/tenants/{b}/clients/{b_client}", None, {403}),
         ("DELETE", "/v1/clients/{b_client}", None, {404}),
         ("DELETE", "/v1/documents/{b_doc}", None, {404}),
+        ("GET", "/v1/documents/{b_doc}", None, {404}),
         ("GET", "/v1/tenants/{b}/usage", None, {403}),
         ("GET", "/v1/tenants/{b}/audit/export", None, {403}),
         ("POST", "/v1/chat", {"question": "q", "tenant_id": "{b}"}, {422}),

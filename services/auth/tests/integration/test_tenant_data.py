@@ -51,6 +51,70 @@ async def test_document_json_submit_list_delete_publishes_events(
     ).status_code == 404
 
 
+async def test_a_document_shows_as_indexed_once_retrieval_says_so(
+    client, onboard, producer
+) -> None:
+    """DocumentIndexed (from retrieval) turns a submitted document indexed, with its chunks;
+    only the named tenant's document, never a deleted one, and a redelivery changes nothing."""
+    from auth_support import send
+    from tenantry_common.events import DocumentIndexed
+    from tenantry_common.topics import DOCUMENT_STATUS
+
+    owner, other = await onboard(tier="free"), await onboard(tier="free")
+    admin = bearer(owner.admin_token)
+    submitted = []
+    for title in ("Guide", "Gone"):
+        r = await client.post("/v1/documents", json={"title": title, "text": "hi"}, headers=admin)
+        assert r.status_code == 202, r.text
+        submitted.append(r.json()["document_id"])
+    guide, gone = submitted
+    r = await client.get(f"/v1/documents/{guide}", headers=admin)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["chunks"], r.json()["indexed_at"]) == (
+        "submitted",
+        None,
+        None,
+    )
+    assert (await client.delete(f"/v1/documents/{gone}", headers=admin)).status_code == 202
+
+    def indexed(tenant_id: uuid.UUID, document_id: str, chunks: int) -> DocumentIndexed:
+        return DocumentIndexed(
+            tenant_id=tenant_id, document_id=uuid.UUID(document_id), chunks=chunks, corpus_version=1
+        )
+
+    async def once_indexed(document_id: str, token: str) -> dict[str, object]:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            r = await client.get(f"/v1/documents/{document_id}", headers=bearer(token))
+            if r.json()["status"] == "indexed":
+                return dict(r.json())
+            assert asyncio.get_running_loop().time() < deadline, r.text
+            await asyncio.sleep(0.1)
+
+    # Another tenant's event naming this document id is scoped to that tenant: once its later
+    # event (same key, same partition, so handled after it) shows, this document is untouched.
+    r = await client.post(
+        "/v1/documents", json={"title": "Theirs", "text": "hi"}, headers=bearer(other.admin_token)
+    )
+    theirs = r.json()["document_id"]
+    await send(producer, DOCUMENT_STATUS.name, indexed(other.tenant_id, guide, 9))
+    await send(producer, DOCUMENT_STATUS.name, indexed(other.tenant_id, theirs, 1))
+    await once_indexed(theirs, other.admin_token)
+    assert (await client.get(f"/v1/documents/{guide}", headers=admin)).json()["status"] == (
+        "submitted"
+    )
+
+    for event in (indexed(owner.tenant_id, gone, 1), indexed(owner.tenant_id, guide, 3)):
+        await send(producer, DOCUMENT_STATUS.name, event)
+        await send(producer, DOCUMENT_STATUS.name, event)  # redelivered
+    body = await once_indexed(guide, owner.admin_token)
+    assert body["chunks"] == 3
+    assert body["indexed_at"] >= body["submitted_at"]
+    listed = (await client.get("/v1/documents", headers=admin)).json()
+    assert [(d["document_id"], d["status"]) for d in listed["documents"]] == [(guide, "indexed")]
+    assert (await client.get(f"/v1/documents/{gone}", headers=admin)).status_code == 404
+
+
 async def test_document_file_upload_is_accepted(client, tenant, topics_seen) -> None:
     r = await client.post(
         "/v1/documents",

@@ -24,6 +24,7 @@ from tenantry_common.events import (
     Citation,
     ContextRetrieved,
     DocumentDeleted,
+    DocumentIndexed,
     DocumentSubmitted,
     Event,
     FinishReason,
@@ -37,7 +38,14 @@ from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.logging import log_extra
 from tenantry_common.messaging import is_transient
 from tenantry_common.tenancy import tenant_key
-from tenantry_common.topics import AUDIT, CHAT_CONTEXT, TENANTS_LIFECYCLE, USAGE, TopicSpec
+from tenantry_common.topics import (
+    AUDIT,
+    CHAT_CONTEXT,
+    DOCUMENT_STATUS,
+    TENANTS_LIFECYCLE,
+    USAGE,
+    TopicSpec,
+)
 
 from tenantry_retrieval.chunking import chunk_text
 from tenantry_retrieval.config import RetrievalSettings
@@ -257,7 +265,15 @@ class RetrievalService:
             "document ingested",
             extra=log_extra(document_id=str(event.document_id), chunks=len(chunks)),
         )
+        indexed = DocumentIndexed(
+            event_id=derived_id(event.event_id, "indexed"),
+            tenant_id=event.tenant_id,
+            document_id=event.document_id,
+            chunks=len(chunks),
+            corpus_version=version,
+        )
         return [
+            Outgoing(DOCUMENT_STATUS, indexed),  # the edge shows the document as indexed
             _audit(
                 event,
                 actor=event.submitted_by,
@@ -269,7 +285,7 @@ class RetrievalService:
                     "characters": len(event.text),
                     "corpus_version": version,
                 },
-            )
+            ),
         ]
 
     async def delete_document(self, *, event: DocumentDeleted) -> list[Outgoing]:

@@ -31,6 +31,7 @@ from tenantry_common.events import (
     Citation,
     ContextRetrieved,
     DocumentDeleted,
+    DocumentIndexed,
     DocumentSubmitted,
     Event,
     FinishReason,
@@ -54,6 +55,7 @@ from tenantry_common.topics import (
     CHAT_CONTEXT,
     CHAT_REQUESTS,
     CHAT_RESPONSES,
+    DOCUMENT_STATUS,
     DOCUMENTS,
     TENANTS_LIFECYCLE,
     USAGE,
@@ -96,6 +98,7 @@ class Collector:
         USAGE.name,
         AUDIT.name,
         TENANTS_LIFECYCLE.name,
+        DOCUMENT_STATUS.name,
         CHAT_REQUESTS.dlq,
         DOCUMENTS.dlq,
         CHAT_RESPONSES.dlq,
@@ -393,6 +396,19 @@ async def test_resubmitting_a_document_replaces_its_chunks_and_deleting_removes_
         assert secret_sentence not in audit.model_dump_json(), "audit events carry no text"
     assert (first.action, first.details["chunks"]) == ("ingest", expected)
     assert deleted_audit.action == "delete"
+    # Each stored version told the edge so, with its chunks and the corpus version that has it.
+    await collector.wait_for(
+        DocumentIndexed, lambda e: e.document_id == document and e.corpus_version == 4
+    )
+    indexed = [
+        e for e in collector.events if isinstance(e, DocumentIndexed) and e.document_id == document
+    ]
+    assert sorted((e.chunks, e.corpus_version) for e in indexed) == [
+        (1, 4),
+        (expected, 1),
+        (expected, 3),
+    ]
+    assert all(e.tenant_id == tenant for e in indexed)
 
 
 async def test_many_tenants_with_near_identical_documents_never_see_each_others_data(
