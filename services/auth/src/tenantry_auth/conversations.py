@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from tenantry_common.events import ChatMessage
+from tenantry_common.tenancy import tenant_key
 
-PREFIX = "tenantry:conversation"
+KIND = "conversation"
 #: The most history sent with a question, newest turns first: a request must stay far below the
 #: broker's record size limit, and the model's window holds much less anyway (inference drops
 #: the oldest turns that do not fit).
@@ -29,7 +30,12 @@ HISTORY_MAX_CHARS = 100_000
 def _key(tenant_id: uuid.UUID, subject: str, conversation_id: uuid.UUID) -> str:
     # The subject is hashed: it is a client id or an external user id, of any length.
     owner = hashlib.sha256(subject.encode()).hexdigest()[:32]
-    return f"{PREFIX}:{tenant_id}:{owner}:{conversation_id}"
+    return tenant_key(tenant_id, KIND, owner, str(conversation_id))
+
+
+def tenant_pattern(tenant_id: uuid.UUID) -> str:
+    """A SCAN pattern for every conversation key of a tenant."""
+    return tenant_key(tenant_id, KIND, "*")
 
 
 class ConversationStore:
@@ -74,7 +80,7 @@ class ConversationStore:
         """Forget every conversation of a tenant (offboarding); how many there were."""
         deleted = 0
         batch: list[str] = []
-        async for key in self.redis.scan_iter(match=f"{PREFIX}:{tenant_id}:*", count=1000):
+        async for key in self.redis.scan_iter(match=tenant_pattern(tenant_id), count=1000):
             batch.append(key)
             if len(batch) == 500:
                 deleted += await self.redis.unlink(*batch)

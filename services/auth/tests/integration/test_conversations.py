@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from auth_support import bearer
-from tenantry_auth.conversations import PREFIX, ConversationStore, _newest
+from tenantry_auth.conversations import ConversationStore, _newest, tenant_pattern
 from tenantry_common.events import ChatMessage
 from tenantry_common.redis import create_redis
 
@@ -144,7 +144,7 @@ async def test_the_store_keeps_the_last_turns_and_restarts_their_expiry(redis) -
         )
     kept = await store.history(tenant_id=tenant, subject="client-1", conversation_id=conversation)
     assert [m.content for m in kept] == ["q1", "a1", "q2", "a2"]
-    [key] = [k async for k in redis.scan_iter(match=f"{PREFIX}:{tenant}:*")]
+    [key] = [k async for k in redis.scan_iter(match=tenant_pattern(tenant))]
     assert 590 <= await redis.ttl(key) <= 600
 
 
@@ -160,7 +160,7 @@ async def test_offboarding_deletes_every_conversation_of_the_tenant_only(
             )
 
     async def keys(tenant_id: uuid.UUID) -> list[str]:
-        return [k async for k in redis.scan_iter(match=f"{PREFIX}:{tenant_id}:*")]
+        return [k async for k in redis.scan_iter(match=tenant_pattern(tenant_id))]
 
     assert len(await keys(leaving.tenant_id)) == 2
     r = await client.delete(f"/v1/tenants/{leaving.tenant_id}", headers=bearer(operator_token))
