@@ -308,21 +308,37 @@ async def list_documents(
     return list(rows), int(total or 0)
 
 
+async def _update_document(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    document_id: uuid.UUID,
+    only_if: ColumnElement[bool],
+    **values: object,
+) -> bool:
+    """Change one of a tenant's documents if ``only_if`` holds; whether it did."""
+    result = await session.execute(
+        update(Document)
+        .where(_scoped(Document, tenant_id), Document.document_id == document_id, only_if)
+        .values(**values)
+        .returning(Document.document_id)
+    )
+    return result.first() is not None
+
+
 async def mark_document_indexed(
     *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID, chunks: int
 ) -> bool:
     """Mark a submitted document indexed; False if it is unknown, deleted or already indexed."""
-    result = await session.execute(
-        update(Document)
-        .where(
-            _scoped(Document, tenant_id),
-            Document.document_id == document_id,
-            Document.status == DocumentStatus.SUBMITTED.value,
-        )
-        .values(status=DocumentStatus.INDEXED.value, chunks=chunks, indexed_at=utcnow())
-        .returning(Document.document_id)
+    return await _update_document(
+        session=session,
+        tenant_id=tenant_id,
+        document_id=document_id,
+        only_if=Document.status == DocumentStatus.SUBMITTED.value,
+        status=DocumentStatus.INDEXED.value,
+        chunks=chunks,
+        indexed_at=utcnow(),
     )
-    return result.first() is not None
 
 
 async def get_document(
@@ -342,14 +358,11 @@ async def mark_document_deleted(
     *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
 ) -> bool:
     """Mark a live document deleted; True when it existed."""
-    result = await session.execute(
-        update(Document)
-        .where(
-            _scoped(Document, tenant_id),
-            Document.document_id == document_id,
-            Document.status != DocumentStatus.DELETED.value,
-        )
-        .values(status=DocumentStatus.DELETED.value, deleted_at=utcnow())
-        .returning(Document.document_id)
+    return await _update_document(
+        session=session,
+        tenant_id=tenant_id,
+        document_id=document_id,
+        only_if=Document.status != DocumentStatus.DELETED.value,
+        status=DocumentStatus.DELETED.value,
+        deleted_at=utcnow(),
     )
-    return result.first() is not None
