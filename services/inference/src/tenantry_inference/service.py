@@ -164,7 +164,6 @@ class _Resolved:
     tenant_name: str
     system: ChatMessage
     max_tokens: int
-    temperature: float
     policy: LeakagePolicy
     config_version: int
     semantic_cache: bool
@@ -235,7 +234,6 @@ def _resolve(*, request: ContextRetrieved, deps: InferenceDeps) -> _Resolved:
             tenant_name=name,
             system=system_message(resolved_template=resolved, tenant_name=name),
             max_tokens=options.max_tokens,
-            temperature=options.temperature,
             policy=LeakagePolicy.BLOCK,
             config_version=options.config_version,
             semantic_cache=options.semantic_cache,
@@ -255,8 +253,6 @@ def _resolve(*, request: ContextRetrieved, deps: InferenceDeps) -> _Resolved:
         system=system_message(resolved_template=resolved, tenant_name=config.tenant_name),
         # Never more than the edge reserved, nor more than the tenant's current limit.
         max_tokens=min(options.max_tokens, config.max_tokens_per_request),
-        # The edge's: the request's own when it gave one, else the config's when admitted.
-        temperature=options.temperature,
         policy=config.leakage_policy,
         config_version=version,
         semantic_cache=options.semantic_cache and config.features.semantic_cache,
@@ -399,7 +395,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 model=resolved.model,
                 messages=messages,
                 max_tokens=built.max_tokens,
-                temperature=resolved.temperature,
+                # As the edge resolved them: the request's own, else the config's when admitted.
+                temperature=request.options.temperature,
                 stop=request.options.stop,
                 # A client that waits for the whole answer gets it from one whole response.
                 stream=request.stream,
