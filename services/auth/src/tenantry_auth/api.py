@@ -4,7 +4,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
@@ -290,9 +290,10 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request: what the platform honours, and what it must refuse.
 
     Parameters that would change what kind of answer the client gets (tools, several choices,
-    JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter``
-    rather than ignored: a client relying on them would otherwise get a plain text answer and
-    no sign of why. Sampling hints other than ``temperature`` are ignored, as are unknown fields.
+    JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
+    ``unsupported_value`` rather than ignored: a client relying on them would otherwise get a
+    plain text answer and no sign of why. Sampling hints other than ``temperature`` are ignored,
+    as are unknown fields.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -891,7 +892,7 @@ def api_routes(
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
-        stop: list[str] | None = None,
+        stop: Sequence[str] = (),
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -912,7 +913,7 @@ def api_routes(
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=stop or (),
+            stop=stop,
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -1109,14 +1110,9 @@ def api_routes(
             model = admitted.request.options.model
             include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-            def chunk(delta: dict[str, str], finish: str | None) -> str:
+            def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> str:
                 choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                return _data(_openai_chunk(chunk_id, created, model, [choice]))
-
-            def last_chunk(completed: ChatCompleted) -> str:
-                choice = {"index": 0, "delta": {}, "finish_reason": completed.finish_reason.value}
-                body = _openai_chunk(chunk_id, created, model, [choice])
-                return _data(body | {"citations": service.citations_body(completed.citations)})
+                return _data(_openai_chunk(chunk_id, created, model, [choice]) | extra)
 
             def error_chunk(message: str, status: int, code: str) -> str:
                 return _data(_openai_error_body(message, status, code=code))
@@ -1133,7 +1129,8 @@ def api_routes(
                         elif isinstance(event, ChatCompleted):
                             if not streamed:
                                 yield chunk({"content": event.answer}, None)
-                            yield last_chunk(event)
+                            citations = service.citations_body(event.citations)
+                            yield chunk({}, event.finish_reason.value, citations=citations)
                             if include_usage:  # as OpenAI sends it: no choices, then [DONE]
                                 usage = _openai_chunk(chunk_id, created, model, [])
                                 yield _data(usage | {"usage": service.usage_body(event.usage)})
