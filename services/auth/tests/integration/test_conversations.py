@@ -200,3 +200,40 @@ async def test_a_long_conversation_reserves_no_more_than_the_models_window(
         )
         assert len(request.history) == 2 * n
         assert request.reservation.reserved_tokens == 2048  # smollm2-135m's window
+
+
+async def test_a_turn_that_cannot_be_kept_leaves_the_answer_alone(edge_app) -> None:
+    """Redis failing after the answer came: remember_turn logs and returns, it never raises
+    (the chat route returns the answer; only the conversation misses the turn)."""
+    import dataclasses
+
+    from redis.asyncio import Redis
+    from tenantry_auth import service
+    from tenantry_common.auth import Principal, Role
+    from tenantry_common.ids import utcnow
+    from tenantry_common.localstack import free_port
+
+    dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    edge = dataclasses.replace(
+        edge_app.state.edge, conversations=ConversationStore(dead, max_turns=10, ttl_s=600)
+    )
+    now = utcnow()
+    principal = Principal(
+        tenant_id=uuid.uuid4(),
+        subject="client-1",
+        role=Role.MEMBER,
+        issuer="tenantry-edge",
+        issued_at=now,
+        expires_at=now,
+        raw_token="x",
+    )
+    try:
+        await service.remember_turn(
+            edge=edge,
+            principal=principal,
+            conversation_id=uuid.uuid4(),
+            question="q",
+            answer="a",
+        )
+    finally:
+        await dead.aclose()
