@@ -1,7 +1,7 @@
 """The edge's OpenAI-compatible API through the real ``openai`` SDK, as a frontend built on it
 would call it: the tenant's models, whole and streamed answers from the local model (with the
-stream's usage chunk), stop sequences, and refusals (among them parameters the platform does not
-support) arriving as the SDK's own typed errors."""
+stream's usage chunk), stop sequences, seeds, and refusals (among them parameters the platform
+does not support) arriving as the SDK's own typed errors."""
 
 from __future__ import annotations
 
@@ -106,6 +106,27 @@ def test_the_answer_ends_at_the_requests_stop_sequence(sdk: openai.OpenAI) -> No
     # (Not its finish_reason: whether this tiny model ends a sentence within the tenant's
     # 24 tokens is up to it.)
     assert "." not in (answer.choices[0].message.content or "")
+
+
+def test_a_seed_makes_a_sampled_answer_repeatable(sdk: openai.OpenAI) -> None:
+    """At a high temperature the local model's answers vary; with the same seed (sent on to the
+    model with top_p) they are the same."""
+
+    def ask(seed: int) -> str:
+        answer = sdk.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Invent a name for a new colour."}],
+            temperature=1.5,
+            top_p=0.95,
+            seed=seed,
+        )
+        return answer.choices[0].message.content or ""
+
+    first = ask(1234)
+    assert first
+    assert ask(1234) == first
+    # Other seeds give other answers (any one of them might repeat the first by chance).
+    assert {ask(seed) for seed in (1, 2, 3)} - {first}
 
 
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:

@@ -146,6 +146,22 @@ class ReplyTo(Contract):
     partition: int = Field(ge=0)
 
 
+class SamplingHints(Contract):
+    """A request's own sampling parameters beyond the temperature, sent to the model as given.
+
+    Each is OpenAI's parameter of the same name; one left out is the provider's default.
+    """
+
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    def given(self) -> dict[str, float | int]:
+        """The parameters the request set, by name."""
+        return {name: value for name, value in self if value is not None}
+
+
 class ChatOptions(Contract):
     """What the edge resolved from the tenant's config for one request (a snapshot)."""
 
@@ -162,6 +178,11 @@ class ChatOptions(Contract):
         max_length=4,
         description="Sequences where the model stops writing, the request's own (version 2).",
         exclude_if=lambda stop: not stop,
+    )
+    sampling: SamplingHints | None = Field(
+        default=None,
+        description="The request's own top_p, seed and penalties, if it set any (version 3).",
+        exclude_if=lambda sampling: sampling is None,
     )
 
 
@@ -213,12 +234,12 @@ class TokenUsage(Contract):
 class _ChatRequestFields(Event):
     """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
 
-    Version 2 added ``options.stop``. A request without stop sequences is written as version 1
-    (see ``Event.written_version``), so only requests that use them need consumers that know
-    version 2.
+    Version 2 added ``options.stop``, version 3 ``options.sampling``. A request is written as
+    the oldest version that carries what it uses (see ``Event.written_version``): one without
+    either is version 1, so only requests that use them need consumers that know them.
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
 
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
@@ -234,6 +255,8 @@ class _ChatRequestFields(Event):
     )
 
     def written_version(self) -> int:
+        if self.options.sampling is not None:
+            return 3
         return 2 if self.options.stop else 1
 
 

@@ -155,8 +155,8 @@ def test_event_round_trips_through_json(event: ev.Event) -> None:
 
 
 def test_unknown_schema_version_is_refused_with_a_clear_error() -> None:
-    data = json.loads(EXAMPLES[0].model_dump_json()) | {"schema_version": 3}
-    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatRequested"):
+    data = json.loads(EXAMPLES[0].model_dump_json()) | {"schema_version": 99}
+    with pytest.raises(ValidationError, match="unsupported schema_version 99 for ChatRequested"):
         ev.ChatRequested.model_validate(data)
 
 
@@ -216,8 +216,42 @@ def test_a_chat_request_without_stop_sequences_is_version_1_and_with_them_versio
     # Read as written: a version-1 request stays version 1, and reads as having no stop.
     again = ev.parse_event(plain.model_dump_json().encode())
     assert (again.schema_version, again.options.stop) == (1, [])  # type: ignore[attr-defined]
-    with pytest.raises(ValidationError, match=f"unsupported schema_version 3 for {kind.__name__}"):
-        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 3})
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 4 for {kind.__name__}"):
+        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 4})
+
+
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+def test_a_chat_request_with_sampling_hints_is_version_3_and_carries_only_those_given(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved],
+) -> None:
+    """Version 3 added options.sampling: written only when the request set some, with or
+    without stop sequences, and only the parameters it set."""
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    assert "sampling" not in json.loads(plain.model_dump_json())["options"]
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "options"})
+    for stop in ([], ["END"]):
+        hints = ev.SamplingHints(top_p=0.5, seed=7)
+        options = OPTIONS.model_copy(update={"stop": stop, "sampling": hints})
+        sampled = kind.model_validate(fields | {"options": options})
+        assert sampled.schema_version == 3
+        written = json.loads(sampled.model_dump_json())
+        assert written["schema_version"] == 3
+        assert {k: v for k, v in written["options"]["sampling"].items() if v is not None} == {
+            "top_p": 0.5,
+            "seed": 7,
+        }
+        again = ev.parse_event(sampled.model_dump_json().encode())
+        assert again == sampled
+        assert again.options.sampling.given() == {"top_p": 0.5, "seed": 7}  # type: ignore[attr-defined,union-attr]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("top_p", 1.5), ("top_p", -0.1), ("presence_penalty", 2.5), ("frequency_penalty", -3.0)],
+)
+def test_sampling_hints_out_of_range_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=name):
+        ev.SamplingHints.model_validate({name: value})
 
 
 def test_a_chat_request_takes_at_most_4_stop_sequences() -> None:

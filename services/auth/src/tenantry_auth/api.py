@@ -41,6 +41,7 @@ from tenantry_common.events import (
     Citation,
     FailureReason,
     FinishReason,
+    SamplingHints,
     TenantConfig,
     Tier,
 )
@@ -292,8 +293,8 @@ class ChatCompletionRequest(BaseModel):
     Parameters that would change what kind of answer the client gets (tools, several choices,
     JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
     ``unsupported_value`` rather than ignored: a client relying on them would otherwise get a
-    plain text answer and no sign of why. Sampling hints other than ``temperature`` are ignored,
-    as are unknown fields.
+    plain text answer and no sign of why. The sampling parameters (``temperature``, ``top_p``,
+    ``seed``, the penalties) go to the model as given; ``user`` and unknown fields are ignored.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -310,6 +311,10 @@ class ChatCompletionRequest(BaseModel):
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(
         default=None, description="Up to 4 sequences where the model stops writing."
     )
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # Refused unless absent or harmless (see ``unsupported``).
     n: int | None = Field(default=None, ge=1, le=128)
     tools: list[dict[str, Any]] | None = None
@@ -333,6 +338,16 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def sampling(self) -> SamplingHints | None:
+        """The sampling parameters beyond the temperature, if the request set any."""
+        given = {
+            name: value
+            for name in SamplingHints.model_fields
+            if (value := getattr(self, name)) is not None
+        }
+        return SamplingHints(**given) if given else None
 
     def unsupported(self) -> tuple[str, str, str] | None:
         """The first parameter asking for what the platform does not do, as
@@ -893,6 +908,7 @@ def api_routes(
         max_tokens: int | None = None,
         temperature: float | None = None,
         stop: Sequence[str] = (),
+        sampling: SamplingHints | None = None,
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -914,6 +930,7 @@ def api_routes(
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            sampling=sampling,
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -1084,6 +1101,7 @@ def api_routes(
                     max_tokens=body.completion_limit,
                     temperature=body.temperature,
                     stop=body.stop_sequences,
+                    sampling=body.sampling,
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)

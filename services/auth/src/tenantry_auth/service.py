@@ -44,6 +44,7 @@ from tenantry_common.events import (
     LifecycleAction,
     ReplyTo,
     Reservation,
+    SamplingHints,
     TenantConfig,
     TenantConfigChanged,
     TenantLifecycleAcknowledged,
@@ -926,6 +927,7 @@ async def admit_chat(
     max_tokens: int | None = None,
     temperature: float | None = None,
     stop: Sequence[str] = (),
+    sampling: SamplingHints | None = None,
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
 
@@ -934,7 +936,8 @@ async def admit_chat(
     The semantic cache is keyed by the question alone, so only a question asked on its own
     uses it: one that comes with earlier messages (a follow-up, a system message of the
     client's own) may mean something else entirely, and a request with its own stop sequences
-    wants an answer cut where a cached one was not.
+    or sampling parameters asks for an answer generated its way, which a cached one was not
+    (nor may such an answer be served to others).
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -959,9 +962,13 @@ async def admit_chat(
         temperature=config.temperature if temperature is None else temperature,
         config_version=version,
         rag=config.features.rag,
-        semantic_cache=config.features.semantic_cache and not stop and not history,
+        semantic_cache=config.features.semantic_cache
+        and not stop
+        and not history
+        and sampling is None,
         cache_similarity_threshold=config.cache_similarity_threshold,
         stop=list(stop),
+        sampling=sampling,
     )
     now = utcnow()
     estimate = estimate_prompt_tokens(

@@ -439,6 +439,49 @@ async def test_openai_stop_and_temperature_reach_the_request_and_stop_skips_the_
         assert r.json()["error"]["param"].startswith("stop"), r.text
 
 
+async def test_openai_sampling_parameters_reach_the_request_and_skip_the_cache(
+    client, tenant, responder
+) -> None:
+    """top_p, seed and the penalties travel as the request set them (version 3, and only
+    then); a request that shapes its own generation neither gets nor fills a cached answer."""
+    member = bearer(tenant.member_token)
+    asked = [
+        (
+            {"top_p": 0.9, "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.5},
+            {"top_p": 0.9, "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.5},
+        ),
+        ({"seed": 0, "stop": "END"}, {"seed": 0}),
+        ({"top_p": None, "user": "end-user-1"}, None),
+    ]
+    for extra, given in asked:
+        question = f"sampling {uuid.uuid4().hex[:8]}"
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": question}]} | extra,
+            headers=member,
+        )
+        assert r.status_code == 200, r.text
+        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        sampling = request.options.sampling
+        assert (sampling.given() if sampling else None) == given, extra
+        assert request.schema_version == (3 if given else 1), extra
+        assert request.options.semantic_cache is (given is None), extra
+
+    for name, value in [
+        ("top_p", 1.5),
+        ("seed", "x"),
+        ("presence_penalty", 3),
+        ("frequency_penalty", -2.5),
+    ]:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], name: value},
+            headers=member,
+        )
+        assert r.status_code == 400, (name, r.text)
+        assert r.json()["error"]["param"] == name, r.text
+
+
 async def test_a_question_with_earlier_messages_skips_the_semantic_cache(
     client, tenant, responder
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 import openai
 from openai.types.chat import ChatCompletion
-from tenantry_common.events import ChatMessage, FailureReason, TokenUsage
+from tenantry_common.events import ChatMessage, FailureReason, SamplingHints, TokenUsage
 from tenantry_common.settings import ModelSpec
 
 #: The SDK insists on a key; local OpenAI-compatible servers ignore it.
@@ -103,10 +103,12 @@ class ModelGateway:
         temperature: float,
         stream: bool,
         stop: Sequence[str] = (),
+        sampling: SamplingHints | None = None,
     ) -> AsyncIterator[StreamPiece]:
         """The answer: text pieces as they arrive, then the usage if the server gave one.
 
-        ``stop`` is the request's own stop sequences, sent with the model's (its catalogue's).
+        ``stop`` is the request's own stop sequences, sent with the model's (its catalogue's);
+        ``sampling`` its own top_p, seed and penalties, sent as given.
 
         ``stream=False`` asks for the whole answer in one response (one text piece): for a
         client that did not ask for a stream there is nothing to gain from one, and parsing
@@ -122,6 +124,8 @@ class ModelGateway:
         }
         if sequences := list(dict.fromkeys([*spec.stop, *stop])):
             request["stop"] = sequences
+        if sampling is not None:
+            request |= sampling.given()
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))

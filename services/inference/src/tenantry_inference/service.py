@@ -398,6 +398,7 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 # As the edge resolved them: the request's own, else the config's when admitted.
                 temperature=request.options.temperature,
                 stop=request.options.stop,
+                sampling=request.options.sampling,
                 # A client that waits for the whole answer gets it from one whole response.
                 stream=request.stream,
             ):

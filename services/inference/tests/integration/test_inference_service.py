@@ -49,6 +49,7 @@ from tenantry_common.events import (
     Passage,
     ReplyTo,
     Reservation,
+    SamplingHints,
     TenantConfig,
     TenantConfigChanged,
     TenantLifecycleAcknowledged,
@@ -435,6 +436,7 @@ def context(
     deadline_at: datetime | None = None,
     temperature: float = 0.0,
     stop: list[str] | None = None,
+    sampling: SamplingHints | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -450,6 +452,7 @@ def context(
             config_version=1,
             cache_similarity_threshold=0.9,
             stop=stop or [],
+            sampling=sampling,
         ),
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
@@ -611,6 +614,35 @@ async def test_scripted_request_temperature_and_stop_sequences_reach_the_model(
         [body] = server.bodies[question]
         assert body["temperature"] == temperature
         assert body.get("stop", []) == stop
+        assert not {"top_p", "seed", "presence_penalty", "frequency_penalty"} & set(body)
+
+
+async def test_scripted_request_sampling_hints_reach_the_model_as_given(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """A request's own top_p, seed and penalties go to the model; those it left out do not."""
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    asked = [
+        SamplingHints(top_p=0.25, seed=42, presence_penalty=0.5, frequency_penalty=-1.0),
+        SamplingHints(seed=-3),
+    ]
+    for hints in asked:
+        question = f"sampling {uuid.uuid4().hex}"
+        request = context(
+            tenant, harness.reply_topic, question=question, model="scripted-ok", sampling=hints
+        )
+        await harness.ask(request)
+        final = await harness.final(request.request_id)
+        assert isinstance(final, ChatCompleted), final
+        [body] = server.bodies[question]
+        sent = {
+            k: body[k]
+            for k in ("top_p", "seed", "presence_penalty", "frequency_penalty")
+            if k in body
+        }
+        assert sent == hints.given()
 
 
 async def test_the_local_model_stops_at_the_requests_stop_sequence(harness: Harness) -> None:
