@@ -142,6 +142,8 @@ def wait_indexed(http: httpx.Client, tenant: Tenant, timeout_s: float = 180) -> 
             chunks = sum(indexed.values())
             print(f"  {tenant.name}: {len(indexed)} documents indexed ({chunks} chunks)")
             return
+        if failed := [d["title"] for d in documents if d["status"] == "failed"]:
+            fail(f"{tenant.name}: retrieval could not store {failed} (see var/log/retrieval.log)")
         if time.monotonic() > deadline:
             fail(f"{tenant.name}: documents not indexed within {timeout_s:.0f}s")
         time.sleep(1)

@@ -210,12 +210,15 @@ class DocumentView(BaseModel):
     title: str
     size_bytes: int
     content_type: str
-    status: Literal["submitted", "indexed"] = Field(
-        description="'submitted': queued for retrieval; 'indexed': stored, and searchable."
+    status: Literal["submitted", "indexed", "failed"] = Field(
+        description="'submitted': queued for retrieval; 'indexed': stored, and searchable; "
+        "'failed': retrieval could not store it (the platform's operators are alerted; delete "
+        "it and submit it again, or wait for them to retry it)."
     )
     submitted_at: datetime
     chunks: int | None = Field(description="How many chunks it was stored as, once indexed.")
     indexed_at: datetime | None
+    failed_at: datetime | None = Field(description="When retrieval gave up on it, if it did.")
 
 
 class DocumentList(BaseModel):

@@ -46,6 +46,7 @@ class TenantStatus(enum.StrEnum):
 class DocumentStatus(enum.StrEnum):
     SUBMITTED = "submitted"  # queued for retrieval
     INDEXED = "indexed"  # stored: searchable
+    FAILED = "failed"  # retrieval gave up on it (its DocumentSubmitted was dead-lettered)
     DELETED = "deleted"
 
 
@@ -125,6 +126,7 @@ class Document(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class SigningKey(Base):

@@ -329,15 +329,31 @@ async def _update_document(
 async def mark_document_indexed(
     *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID, chunks: int
 ) -> bool:
-    """Mark a submitted document indexed; False if it is unknown, deleted or already indexed."""
+    """Mark a submitted (or failed, then re-published) document indexed; False if it is
+    unknown, deleted or already indexed."""
+    return await _update_document(
+        session=session,
+        tenant_id=tenant_id,
+        document_id=document_id,
+        only_if=Document.status.in_((DocumentStatus.SUBMITTED.value, DocumentStatus.FAILED.value)),
+        status=DocumentStatus.INDEXED.value,
+        chunks=chunks,
+        indexed_at=utcnow(),
+        failed_at=None,
+    )
+
+
+async def mark_document_failed(
+    *, session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
+) -> bool:
+    """Mark a submitted document failed; False if it is unknown, deleted, indexed or failed."""
     return await _update_document(
         session=session,
         tenant_id=tenant_id,
         document_id=document_id,
         only_if=Document.status == DocumentStatus.SUBMITTED.value,
-        status=DocumentStatus.INDEXED.value,
-        chunks=chunks,
-        indexed_at=utcnow(),
+        status=DocumentStatus.FAILED.value,
+        failed_at=utcnow(),
     )
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +36,7 @@ from tenantry_common.events import (
     Citation,
     ContextRetrieved,
     DocumentDeleted,
+    DocumentEvent,
     DocumentIndexed,
     DocumentSubmitted,
     Event,
@@ -840,6 +841,37 @@ async def on_document_indexed(*, edge: Edge, event: DocumentIndexed) -> None:
     if changed:
         log.info(
             "document indexed",
+            extra={"tenant_id": str(event.tenant_id), "document_id": str(event.document_id)},
+        )
+
+
+_DOCUMENT_EVENT: TypeAdapter[DocumentSubmitted | DocumentDeleted] = TypeAdapter(DocumentEvent)
+
+
+async def on_document_dead_lettered(*, edge: Edge, raw: bytes) -> None:
+    """Retrieval gave up on a document event (``documents.v1.dlq``): a submitted document shows
+    as failed, so its tenant's admins learn it will not become searchable.
+
+    Idempotent, scoped to the record's tenant, and never changes an indexed or deleted
+    document: one that operators re-publish and retrieval then stores turns indexed. A failed
+    DocumentDeleted changes nothing here (the document is already deleted for its tenant; the
+    dead-letter alert tells operators its chunks remain). A record that cannot be read is
+    left to operators, never dead-lettered again.
+    """
+    try:
+        event = _DOCUMENT_EVENT.validate_json(raw)
+    except ValidationError:
+        log.warning("a dead-lettered document record could not be read; left to operators")
+        return
+    if not isinstance(event, DocumentSubmitted):
+        return
+    async with transaction(edge.sessions) as session:
+        changed = await repo.mark_document_failed(
+            session=session, tenant_id=event.tenant_id, document_id=event.document_id
+        )
+    if changed:
+        log.warning(
+            "document failed: retrieval could not store it",
             extra={"tenant_id": str(event.tenant_id), "document_id": str(event.document_id)},
         )
 

@@ -115,6 +115,81 @@ async def test_a_document_shows_as_indexed_once_retrieval_says_so(
     assert (await client.get(f"/v1/documents/{gone}", headers=admin)).status_code == 404
 
 
+async def test_a_document_retrieval_gave_up_on_shows_as_failed_until_it_is_stored(
+    client, onboard, producer, topics_seen
+) -> None:
+    """A DocumentSubmitted on documents.v1.dlq (retrieval dead-lettered it) turns its document
+    failed: only the named tenant's, never from a record that cannot be read (which the edge
+    leaves alone and goes on past), and a re-published document that retrieval then stores
+    turns indexed, which a late copy of the dead letter does not undo."""
+    from auth_support import send
+    from tenantry_common.events import DocumentIndexed
+    from tenantry_common.topics import DOCUMENT_STATUS, DOCUMENTS
+
+    owner, other = await onboard(tier="free"), await onboard(tier="free")
+    admin = bearer(owner.admin_token)
+    ids = []
+    for title in ("Broken", "Fine"):
+        r = await client.post("/v1/documents", json={"title": title, "text": "hi"}, headers=admin)
+        assert r.status_code == 202, r.text
+        ids.append(uuid.UUID(r.json()["document_id"]))
+    broken, fine = ids
+    [submitted] = await topics_seen.wait_for(DocumentSubmitted, document_id=broken)
+
+    async def dead_letter(raw: bytes, tenant_id: uuid.UUID) -> None:
+        await producer.send_and_wait(
+            DOCUMENTS.dlq,
+            raw,
+            key=str(tenant_id).encode(),
+            headers=[("x-dlq-error-type", b"ValidationError")],
+        )
+
+    async def status_of(document_id: uuid.UUID, wanted: str) -> dict[str, object]:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            r = await client.get(f"/v1/documents/{document_id}", headers=admin)
+            if r.json()["status"] == wanted:
+                return dict(r.json())
+            assert asyncio.get_running_loop().time() < deadline, r.text
+            await asyncio.sleep(0.1)
+
+    # Unreadable records, another tenant naming this document, a failed deletion: no change.
+    await dead_letter(b"\x00 not json", owner.tenant_id)
+    await dead_letter(b'{"event_type": "DocumentSubmitted"}', owner.tenant_id)
+    foreign = submitted.model_copy(update={"tenant_id": other.tenant_id})
+    await dead_letter(foreign.model_dump_json().encode(), other.tenant_id)
+    deleted = DocumentDeleted(tenant_id=owner.tenant_id, document_id=fine, deleted_by="admin")
+    await dead_letter(deleted.model_dump_json().encode(), owner.tenant_id)
+    # Then this tenant's own (same key, same partition: handled after the ones above).
+    await dead_letter(submitted.model_dump_json().encode(), owner.tenant_id)
+    body = await status_of(broken, "failed")
+    assert body["failed_at"] is not None
+    assert (body["chunks"], body["indexed_at"]) == (None, None)
+    assert (await client.get(f"/v1/documents/{fine}", headers=admin)).json()["status"] == (
+        "submitted"
+    )
+    listed = (await client.get("/v1/documents", headers=admin)).json()
+    assert {d["document_id"]: d["status"] for d in listed["documents"]} == {
+        str(broken): "failed",
+        str(fine): "submitted",
+    }
+
+    # Operators re-publish it and retrieval stores it; a late copy of the dead letter after that.
+    indexed = DocumentIndexed(
+        tenant_id=owner.tenant_id, document_id=broken, chunks=2, corpus_version=1
+    )
+    await send(producer, DOCUMENT_STATUS.name, indexed)
+    body = await status_of(broken, "indexed")
+    assert (body["chunks"], body["failed_at"]) == (2, None)
+    await dead_letter(submitted.model_dump_json().encode(), owner.tenant_id)
+    marker = submitted.model_copy(update={"document_id": fine})
+    await dead_letter(marker.model_dump_json().encode(), owner.tenant_id)
+    await status_of(fine, "failed")  # handled after the late copy
+    assert (await client.get(f"/v1/documents/{broken}", headers=admin)).json()["status"] == (
+        "indexed"
+    )
+
+
 async def test_document_file_upload_is_accepted(client, tenant, topics_seen) -> None:
     r = await client.post(
         "/v1/documents",
