@@ -1,11 +1,13 @@
 """The edge's OpenAI-compatible API through the real ``openai`` SDK, as a frontend built on it
 would call it: the tenant's models, whole and streamed answers from the local model (with the
-stream's usage chunk), stop sequences, seeds, and refusals (among them parameters the platform
-does not support) arriving as the SDK's own typed errors."""
+stream's usage chunk), stop sequences, seeds, the end user in the audit trail, and refusals
+(among them parameters the platform does not support) arriving as the SDK's own typed errors."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -127,6 +129,36 @@ def test_a_seed_makes_a_sampled_answer_repeatable(sdk: openai.OpenAI) -> None:
     assert ask(1234) == first
     # Other seeds give other answers (any one of them might repeat the first by chance).
     assert {ask(seed) for seed in (1, 2, 3)} - {first}
+
+
+def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail(
+    sdk: openai.OpenAI, system: System
+) -> None:
+    """OpenAI's ``user`` reaches inference's audit record of the call, which the tenant's
+    admin exports."""
+    end_user = f"end-user-{uuid.uuid4().hex[:12]}"
+    sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Say hi."}],
+        max_tokens=4,
+        user=end_user,
+    )
+    http = httpx.Client(base_url=system.edge.url, timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        r = http.get(
+            "/v1/audit/export",
+            params={"format": "jsonl"},
+            headers={"Authorization": f"Bearer {sdk.api_key}"},
+        )
+        assert r.status_code == 200, r.text
+        records = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+        named = [rec for rec in records if end_user in json.dumps(rec)]
+        if named:
+            break
+        assert time.monotonic() < deadline, "the end user never reached the audit trail"
+        time.sleep(0.5)
+    assert [rec["action"] for rec in named] == ["chat.completion"]
 
 
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:

@@ -193,6 +193,9 @@ class Reservation(Contract):
     period_day: date = Field(description="UTC day whose budget key holds the reservation.")
 
 
+#: The longest end-user id a client may name (OpenAI's ``user``).
+MAX_END_USER_CHARS = 256
+
 #: The longest message a chat request's history may carry.
 MAX_MESSAGE_CHARS = 32_000
 
@@ -234,15 +237,24 @@ class TokenUsage(Contract):
 class _ChatRequestFields(Event):
     """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
 
-    Version 2 added ``options.stop``, version 3 ``options.sampling``. A request is written as
-    the oldest version that carries what it uses (see ``Event.written_version``): one without
-    either is version 1, so only requests that use them need consumers that know them.
+    Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``. A request
+    is written as the oldest version that carries what it uses (see ``Event.written_version``):
+    one without any of them is version 1, so only requests that use them need consumers that
+    know them.
     """
 
     supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
 
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
+    end_user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_END_USER_CHARS,
+        description="The end user the client named (OpenAI's `user`), for audit and usage "
+        "(version 3).",
+        exclude_if=lambda end_user: end_user is None,
+    )
     conversation_id: uuid.UUID | None = None
     question: str = Field(min_length=1, max_length=16_000)
     history: list[ChatMessage] = Field(default_factory=list, max_length=100)
@@ -255,7 +267,7 @@ class _ChatRequestFields(Event):
     )
 
     def written_version(self) -> int:
-        if self.options.sampling is not None:
+        if self.options.sampling is not None or self.end_user is not None:
             return 3
         return 2 if self.options.stop else 1
 
@@ -434,17 +446,31 @@ LifecycleEvent = Annotated[
 
 
 class UsageRecorded(Event):
-    """Tokens one request used. ``event_id`` is derived from the request id: billed once."""
+    """Tokens one request used. ``event_id`` is derived from the request id: billed once.
+
+    Version 2 added ``end_user``; usage without one is written as version 1 (see
+    ``Event.written_version``).
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     event_type: Literal["UsageRecorded"] = "UsageRecorded"
     request_id: uuid.UUID
     user_id: str
+    end_user: str | None = Field(
+        default=None,
+        description="The end user the request named, if it named one (version 2).",
+        exclude_if=lambda end_user: end_user is None,
+    )
     model: str
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     cached: bool = False
     reservation: Reservation
     source: str = Field(description="The service that recorded it.")
+
+    def written_version(self) -> int:
+        return 1 if self.end_user is None else 2
 
 
 class BudgetKind(enum.StrEnum):

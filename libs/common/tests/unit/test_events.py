@@ -245,6 +245,37 @@ def test_a_chat_request_with_sampling_hints_is_version_3_and_carries_only_those_
         assert again.options.sampling.given() == {"top_p": 0.5, "seed": 7}  # type: ignore[attr-defined,union-attr]
 
 
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+def test_a_chat_request_naming_its_end_user_is_version_3(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved],
+) -> None:
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    assert "end_user" not in json.loads(plain.model_dump_json())
+    fields = plain.model_dump(exclude={"event_id", "schema_version"})
+    named = kind.model_validate(fields | {"end_user": "user-7f3a"})
+    written = json.loads(named.model_dump_json())
+    assert (written["schema_version"], written["end_user"]) == (3, "user-7f3a")
+    assert ev.parse_event(named.model_dump_json().encode()) == named
+    for bad in ("", "x" * (ev.MAX_END_USER_CHARS + 1)):
+        with pytest.raises(ValidationError, match="end_user"):
+            kind.model_validate(fields | {"end_user": bad})
+
+
+def test_usage_without_an_end_user_is_version_1_and_with_one_version_2() -> None:
+    [usage] = [e for e in EXAMPLES if isinstance(e, ev.UsageRecorded)]
+    written = json.loads(usage.model_dump_json())
+    assert written["schema_version"] == 1
+    assert "end_user" not in written
+    named = ev.UsageRecorded(
+        **usage.model_dump(exclude={"event_id", "schema_version"}), end_user="user-7f3a"
+    )
+    written = json.loads(named.model_dump_json())
+    assert (written["schema_version"], written["end_user"]) == (2, "user-7f3a")
+    assert ev.parse_event(named.model_dump_json().encode()) == named
+    with pytest.raises(ValidationError, match="unsupported schema_version 3 for UsageRecorded"):
+        ev.UsageRecorded.model_validate(written | {"schema_version": 3})
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("top_p", 1.5), ("top_p", -0.1), ("presence_penalty", 2.5), ("frequency_penalty", -3.0)],

@@ -32,6 +32,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry_common.auth import EDGE_ISSUER, Principal, Role, TokenVerifier, principal_dependency
 from tenantry_common.events import (
+    MAX_END_USER_CHARS,
     AuditStatus,
     AuditType,
     ChatCompleted,
@@ -226,6 +227,17 @@ class DocumentList(BaseModel):
     total: int
 
 
+#: OpenAI's ``user``: the client's id for the end user it asks for (recorded, never checked).
+EndUser = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_END_USER_CHARS,
+        description="Your id for the end user the request is made for (a hash, say): "
+        "recorded in the tenant's audit trail and usage events.",
+    ),
+]
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -236,6 +248,7 @@ class ChatRequest(BaseModel):
         "the edge for a while) go with the question, and this turn is kept for the next.",
     )
     stream: bool = False
+    user: EndUser = None
 
 
 class Usage(BaseModel):
@@ -297,7 +310,8 @@ class ChatCompletionRequest(BaseModel):
     JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
     ``unsupported_value`` rather than ignored: a client relying on them would otherwise get a
     plain text answer and no sign of why. The sampling parameters (``temperature``, ``top_p``,
-    ``seed``, the penalties) go to the model as given; ``user`` and unknown fields are ignored.
+    ``seed``, the penalties) go to the model as given; ``user`` is recorded as the end user in
+    audit and usage; unknown fields are ignored.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -318,6 +332,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: EndUser = None
     # Refused unless absent or harmless (see ``unsupported``).
     n: int | None = Field(default=None, ge=1, le=128)
     tools: list[dict[str, Any]] | None = None
@@ -912,6 +927,7 @@ def api_routes(
         temperature: float | None = None,
         stop: Sequence[str] = (),
         sampling: SamplingHints | None = None,
+        end_user: str | None = None,
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -934,6 +950,7 @@ def api_routes(
             temperature=temperature,
             stop=stop,
             sampling=sampling,
+            end_user=end_user,
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -1008,6 +1025,7 @@ def api_routes(
                 history=history,
                 conversation_id=conversation_id,
                 stream=stream,
+                end_user=body.user or None,
             )
             headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
             first, events = await first_event(pending, deadline)
@@ -1105,6 +1123,7 @@ def api_routes(
                     temperature=body.temperature,
                     stop=body.stop_sequences,
                     sampling=body.sampling,
+                    end_user=body.user or None,
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)

@@ -960,6 +960,7 @@ async def admit_chat(
     temperature: float | None = None,
     stop: Sequence[str] = (),
     sampling: SamplingHints | None = None,
+    end_user: str | None = None,
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
 
@@ -1049,6 +1050,7 @@ async def admit_chat(
         "tenant_id": principal.tenant_id,
         "request_id": request_id,
         "user_id": principal.subject[:200],
+        "end_user": end_user,
         "conversation_id": conversation_id,
         "question": question,
         "history": history,

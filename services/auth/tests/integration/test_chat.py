@@ -451,7 +451,7 @@ async def test_openai_sampling_parameters_reach_the_request_and_skip_the_cache(
             {"top_p": 0.9, "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.5},
         ),
         ({"seed": 0, "stop": "END"}, {"seed": 0}),
-        ({"top_p": None, "user": "end-user-1"}, None),
+        ({"top_p": None}, None),
     ]
     for extra, given in asked:
         question = f"sampling {uuid.uuid4().hex[:8]}"
@@ -480,6 +480,41 @@ async def test_openai_sampling_parameters_reach_the_request_and_skip_the_cache(
         )
         assert r.status_code == 400, (name, r.text)
         assert r.json()["error"]["param"] == name, r.text
+
+
+async def test_the_end_user_a_request_names_travels_with_it_on_both_routes(
+    client, tenant, responder
+) -> None:
+    """OpenAI's ``user`` (and /v1/chat's) goes with the request as ``end_user`` (version 3);
+    without one, or with an empty one, the request names none and stays version 1."""
+    member = bearer(tenant.member_token)
+    for route, extra, end_user in [
+        ("/v1/chat/completions", {"user": "user-7f3a"}, "user-7f3a"),
+        ("/v1/chat/completions", {"user": ""}, None),
+        ("/v1/chat", {"user": "user-9b2c"}, "user-9b2c"),
+        ("/v1/chat", {}, None),
+    ]:
+        question = f"who {uuid.uuid4().hex[:8]}"
+        body = (
+            {"messages": [{"role": "user", "content": question}]}
+            if route == "/v1/chat/completions"
+            else {"question": question}
+        )
+        r = await client.post(route, json=body | extra, headers=member)
+        assert r.status_code == 200, r.text
+        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        assert request.end_user == end_user, (route, extra)
+        assert request.schema_version == (3 if end_user else 1), (route, extra)
+
+    too_long = "u" * 257
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "user": too_long},
+        headers=member,
+    )
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "user"), r.text
+    r = await client.post("/v1/chat", json={"question": "hi", "user": too_long}, headers=member)
+    assert r.status_code == 422, r.text
 
 
 async def test_a_question_with_earlier_messages_skips_the_semantic_cache(

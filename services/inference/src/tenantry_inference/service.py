@@ -505,6 +505,7 @@ async def _finish(
         tenant_id=request.tenant_id,
         request_id=request.request_id,
         user_id=request.user_id,
+        end_user=request.end_user,
         model=run.model,
         prompt_tokens=run.usage.prompt_tokens,
         completion_tokens=run.usage.completion_tokens,
@@ -515,6 +516,7 @@ async def _finish(
     prompt_text = "".join(m.content for m in run.messages)
     details: dict[str, AuditDetail] = {
         "request_id": str(request.request_id),
+        "end_user": request.end_user,
         "model": run.model,
         "outcome": status,
         "streamed": request.stream,

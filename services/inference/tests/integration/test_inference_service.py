@@ -437,11 +437,13 @@ def context(
     temperature: float = 0.0,
     stop: list[str] | None = None,
     sampling: SamplingHints | None = None,
+    end_user: str | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
         request_id=uuid.uuid4(),
         user_id="user-1",
+        end_user=end_user,
         question=question,
         stream=stream,
         reply_to=ReplyTo(topic=reply_topic, partition=2),
@@ -666,7 +668,13 @@ async def test_usage_and_audit_are_published_with_hashes_never_text(harness: Har
     tenant = uuid.uuid4()
     await harness.configure(tenant)
     question = "Who greets visitors every morning?"
-    request = context(tenant, harness.reply_topic, question=question, passages=CANARY_PASSAGES)
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=question,
+        passages=CANARY_PASSAGES,
+        end_user="user-7f3a",
+    )
     await harness.ask(request)
     final = await harness.final(request.request_id)
     assert isinstance(final, ChatCompleted), final
@@ -674,6 +682,7 @@ async def test_usage_and_audit_are_published_with_hashes_never_text(harness: Har
 
     (usage,) = await harness.usage(request.request_id)
     assert usage.event_id == derived_id(request.request_id, "usage")
+    assert (usage.end_user, usage.schema_version) == ("user-7f3a", 2)
     assert usage.reservation == request.reservation
     assert usage.source == "inference"
     assert usage.model == LOCAL_MODEL
@@ -687,6 +696,7 @@ async def test_usage_and_audit_are_published_with_hashes_never_text(harness: Har
     assert audit.audit_type is AuditType.API_CALL
     assert audit.event_id == derived_id(request.request_id, "audit.api_call")
     assert audit.details["model"] == LOCAL_MODEL
+    assert audit.details["end_user"] == "user-7f3a"
     assert audit.details["outcome"] == "success"
     assert audit.details["answer_sha256"] == sha256(final.answer)
     assert audit.details["answer_chars"] == len(final.answer)

@@ -38,6 +38,7 @@ def usage(
     request_id: uuid.UUID | None = None,
     reserved: int = 0,
     reserved_day: date | None = None,
+    end_user: str | None = None,
 ) -> UsageRecorded:
     """A UsageRecorded as inference sends it (event id derived from the request id)."""
     request_id = request_id or uuid.uuid4()
@@ -48,6 +49,7 @@ def usage(
         occurred_at=occurred_at,
         request_id=request_id,
         user_id="user-1",
+        end_user=end_user,
         model=model,
         prompt_tokens=prompt,
         completion_tokens=completion,

@@ -46,11 +46,18 @@ async def test_duplicate_and_out_of_order_deliveries_count_once(
     tenant = uuid.uuid4()
     now = datetime.now(UTC).replace(hour=12)
     # Occurred-at times shuffled against publication order; every event published 1 to 3 times,
-    # redeliveries interleaved with later events.
+    # redeliveries interleaved with later events; every other one names an end user (version 2).
     events = [
-        usage(tenant, prompt=10 + i, completion=5 + i, occurred_at=now - timedelta(minutes=i))
+        usage(
+            tenant,
+            prompt=10 + i,
+            completion=5 + i,
+            occurred_at=now - timedelta(minutes=i),
+            end_user=f"user-{i % 3}" if i % 2 else None,
+        )
         for i in range(40)
     ]
+    assert {e.schema_version for e in events} == {1, 2}
     deliveries = [e for e in events for _ in range(random.randint(1, 3))]
     random.Random(7).shuffle(deliveries)
     async with running(metering_settings) as (app, _client):

@@ -553,6 +553,7 @@ def _cache_hit(request: ChatRequested, hit: VectorHit, version: int) -> list[Out
         tenant_id=request.tenant_id,
         request_id=request.request_id,
         user_id=request.user_id,
+        end_user=request.end_user,
         model=request.options.model,
         prompt_tokens=0,
         completion_tokens=0,
@@ -575,6 +576,7 @@ def _search_audit(request: ChatRequested, passages: int, cache_hit: bool, versio
         resource_id=str(request.request_id),
         action="search",
         details={
+            "end_user": request.end_user,
             "passages": passages,
             "cache_hit": cache_hit,
             "corpus_version": version,

@@ -224,11 +224,13 @@ def chat_request(
     rag: bool = True,
     semantic_cache: bool = True,
     threshold: float = 0.9,
+    end_user: str | None = None,
 ) -> ChatRequested:
     return ChatRequested(
         tenant_id=tenant,
         request_id=uuid.uuid4(),
         user_id="user-1",
+        end_user=end_user,
         question=question,
         reply_to=REPLY,
         options=ChatOptions(
@@ -468,12 +470,12 @@ async def test_paraphrases_hit_the_cache_and_different_questions_miss(
     )
     await fill_cache(app, service, original, expect=1)
 
-    for paraphrase in (
-        "How can I reset my password?",
-        "I forgot my password, how do I reset it?",
-        "what's the way to reset my password",
+    for paraphrase, end_user in (
+        ("How can I reset my password?", "user-7f3a"),
+        ("I forgot my password, how do I reset it?", None),
+        ("what's the way to reset my password", None),
     ):
-        request = chat_request(tenant, paraphrase)
+        request = chat_request(tenant, paraphrase, end_user=end_user)
         hit = await ask(app, collector, request)
         assert isinstance(hit, ChatCompleted), paraphrase
         assert hit.cached
@@ -490,15 +492,22 @@ async def test_paraphrases_hit_the_cache_and_different_questions_miss(
         assert (usage.prompt_tokens, usage.completion_tokens, usage.cached) == (0, 0, True)
         assert usage.reservation == request.reservation
         assert usage.source == "retrieval"
+        assert usage.end_user == end_user  # the end user the request named, if any
+        audit = await collector.wait_for(
+            AuditRecorded, lambda e, r=request: e.resource_id == str(r.request_id)
+        )
+        assert audit.details["end_user"] == end_user
 
     misses = [
-        chat_request(tenant, "How do I change my email address?"),
+        chat_request(tenant, "How do I change my email address?", end_user="user-7f3a"),
         chat_request(tenant, "What is the refund policy for annual plans?"),
         # The tenant asks for any similarity at all; the platform floor still refuses it.
         chat_request(tenant, "How do I change my email address?", threshold=0.0),
     ]
     for request in misses:
-        assert isinstance(await ask(app, collector, request), ContextRetrieved)
+        context = await ask(app, collector, request)
+        assert isinstance(context, ContextRetrieved)
+        assert context.end_user == request.end_user  # passed on to inference
     assert not collector.find(
         UsageRecorded, lambda e: e.request_id in {r.request_id for r in misses}
     ), "a miss leaves usage to inference"
