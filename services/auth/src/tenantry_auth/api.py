@@ -50,6 +50,7 @@ from tenantry_common.ids import PLATFORM_TENANT_ID
 
 from tenantry_auth import repository as repo
 from tenantry_auth import service
+from tenantry_auth.models import DocumentStatus
 from tenantry_auth.plain import PlainRoute
 from tenantry_auth.replies import NoReplyPartition, PendingReply, ReplyRouter
 from tenantry_auth.security import tenant_of_client
@@ -876,11 +877,19 @@ def api_routes(
         principal: TenantAdmin,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        status: Annotated[
+            Literal["submitted", "indexed", "failed"] | None,
+            Query(description="Only the documents in this status (e.g. the failed ones)."),
+        ] = None,
     ) -> DocumentList:
         """The caller's tenant's documents (not deleted), newest first."""
         async with edge.sessions() as session:
             rows, total = await repo.list_documents(
-                session=session, tenant_id=principal.tenant_id, limit=limit, offset=offset
+                session=session,
+                tenant_id=principal.tenant_id,
+                limit=limit,
+                offset=offset,
+                status=DocumentStatus(status) if status is not None else None,
             )
         return DocumentList(
             documents=[DocumentView.model_validate(r, from_attributes=True) for r in rows],

@@ -293,10 +293,21 @@ async def add_document(*, session: AsyncSession, document: Document) -> None:
 
 
 async def list_documents(
-    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int, offset: int
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    limit: int,
+    offset: int,
+    status: DocumentStatus | None = None,
 ) -> tuple[list[Document], int]:
-    """A page of a tenant's documents that are not deleted, newest first, and the total."""
-    live = (_scoped(Document, tenant_id), Document.status != DocumentStatus.DELETED.value)
+    """A page of a tenant's documents that are not deleted (and in ``status``, if given),
+    newest first, and how many there are."""
+    live = (
+        _scoped(Document, tenant_id),
+        Document.status != DocumentStatus.DELETED.value
+        if status is None
+        else Document.status == status.value,
+    )
     rows = await session.scalars(
         select(Document)
         .where(*live)

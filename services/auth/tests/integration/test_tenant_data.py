@@ -173,6 +173,17 @@ async def test_a_document_retrieval_gave_up_on_shows_as_failed_until_it_is_store
         str(broken): "failed",
         str(fine): "submitted",
     }
+    for status, expected in [
+        ("failed", [str(broken)]),
+        ("submitted", [str(fine)]),
+        ("indexed", []),
+    ]:
+        r = await client.get("/v1/documents", params={"status": status}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert [d["document_id"] for d in r.json()["documents"]] == expected, status
+        assert r.json()["total"] == len(expected)
+    r = await client.get("/v1/documents", params={"status": "deleted"}, headers=admin)
+    assert r.status_code == 422, r.text
 
     # Operators re-publish it and retrieval stores it; a late copy of the dead letter after that.
     indexed = DocumentIndexed(
