@@ -459,6 +459,8 @@ class UsageRecorded(Event):
     user_id: str
     end_user: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=MAX_END_USER_CHARS,
         description="The end user the request named, if it named one (version 2).",
         exclude_if=lambda end_user: end_user is None,
     )

@@ -274,6 +274,9 @@ def test_usage_without_an_end_user_is_version_1_and_with_one_version_2() -> None
     assert ev.parse_event(named.model_dump_json().encode()) == named
     with pytest.raises(ValidationError, match="unsupported schema_version 3 for UsageRecorded"):
         ev.UsageRecorded.model_validate(written | {"schema_version": 3})
+    for bad in ("", "x" * (ev.MAX_END_USER_CHARS + 1)):
+        with pytest.raises(ValidationError, match="end_user"):
+            ev.UsageRecorded.model_validate(written | {"end_user": bad})
 
 
 @pytest.mark.parametrize(
