@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "test", "production"]
@@ -31,6 +31,15 @@ class ModelSpec(BaseModel):
         "small model that tends to echo it. A request's own (up to 4) are sent with them, so "
         "keep this empty for a provider that takes at most 4 in all, as OpenAI's API does.",
         examples=[["<passage", "</passage"]],
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Catalogue models asked in turn when this one cannot answer (its provider "
+        "unreachable, failing or timing out after the retries) before any of the answer was "
+        "generated; only those the tenant allows. The answer, its usage and its cost are the "
+        "fallback's.",
+        examples=[["gpt-4o-mini"]],
     )
 
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
@@ -138,6 +147,17 @@ class CommonSettings(BaseSettings):
     cache_similarity_floor: float = Field(
         default=0.85, ge=0.0, le=1.0, description="No tenant may lower its threshold below this."
     )
+
+    @field_validator("models")
+    @classmethod
+    def _fallbacks_are_in_the_catalogue(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name, spec in models.items():
+            for fallback in spec.fallbacks:
+                if fallback == name or fallback not in models:
+                    raise ValueError(
+                        f"model {name!r}: fallback {fallback!r} must be another catalogue model"
+                    )
+        return models
 
     def model_api_key(self, model: str) -> str | None:
         """The API key for a catalogue model, read from the environment variable it names."""

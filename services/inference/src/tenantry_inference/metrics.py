@@ -39,6 +39,13 @@ class InferenceMetrics:
             ["tenant_id", "model", "type"],
             registry=registry,
         )
+        self.fallbacks = Counter(
+            "llm_fallbacks_total",
+            "Requests handed to a fallback model because the one asked could not answer, by "
+            "the model that failed, the fallback and the failure.",
+            ["model", "fallback", "reason"],
+            registry=registry,
+        )
         self.leakage = Counter(
             "llm_leakage_findings_total",
             "Leakage findings, by stage (prompt/answer) and action (blocked/redacted).",

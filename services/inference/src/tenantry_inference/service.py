@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -191,6 +191,18 @@ class _Run:
     ttft_s: float | None = None
     deltas: int = 0
     finish: str | None = None
+    #: The model asked first, when a fallback answered instead.
+    fallback_from: str | None = None
+
+    def fall_back(self, model: str) -> None:
+        """Start again with a fallback model, forgetting the failed attempt (which generated
+        nothing and reported nothing)."""
+        self.fallback_from = self.fallback_from or self.model
+        self.model = model
+        self.question = self.request.question
+        self.messages, self.passages = [], []
+        self.passages_dropped = self.redactions = 0
+        self.finish = None
 
 
 def sha256_text(text: str) -> str:
@@ -208,11 +220,14 @@ def prompt_digest(messages: Sequence[ChatMessage]) -> str:
     return sha256_text(canonical)
 
 
-def _resolve(*, request: ContextRetrieved, deps: InferenceDeps) -> _Resolved:
-    """The tenant's model, limits, prompt and policy (request options if its config is unknown)."""
+def _resolve(
+    *, request: ContextRetrieved, deps: InferenceDeps, model: str | None = None
+) -> _Resolved:
+    """The tenant's model (the request's, or ``model``), limits, prompt and policy (from the
+    request's options if the tenant's config is unknown)."""
     options = request.options
     known = deps.directory.config(request.tenant_id)
-    model = options.model
+    model = model or options.model
     if model not in deps.catalogue:
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
@@ -271,7 +286,9 @@ async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outb
                 FailureReason.MODEL_TIMEOUT,
                 "the request's deadline passed before the model could be called",
             )
-        await _generate(run=run, resolved=resolved, deps=deps, outbox=outbox)
+        resolved = await _generate_or_fall_back(
+            run=run, resolved=resolved, deps=deps, outbox=outbox
+        )
     except ModelCallError as exc:
         return await _fail(
             run=run, deps=deps, outbox=outbox, reason=exc.reason, message=exc.message
@@ -317,6 +334,61 @@ async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outb
     )
     await _finish(run=run, deps=deps, outbox=outbox, final=completed, status="success", error=None)
     return "success"
+
+
+#: Failures a fallback model may answer instead (not a refusal of the tenant's own request).
+_FALLBACK_REASONS = frozenset({FailureReason.MODEL_UNAVAILABLE, FailureReason.MODEL_TIMEOUT})
+
+
+async def _generate_or_fall_back(
+    *, run: _Run, resolved: _Resolved, deps: InferenceDeps, outbox: Outbox
+) -> _Resolved:
+    """Generate with the resolved model; if it cannot answer, with its catalogue fallbacks in
+    turn. Returns the resolution of the model that answered.
+
+    A fallback is asked only while nothing was generated or reported (no text, no usage: the
+    failed provider billed nothing and the client saw nothing), the request's deadline has not
+    passed, and the tenant's config is known and allows the fallback.
+    """
+    candidates = iter(resolved.spec.fallbacks)
+    while True:
+        try:
+            await _generate(run=run, resolved=resolved, deps=deps, outbox=outbox)
+            return resolved
+        except ModelCallError as exc:
+            fallback = _next_fallback(run=run, deps=deps, error=exc, candidates=candidates)
+            if fallback is None:
+                raise
+            deps.metrics.fallbacks.labels(resolved.model, fallback.model, exc.reason.value).inc()
+            log.warning(
+                "model failed; asking its fallback",
+                extra={
+                    "request_id": str(run.request.request_id),
+                    "model": resolved.model,
+                    "fallback": fallback.model,
+                    "reason": exc.reason.value,
+                },
+            )
+            run.fall_back(fallback.model)
+            resolved = fallback
+
+
+def _next_fallback(
+    *, run: _Run, deps: InferenceDeps, error: ModelCallError, candidates: Iterator[str]
+) -> _Resolved | None:
+    request = run.request
+    if error.reason not in _FALLBACK_REASONS or run.raw_answer or run.reported is not None:
+        return None
+    if deps.directory.config(request.tenant_id) is None:
+        return None  # which models the tenant allows is not known here yet
+    for candidate in candidates:
+        if request.deadline_at is not None and utcnow() >= request.deadline_at:
+            return None
+        try:
+            return _resolve(request=request, deps=deps, model=candidate)
+        except ModelCallError:
+            continue  # not allowed for this tenant
+    return None
 
 
 async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outbox: Outbox) -> None:
@@ -518,6 +590,7 @@ async def _finish(
         "request_id": str(request.request_id),
         "end_user": request.end_user,
         "model": run.model,
+        "fallback_from": run.fallback_from,
         "outcome": status,
         "streamed": request.stream,
         "deltas": run.deltas,

@@ -91,6 +91,13 @@ SCRIPTED_MODELS = {
     "scripted-not-a-stream": "not-a-stream",
     "scripted-always-a-stream": "always-a-stream",
     "scripted-ok": "ok",
+    "scripted-falls-back": "always-500",
+    "scripted-stall-falls-back": "stalls-mid-stream",
+}
+#: Catalogue fallbacks of the scripted models (the first is never allowed to a tenant).
+SCRIPTED_FALLBACKS = {
+    "scripted-falls-back": ["gpt-4o-mini", "scripted-500", "scripted-ok"],
+    "scripted-stall-falls-back": ["scripted-ok"],
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -271,9 +278,16 @@ class Harness:
         self.sent_messages: list[dict[str, Any]] = []
 
     async def configure(
-        self, tenant: uuid.UUID, *, policy: LeakagePolicy = LeakagePolicy.BLOCK, version: int = 1
+        self,
+        tenant: uuid.UUID,
+        *,
+        policy: LeakagePolicy = LeakagePolicy.BLOCK,
+        version: int = 1,
+        allowed_models: list[str] | None = None,
     ) -> TenantConfig:
         config = tenant_config(f"Zephyr Labs {str(tenant)[:6]}", policy)
+        if allowed_models is not None:
+            config = config.model_copy(update={"allowed_models": allowed_models})
         await publish_event(
             self.broker,
             TENANTS_CONFIG,
@@ -355,6 +369,7 @@ async def harness(
             input_price_micros_per_mtok=1,
             output_price_micros_per_mtok=1,
             context_window=2048,
+            fallbacks=SCRIPTED_FALLBACKS.get(name, []),
         )
         for name, served in SCRIPTED_MODELS.items()
     }
@@ -369,7 +384,11 @@ async def harness(
         consumer_retry_backoff_s=0.01,
         model_max_retries=2,
         model_timeout_s=120,
-        model_timeouts={"scripted-timeout": 0.5, "scripted-stall": 0.5},
+        model_timeouts={
+            "scripted-timeout": 0.5,
+            "scripted-stall": 0.5,
+            "scripted-stall-falls-back": 0.5,
+        },
     )
     app = build_app(settings)
     tap = Tap(kafka_bootstrap, [reply_topic, USAGE.name, AUDIT.name, TENANTS_LIFECYCLE.name])
@@ -826,6 +845,74 @@ async def test_scripted_500s_until_the_retries_run_out_fail_clearly(
     (audit,) = await harness.audits(request.request_id)
     assert audit.status.value == "failure"
     assert audit.details["outcome"] == "model_unavailable"
+
+
+async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The catalogue's fallbacks are asked in turn, skipping those the tenant does not allow
+    (gpt-4o-mini) and going on past one that fails too (scripted-500): the answer, its usage
+    (priced as the fallback's) and the audit record name the model that answered."""
+    server, _ = scripted
+    counted = harness.deps.metrics.fallbacks.labels(
+        "scripted-500", "scripted-ok", "model_unavailable"
+    )
+    before = counted._value.get()
+    tenant = uuid.uuid4()
+    config = await harness.configure(tenant)
+    allowed = [m for m in config.allowed_models if m != "gpt-4o-mini"]
+    await harness.configure(tenant, version=2, allowed_models=allowed)
+    for stream in (False, True):
+        question = f"falls back {stream} {uuid.uuid4().hex}"
+        request = context(
+            tenant,
+            harness.reply_topic,
+            question=question,
+            model="scripted-falls-back",
+            stream=stream,
+        )
+        await harness.ask(request)
+        final = await harness.final(request.request_id)
+        assert isinstance(final, ChatCompleted), final
+        assert (final.answer, final.model) == (SCRIPTED_ANSWER, "scripted-ok")
+        assert server.count(question) == 3 + 3 + 1  # each failing model with its retries
+        (usage,) = await harness.usage(request.request_id)
+        assert (usage.model, usage.completion_tokens > 0) == ("scripted-ok", True)
+        (audit,) = await harness.audits(request.request_id)
+        assert (audit.details["model"], audit.details["fallback_from"]) == (
+            "scripted-ok",
+            "scripted-falls-back",
+        )
+    assert counted._value.get() - before == 2
+
+
+async def test_no_fallback_once_the_answer_began_or_for_a_tenant_that_does_not_allow_it(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    # A stream that stalls after its first words: those were generated (and billed); the
+    # request fails rather than being answered again by another model.
+    question, request, final = await ask_fresh(
+        harness, "scripted-stall-falls-back", "stalls then would fall back", stream=True
+    )
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_TIMEOUT
+    assert server.count(question) == 1
+    # A tenant that allows none of the fallbacks gets the failure.
+    tenant = uuid.uuid4()
+    await harness.configure(tenant, allowed_models=[LOCAL_MODEL, "scripted-falls-back"])
+    question = f"no fallback allowed {uuid.uuid4().hex}"
+    request = context(tenant, harness.reply_topic, question=question, model="scripted-falls-back")
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_UNAVAILABLE
+    assert server.count(question) == 3
+    (audit,) = await harness.audits(request.request_id)
+    assert (audit.details["model"], audit.details["fallback_from"]) == (
+        "scripted-falls-back",
+        None,
+    )
 
 
 async def test_scripted_timeouts_are_retried_then_fail_as_timeout(
