@@ -129,7 +129,17 @@ def build_system(
             "input_price_micros_per_mtok": 50_000,
             "output_price_micros_per_mtok": 100_000,
             "context_window": 2048,
-        }
+        },
+        # A provider that cannot be reached (nothing listens on port 9), whose catalogue
+        # fallback is the local model.
+        OFFLINE_MODEL: {
+            "base_url": "http://127.0.0.1:9/v1",
+            "served_name": "smollm2-135m",
+            "input_price_micros_per_mtok": 1_000_000,
+            "output_price_micros_per_mtok": 1_000_000,
+            "context_window": 2048,
+            "fallbacks": ["smollm2-135m"],
+        },
     }
     common = {
         **os.environ,
@@ -159,6 +169,10 @@ def build_system(
             log_path=work_dir / "logs" / f"{name}.log",
         )
     return system
+
+
+#: A catalogue model whose provider is down; the local model is its fallback.
+OFFLINE_MODEL = "offline-provider"
 
 
 def wait_until(predicate: object, timeout_s: float, what: str) -> None:

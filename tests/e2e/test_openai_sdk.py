@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.harness import System, client_token
+from tests.e2e.harness import OFFLINE_MODEL, System, client_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -45,6 +45,7 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
     r = http.put(
         "/v1/config",
         json={
+            "allowed_models": ["smollm2-135m", OFFLINE_MODEL],
             "max_tokens_per_request": 24,
             "features": {
                 "rag": False,
@@ -61,7 +62,7 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
 
 def test_models_are_the_tenants_own(sdk: openai.OpenAI) -> None:
     models = [model.id for model in sdk.models.list()]
-    assert models[0] == "smollm2-135m"
+    assert models == ["smollm2-135m", OFFLINE_MODEL]  # its default first
     assert sdk.models.retrieve("smollm2-135m").id == "smollm2-135m"
     with pytest.raises(openai.NotFoundError) as refused:
         sdk.models.retrieve("gpt-4o-mini")
@@ -159,6 +160,20 @@ def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail(
         assert time.monotonic() < deadline, "the end user never reached the audit trail"
         time.sleep(0.5)
     assert [rec["action"] for rec in named] == ["chat.completion"]
+
+
+def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.OpenAI) -> None:
+    """The offline provider refuses connections; after the SDK's retries inference asks the
+    catalogue's fallback, the local model, and the answer says which model gave it."""
+    answer = sdk.chat.completions.create(
+        model=OFFLINE_MODEL,
+        messages=[{"role": "user", "content": "Name one colour of the sea."}],
+        max_tokens=8,
+    )
+    assert answer.choices[0].message.content
+    assert answer.model == "smollm2-135m"
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens > 0
 
 
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:
