@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from auth_support import CITED, bearer
@@ -403,6 +404,19 @@ async def test_openai_content_parts_and_max_completion_tokens_are_honoured(
     assert r.json()["error"]["param"].startswith("messages.0.content")
 
 
+async def _asked(client, tenant, responder, extra: dict[str, object]) -> Any:
+    """Ask through the OpenAI route with ``extra`` fields; the request the edge published."""
+    question = f"asked {uuid.uuid4().hex[:8]}"
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": question}]} | extra,
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 200, r.text
+    [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+    return request
+
+
 async def test_openai_stop_and_temperature_reach_the_request_and_stop_skips_the_cache(
     client, tenant, responder
 ) -> None:
@@ -417,14 +431,7 @@ async def test_openai_stop_and_temperature_reach_the_request_and_stop_skips_the_
         ({}, [], 0.2, True, 1),
     ]
     for extra, stop, temperature, cached, version in asked:
-        question = f"stop {uuid.uuid4().hex[:8]}"
-        r = await client.post(
-            "/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": question}]} | extra,
-            headers=member,
-        )
-        assert r.status_code == 200, r.text
-        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        request = await _asked(client, tenant, responder, extra)
         options = request.options
         assert (options.stop, options.temperature) == (stop, temperature), extra
         assert (options.semantic_cache, request.schema_version) == (cached, version), extra
@@ -454,14 +461,7 @@ async def test_openai_sampling_parameters_reach_the_request_and_skip_the_cache(
         ({"top_p": None}, None),
     ]
     for extra, given in asked:
-        question = f"sampling {uuid.uuid4().hex[:8]}"
-        r = await client.post(
-            "/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": question}]} | extra,
-            headers=member,
-        )
-        assert r.status_code == 200, r.text
-        [request] = [q for q in responder.for_tenant(tenant.tenant_id) if q.question == question]
+        request = await _asked(client, tenant, responder, extra)
         sampling = request.options.sampling
         assert (sampling.given() if sampling else None) == given, extra
         assert request.schema_version == (3 if given else 1), extra

@@ -51,6 +51,16 @@ async def test_document_json_submit_list_delete_publishes_events(
     ).status_code == 404
 
 
+async def _submit(client, admin: dict[str, str], *titles: str) -> list[str]:
+    """Submit one small document per title; their ids."""
+    ids = []
+    for title in titles:
+        r = await client.post("/v1/documents", json={"title": title, "text": "hi"}, headers=admin)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["document_id"])
+    return ids
+
+
 async def test_a_document_shows_as_indexed_once_retrieval_says_so(
     client, onboard, producer
 ) -> None:
@@ -62,12 +72,7 @@ async def test_a_document_shows_as_indexed_once_retrieval_says_so(
 
     owner, other = await onboard(tier="free"), await onboard(tier="free")
     admin = bearer(owner.admin_token)
-    submitted = []
-    for title in ("Guide", "Gone"):
-        r = await client.post("/v1/documents", json={"title": title, "text": "hi"}, headers=admin)
-        assert r.status_code == 202, r.text
-        submitted.append(r.json()["document_id"])
-    guide, gone = submitted
+    guide, gone = await _submit(client, admin, "Guide", "Gone")
     r = await client.get(f"/v1/documents/{guide}", headers=admin)
     assert r.status_code == 200, r.text
     assert (r.json()["status"], r.json()["chunks"], r.json()["indexed_at"]) == (
@@ -128,12 +133,7 @@ async def test_a_document_retrieval_gave_up_on_shows_as_failed_until_it_is_store
 
     owner, other = await onboard(tier="free"), await onboard(tier="free")
     admin = bearer(owner.admin_token)
-    ids = []
-    for title in ("Broken", "Fine"):
-        r = await client.post("/v1/documents", json={"title": title, "text": "hi"}, headers=admin)
-        assert r.status_code == 202, r.text
-        ids.append(uuid.UUID(r.json()["document_id"]))
-    broken, fine = ids
+    broken, fine = map(uuid.UUID, await _submit(client, admin, "Broken", "Fine"))
     [submitted] = await topics_seen.wait_for(DocumentSubmitted, document_id=broken)
 
     async def dead_letter(raw: bytes, tenant_id: uuid.UUID) -> None:
