@@ -63,6 +63,12 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
 def test_models_are_the_tenants_own(sdk: openai.OpenAI) -> None:
     models = [model.id for model in sdk.models.list()]
     assert models == ["smollm2-135m", OFFLINE_MODEL]  # its default first
+    card = sdk.models.retrieve("smollm2-135m")
+    assert (card.model_extra or {})["context_window"] == 2048
+    assert (card.model_extra or {})["pricing"] == {
+        "input_micros_per_mtok": 50_000,
+        "output_micros_per_mtok": 100_000,
+    }
     assert sdk.models.retrieve("smollm2-135m").id == "smollm2-135m"
     with pytest.raises(openai.NotFoundError) as refused:
         sdk.models.retrieve("gpt-4o-mini")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import httpx
 from fastapi import (
@@ -47,6 +47,7 @@ from tenantry_common.events import (
     Tier,
 )
 from tenantry_common.ids import PLATFORM_TENANT_ID
+from tenantry_common.settings import ModelSpec
 
 from tenantry_auth import repository as repo
 from tenantry_auth import service
@@ -402,13 +403,54 @@ class ChatCompletionRequest(BaseModel):
         return None
 
 
+class ModelPricing(BaseModel):
+    """What a model costs, in integer micro-dollars per million tokens (1 USD = 1,000,000)."""
+
+    input_micros_per_mtok: int
+    output_micros_per_mtok: int
+
+
 class ModelCard(BaseModel):
-    """One model a tenant may use, as OpenAI's ``GET /v1/models`` lists it."""
+    """One model a tenant may use, as OpenAI's ``GET /v1/models`` lists it, with its context
+    window and price (fields OpenAI's SDKs keep in ``model_extra``)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default=0, description="Not tracked: always 0.")
     owned_by: str = "tenantry"
+    context_window: int = Field(description="Prompt and answer together, in tokens.")
+    pricing: ModelPricing
+
+    @classmethod
+    def of(cls, model: str, spec: ModelSpec) -> Self:
+        return cls(
+            id=model,
+            context_window=spec.context_window,
+            pricing=ModelPricing(
+                input_micros_per_mtok=spec.input_price_micros_per_mtok,
+                output_micros_per_mtok=spec.output_price_micros_per_mtok,
+            ),
+        )
+
+
+class CatalogueEntry(ModelCard):
+    """A catalogue model as operators see it: also where it is served and its fallbacks."""
+
+    base_url: str
+    served_name: str | None
+    api_key_env: str | None = Field(description="The environment variable inference reads.")
+    fallbacks: list[str]
+
+    @classmethod
+    def of(cls, model: str, spec: ModelSpec) -> Self:
+        card = ModelCard.of(model, spec)
+        return cls(
+            **card.model_dump(),
+            base_url=spec.base_url,
+            served_name=spec.served_name,
+            api_key_env=spec.api_key_env,
+            fallbacks=spec.fallbacks,
+        )
 
 
 class ModelList(BaseModel):
@@ -1214,7 +1256,10 @@ def api_routes(
             tenant_id=principal.tenant_id,
             recorded_config_version=access.config_version,
         )
-        return ModelList(data=[ModelCard(id=model) for model in models])
+        catalogue = settings.models
+        return ModelList(
+            data=[ModelCard.of(model, catalogue[model]) for model in models if model in catalogue]
+        )
 
     @router.get(
         "/v1/models/{model_id:path}",
@@ -1229,11 +1274,17 @@ def api_routes(
             tenant_id=principal.tenant_id,
             recorded_config_version=access.config_version,
         )
-        if model_id not in models:
+        if model_id not in models or model_id not in settings.models:
             raise service.ModelNotAllowed(
                 f"model {model_id!r} does not exist or this tenant may not use it"
             )
-        return ModelCard(id=model_id)
+        return ModelCard.of(model_id, settings.models[model_id])
+
+    @router.get("/v1/catalogue", tags=["tenants"], response_model=list[CatalogueEntry])
+    async def catalogue(principal: Operator) -> list[CatalogueEntry]:
+        """The platform's model catalogue as this edge holds it (operators): what tenants may
+        be allowed, each model's window, price, provider and fallbacks."""
+        return [CatalogueEntry.of(model, spec) for model, spec in sorted(settings.models.items())]
 
     @router.get(
         "/v1/conversations/{conversation_id}",

@@ -611,21 +611,40 @@ async def test_openai_models_lists_the_tenants_allowed_models_default_first(clie
     member = bearer(tenant.member_token)
     r = await client.get("/v1/models", headers=member)
     assert r.status_code == 200, r.text
-    assert r.json() == {
-        "object": "list",
-        "data": [
-            {"id": "smollm2-135m", "object": "model", "created": 0, "owned_by": "tenantry"},
-            {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "tenantry"},
-        ],
+    card = {"object": "model", "created": 0, "owned_by": "tenantry"}
+    local = card | {
+        "id": "smollm2-135m",
+        "context_window": 2048,
+        "pricing": {"input_micros_per_mtok": 50_000, "output_micros_per_mtok": 100_000},
     }
+    hosted = card | {
+        "id": "gpt-4o-mini",
+        "context_window": 128_000,
+        "pricing": {"input_micros_per_mtok": 150_000, "output_micros_per_mtok": 600_000},
+    }
+    assert r.json() == {"object": "list", "data": [local, hosted]}
     r = await client.get("/v1/models/gpt-4o-mini", headers=member)
-    assert (r.status_code, r.json()["id"]) == (200, "gpt-4o-mini")
+    assert (r.status_code, r.json()) == (200, hosted)
     r = await client.get("/v1/models/openai/gpt-5", headers=member)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "model_not_found"
     r = await client.get("/v1/models")
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
+
+
+async def test_operators_read_the_whole_catalogue_and_tenants_do_not(
+    client, tenant, operator_token
+) -> None:
+    r = await client.get("/v1/catalogue", headers=bearer(operator_token))
+    assert r.status_code == 200, r.text
+    entries = {entry["id"]: entry for entry in r.json()}
+    assert set(entries) == {"smollm2-135m", "gpt-4o-mini"}
+    assert entries["gpt-4o-mini"]["api_key_env"] == "OPENAI_API_KEY"
+    assert entries["smollm2-135m"]["fallbacks"] == []
+    assert entries["smollm2-135m"]["pricing"]["output_micros_per_mtok"] == 100_000
+    for token in (tenant.admin_token, tenant.member_token):
+        assert (await client.get("/v1/catalogue", headers=bearer(token))).status_code == 403
 
 
 async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
