@@ -25,7 +25,7 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.background import BackgroundTask
@@ -208,12 +208,16 @@ class DocumentAccepted(BaseModel):
     status: str
 
 
+#: The statuses a tenant's document is shown in (a deleted one is not shown).
+ShownStatus = Literal["submitted", "indexed", "failed"]
+
+
 class DocumentView(BaseModel):
     document_id: uuid.UUID
     title: str
     size_bytes: int
     content_type: str
-    status: Literal["submitted", "indexed", "failed"] = Field(
+    status: ShownStatus = Field(
         description="'submitted': queued for retrieval; 'indexed': stored, and searchable; "
         "'failed': retrieval could not store it (the platform's operators are alerted; delete "
         "it and submit it again, or wait for them to retry it)."
@@ -229,11 +233,12 @@ class DocumentList(BaseModel):
     total: int
 
 
-#: OpenAI's ``user``: the client's id for the end user it asks for (recorded, never checked).
+#: OpenAI's ``user``: the client's id for the end user it asks for (recorded, never checked);
+#: an empty one names no end user.
 EndUser = Annotated[
-    str | None,
+    Annotated[str, Field(max_length=MAX_END_USER_CHARS)] | None,
+    BeforeValidator(lambda user: user or None),
     Field(
-        max_length=MAX_END_USER_CHARS,
         description="Your id for the end user the request is made for (a hash, say): "
         "recorded in the tenant's audit trail and usage events.",
     ),
@@ -920,7 +925,7 @@ def api_routes(
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
         status: Annotated[
-            Literal["submitted", "indexed", "failed"] | None,
+            ShownStatus | None,
             Query(description="Only the documents in this status (e.g. the failed ones)."),
         ] = None,
     ) -> DocumentList:
@@ -1076,7 +1081,7 @@ def api_routes(
                 history=history,
                 conversation_id=conversation_id,
                 stream=stream,
-                end_user=body.user or None,
+                end_user=body.user,
             )
             headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
             first, events = await first_event(pending, deadline)
@@ -1174,7 +1179,7 @@ def api_routes(
                     temperature=body.temperature,
                     stop=body.stop_sequences,
                     sampling=body.sampling,
-                    end_user=body.user or None,
+                    end_user=body.user,
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)

@@ -292,6 +292,10 @@ async def add_document(*, session: AsyncSession, document: Document) -> None:
     await session.flush()
 
 
+#: A document that is not deleted (the only kind a tenant is shown or may change).
+_LIVE_DOCUMENT = Document.status != DocumentStatus.DELETED.value
+
+
 async def list_documents(
     *,
     session: AsyncSession,
@@ -304,9 +308,7 @@ async def list_documents(
     newest first, and how many there are."""
     live = (
         _scoped(Document, tenant_id),
-        Document.status != DocumentStatus.DELETED.value
-        if status is None
-        else Document.status == status.value,
+        _LIVE_DOCUMENT if status is None else Document.status == status.value,
     )
     rows = await session.scalars(
         select(Document)
@@ -376,7 +378,7 @@ async def get_document(
         select(Document).where(
             _scoped(Document, tenant_id),
             Document.document_id == document_id,
-            Document.status != DocumentStatus.DELETED.value,
+            _LIVE_DOCUMENT,
         )
     )
 
@@ -389,7 +391,7 @@ async def mark_document_deleted(
         session=session,
         tenant_id=tenant_id,
         document_id=document_id,
-        only_if=Document.status != DocumentStatus.DELETED.value,
+        only_if=_LIVE_DOCUMENT,
         status=DocumentStatus.DELETED.value,
         deleted_at=utcnow(),
     )
