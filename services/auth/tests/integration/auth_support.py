@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tenantry_auth.app import build_app, migrate
 from tenantry_auth.config import Settings
+from tenantry_common.auth import Principal, Role
 from tenantry_common.events import (
     ChatCompleted,
     ChatDelta,
@@ -36,6 +37,7 @@ from tenantry_common.events import (
     TokenUsage,
     parse_event,
 )
+from tenantry_common.ids import utcnow
 from tenantry_common.localstack import free_port
 from tenantry_common.testing.lifespan import serving
 
@@ -303,6 +305,20 @@ async def get_token(c: httpx.AsyncClient, client_id: str, secret: str) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def member_principal(tenant_id: uuid.UUID, subject: str = "client-1") -> Principal:
+    """A tenant member as a verified token would make it, for calling the service directly."""
+    now = utcnow()
+    return Principal(
+        tenant_id=tenant_id,
+        subject=subject,
+        role=Role.MEMBER,
+        issuer="tenantry-edge",
+        issued_at=now,
+        expires_at=now,
+        raw_token="x",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -759,25 +759,15 @@ async def test_reservation_is_released_when_publishing_fails(
     edge_app, tenant, edge_settings
 ) -> None:
     import dataclasses
-    from datetime import UTC, datetime
 
+    from auth_support import member_principal
     from tenantry_auth import service
-    from tenantry_common.auth import Principal, Role
 
     async def broken_publish(topic, event) -> None:
         raise ConnectionError("broker away")
 
     edge = dataclasses.replace(edge_app.state.edge, publish=broken_publish)
-    now = datetime.now(UTC)
-    principal = Principal(
-        tenant_id=tenant.tenant_id,
-        subject="s",
-        role=Role.MEMBER,
-        issuer="tenantry-edge",
-        issued_at=now,
-        expires_at=now,
-        raw_token="x",
-    )
+    principal = member_principal(tenant.tenant_id, "s")
     with pytest.raises(service.Unavailable):
         await service.admit_chat(
             edge=edge,
@@ -791,7 +781,9 @@ async def test_reservation_is_released_when_publishing_fails(
         )
     redis = create_redis(edge_settings.redis_url)
     try:
-        snap = await BudgetStore(redis).snapshot(tenant_id=tenant.tenant_id, day=now.date())
+        snap = await BudgetStore(redis).snapshot(
+            tenant_id=tenant.tenant_id, day=principal.issued_at.date()
+        )
     finally:
         await redis.aclose()
     assert snap.tokens_reserved == 0

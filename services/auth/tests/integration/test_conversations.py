@@ -207,26 +207,16 @@ async def test_a_turn_that_cannot_be_kept_leaves_the_answer_alone(edge_app) -> N
     (the chat route returns the answer; only the conversation misses the turn)."""
     import dataclasses
 
+    from auth_support import member_principal
     from redis.asyncio import Redis
     from tenantry_auth import service
-    from tenantry_common.auth import Principal, Role
-    from tenantry_common.ids import utcnow
     from tenantry_common.localstack import free_port
 
     dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     edge = dataclasses.replace(
         edge_app.state.edge, conversations=ConversationStore(dead, max_turns=10, ttl_s=600)
     )
-    now = utcnow()
-    principal = Principal(
-        tenant_id=uuid.uuid4(),
-        subject="client-1",
-        role=Role.MEMBER,
-        issuer="tenantry-edge",
-        issued_at=now,
-        expires_at=now,
-        raw_token="x",
-    )
+    principal = member_principal(uuid.uuid4())
     try:
         await service.remember_turn(
             edge=edge,
