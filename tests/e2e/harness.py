@@ -129,6 +129,7 @@ def build_system(
             "input_price_micros_per_mtok": 50_000,
             "output_price_micros_per_mtok": 100_000,
             "context_window": 2048,
+            "response_formats": "json_object_schema",
         },
         # A provider that cannot be reached (nothing listens on port 9), whose catalogue
         # fallback is the local model.

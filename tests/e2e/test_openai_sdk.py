@@ -1,7 +1,8 @@
 """The edge's OpenAI-compatible API through the real ``openai`` SDK, as a frontend built on it
 would call it: the tenant's models, whole and streamed answers from the local model (with the
-stream's usage chunk), stop sequences, seeds, the end user in the audit trail, and refusals
-(among them parameters the platform does not support) arriving as the SDK's own typed errors."""
+stream's usage chunk), stop sequences, seeds, JSON mode and structured outputs, the end user in
+the audit trail, and refusals (among them parameters the platform does not support) arriving as
+the SDK's own typed errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.e2e.harness import OFFLINE_MODEL, System, client_token
 
@@ -180,6 +182,62 @@ def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.
     assert answer.model == "smollm2-135m"
     assert answer.usage is not None
     assert answer.usage.completion_tokens > 0
+
+
+class Refund(BaseModel):
+    """The client's own type for a structured answer."""
+
+    days: int
+
+
+def test_structured_outputs_parse_into_the_clients_own_type(sdk: openai.OpenAI) -> None:
+    """The SDK's ``parse`` sends the type as a strict JSON Schema; inference hands it to the
+    local llama-cpp-python server as that server takes a schema (inside JSON mode), whose
+    grammar holds the model to it: whole and streamed, the answer parses into the type."""
+    question = "Refunds are accepted within 30 days of purchase. Within how many days?"
+    completion = sdk.chat.completions.parse(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": question}],
+        response_format=Refund,
+        temperature=0,
+    )
+    refund = completion.choices[0].message.parsed
+    assert isinstance(refund, Refund), completion.choices[0].message.content
+    assert completion.model == "smollm2-135m"
+
+    schema = Refund.model_json_schema() | {"additionalProperties": False}
+    streamed = sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": question}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "refund", "schema": schema, "strict": True},
+        },
+        temperature=0,
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    Refund.model_validate_json(text)
+
+
+def test_json_mode_answers_a_json_object(sdk: openai.OpenAI) -> None:
+    """JSON mode reaches the local model's server, whose grammar holds it to JSON (asked the
+    same without it, the model answers in prose)."""
+    answer = sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[
+            {
+                "role": "user",
+                "content": "What colour is the sea? "
+                'Answer as a JSON object with one key, "colour".',
+            }
+        ],
+        response_format={"type": "json_object"},
+        temperature=0,
+    )
+    content = answer.choices[0].message.content or ""
+    assert answer.choices[0].finish_reason == "stop", content
+    assert isinstance(json.loads(content), dict), content
 
 
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:

@@ -9,6 +9,7 @@ the ``*Event`` unions below, discriminated by ``event_type``. A change to a cont
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -162,6 +163,53 @@ class SamplingHints(Contract):
         return {name: value for name, value in self if value is not None}
 
 
+#: The most a response format's JSON Schema may take, as JSON: it rides on every event of the
+#: request and goes to the model with it.
+MAX_RESPONSE_SCHEMA_BYTES = 32_768
+
+
+class JsonSchemaFormat(Contract):
+    """OpenAI's ``response_format.json_schema``: the schema an answer must follow."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(
+        default=None, max_length=2_000, exclude_if=lambda text: text is None
+    )
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="The JSON Schema, as the client sent it."
+    )
+    strict: bool | None = Field(default=None, exclude_if=lambda strict: strict is None)
+
+    @field_validator("schema_")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(schema, separators=(",", ":")).encode())
+        if size > MAX_RESPONSE_SCHEMA_BYTES:
+            raise ValueError(
+                f"the schema takes {size} bytes as JSON; at most {MAX_RESPONSE_SCHEMA_BYTES}"
+            )
+        return schema
+
+
+class ResponseFormat(Contract):
+    """The form a request asked its answer in (OpenAI's ``response_format``), other than text:
+    any JSON object, or one that follows a JSON Schema. Sent to the model as its catalogue entry
+    says it takes it (``ModelSpec.response_formats``)."""
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(default=None, exclude_if=lambda spec: spec is None)
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+
 class ChatOptions(Contract):
     """What the edge resolved from the tenant's config for one request (a snapshot)."""
 
@@ -183,6 +231,11 @@ class ChatOptions(Contract):
         default=None,
         description="The request's own top_p, seed and penalties, if it set any (version 3).",
         exclude_if=lambda sampling: sampling is None,
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="The form the answer must take, if not text (version 4).",
+        exclude_if=lambda form: form is None,
     )
 
 
@@ -237,13 +290,14 @@ class TokenUsage(Contract):
 class _ChatRequestFields(Event):
     """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
 
-    Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``. A request
+    Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``, version 4
+    ``options.response_format``. A request
     is written as the oldest version that carries what it uses (see ``Event.written_version``):
     one without any of them is version 1, so only requests that use them need consumers that
     know them.
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4})
 
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
@@ -267,6 +321,8 @@ class _ChatRequestFields(Event):
     )
 
     def written_version(self) -> int:
+        if self.options.response_format is not None:
+            return 4
         if self.options.sampling is not None or self.end_user is not None:
             return 3
         return 2 if self.options.stop else 1

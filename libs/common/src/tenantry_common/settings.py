@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tenantry_common.events import ResponseFormat
+
 Environment = Literal["local", "test", "production"]
+
+#: Which of OpenAI's response formats a model's server takes (``ModelSpec.response_formats``).
+ResponseFormats = Literal["json_schema", "json_object_schema", "json_object", "text"]
+
+_ANSWER_FORMATS: dict[ResponseFormats, list[str]] = {
+    "json_schema": ["text", "json_object", "json_schema"],
+    "json_object_schema": ["text", "json_object", "json_schema"],
+    "json_object": ["text", "json_object"],
+    "text": ["text"],
+}
 
 
 class ModelSpec(BaseModel):
@@ -42,6 +54,31 @@ class ModelSpec(BaseModel):
         examples=[["gpt-4o-mini"]],
     )
 
+    response_formats: ResponseFormats = Field(
+        default="json_schema",
+        description="Which of OpenAI's response formats the model's server takes: "
+        "'json_schema' JSON mode and structured outputs, as OpenAI's API takes them (OpenAI, "
+        "vLLM, llama.cpp's llama-server); 'json_object_schema' JSON mode, with a schema inside "
+        "it as llama-cpp-python's server takes one (a json_schema request is sent that way); "
+        "'json_object' JSON mode only; 'text' neither. The edge refuses a request for a format "
+        "its model does not take, and inference asks no fallback that does not take it.",
+    )
+
+    @property
+    def answer_formats(self) -> list[str]:
+        """The ``response_format`` types a client may ask of the model, as OpenAI names them."""
+        return _ANSWER_FORMATS[self.response_formats]
+
+    def takes(self, form: ResponseFormat | None) -> bool:
+        """Whether the model's server can answer in ``form`` (None: text, always)."""
+        return form is None or form.type in self.answer_formats
+
+    def response_format_body(self, form: ResponseFormat) -> dict[str, Any]:
+        """``form`` as the model's server takes it (one it ``takes``)."""
+        if form.json_schema is not None and self.response_formats == "json_object_schema":
+            return {"type": "json_object", "schema": form.json_schema.schema_}
+        return form.model_dump()
+
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
         """Exact integer cost, rounded up to the next micro-dollar."""
         numerator = (
@@ -70,6 +107,8 @@ def default_catalogue() -> dict[str, ModelSpec]:
             # The 135M model sometimes goes on to recite a passage with its fence tags; an
             # answer ends where it starts to.
             stop=list(PROMPT_MARKUP_STOPS),
+            # llama-cpp-python's server: JSON mode, a schema inside it (not OpenAI's json_schema).
+            response_formats="json_object_schema",
         ),
         "gpt-4o-mini": ModelSpec(
             base_url="https://api.openai.com/v1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -216,8 +217,8 @@ def test_a_chat_request_without_stop_sequences_is_version_1_and_with_them_versio
     # Read as written: a version-1 request stays version 1, and reads as having no stop.
     again = ev.parse_event(plain.model_dump_json().encode())
     assert (again.schema_version, again.options.stop) == (1, [])  # type: ignore[attr-defined]
-    with pytest.raises(ValidationError, match=f"unsupported schema_version 4 for {kind.__name__}"):
-        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 4})
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 5 for {kind.__name__}"):
+        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 5})
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
@@ -243,6 +244,78 @@ def test_a_chat_request_with_sampling_hints_is_version_3_and_carries_only_those_
         again = ev.parse_event(sampled.model_dump_json().encode())
         assert again == sampled
         assert again.options.sampling.given() == {"top_p": 0.5, "seed": 7}  # type: ignore[attr-defined,union-attr]
+
+
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+}
+
+
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}},
+        {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "answer",
+                "description": "one answer",
+                "schema": ANSWER_SCHEMA,
+                "strict": True,
+            },
+        },
+    ],
+)
+def test_a_chat_request_with_a_response_format_is_version_4_and_carries_it_as_openai_writes_it(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved], form: dict[str, Any]
+) -> None:
+    """Version 4 added options.response_format, written (with the schema under OpenAI's own
+    key, ``schema``) only when the request asked for one; the same with sampling hints."""
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    assert "response_format" not in json.loads(plain.model_dump_json())["options"]
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "options"})
+    for sampling in (None, ev.SamplingHints(seed=7)):
+        options = OPTIONS.model_copy(
+            update={"sampling": sampling, "response_format": ev.ResponseFormat(**form)}
+        )
+        formed = kind.model_validate(fields | {"options": options})
+        written = json.loads(formed.model_dump_json())
+        assert (written["schema_version"], written["options"]["response_format"]) == (4, form)
+        assert ev.parse_event(formed.model_dump_json().encode()) == formed
+        # As retrieval passes a request on: its fields, dumped and validated again.
+        assert kind.model_validate(formed.model_dump()) == formed
+
+
+@pytest.mark.parametrize(
+    ("form", "complaint"),
+    [
+        ({"type": "json_schema"}, "json_schema is required"),
+        (
+            {"type": "json_object", "json_schema": {"name": "a", "schema": {}}},
+            "json_schema is required",
+        ),
+        ({"type": "text"}, "type"),
+        ({"type": "json_schema", "json_schema": {"name": "no spaces", "schema": {}}}, "name"),
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": {}, "x": 1}}, "x"),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "big",
+                    "schema": {"description": "x" * ev.MAX_RESPONSE_SCHEMA_BYTES},
+                },
+            },
+            "at most 32768",
+        ),
+    ],
+)
+def test_a_malformed_response_format_is_refused(form: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        ev.ResponseFormat.model_validate(form)
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])

@@ -1,4 +1,5 @@
-"""The model catalogue's settings: fallbacks name other catalogue models."""
+"""The model catalogue's settings: fallbacks name other catalogue models; response formats go
+to each model's server as it takes them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import pytest
 from pydantic import ValidationError
+from tenantry_common.events import ResponseFormat
 from tenantry_common.settings import LOCAL_MODEL, CommonSettings, ModelSpec, default_catalogue
 
 pytestmark = pytest.mark.unit
@@ -40,3 +42,46 @@ def test_a_fallback_to_itself_or_outside_the_catalogue_is_refused(fallback: str)
 def test_at_most_three_fallbacks() -> None:
     with pytest.raises(ValidationError, match="fallbacks"):
         _spec(fallbacks=["a", "b", "c", "d"])
+
+
+JSON_MODE = ResponseFormat(type="json_object")
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}}
+STRUCTURED = ResponseFormat.model_validate(
+    {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+)
+
+
+@pytest.mark.parametrize(
+    ("formats", "json_mode", "structured"),
+    [
+        ("json_schema", True, True),
+        ("json_object_schema", True, True),
+        ("json_object", True, False),
+        ("text", False, False),
+    ],
+)
+def test_which_response_formats_a_model_takes(
+    formats: str, json_mode: bool, structured: bool
+) -> None:
+    spec = _spec(response_formats=formats)
+    assert (spec.takes(None), spec.takes(JSON_MODE), spec.takes(STRUCTURED)) == (
+        True,
+        json_mode,
+        structured,
+    )
+
+
+def test_a_response_format_goes_to_each_server_as_it_takes_it() -> None:
+    openai_like = _spec()  # the default: OpenAI's own form
+    assert openai_like.response_format_body(STRUCTURED) == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
+    }
+    assert openai_like.response_format_body(JSON_MODE) == {"type": "json_object"}
+    llama_cpp_python = _spec(response_formats="json_object_schema")
+    assert llama_cpp_python.response_format_body(STRUCTURED) == {
+        "type": "json_object",
+        "schema": SCHEMA,
+    }
+    assert llama_cpp_python.response_format_body(JSON_MODE) == {"type": "json_object"}
+    assert default_catalogue()[LOCAL_MODEL].response_formats == "json_object_schema"

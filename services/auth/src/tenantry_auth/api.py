@@ -25,7 +25,16 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.background import BackgroundTask
@@ -42,6 +51,7 @@ from tenantry_common.events import (
     Citation,
     FailureReason,
     FinishReason,
+    ResponseFormat,
     SamplingHints,
     TenantConfig,
     Tier,
@@ -310,14 +320,22 @@ class StreamOptions(BaseModel):
 StopSequence = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+class TextFormat(BaseModel):
+    """OpenAI's ``response_format`` for a plain text answer (the default)."""
+
+    type: Literal["text"]
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request: what the platform honours, and what it must refuse.
 
     Parameters that would change what kind of answer the client gets (tools, several choices,
-    JSON mode, log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
+    log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
     ``unsupported_value`` rather than ignored: a client relying on them would otherwise get a
     plain text answer and no sign of why. The sampling parameters (``temperature``, ``top_p``,
-    ``seed``, the penalties) go to the model as given; ``user`` is recorded as the end user in
+    ``seed``, the penalties) go to the model as given; so does ``response_format`` (JSON mode
+    or a JSON Schema; a schema that is not one is refused here, and a format the model's server
+    does not take is refused once the model is known); ``user`` is recorded as the end user in
     audit and usage; unknown fields are ignored.
     """
 
@@ -346,11 +364,30 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: Annotated[TextFormat | ResponseFormat, Field(discriminator="type")] | None = (
+        None
+    )
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _schema_is_json_schema(
+        cls, form: TextFormat | ResponseFormat | None
+    ) -> TextFormat | ResponseFormat | None:
+        if isinstance(form, ResponseFormat) and form.json_schema is not None:
+            try:
+                Draft202012Validator.check_schema(form.json_schema.schema_)
+            except SchemaError as exc:
+                raise ValueError(f"the schema is not a JSON Schema: {exc.message}") from None
+        return form
+
+    @property
+    def answer_format(self) -> ResponseFormat | None:
+        """The form the answer must take; None for text."""
+        return self.response_format if isinstance(self.response_format, ResponseFormat) else None
 
     @property
     def completion_limit(self) -> int | None:
@@ -392,13 +429,6 @@ class ChatCompletionRequest(BaseModel):
                     "unsupported_value",
                     f"{name} {choice!r}: function calling is not supported",
                 )
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            return (
-                "response_format",
-                "unsupported_value",
-                f"response_format {kind!r} is not supported; answers are text",
-            )
         if self.logprobs or self.top_logprobs:
             name = "logprobs" if self.logprobs else "top_logprobs"
             return name, "unsupported_parameter", "log probabilities are not supported"
@@ -425,12 +455,17 @@ class ModelCard(BaseModel):
     owned_by: str = "tenantry"
     context_window: int = Field(description="Prompt and answer together, in tokens.")
     pricing: ModelPricing
+    response_formats: list[str] = Field(
+        description="The response_format types it answers in: text, and json_object and "
+        "json_schema where its server takes them."
+    )
 
     @classmethod
     def of(cls, model: str, spec: ModelSpec) -> Self:
         return cls(
             id=model,
             context_window=spec.context_window,
+            response_formats=spec.answer_formats,
             pricing=ModelPricing(
                 input_micros_per_mtok=spec.input_price_micros_per_mtok,
                 output_micros_per_mtok=spec.output_price_micros_per_mtok,
@@ -983,6 +1018,7 @@ def api_routes(
         temperature: float | None = None,
         stop: Sequence[str] = (),
         sampling: SamplingHints | None = None,
+        response_format: ResponseFormat | None = None,
         end_user: str | None = None,
     ) -> service.AdmittedChat:
         try:
@@ -1006,6 +1042,7 @@ def api_routes(
             temperature=temperature,
             stop=stop,
             sampling=sampling,
+            response_format=response_format,
             end_user=end_user,
         )
 
@@ -1179,6 +1216,7 @@ def api_routes(
                     temperature=body.temperature,
                     stop=body.stop_sequences,
                     sampling=body.sampling,
+                    response_format=body.answer_format,
                     end_user=body.user,
                 )
             except service.EdgeError as exc:
@@ -1529,6 +1567,10 @@ def _openai_edge_error(exc: service.EdgeError) -> JSONResponse:
     if isinstance(exc, service.ModelNotAllowed):
         return _openai_error(
             exc.detail, 404, code="model_not_found", param="model", headers=exc.headers
+        )
+    if isinstance(exc, service.FormatNotTaken):
+        return _openai_error(
+            exc.detail, 400, code="unsupported_value", param="response_format", headers=exc.headers
         )
     code = {
         service.RateLimited: "rate_limit_exceeded",

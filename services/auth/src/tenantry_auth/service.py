@@ -45,6 +45,7 @@ from tenantry_common.events import (
     LifecycleAction,
     ReplyTo,
     Reservation,
+    ResponseFormat,
     SamplingHints,
     TenantConfig,
     TenantConfigChanged,
@@ -110,6 +111,10 @@ class Invalid(EdgeError):
 
 class ModelNotAllowed(Invalid):
     """The model asked for is not one of the tenant's allowed models."""
+
+
+class FormatNotTaken(Invalid):
+    """The request's response format is one its model's server does not take."""
 
 
 class Forbidden(EdgeError):
@@ -960,6 +965,7 @@ async def admit_chat(
     temperature: float | None = None,
     stop: Sequence[str] = (),
     sampling: SamplingHints | None = None,
+    response_format: ResponseFormat | None = None,
     end_user: str | None = None,
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
@@ -968,9 +974,9 @@ async def admit_chat(
     cache on, and straight to inference (ContextRetrieved without passages) when both are off.
     The semantic cache is keyed by the question alone, so only a question asked on its own
     uses it: one that comes with earlier messages (a follow-up, a system message of the
-    client's own) may mean something else entirely, and a request with its own stop sequences
-    or sampling parameters asks for an answer generated its way, which a cached one was not
-    (nor may such an answer be served to others).
+    client's own) may mean something else entirely, and a request with its own stop sequences,
+    sampling parameters or response format asks for an answer generated its way, which a
+    cached one was not (nor may such an answer be served to others).
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -988,6 +994,12 @@ async def admit_chat(
         raise ModelNotAllowed(
             f"model {chosen!r} is not allowed for this tenant; allowed: {config.allowed_models}"
         )
+    spec = edge.settings.models.get(chosen)
+    if spec is not None and not spec.takes(response_format):
+        assert response_format is not None  # text is always taken
+        raise FormatNotTaken(
+            f"model {chosen!r} cannot answer in response_format {response_format.type!r}"
+        )
     limit = min(max_tokens or config.max_tokens_per_request, config.max_tokens_per_request)
     options = ChatOptions(
         model=chosen,
@@ -998,10 +1010,12 @@ async def admit_chat(
         semantic_cache=config.features.semantic_cache
         and not stop
         and not history
-        and sampling is None,
+        and sampling is None
+        and response_format is None,
         cache_similarity_threshold=config.cache_similarity_threshold,
         stop=list(stop),
         sampling=sampling,
+        response_format=response_format,
     )
     now = utcnow()
     estimate = estimate_prompt_tokens(
@@ -1010,7 +1024,7 @@ async def admit_chat(
     # Inference fits prompt and answer into the model's window (dropping the oldest turns of a
     # long conversation first), so no request can use more than the window.
     worst_case = estimate + limit
-    if (spec := edge.settings.models.get(chosen)) is not None:
+    if spec is not None:
         worst_case = min(worst_case, spec.context_window)
     try:
         admitted = await edge.admission.admit(

@@ -39,9 +39,12 @@ from tenantry_common.events import (
 )
 from tenantry_common.ids import utcnow
 from tenantry_common.localstack import free_port
+from tenantry_common.settings import ModelSpec, default_catalogue
 from tenantry_common.testing.lifespan import serving
 
 OPERATOR_SECRET = "test-operator-secret-0123456789"
+#: A catalogue model (of the in-process edge's settings) whose server answers only in text.
+TEXT_ONLY_MODEL = "text-only"
 ROOT = Path(__file__).resolve().parents[4]
 LOG_DIR = ROOT / "var" / "log" / "tests"
 SERVICES = ("retrieval", "inference", "metering", "audit")
@@ -98,6 +101,16 @@ def edge_settings(
         onboarding_timeout_s=25.0,
         onboarding_sweep_s=1.0,
         consumer_retry_backoff_s=0.05,
+        models=default_catalogue()
+        | {
+            TEXT_ONLY_MODEL: ModelSpec(
+                base_url="http://127.0.0.1:9/v1",
+                input_price_micros_per_mtok=1,
+                output_price_micros_per_mtok=1,
+                context_window=4096,
+                response_formats="text",
+            )
+        },
     )
 
 

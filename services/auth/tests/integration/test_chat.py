@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from auth_support import CITED, bearer
+from auth_support import CITED, TEXT_ONLY_MODEL, bearer
 from tenantry_common.budget import BudgetStore
 from tenantry_common.events import ChatRequested, ContextRetrieved
 from tenantry_common.ids import derived_id
@@ -482,6 +482,79 @@ async def test_openai_sampling_parameters_reach_the_request_and_skip_the_cache(
         assert r.json()["error"]["param"] == name, r.text
 
 
+async def test_openai_response_formats_reach_the_request_and_skip_the_cache(
+    client, tenant, responder
+) -> None:
+    """JSON mode and a JSON Schema travel with the request as the client wrote them (version
+    4, and only then); such a request neither gets nor fills a cached (free-text) answer."""
+    schema = {
+        "type": "object",
+        "properties": {"refund_days": {"type": "integer"}},
+        "required": ["refund_days"],
+    }
+    structured = {
+        "type": "json_schema",
+        "json_schema": {"name": "refund", "schema": schema, "strict": True},
+    }
+    for form, written in [
+        ({"type": "json_object"}, {"type": "json_object"}),
+        (structured, structured),
+        ({"type": "text"}, None),
+    ]:
+        request = await _asked(client, tenant, responder, {"response_format": form})
+        asked = request.options.response_format
+        assert (asked.model_dump() if asked else None) == written, form
+        assert request.schema_version == (4 if written else 1), form
+        assert request.options.semantic_cache is (written is None), form
+
+
+async def test_a_response_format_that_is_malformed_or_not_taken_is_refused_naming_it(
+    client, tenant, responder
+) -> None:
+    """A malformed format, or a schema that is not a JSON Schema, is OpenAI's 400 naming the
+    field; a format the chosen model's server does not take is 400 ``unsupported_value``."""
+    member = bearer(tenant.member_token)
+    malformed = [
+        ({"type": "xml"}, "response_format"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "json_schema", "json_schema": {"schema": {}}}, "response_format.json_schema"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "thing"}}},
+            "response_format",
+        ),
+    ]
+    for form, param in malformed:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "response_format": form},
+            headers=member,
+        )
+        assert r.status_code == 400, (form, r.text)
+        assert r.json()["error"]["param"].startswith(param), (form, r.text)
+    assert "not a JSON Schema" in r.json()["error"]["message"], r.text  # the last one's reason
+
+    r = await client.put(
+        "/v1/config",
+        json={"allowed_models": ["smollm2-135m", TEXT_ONLY_MODEL], "model": "smollm2-135m"},
+        headers=bearer(tenant.admin_token),
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": TEXT_ONLY_MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"},
+        },
+        headers=member,
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("response_format", "unsupported_value"), r.text
+    assert TEXT_ONLY_MODEL in error["message"], r.text
+    assert responder.for_tenant(tenant.tenant_id) == []  # none of them was published
+
+
 async def test_the_end_user_a_request_names_travels_with_it_on_both_routes(
     client, tenant, responder
 ) -> None:
@@ -550,9 +623,9 @@ async def test_a_question_with_earlier_messages_skips_the_semantic_cache(
 async def test_openai_parameters_the_platform_cannot_honour_are_refused_not_ignored(
     client, tenant, responder
 ) -> None:
-    """A client that asks for tools, several choices, JSON mode, log probabilities or audio
-    gets OpenAI's 400 naming the parameter, not a plain text answer with no sign of why;
-    their harmless values are accepted."""
+    """A client that asks for tools, several choices, log probabilities or audio gets OpenAI's
+    400 naming the parameter, not a plain text answer with no sign of why; their harmless
+    values are accepted."""
     member = bearer(tenant.member_token)
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
     refused = [
@@ -561,7 +634,6 @@ async def test_openai_parameters_the_platform_cannot_honour_are_refused_not_igno
         ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
         ({"function_call": {"name": "lookup"}}, "function_call", "unsupported_value"),
         ({"n": 2}, "n", "unsupported_value"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
         ({"logprobs": True}, "logprobs", "unsupported_parameter"),
         ({"top_logprobs": 3}, "top_logprobs", "unsupported_parameter"),
         ({"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
@@ -616,11 +688,13 @@ async def test_openai_models_lists_the_tenants_allowed_models_default_first(clie
         "id": "smollm2-135m",
         "context_window": 2048,
         "pricing": {"input_micros_per_mtok": 50_000, "output_micros_per_mtok": 100_000},
+        "response_formats": ["text", "json_object", "json_schema"],
     }
     hosted = card | {
         "id": "gpt-4o-mini",
         "context_window": 128_000,
         "pricing": {"input_micros_per_mtok": 150_000, "output_micros_per_mtok": 600_000},
+        "response_formats": ["text", "json_object", "json_schema"],
     }
     assert r.json() == {"object": "list", "data": [local, hosted]}
     r = await client.get("/v1/models/gpt-4o-mini", headers=member)
@@ -639,8 +713,9 @@ async def test_operators_read_the_whole_catalogue_and_tenants_do_not(
     r = await client.get("/v1/catalogue", headers=bearer(operator_token))
     assert r.status_code == 200, r.text
     entries = {entry["id"]: entry for entry in r.json()}
-    assert set(entries) == {"smollm2-135m", "gpt-4o-mini"}
+    assert set(entries) == {"smollm2-135m", "gpt-4o-mini", TEXT_ONLY_MODEL}
     assert entries["gpt-4o-mini"]["api_key_env"] == "OPENAI_API_KEY"
+    assert entries[TEXT_ONLY_MODEL]["response_formats"] == ["text"]
     assert entries["smollm2-135m"]["fallbacks"] == []
     assert entries["smollm2-135m"]["pricing"]["output_micros_per_mtok"] == 100_000
     for token in (tenant.admin_token, tenant.member_token):

@@ -21,7 +21,13 @@ from typing import Any
 import httpx2
 import openai
 from openai.types.chat import ChatCompletion
-from tenantry_common.events import ChatMessage, FailureReason, SamplingHints, TokenUsage
+from tenantry_common.events import (
+    ChatMessage,
+    FailureReason,
+    ResponseFormat,
+    SamplingHints,
+    TokenUsage,
+)
 from tenantry_common.settings import ModelSpec
 
 #: The SDK insists on a key; local OpenAI-compatible servers ignore it.
@@ -104,11 +110,13 @@ class ModelGateway:
         stream: bool,
         stop: Sequence[str] = (),
         sampling: SamplingHints | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> AsyncIterator[StreamPiece]:
         """The answer: text pieces as they arrive, then the usage if the server gave one.
 
         ``stop`` is the request's own stop sequences, sent with the model's (its catalogue's);
-        ``sampling`` its own top_p, seed and penalties, sent as given.
+        ``sampling`` its own top_p, seed and penalties, sent as given; ``response_format`` the
+        form its answer must take, as the model's server takes it (``ModelSpec.response_formats``).
 
         ``stream=False`` asks for the whole answer in one response (one text piece): for a
         client that did not ask for a stream there is nothing to gain from one, and parsing
@@ -126,6 +134,8 @@ class ModelGateway:
             request["stop"] = sequences
         if sampling is not None:
             request |= sampling.given()
+        if response_format is not None:
+            request["response_format"] = spec.response_format_body(response_format)
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))

@@ -237,6 +237,11 @@ def _resolve(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not allowed for this tenant"
         )
     spec = deps.catalogue[model]
+    if (form := options.response_format) is not None and not spec.takes(form):
+        raise ModelCallError(
+            FailureReason.MODEL_NOT_ALLOWED,
+            f"model {model} cannot answer in response_format {form.type!r}",
+        )
     if known is None:
         # Config not here yet (a replica just started): the edge's snapshot and a safe template.
         name = deps.directory.registry.name(request.tenant_id) or UNKNOWN_TENANT_NAME
@@ -387,7 +392,7 @@ def _next_fallback(
         try:
             return _resolve(request=request, deps=deps, model=candidate)
         except ModelCallError:
-            continue  # not allowed for this tenant
+            continue  # not allowed for this tenant, or not in the response format asked
     return None
 
 
@@ -471,6 +476,7 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 temperature=request.options.temperature,
                 stop=request.options.stop,
                 sampling=request.options.sampling,
+                response_format=request.options.response_format,
                 # A client that waits for the whole answer gets it from one whole response.
                 stream=request.stream,
             ):

@@ -49,6 +49,7 @@ from tenantry_common.events import (
     Passage,
     ReplyTo,
     Reservation,
+    ResponseFormat,
     SamplingHints,
     TenantConfig,
     TenantConfigChanged,
@@ -62,7 +63,7 @@ from tenantry_common.events import (
 from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.localstack import free_port
 from tenantry_common.messaging import CACHEABLE_HEADER, ensure_topics, publish_event
-from tenantry_common.settings import LOCAL_MODEL, ModelSpec, default_catalogue
+from tenantry_common.settings import LOCAL_MODEL, ModelSpec, ResponseFormats, default_catalogue
 from tenantry_common.testing.fixtures import LOG_DIR, private_broker
 from tenantry_common.testing.lifespan import serving
 from tenantry_common.topics import (
@@ -93,11 +94,20 @@ SCRIPTED_MODELS = {
     "scripted-ok": "ok",
     "scripted-falls-back": "always-500",
     "scripted-stall-falls-back": "stalls-mid-stream",
+    "scripted-schema-in-json-mode": "ok",
+    "scripted-text-only": "ok",
+    "scripted-json-falls-back": "always-500",
+}
+#: How the scripted models' servers take response formats (the others as OpenAI's API does).
+SCRIPTED_FORMATS: dict[str, ResponseFormats] = {
+    "scripted-schema-in-json-mode": "json_object_schema",
+    "scripted-text-only": "text",
 }
 #: Catalogue fallbacks of the scripted models (the first is never allowed to a tenant).
 SCRIPTED_FALLBACKS = {
     "scripted-falls-back": ["gpt-4o-mini", "scripted-500", "scripted-ok"],
     "scripted-stall-falls-back": ["scripted-ok"],
+    "scripted-json-falls-back": ["scripted-text-only", "scripted-ok"],
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -370,6 +380,7 @@ async def harness(
             output_price_micros_per_mtok=1,
             context_window=2048,
             fallbacks=SCRIPTED_FALLBACKS.get(name, []),
+            response_formats=SCRIPTED_FORMATS.get(name, "json_schema"),
         )
         for name, served in SCRIPTED_MODELS.items()
     }
@@ -456,6 +467,7 @@ def context(
     temperature: float = 0.0,
     stop: list[str] | None = None,
     sampling: SamplingHints | None = None,
+    response_format: ResponseFormat | None = None,
     end_user: str | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
@@ -474,6 +486,7 @@ def context(
             cache_similarity_threshold=0.9,
             stop=stop or [],
             sampling=sampling,
+            response_format=response_format,
         ),
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
@@ -666,6 +679,77 @@ async def test_scripted_request_sampling_hints_reach_the_model_as_given(
         assert sent == hints.given()
 
 
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+}
+JSON_MODE = ResponseFormat(type="json_object")
+STRUCTURED = ResponseFormat.model_validate(
+    {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}}
+)
+
+
+async def test_scripted_response_formats_reach_the_model_as_its_server_takes_them(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """OpenAI's form to a server that takes it; a JSON Schema inside JSON mode to one that
+    takes it so (llama-cpp-python's); nothing to a text-only server (the request fails as not
+    allowed, without a call); and no response_format at all for a text request."""
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    asked = [
+        ("scripted-ok", JSON_MODE, {"type": "json_object"}),
+        ("scripted-ok", STRUCTURED, STRUCTURED.model_dump()),
+        ("scripted-schema-in-json-mode", JSON_MODE, {"type": "json_object"}),
+        (
+            "scripted-schema-in-json-mode",
+            STRUCTURED,
+            {"type": "json_object", "schema": ANSWER_SCHEMA},
+        ),
+        ("scripted-ok", None, None),
+    ]
+    for model, form, sent in asked:
+        for stream in (False, True):
+            question = f"formats {uuid.uuid4().hex}"
+            request = context(
+                tenant,
+                harness.reply_topic,
+                question=question,
+                model=model,
+                stream=stream,
+                response_format=form,
+            )
+            await harness.ask(request)
+            final = await harness.final(request.request_id)
+            assert isinstance(final, ChatCompleted), final
+            [body] = server.bodies[question]
+            assert body.get("response_format") == sent, (model, form)
+
+    question, _, final = await ask_fresh(
+        harness, "scripted-text-only", "json from a text-only server", response_format=JSON_MODE
+    )
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_NOT_ALLOWED
+    assert "response_format 'json_object'" in final.message
+    assert server.count(question) == 0
+
+
+async def test_a_fallback_that_cannot_answer_in_the_response_format_is_passed_over(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    question, _, final = await ask_fresh(
+        harness, "scripted-json-falls-back", "json via fallback", response_format=STRUCTURED
+    )
+    assert isinstance(final, ChatCompleted), final
+    assert final.model == "scripted-ok"  # not scripted-text-only, its first fallback
+    assert server.count(question) == 3 + 1  # the failing model with its retries, then the answer
+    [*_, answered] = server.bodies[question]
+    assert answered["response_format"] == STRUCTURED.model_dump()
+
+
 async def test_the_local_model_stops_at_the_requests_stop_sequence(harness: Harness) -> None:
     """Sent with the catalogue's own stop sequences for this model, which it also keeps."""
     tenant = uuid.uuid4()
@@ -807,13 +891,25 @@ async def test_a_request_past_its_deadline_fails_without_calling_the_model(
 
 
 async def ask_fresh(
-    harness: Harness, model: str, label: str, *, stream: bool = False
+    harness: Harness,
+    model: str,
+    label: str,
+    *,
+    stream: bool = False,
+    response_format: ResponseFormat | None = None,
 ) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
     """A new tenant asks ``model`` a question no other test asks: (question, request, final)."""
     tenant = uuid.uuid4()
     await harness.configure(tenant)
     question = f"{label} {uuid.uuid4().hex}"
-    request = context(tenant, harness.reply_topic, question=question, model=model, stream=stream)
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=question,
+        model=model,
+        stream=stream,
+        response_format=response_format,
+    )
     await harness.ask(request)
     return question, request, await harness.final(request.request_id)
 
