@@ -182,6 +182,17 @@ def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.
     assert answer.model == "smollm2-135m"
     assert answer.usage is not None
     assert answer.usage.completion_tokens > 0
+    # Streamed, every chunk names the model that answers.
+    chunks = list(
+        sdk.chat.completions.create(
+            model=OFFLINE_MODEL,
+            messages=[{"role": "user", "content": "Name one colour of the sky."}],
+            max_tokens=8,
+            stream=True,
+        )
+    )
+    assert len(chunks) > 2
+    assert {chunk.model for chunk in chunks} == {"smollm2-135m"}
 
 
 class Refund(BaseModel):

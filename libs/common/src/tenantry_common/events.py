@@ -346,12 +346,28 @@ class ContextRetrieved(_ChatRequestFields):
 
 
 class ChatDelta(Event):
-    """A piece of a streamed answer."""
+    """A piece of a streamed answer.
+
+    Version 2 added ``model``, set only when a fallback answers (see ``Event.written_version``).
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     event_type: Literal["ChatDelta"] = "ChatDelta"
     request_id: uuid.UUID
     seq: int = Field(ge=0, description="Position of this piece; the edge orders by it.")
     delta: str
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The model writing the answer when it is not the one the request asked "
+        "(a catalogue fallback); absent otherwise (version 2).",
+        exclude_if=lambda model: model is None,
+    )
+
+    def written_version(self) -> int:
+        return 1 if self.model is None else 2
 
 
 class FinishReason(enum.StrEnum):

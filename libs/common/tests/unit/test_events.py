@@ -334,6 +334,19 @@ def test_a_chat_request_naming_its_end_user_is_version_3(
             kind.model_validate(fields | {"end_user": bad})
 
 
+def test_a_piece_naming_no_model_is_version_1_and_a_fallbacks_version_2() -> None:
+    piece = ev.ChatDelta(tenant_id=TENANT, request_id=uuid.uuid4(), seq=0, delta="Hel")
+    written = json.loads(piece.model_dump_json())
+    assert written["schema_version"] == 1
+    assert "model" not in written
+    named = ev.ChatDelta(**piece.model_dump(exclude={"schema_version"}) | {"model": "fallback"})
+    written = json.loads(named.model_dump_json())
+    assert (written["schema_version"], written["model"]) == (2, "fallback")
+    assert ev.parse_event(named.model_dump_json().encode()) == named
+    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatDelta"):
+        ev.ChatDelta.model_validate(written | {"schema_version": 3})
+
+
 def test_usage_without_an_end_user_is_version_1_and_with_one_version_2() -> None:
     [usage] = [e for e in EXAMPLES if isinstance(e, ev.UsageRecorded)]
     written = json.loads(usage.model_dump_json())

@@ -1241,7 +1241,9 @@ def api_routes(
                 if isinstance(event, ChatFailed):
                     return _openai_failure(event, headers)
                 return _openai_error(timeout_detail, 504, code="deadline_exceeded", headers=headers)
-            model = admitted.request.options.model
+            # The model that answers: the one asked, unless a fallback did (a stream's pieces
+            # name it then; a fallback is asked only before any piece was written).
+            model = first.model or admitted.request.options.model
             include_usage = body.stream_options is not None and body.stream_options.include_usage
 
             def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> str:

@@ -451,6 +451,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
     )
     called = time.monotonic()
     seq = 0
+    # Named on each piece only when a fallback writes the answer: the edge's stream says so.
+    fallback = resolved.model if resolved.model != request.options.model else None
 
     async def release(text: str) -> None:
         nonlocal seq
@@ -461,6 +463,7 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 request_id=request.request_id,
                 seq=seq,
                 delta=text,
+                model=fallback,
             )
             await outbox.response(delta, request.reply_to)
             seq += 1

@@ -971,6 +971,10 @@ async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
         final = await harness.final(request.request_id)
         assert isinstance(final, ChatCompleted), final
         assert (final.answer, final.model) == (SCRIPTED_ANSWER, "scripted-ok")
+        if stream:  # every piece names the fallback (version 2)
+            deltas = harness.deltas(request.request_id)
+            assert deltas, "no pieces streamed"
+            assert {(d.model, d.schema_version) for d in deltas} == {("scripted-ok", 2)}
         assert server.count(question) == 3 + 3 + 1  # each failing model with its retries
         (usage,) = await harness.usage(request.request_id)
         assert (usage.model, usage.completion_tokens > 0) == ("scripted-ok", True)
@@ -1196,6 +1200,7 @@ async def test_a_request_without_stream_gets_a_whole_answer_and_a_stream_is_stre
     deltas = sorted(harness.deltas(request.request_id), key=lambda d: d.seq)
     assert len(deltas) > 1
     assert "".join(d.delta for d in deltas) == final.answer == SCRIPTED_ANSWER
+    assert {(d.model, d.schema_version) for d in deltas} == {(None, 1)}  # the model asked
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (21, 9)
 
 
