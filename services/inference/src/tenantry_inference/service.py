@@ -353,29 +353,38 @@ async def _generate_or_fall_back(
 
     A fallback is asked only while nothing was generated or reported (no text, no usage: the
     failed provider billed nothing and the client saw nothing), the request's deadline has not
-    passed, and the tenant's config is known and allows the fallback.
+    passed, and the tenant's config is known and allows the fallback. A fallback whose window
+    is too small for the request is passed over like one that fails; if none is left, the
+    request fails as the model asked did.
     """
     candidates = iter(resolved.spec.fallbacks)
+    failed: ModelCallError | None = None  # the model asked, once it could not answer
     while True:
         try:
             await _generate(run=run, resolved=resolved, deps=deps, outbox=outbox)
             return resolved
+        except PromptTooLong:
+            if failed is None:
+                raise  # the model asked: its window is the tenant's to fit
+            error = failed
         except ModelCallError as exc:
-            fallback = _next_fallback(run=run, deps=deps, error=exc, candidates=candidates)
-            if fallback is None:
-                raise
-            deps.metrics.fallbacks.labels(resolved.model, fallback.model, exc.reason.value).inc()
-            log.warning(
-                "model failed; asking its fallback",
-                extra={
-                    "request_id": str(run.request.request_id),
-                    "model": resolved.model,
-                    "fallback": fallback.model,
-                    "reason": exc.reason.value,
-                },
-            )
-            run.fall_back(fallback.model)
-            resolved = fallback
+            error = exc
+            failed = failed or exc
+        fallback = _next_fallback(run=run, deps=deps, error=error, candidates=candidates)
+        if fallback is None:
+            raise error
+        deps.metrics.fallbacks.labels(resolved.model, fallback.model, error.reason.value).inc()
+        log.warning(
+            "model failed; asking its fallback",
+            extra={
+                "request_id": str(run.request.request_id),
+                "model": resolved.model,
+                "fallback": fallback.model,
+                "reason": error.reason.value,
+            },
+        )
+        run.fall_back(fallback.model)
+        resolved = fallback
 
 
 def _next_fallback(
@@ -440,7 +449,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         ]
         run.question = redact(request.question, question_findings)
         run.redactions += sum(len(f) for f in findings)
-        deps.metrics.leakage.labels("prompt", "redacted").inc(sum(len(f) for f in findings))
+        if run.fallback_from is None:  # a fallback's prompt holds the same findings again
+            deps.metrics.leakage.labels("prompt", "redacted").inc(sum(len(f) for f in findings))
     run.messages = messages
 
     guard = StreamGuard(

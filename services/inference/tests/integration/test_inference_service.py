@@ -97,7 +97,12 @@ SCRIPTED_MODELS = {
     "scripted-schema-in-json-mode": "ok",
     "scripted-text-only": "ok",
     "scripted-json-falls-back": "always-500",
+    "scripted-small-window": "ok",
+    "scripted-past-small-window": "always-500",
+    "scripted-only-small-window": "always-500",
 }
+#: Context windows of the scripted models other than 2,048 tokens.
+SCRIPTED_WINDOWS = {"scripted-small-window": 256}
 #: How the scripted models' servers take response formats (the others as OpenAI's API does).
 SCRIPTED_FORMATS: dict[str, ResponseFormats] = {
     "scripted-schema-in-json-mode": "json_object_schema",
@@ -108,6 +113,8 @@ SCRIPTED_FALLBACKS = {
     "scripted-falls-back": ["gpt-4o-mini", "scripted-500", "scripted-ok"],
     "scripted-stall-falls-back": ["scripted-ok"],
     "scripted-json-falls-back": ["scripted-text-only", "scripted-ok"],
+    "scripted-past-small-window": ["scripted-small-window", "scripted-ok"],
+    "scripted-only-small-window": ["scripted-small-window"],
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -378,7 +385,7 @@ async def harness(
             served_name=served,
             input_price_micros_per_mtok=1,
             output_price_micros_per_mtok=1,
-            context_window=2048,
+            context_window=SCRIPTED_WINDOWS.get(name, 2048),
             fallbacks=SCRIPTED_FALLBACKS.get(name, []),
             response_formats=SCRIPTED_FORMATS.get(name, "json_schema"),
         )
@@ -984,6 +991,48 @@ async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
             "scripted-falls-back",
         )
     assert counted._value.get() - before == 2
+
+
+async def test_a_fallback_whose_window_is_too_small_is_passed_over(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """A question too long for a fallback's window goes on to the next fallback; with none
+    left it fails as the model asked failed (model_unavailable), not as an internal error."""
+    server, _ = scripted
+    long_question = "Summarise the policy on refunds, returns and exchanges. " * 40
+    question, request, final = await ask_fresh(harness, "scripted-past-small-window", long_question)
+    assert isinstance(final, ChatCompleted), final
+    assert final.model == "scripted-ok"
+    assert server.count(question) == 3 + 1  # the failing model with its retries, then the answer
+    (audit,) = await harness.audits(request.request_id)
+    assert audit.details["fallback_from"] == "scripted-past-small-window"
+
+    question, request, final = await ask_fresh(harness, "scripted-only-small-window", long_question)
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.MODEL_UNAVAILABLE
+    assert "scripted-only-small-window" in final.message
+    assert server.count(question) == 3
+
+
+async def test_a_redacted_prompt_is_counted_once_however_many_models_are_asked(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The fallback's prompt is built and scanned again: its findings are the same ones."""
+    redacted = harness.deps.metrics.leakage.labels("prompt", "redacted")
+    before = redacted._value.get()
+    tenant = uuid.uuid4()
+    await harness.configure(tenant, policy=LeakagePolicy.REDACT)
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=f"Is {LEAK_KEY} still valid? {uuid.uuid4().hex}",
+        model="scripted-json-falls-back",
+    )
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    assert final.model == "scripted-text-only"  # its first fallback
+    assert redacted._value.get() - before == 1
 
 
 async def test_no_fallback_once_the_answer_began_or_for_a_tenant_that_does_not_allow_it(
