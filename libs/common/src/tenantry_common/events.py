@@ -126,6 +126,15 @@ class TenantConfig(Contract):
     custom_instructions: str = Field(default="", max_length=4_000)
     features: FeatureFlags = Field(default_factory=FeatureFlags)
     rate_limit_per_minute: int = Field(ge=1, le=1_000_000)
+    end_user_rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Chat requests per minute each end user a request names (OpenAI's `user`) "
+        "may make, within the tenant's own rate; 0: no such limit. Written only when set "
+        "(config events version 2).",
+        exclude_if=lambda limit: limit == 0,
+    )
     daily_token_budget: int = Field(ge=0)
     monthly_spend_budget_micros: int = Field(
         ge=0, description="Monthly spend budget, micro-dollars."
@@ -471,21 +480,34 @@ class DocumentIndexed(Event):
 # --------------------------------------------------------------------------- tenants
 
 
-class TenantConfigChanged(Event):
+class _CarriesConfig(Event):
+    """An event carrying a tenant's whole config.
+
+    Version 2 added ``config.end_user_rate_limit_per_minute``; a config without it is written
+    as version 1 (see ``Event.written_version``).
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
+
+    config: TenantConfig
+
+    def written_version(self) -> int:
+        return 2 if self.config.end_user_rate_limit_per_minute else 1
+
+
+class TenantConfigChanged(_CarriesConfig):
     """The latest configuration of a tenant (compacted topic: one per tenant survives)."""
 
     event_type: Literal["TenantConfigChanged"] = "TenantConfigChanged"
     version: int = Field(ge=1)
-    config: TenantConfig
     changed_by: str
 
 
-class TenantProvisioned(Event):
+class TenantProvisioned(_CarriesConfig):
     event_type: Literal["TenantProvisioned"] = "TenantProvisioned"
     tenant_name: str
     tier: Tier
     config_version: int = Field(ge=1)
-    config: TenantConfig
 
 
 class TenantOffboarded(Event):

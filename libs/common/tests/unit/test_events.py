@@ -347,6 +347,28 @@ def test_a_piece_naming_no_model_is_version_1_and_a_fallbacks_version_2() -> Non
         ev.ChatDelta.model_validate(written | {"schema_version": 3})
 
 
+@pytest.mark.parametrize("kind", [ev.TenantConfigChanged, ev.TenantProvisioned])
+def test_a_config_limiting_its_end_users_is_written_as_version_2(
+    kind: type[ev.TenantConfigChanged] | type[ev.TenantProvisioned],
+) -> None:
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    written = json.loads(plain.model_dump_json())
+    assert written["schema_version"] == 1
+    assert "end_user_rate_limit_per_minute" not in written["config"]
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "config"})
+    limited = kind.model_validate(
+        fields | {"config": CONFIG.model_copy(update={"end_user_rate_limit_per_minute": 10})}
+    )
+    written = json.loads(limited.model_dump_json())
+    assert (written["schema_version"], written["config"]["end_user_rate_limit_per_minute"]) == (
+        2,
+        10,
+    )
+    assert ev.parse_event(limited.model_dump_json().encode()) == limited
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 3 for {kind.__name__}"):
+        kind.model_validate(written | {"schema_version": 3})
+
+
 def test_usage_without_an_end_user_is_version_1_and_with_one_version_2() -> None:
     [usage] = [e for e in EXAMPLES if isinstance(e, ev.UsageRecorded)]
     written = json.loads(usage.model_dump_json())

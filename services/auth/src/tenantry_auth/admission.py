@@ -1,13 +1,17 @@
-"""A chat request's rate limit and budget reservation, in one Redis round trip.
+"""A chat request's rate limits and budget reservation, in one Redis round trip.
 
-One Lua script counts the request against the tenant's rate (``ratelimit.py``) and, only when
-the rate allows it, holds the request's worst case of the tenant's budget
-(``tenantry_common.budget``). Atomic across edge replicas like each part alone; a request the
-budget refuses still counts against the rate, as when they were two calls.
+One Lua script counts the request against the tenant's rate (``ratelimit.py``) and, when the
+tenant limits its end users and the request names one, against that end user's own rate; only
+when both allow it is it counted against either, and then it holds the request's worst case of
+the tenant's budget (``tenantry_common.budget``). Atomic across edge replicas like each part
+alone; a request the budget refuses still counts against the rates, as when they were calls of
+their own. An end user over their limit is refused without using the tenant's rate, so one busy
+end user cannot use up the rate the tenant's other users share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -18,15 +22,31 @@ from tenantry_common.tenancy import tenant_key
 
 from tenantry_auth.ratelimit import GCRA_LUA_FUNCTION, TOLERANCE_MS, RateDecision, emission_ms
 
-# KEYS: 1 the rate, 2 to 4 the budget's tokens, holds and spend (one tenant: one cluster slot).
-# ARGV: 1 and 2 the rate's emission and tolerance, 3 to 7 the reservation's arguments.
+# KEYS: 1 the tenant's rate, 2 to 4 the budget's tokens, holds and spend, 5 (if any) the end
+# user's rate (one tenant: one cluster slot). ARGV: 1 and 2 the tenant's emission and the
+# tolerance, 3 to 7 the reservation's arguments, 8 the end user's emission.
+# Returns {0, wait, used, 1} when the end user's rate refuses, {0, wait, used, 0} when the
+# tenant's does, else {1, wait, used, and the reservation's four}.
 _ADMIT = (
     GCRA_LUA_FUNCTION
     + RESERVE_LUA_FUNCTION
     + """
-local rate = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+local now = gcra_now()
+local tolerance = tonumber(ARGV[2])
+local user = nil
+if #KEYS == 5 then
+  user = gcra_peek(KEYS[5], tonumber(ARGV[8]), tolerance, now)
+  if user[1] == 0 then
+    return {0, user[2], user[3], 1}
+  end
+end
+local rate = gcra_peek(KEYS[1], tonumber(ARGV[1]), tolerance, now)
 if rate[1] == 0 then
-  return rate
+  return {0, rate[2], rate[3], 0}
+end
+gcra_count(KEYS[1], rate[4], now)
+if user then
+  gcra_count(KEYS[5], user[4], now)
 end
 local held = reserve(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5],
   ARGV[6], tonumber(ARGV[7]))
@@ -35,12 +55,20 @@ return {rate[1], rate[2], rate[3], held[1], held[2], held[3], held[4]}
 )
 
 
+def end_user_rate_key(tenant_id: uuid.UUID, end_user: str) -> str:
+    """The Redis key of one end user's rate (the name hashed: a client's id, of any length)."""
+    named = hashlib.sha256(end_user.encode()).hexdigest()[:32]
+    return tenant_key(tenant_id, "ratelimit", "end_user", named)
+
+
 @dataclass(frozen=True)
 class Admitted:
-    """The rate decision, and the reservation when the rate allowed the request."""
+    """The rate decision (the end user's when theirs refused the request, else the tenant's),
+    and the reservation when the rates allowed the request."""
 
     rate: RateDecision
     held: Reservation | None
+    end_user_refused: bool = False
 
 
 class Admission:
@@ -59,25 +87,32 @@ class Admission:
         day: date,
         daily_limit: int,
         monthly_spend_limit_micros: int | None,
+        end_user: str | None = None,
+        end_user_per_minute: int = 0,
     ) -> Admitted:
-        """Count the request against the rate; if allowed, hold ``tokens`` of the budget."""
-        result = await self._script(
-            keys=[
-                tenant_key(tenant_id, "ratelimit", "requests"),
-                *BudgetStore.reservation_keys(tenant_id=tenant_id, day=day),
-            ],
-            args=[
-                emission_ms(per_minute),
-                TOLERANCE_MS,
-                *BudgetStore.reservation_args(
-                    request_id=request_id,
-                    tokens=tokens,
-                    daily_limit=daily_limit,
-                    monthly_spend_limit_micros=monthly_spend_limit_micros,
-                ),
-            ],
-        )
+        """Count the request against the rates (the end user's only when ``end_user`` is named
+        and ``end_user_per_minute`` set); if allowed, hold ``tokens`` of the budget."""
+        keys = [
+            tenant_key(tenant_id, "ratelimit", "requests"),
+            *BudgetStore.reservation_keys(tenant_id=tenant_id, day=day),
+        ]
+        args: list[str | int | float] = [
+            emission_ms(per_minute),
+            TOLERANCE_MS,
+            *BudgetStore.reservation_args(
+                request_id=request_id,
+                tokens=tokens,
+                daily_limit=daily_limit,
+                monthly_spend_limit_micros=monthly_spend_limit_micros,
+            ),
+        ]
+        if end_user is not None and end_user_per_minute:
+            keys.append(end_user_rate_key(tenant_id, end_user))
+            args.append(emission_ms(end_user_per_minute))
+        result = await self._script(keys=keys, args=args)
+        if not int(result[0]):
+            by_end_user = bool(int(result[3]))
+            limit = end_user_per_minute if by_end_user else per_minute
+            return Admitted(RateDecision.from_gcra(result[:3], per_minute=limit), None, by_end_user)
         rate = RateDecision.from_gcra(result[:3], per_minute=per_minute)
-        if not rate.allowed:
-            return Admitted(rate, None)
         return Admitted(rate, BudgetStore.reservation(result[3:], daily_limit=daily_limit))

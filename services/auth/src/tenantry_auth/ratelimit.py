@@ -1,8 +1,9 @@
 """Per-tenant request rate limiting: GCRA in Redis Lua (atomic across replicas).
 
-The function reads the clock from Redis (``TIME``), so replicas with skewed clocks agree. A tenant
-with ``limit`` requests per minute may burst ``limit`` requests, then one every ``60/limit`` s.
-The edge runs it together with the budget reservation, in one script (``admission.py``).
+The functions read the clock from Redis (``TIME``), so replicas with skewed clocks agree. A tenant
+(or an end user of one) with ``limit`` requests per minute may burst ``limit`` requests, then one
+every ``60/limit`` s. The edge runs them together with the budget reservation, in one script
+(``admission.py``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: The rate limit as a Lua function: ``gcra(key, emission_ms, tolerance_ms)`` returns
-#: ``{allowed, wait_ms, used_ms}`` and counts the request only when it is allowed.
+#: The rate limit as Lua functions. ``gcra_peek(key, emission_ms, tolerance_ms, now_ms)``
+#: returns ``{allowed, wait_ms, used_ms, new_tat}`` without counting the request;
+#: ``gcra_count(key, new_tat, now_ms)`` counts it (once every limit it is under allows it);
+#: ``gcra_now()`` is Redis's clock in milliseconds.
 GCRA_LUA_FUNCTION = """
-local function gcra(key, emission, tolerance)
+local function gcra_now()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function gcra_peek(key, emission, tolerance, now)
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now then tat = now end
   local new_tat = tat + emission
   local allow_at = new_tat - tolerance
   if allow_at > now then
-    return {0, allow_at - now, tat - now}
+    return {0, allow_at - now, tat - now, new_tat}
   end
+  return {1, 0, new_tat - now, new_tat}
+end
+local function gcra_count(key, new_tat, now)
   -- PX takes an integer: 60000 / limit has decimals for most limits (e.g. 7 per minute).
   redis.call('SET', key, new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
-  return {1, 0, new_tat - now}
 end
 """
 

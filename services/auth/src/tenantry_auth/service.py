@@ -250,6 +250,11 @@ def check_config(config: TenantConfig, settings: Settings) -> None:
     for name, (value, cap) in caps.items():
         if value > cap:
             raise Invalid(f"{name} may be at most {cap} on the {config.tier.value} tier")
+    if config.end_user_rate_limit_per_minute > config.rate_limit_per_minute:
+        raise Invalid(
+            "end_user_rate_limit_per_minute may be at most the tenant's rate_limit_per_minute "
+            f"({config.rate_limit_per_minute})"
+        )
 
 
 class ConfigUpdate(BaseModel):
@@ -265,6 +270,12 @@ class ConfigUpdate(BaseModel):
     custom_instructions: str | None = Field(default=None, max_length=4_000)
     features: FeatureFlags | None = None
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    end_user_rate_limit_per_minute: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Requests per minute per end user (a request's `user`); 0 turns it off.",
+    )
     daily_token_budget: int | None = Field(default=None, ge=0, le=10**12)
     monthly_spend_budget_micros: int | None = Field(default=None, ge=0, le=10**15)
     cache_similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -735,7 +746,9 @@ async def update_config(
             check_config(config, edge.settings)
             new_version = version + 1
             changed = sorted(
-                k for k, v in config.model_dump().items() if current.model_dump()[k] != v
+                name
+                for name in TenantConfig.model_fields
+                if getattr(config, name) != getattr(current, name)
             )
             await repo.add_config_version(
                 session=session,
@@ -1035,6 +1048,8 @@ async def admit_chat(
             day=now.date(),
             daily_limit=config.daily_token_budget,
             monthly_spend_limit_micros=config.monthly_spend_budget_micros,
+            end_user=end_user,
+            end_user_per_minute=config.end_user_rate_limit_per_minute,
         )
     except RedisError as exc:
         raise Unavailable(
@@ -1044,6 +1059,12 @@ async def admit_chat(
         ) from exc
     rate, held = admitted.rate, admitted.held
     if held is None:
+        if admitted.end_user_refused:
+            raise RateLimited(
+                f"rate limit of {config.end_user_rate_limit_per_minute} requests per minute "
+                "per end user reached for this request's user",
+                rate.headers(),
+            )
         raise RateLimited(
             f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
             rate.headers(),

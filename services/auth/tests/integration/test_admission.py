@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import date
+from typing import Any
 
 import pytest
-from tenantry_auth.admission import Admission, Admitted
+from tenantry_auth.admission import Admission, Admitted, end_user_rate_key
 from tenantry_common.budget import BudgetStore, RefusalReason
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,8 @@ async def _admit(
     daily_limit: int = 1_000_000,
     monthly_spend_limit_micros: int | None = None,
     request_id: uuid.UUID | None = None,
+    end_user: str | None = None,
+    end_user_per_minute: int = 0,
 ) -> Admitted:
     return await admission.admit(
         tenant_id=tenant_id,
@@ -33,6 +36,8 @@ async def _admit(
         day=DAY,
         daily_limit=daily_limit,
         monthly_spend_limit_micros=monthly_spend_limit_micros,
+        end_user=end_user,
+        end_user_per_minute=end_user_per_minute,
     )
 
 
@@ -121,3 +126,51 @@ async def test_concurrent_admissions_overshoot_neither_rate_nor_budget(redis_cli
     assert sum(r.held is not None and r.held.granted for r in results) == 10
     snap = await budgets.snapshot(tenant_id=tenant_id, day=DAY)
     assert snap.tokens_reserved == 1_000
+
+
+async def test_an_end_user_over_their_rate_is_refused_without_using_the_tenants(
+    redis_client,
+) -> None:
+    """Each named end user has a rate of their own within the tenant's: one refused by theirs
+    takes nothing of the tenant's rate or budget, the others go on, and requests naming no end
+    user count only against the tenant's."""
+    budgets = BudgetStore(redis_client)
+    admission = Admission(redis_client)
+    tenant_id = uuid.uuid4()
+
+    def ask(end_user: str | None) -> Any:
+        return _admit(
+            admission,
+            tenant_id,
+            per_minute=5,
+            tokens=10,
+            end_user=end_user,
+            end_user_per_minute=2,
+        )
+
+    first = [await ask("user-a") for _ in range(4)]
+    assert [a.held is not None for a in first] == [True, True, False, False]
+    refused = first[-1]
+    assert (refused.end_user_refused, refused.rate.limit) == (True, 2)
+    assert refused.rate.retry_after_s >= 1
+    # The tenant's rate (5) was used twice, not four times: three more requests pass.
+    others = [await ask(user) for user in ("user-b", None, "user-c")]
+    assert all(a.held is not None and a.held.granted for a in others)
+    over = await ask("user-d")
+    assert (over.held, over.end_user_refused, over.rate.limit) == (None, False, 5)
+    snap = await budgets.snapshot(tenant_id=tenant_id, day=DAY)
+    assert snap.tokens_reserved == 5 * 10
+
+
+async def test_an_end_user_refused_by_the_tenants_rate_is_not_counted_against_their_own(
+    redis_client,
+) -> None:
+    admission = Admission(redis_client)
+    tenant_id = uuid.uuid4()
+    for _ in range(2):
+        await _admit(admission, tenant_id, per_minute=2)
+    refused = await _admit(
+        admission, tenant_id, per_minute=2, end_user="user-a", end_user_per_minute=1
+    )
+    assert (refused.held, refused.end_user_refused) == (None, False)
+    assert await redis_client.exists(end_user_rate_key(tenant_id, "user-a")) == 0

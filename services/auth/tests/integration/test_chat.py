@@ -742,6 +742,49 @@ async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
     assert "rate limit" in r.json()["detail"]
 
 
+async def test_a_tenant_limits_each_end_user_within_its_own_rate(client, tenant, responder) -> None:
+    """With end_user_rate_limit_per_minute set, each end user a request names (OpenAI's
+    ``user``, /v1/chat's ``user``) gets that rate, on both routes together; other end users,
+    and requests naming none, go on; 0 turns the limit off; it may not exceed the tenant's."""
+    admin = bearer(tenant.admin_token)
+    member = bearer(tenant.member_token)
+    r = await client.put("/v1/config", json={"end_user_rate_limit_per_minute": 500}, headers=admin)
+    assert r.status_code == 422, r.text  # above the tenant's own rate
+    assert "end_user_rate_limit_per_minute" in r.json()["detail"]
+    r = await client.put("/v1/config", json={"end_user_rate_limit_per_minute": 2}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["end_user_rate_limit_per_minute"] == 2
+
+    async def ask(user: str | None, route: str = "/v1/chat/completions") -> Any:
+        body: dict[str, object] = (
+            {"messages": [{"role": "user", "content": "q"}]}
+            if route == "/v1/chat/completions"
+            else {"question": "q"}
+        )
+        if user is not None:
+            body["user"] = user
+        return await client.post(route, json=body, headers=member)
+
+    codes = [
+        (await ask("user-a")).status_code,
+        (await ask("user-a", "/v1/chat")).status_code,
+    ]
+    refused = await ask("user-a")
+    assert [*codes, refused.status_code] == [200, 200, 429], refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert "per end user" in error["message"]
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (await ask("user-b")).status_code == 200
+    assert (await ask(None)).status_code == 200
+
+    r = await client.put("/v1/config", json={"end_user_rate_limit_per_minute": 0}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert "end_user_rate_limit_per_minute" not in r.json()["config"]  # off: not written
+    assert (await ask("user-a")).status_code == 200
+
+
 async def test_openai_rate_limit_and_budget_refusals_are_429s_with_their_codes(
     client, onboard, responder
 ) -> None:
