@@ -300,10 +300,9 @@ class _ChatRequestFields(Event):
     """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
 
     Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``, version 4
-    ``options.response_format``. A request
-    is written as the oldest version that carries what it uses (see ``Event.written_version``):
-    one without any of them is version 1, so only requests that use them need consumers that
-    know them.
+    ``options.response_format``. A request is written as the oldest version that carries what
+    it uses (see ``Event.written_version``): one without any of them is version 1, so only
+    requests that use them need consumers that know them.
     """
 
     supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4})

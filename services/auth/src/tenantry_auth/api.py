@@ -4,7 +4,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
@@ -326,6 +326,19 @@ class TextFormat(BaseModel):
     type: Literal["text"]
 
 
+def _remote_refs(schema: object) -> Iterator[str]:
+    """Every ``$ref`` in a JSON Schema that points outside it (not ``#...``)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            yield ref
+        for value in schema.values():
+            yield from _remote_refs(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _remote_refs(item)
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request: what the platform honours, and what it must refuse.
 
@@ -378,10 +391,14 @@ class ChatCompletionRequest(BaseModel):
         cls, form: TextFormat | ResponseFormat | None
     ) -> TextFormat | ResponseFormat | None:
         if isinstance(form, ResponseFormat) and form.json_schema is not None:
+            schema = form.json_schema.schema_
             try:
-                Draft202012Validator.check_schema(form.json_schema.schema_)
+                Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
                 raise ValueError(f"the schema is not a JSON Schema: {exc.message}") from None
+            if remote := next(_remote_refs(schema), None):
+                # A model server resolving it would fetch a URL of the client's choosing.
+                raise ValueError(f"only local $ref ('#/...') are supported, not {remote!r}")
         return form
 
     @property
@@ -1423,6 +1440,40 @@ def api_routes(
     ) -> Response:
         """The caller's tenant's usage (forwarded to metering)."""
         return await forward(request, f"{settings.metering_url}/v1/usage")
+
+    EndUserLimit = Annotated[int | None, Query(ge=1, le=1000)]
+
+    @router.get("/v1/usage/end-users", tags=["forwarded"], responses={502: {"model": Problem}})
+    async def end_user_usage(
+        request: Request,
+        principal: TenantAdmin,
+        start: Day = None,
+        end: Day = None,
+        limit: EndUserLimit = None,
+        format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    ) -> Response:
+        """The caller's tenant's usage per end user its requests named, the costliest first
+        (forwarded to metering)."""
+        return await forward(request, f"{settings.metering_url}/v1/usage/end-users")
+
+    @router.get(
+        "/v1/tenants/{tenant_id}/usage/end-users",
+        tags=["forwarded"],
+        responses={502: {"model": Problem}},
+    )
+    async def tenant_end_user_usage(
+        tenant_id: uuid.UUID,
+        request: Request,
+        principal: Operator,
+        start: Day = None,
+        end: Day = None,
+        limit: EndUserLimit = None,
+        format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    ) -> Response:
+        """Any tenant's usage per end user (operators; forwarded to metering)."""
+        return await forward(
+            request, f"{settings.metering_url}/v1/tenants/{tenant_id}/usage/end-users"
+        )
 
     @router.get(
         "/v1/tenants/{tenant_id}/usage", tags=["forwarded"], responses={502: {"model": Problem}}

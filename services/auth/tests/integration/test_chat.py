@@ -519,6 +519,16 @@ async def test_a_response_format_that_is_malformed_or_not_taken_is_refused_namin
         ({"type": "json_schema"}, "response_format.json_schema"),
         ({"type": "json_schema", "json_schema": {"schema": {}}}, "response_format.json_schema"),
         (
+            {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "a",
+                    "schema": {"properties": {"x": {"$ref": "https://example.test/s.json"}}},
+                },
+            },
+            "response_format",
+        ),
+        (
             {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "thing"}}},
             "response_format",
         ),
