@@ -140,11 +140,11 @@ def test_a_seed_makes_a_sampled_answer_repeatable(sdk: openai.OpenAI) -> None:
     assert {ask(seed) for seed in (1, 2, 3)} - {first}
 
 
-def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail(
+def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail_and_usage(
     sdk: openai.OpenAI, system: System
 ) -> None:
     """OpenAI's ``user`` reaches inference's audit record of the call, which the tenant's
-    admin exports."""
+    admin exports, and the tenant's usage per end user."""
     end_user = f"end-user-{uuid.uuid4().hex[:12]}"
     sdk.chat.completions.create(
         model="smollm2-135m",
@@ -168,6 +168,17 @@ def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail(
         assert time.monotonic() < deadline, "the end user never reached the audit trail"
         time.sleep(0.5)
     assert [rec["action"] for rec in named] == ["chat.completion"]
+    while True:
+        r = http.get("/v1/usage/end-users", headers={"Authorization": f"Bearer {sdk.api_key}"})
+        assert r.status_code == 200, r.text
+        used = [u for u in r.json()["end_users"] if u["end_user"] == end_user]
+        if used:
+            break
+        assert time.monotonic() < deadline, "the end user's usage was never recorded"
+        time.sleep(0.5)
+    [mine] = used
+    assert mine["requests"] == 1
+    assert mine["completion_tokens"] > 0
 
 
 def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.OpenAI) -> None:

@@ -20,6 +20,7 @@ from tenantry_metering.runtime import Runtime
 
 Period = Literal["day", "month"]
 Format = Literal["json", "csv"]
+Limit = Annotated[int, Query(ge=1, le=1000, description="The most end users listed.")]
 
 #: Cells a spreadsheet would run as a formula (CSV injection): prefixed with a quote.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\x00")
@@ -56,6 +57,26 @@ class UsageReport(BaseModel):
     end: date
     lines: list[UsageLine]
     periods: list[PeriodSummary]
+
+
+class EndUserUsage(BaseModel):
+    end_user: str = Field(description="As the requests named it (OpenAI's `user`).")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_micros: int
+
+
+class EndUserReport(BaseModel):
+    tenant_id: uuid.UUID
+    start: date
+    end: date
+    end_users: list[EndUserUsage] = Field(description="The costliest first.")
+    more: bool = Field(description="More end users used the tenant than `limit` lists.")
+
+
+END_USER_CSV_COLUMNS = tuple(EndUserUsage.model_fields)
 
 
 def neutralise(cell: object) -> str:
@@ -163,11 +184,9 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     # A local Annotated alias would not resolve under postponed annotations: a default it is.
     current_principal = Depends(principal_dependency(verifier))
 
-    async def answer(
-        tenant_id: uuid.UUID, period: Period, start: date | None, end: date | None, fmt: Format
-    ) -> Response:
-        today = service.utc_today()
-        end = end or today
+    def days(period: Period, start: date | None, end: date | None) -> tuple[date, date]:
+        """The query's first and last day: by default the last 30 days, or this month."""
+        end = end or service.utc_today()
         start = start or (end - timedelta(days=29) if period == "day" else end.replace(day=1))
         if start > end:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "start must not be after end")
@@ -176,6 +195,12 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
                 status.HTTP_400_BAD_REQUEST,
                 f"at most {runtime.settings.query_max_days} days per query",
             )
+        return start, end
+
+    async def answer(
+        tenant_id: uuid.UUID, period: Period, start: date | None, end: date | None, fmt: Format
+    ) -> Response:
+        start, end = days(period, start, end)
         async with runtime.db().connect() as conn:
             if period == "day":
                 rows = await repo.daily_rows(conn, tenant_id=tenant_id, start=start, end=end)
@@ -230,5 +255,74 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
         if principal.role is not Role.OPERATOR:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
         return await answer(tenant_id, period, start, end, format)
+
+    async def answer_end_users(
+        tenant_id: uuid.UUID, start: date | None, end: date | None, limit: int, fmt: Format
+    ) -> Response:
+        start, end = days("day", start, end)
+        async with runtime.db().connect() as conn:
+            rows = await repo.end_user_rows(
+                conn, tenant_id=tenant_id, start=start, end=end, limit=limit + 1
+            )
+        report = EndUserReport(
+            tenant_id=tenant_id,
+            start=start,
+            end=end,
+            end_users=[
+                EndUserUsage(
+                    end_user=r.end_user,
+                    requests=r.requests,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    total_tokens=r.prompt_tokens + r.completion_tokens,
+                    cost_micros=r.cost_micros,
+                )
+                for r in rows[:limit]
+            ],
+            more=len(rows) > limit,
+        )
+        if fmt == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(END_USER_CSV_COLUMNS)
+            for line in report.end_users:
+                values = line.model_dump()
+                writer.writerow([neutralise(values[c]) for c in END_USER_CSV_COLUMNS])
+            return Response(
+                out.getvalue(),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="usage-{tenant_id}-end-users.csv"'
+                },
+            )
+        return Response(report.model_dump_json(), media_type="application/json")
+
+    @router.get("/v1/usage/end-users", response_model=EndUserReport)
+    async def own_end_users(
+        principal: Principal = current_principal,
+        start: date | None = None,
+        end: date | None = None,
+        limit: Limit = 100,
+        format: Annotated[Format, Query()] = "json",
+    ) -> Response:
+        """The caller's tenant's usage per end user its requests named (tenant admins and
+        operators); by default over the last 30 days."""
+        if not principal.can_admin(principal.tenant_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "usage needs the admin role")
+        return await answer_end_users(principal.tenant_id, start, end, limit, format)
+
+    @router.get("/v1/tenants/{tenant_id}/usage/end-users", response_model=EndUserReport)
+    async def tenant_end_users(
+        tenant_id: uuid.UUID,
+        principal: Principal = current_principal,
+        start: date | None = None,
+        end: date | None = None,
+        limit: Limit = 100,
+        format: Annotated[Format, Query()] = "json",
+    ) -> Response:
+        """Any tenant's usage per end user, for operators only."""
+        if principal.role is not Role.OPERATOR:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
+        return await answer_end_users(tenant_id, start, end, limit, format)
 
     return router

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import UUID
 
@@ -35,6 +37,8 @@ usage_ledger = Table(
     Column("day", Date, nullable=False),
     Column("model", String(200), nullable=False),
     Column("user_id", String(200), nullable=False),
+    # The end user the request named (OpenAI's ``user``), if it named one.
+    Column("end_user", String(256), nullable=True),
     Column("source", String(100), nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
@@ -46,6 +50,15 @@ usage_ledger = Table(
     Column("payload_sha256", LargeBinary(32), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("tenant_id", "event_id", name="pk_usage_ledger"),
+    # Usage per end user (``repository.end_user_rows``) from the index alone; only rows that
+    # name an end user are in it, so usage without one costs nothing more to record.
+    Index(
+        "ix_usage_ledger_end_user",
+        "tenant_id",
+        "day",
+        postgresql_where=text("end_user IS NOT NULL"),
+        postgresql_include=["end_user", "prompt_tokens", "completion_tokens", "cost_micros"],
+    ),
 )
 
 _AGGREGATE_COLUMNS = (

@@ -31,6 +31,7 @@ class LedgerColumns:
     day: list[date] = field(default_factory=list)
     model: list[str] = field(default_factory=list)
     user_id: list[str] = field(default_factory=list)
+    end_user: list[str | None] = field(default_factory=list)
     source: list[str] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     completion_tokens: list[int] = field(default_factory=list)
@@ -121,16 +122,16 @@ _RECORD_BATCH = text(
         SELECT * FROM unnest(
             CAST(:tenant_id AS uuid[]), CAST(:event_id AS uuid[]), CAST(:request_id AS uuid[]),
             CAST(:occurred_at AS timestamptz[]), CAST(:day AS date[]), CAST(:model AS varchar[]),
-            CAST(:user_id AS varchar[]), CAST(:source AS varchar[]), CAST(:prompt AS bigint[]),
-            CAST(:completion AS bigint[]), CAST(:cached AS boolean[]), CAST(:cost AS bigint[]),
-            CAST(:priced AS boolean[]), CAST(:sha AS bytea[]))
-        AS b(tenant_id, event_id, request_id, occurred_at, day, model, user_id, source,
+            CAST(:user_id AS varchar[]), CAST(:end_user AS varchar[]), CAST(:source AS varchar[]),
+            CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]), CAST(:cached AS boolean[]),
+            CAST(:cost AS bigint[]), CAST(:priced AS boolean[]), CAST(:sha AS bytea[]))
+        AS b(tenant_id, event_id, request_id, occurred_at, day, model, user_id, end_user, source,
              prompt_tokens, completion_tokens, cached, cost_micros, priced, payload_sha256)
     ),
     inserted AS (
         INSERT INTO usage_ledger (tenant_id, event_id, request_id, occurred_at, day, model,
-            user_id, source, prompt_tokens, completion_tokens, cached, cost_micros, priced,
-            payload_sha256)
+            user_id, end_user, source, prompt_tokens, completion_tokens, cached, cost_micros,
+            priced, payload_sha256)
         SELECT * FROM batch ORDER BY tenant_id, event_id
         ON CONFLICT (tenant_id, event_id) DO NOTHING
         RETURNING tenant_id, event_id, day, model, cached, prompt_tokens, completion_tokens,
@@ -191,6 +192,7 @@ async def record_ledger_batch(conn: AsyncConnection, *, rows: LedgerColumns) -> 
             "day": rows.day,
             "model": rows.model,
             "user_id": rows.user_id,
+            "end_user": rows.end_user,
             "source": rows.source,
             "prompt": rows.prompt_tokens,
             "completion": rows.completion_tokens,
@@ -374,6 +376,38 @@ async def daily_rows(
         {"tenant_id": tenant_id, "start": start, "end": end},
     )
     return [AggregateRow(*row) for row in result]
+
+
+@dataclass(frozen=True)
+class EndUserRow:
+    end_user: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
+async def end_user_rows(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, start: date, end: date, limit: int
+) -> list[EndUserRow]:
+    """One tenant's usage per end user between two days (inclusive), the costliest first, at
+    most ``limit`` of them (from the ledger's end-user index)."""
+    result = await conn.execute(
+        text(
+            """
+            SELECT end_user, count(*), CAST(sum(prompt_tokens) AS bigint),
+                CAST(sum(completion_tokens) AS bigint), CAST(sum(cost_micros) AS bigint)
+            FROM usage_ledger
+            WHERE tenant_id = :tenant_id AND day BETWEEN :start AND :end
+                AND end_user IS NOT NULL
+            GROUP BY end_user
+            ORDER BY 5 DESC, 3 + 4 DESC, end_user
+            LIMIT :limit
+            """
+        ),
+        {"tenant_id": tenant_id, "start": start, "end": end, "limit": limit},
+    )
+    return [EndUserRow(*row) for row in result]
 
 
 async def monthly_rows(

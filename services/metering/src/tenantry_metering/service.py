@@ -160,6 +160,7 @@ def ledger_columns(
         day=days,
         model=[e.model for e in kept],
         user_id=[e.user_id for e in kept],
+        end_user=[e.end_user for e in kept],
         source=[e.source for e in kept],
         prompt_tokens=[e.prompt_tokens for e in kept],
         completion_tokens=[e.completion_tokens for e in kept],

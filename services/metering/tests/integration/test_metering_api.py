@@ -118,3 +118,69 @@ async def test_usage_query_json_and_csv_show_only_the_token_tenants_usage(
 
 async def _known(app, tenant: uuid.UUID) -> bool:
     return app.state.runtime.directory.budgets_of(tenant) is not None
+
+
+async def test_usage_per_end_user_lists_the_tenants_own_costliest_first(
+    metering_settings: Settings, engine: AsyncEngine, producer: KafkaBroker, issuer: TestIssuer
+) -> None:
+    """Usage the requests named an end user for, summed per end user over the days asked:
+    only the token tenant's, the costliest first, cut at ``limit`` (``more`` says so), in JSON
+    and CSV (a name that a spreadsheet would run is neutralised); requests without an end user
+    are not listed."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    events = [
+        usage(a, prompt=300, completion=200, occurred_at=DAY, end_user="user-big"),
+        usage(a, prompt=100, completion=100, occurred_at=DAY, end_user="user-big"),
+        usage(a, prompt=10, completion=5, occurred_at=DAY, end_user="=cmd|x"),
+        usage(a, prompt=1, completion=1, occurred_at=DAY, end_user="user-small"),
+        usage(a, prompt=900, completion=900, occurred_at=DAY),  # names no end user
+        usage(
+            a,
+            prompt=5,
+            completion=5,
+            occurred_at=datetime(2025, 6, 1, tzinfo=UTC),
+            end_user="user-june",
+        ),
+        usage(b, prompt=7_777, completion=1, occurred_at=DAY, end_user="user-big"),
+    ]
+    async with running(metering_settings, issuer) as (_, http):
+        for event in events:
+            await publish_event(producer, USAGE, event)
+
+        async def recorded() -> bool:
+            return await ledger_count(engine, a) == 6 and await ledger_count(engine, b) == 1
+
+        await wait_until(recorded, what="usage recorded")
+        query = {"start": "2025-07-01", "end": "2025-07-31"}
+        admin = issuer.headers(tenant_id=a, role="admin")
+        response = await http.get("/v1/usage/end-users", params=query, headers=admin)
+        assert response.status_code == 200, response.text
+        report = response.json()
+        assert report["tenant_id"] == str(a)
+        assert report["more"] is False
+        listed = [(u["end_user"], u["requests"], u["total_tokens"]) for u in report["end_users"]]
+        assert listed == [("user-big", 2, 700), ("=cmd|x", 1, 15), ("user-small", 1, 2)]
+        assert report["end_users"][0]["cost_micros"] == PRICE.cost_micros(
+            300, 200
+        ) + PRICE.cost_micros(100, 100)
+
+        cut = await http.get("/v1/usage/end-users", params=query | {"limit": 1}, headers=admin)
+        assert [u["end_user"] for u in cut.json()["end_users"]] == ["user-big"]
+        assert cut.json()["more"] is True
+
+        csv_response = await http.get(
+            "/v1/usage/end-users", params=query | {"format": "csv"}, headers=admin
+        )
+        rows = list(csv.DictReader(io.StringIO(csv_response.text)))
+        assert [r["end_user"] for r in rows] == ["user-big", "'=cmd|x", "user-small"]
+
+        member = issuer.headers(tenant_id=a, role="member")
+        assert (
+            await http.get("/v1/usage/end-users", params=query, headers=member)
+        ).status_code == 403
+        assert (
+            await http.get(f"/v1/tenants/{b}/usage/end-users", params=query, headers=admin)
+        ).status_code == 403
+        operator = issuer.headers(tenant_id=a, role="operator")
+        theirs = await http.get(f"/v1/tenants/{b}/usage/end-users", params=query, headers=operator)
+        assert [u["total_tokens"] for u in theirs.json()["end_users"]] == [7_778]
