@@ -192,7 +192,8 @@ async def record_ledger_batch(conn: AsyncConnection, *, rows: LedgerColumns) -> 
             "day": rows.day,
             "model": rows.model,
             "user_id": rows.user_id,
-            "end_user": rows.end_user,
+            # unnest pads a shorter array with NULLs: a batch naming no end user sends none.
+            "end_user": rows.end_user if any(rows.end_user) else [],
             "source": rows.source,
             "prompt": rows.prompt_tokens,
             "completion": rows.completion_tokens,
