@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Annotated, Literal
 
@@ -178,6 +179,30 @@ def report_csv(report: UsageReport) -> str:
     return out.getvalue()
 
 
+def end_user_csv(report: EndUserReport) -> str:
+    """One CSV line per end user (names a spreadsheet would run neutralised)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(END_USER_CSV_COLUMNS)
+    for line in report.end_users:
+        values = line.model_dump()
+        writer.writerow([neutralise(values[c]) for c in END_USER_CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _respond(
+    report: BaseModel, fmt: Format, csv_text: Callable[[], str], filename: str
+) -> Response:
+    """The report as JSON, or as a CSV attachment."""
+    if fmt == "csv":
+        return Response(
+            csv_text(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    return Response(report.model_dump_json(), media_type="application/json")
+
+
 def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     """``GET /v1/usage`` (the token's tenant) and ``GET /v1/tenants/{id}/usage`` (operators)."""
     router = APIRouter(tags=["usage"])
@@ -219,15 +244,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
             rows=rows,
             directory=runtime.directory,
         )
-        if fmt == "csv":
-            return Response(
-                report_csv(report),
-                media_type="text/csv; charset=utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="usage-{tenant_id}-{period}.csv"'
-                },
-            )
-        return Response(report.model_dump_json(), media_type="application/json")
+        return _respond(report, fmt, lambda: report_csv(report), f"usage-{tenant_id}-{period}.csv")
 
     @router.get("/v1/usage", response_model=UsageReport)
     async def own_usage(
@@ -281,21 +298,9 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
             ],
             more=len(rows) > limit,
         )
-        if fmt == "csv":
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(END_USER_CSV_COLUMNS)
-            for line in report.end_users:
-                values = line.model_dump()
-                writer.writerow([neutralise(values[c]) for c in END_USER_CSV_COLUMNS])
-            return Response(
-                out.getvalue(),
-                media_type="text/csv; charset=utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="usage-{tenant_id}-end-users.csv"'
-                },
-            )
-        return Response(report.model_dump_json(), media_type="application/json")
+        return _respond(
+            report, fmt, lambda: end_user_csv(report), f"usage-{tenant_id}-end-users.csv"
+        )
 
     @router.get("/v1/usage/end-users", response_model=EndUserReport)
     async def own_end_users(
