@@ -203,6 +203,18 @@ def _respond(
     return Response(report.model_dump_json(), media_type="application/json")
 
 
+def _own_tenant(principal: Principal) -> uuid.UUID:
+    """The token's tenant, whose usage its admins (and operators) may read."""
+    if not principal.can_admin(principal.tenant_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "usage needs the admin role")
+    return principal.tenant_id
+
+
+def _operator_only(principal: Principal) -> None:
+    if principal.role is not Role.OPERATOR:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
+
+
 def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     """``GET /v1/usage`` (the token's tenant) and ``GET /v1/tenants/{id}/usage`` (operators)."""
     router = APIRouter(tags=["usage"])
@@ -255,9 +267,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
         format: Annotated[Format, Query()] = "json",
     ) -> Response:
         """The caller's tenant's usage (tenant admins and operators)."""
-        if not principal.can_admin(principal.tenant_id):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "usage needs the admin role")
-        return await answer(principal.tenant_id, period, start, end, format)
+        return await answer(_own_tenant(principal), period, start, end, format)
 
     @router.get("/v1/tenants/{tenant_id}/usage", response_model=UsageReport)
     async def tenant_usage(
@@ -269,8 +279,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
         format: Annotated[Format, Query()] = "json",
     ) -> Response:
         """Any tenant's usage, for operators only."""
-        if principal.role is not Role.OPERATOR:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
+        _operator_only(principal)
         return await answer(tenant_id, period, start, end, format)
 
     async def answer_end_users(
@@ -312,9 +321,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
     ) -> Response:
         """The caller's tenant's usage per end user its requests named (tenant admins and
         operators); by default over the last 30 days."""
-        if not principal.can_admin(principal.tenant_id):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "usage needs the admin role")
-        return await answer_end_users(principal.tenant_id, start, end, limit, format)
+        return await answer_end_users(_own_tenant(principal), start, end, limit, format)
 
     @router.get("/v1/tenants/{tenant_id}/usage/end-users", response_model=EndUserReport)
     async def tenant_end_users(
@@ -326,8 +333,7 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
         format: Annotated[Format, Query()] = "json",
     ) -> Response:
         """Any tenant's usage per end user, for operators only."""
-        if principal.role is not Role.OPERATOR:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this path needs the operator role")
+        _operator_only(principal)
         return await answer_end_users(tenant_id, start, end, limit, format)
 
     return router
