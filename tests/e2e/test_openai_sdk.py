@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -243,23 +244,30 @@ def test_structured_outputs_parse_into_the_clients_own_type(sdk: openai.OpenAI) 
 
 
 def test_json_mode_answers_a_json_object(sdk: openai.OpenAI) -> None:
-    """JSON mode reaches the local model's server, whose grammar holds it to JSON (asked the
-    same without it, the model answers in prose)."""
-    answer = sdk.chat.completions.create(
-        model="smollm2-135m",
-        messages=[
-            {
-                "role": "user",
-                "content": "What colour is the sea? "
-                'Answer as a JSON object with one key, "colour".',
-            }
-        ],
-        response_format={"type": "json_object"},
-        temperature=0,
-    )
-    content = answer.choices[0].message.content or ""
-    assert answer.choices[0].finish_reason == "stop", content
+    """JSON mode reaches the local model's server, whose grammar holds it to JSON; asked the
+    same without it, the model answers in prose."""
+
+    def ask(**form: Any) -> Any:
+        return sdk.chat.completions.create(
+            model="smollm2-135m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": "What colour is the sea? "
+                    'Answer as a JSON object with one key, "colour".',
+                }
+            ],
+            temperature=0,
+            **form,
+        ).choices[0]
+
+    shaped = ask(response_format={"type": "json_object"})
+    content = shaped.message.content or ""
+    assert shaped.finish_reason == "stop", content
     assert isinstance(json.loads(content), dict), content
+    prose = ask().message.content or ""
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(prose)
 
 
 def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: System) -> None:
