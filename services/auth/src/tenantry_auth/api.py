@@ -397,7 +397,8 @@ class ChatCompletionRequest(BaseModel):
             except SchemaError as exc:
                 raise ValueError(f"the schema is not a JSON Schema: {exc.message}") from None
             if remote := next(_remote_refs(schema), None):
-                # A model server resolving it would fetch a URL of the client's choosing.
+                # A server resolving it would fetch a URL of the client's choosing;
+                # llama-cpp-python's drops such a schema and holds the answer to any JSON.
                 raise ValueError(f"only local $ref ('#/...') are supported, not {remote!r}")
         return form
 

@@ -51,7 +51,8 @@ usage_ledger = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("tenant_id", "event_id", name="pk_usage_ledger"),
     # Usage per end user (``repository.end_user_rows``) from the index alone; only rows that
-    # name an end user are in it, so usage without one costs nothing more to record.
+    # name an end user are in it, so usage without one costs nothing measurable more to record
+    # (bench/README, "Metering").
     Index(
         "ix_usage_ledger_end_user",
         "tenant_id",
