@@ -6,9 +6,16 @@ each in exactly one function.)
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 KEY_PREFIX = "tenantry"
+
+
+def hashed_part(name: str) -> str:
+    """A key part standing for a name of any length (a client id, an end user's id): the first
+    32 hex digits of its SHA-256, so the key stays short and the name is not stored in it."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 def tenant_key(tenant_id: uuid.UUID, *parts: str) -> str:

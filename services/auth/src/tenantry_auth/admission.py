@@ -11,14 +11,13 @@ end user cannot use up the rate the tenant's other users share.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import date
 
 from redis.asyncio import Redis
 from tenantry_common.budget import RESERVE_LUA_FUNCTION, BudgetStore, Reservation
-from tenantry_common.tenancy import tenant_key
+from tenantry_common.tenancy import hashed_part, tenant_key
 
 from tenantry_auth.ratelimit import GCRA_LUA_FUNCTION, TOLERANCE_MS, RateDecision, emission_ms
 
@@ -57,8 +56,7 @@ return {rate[1], rate[2], rate[3], held[1], held[2], held[3], held[4]}
 
 def end_user_rate_key(tenant_id: uuid.UUID, end_user: str) -> str:
     """The Redis key of one end user's rate (the name hashed: a client's id, of any length)."""
-    named = hashlib.sha256(end_user.encode()).hexdigest()[:32]
-    return tenant_key(tenant_id, "ratelimit", "end_user", named)
+    return tenant_key(tenant_id, "ratelimit", "end_user", hashed_part(end_user))
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ a tenant deletes all of its conversations.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from tenantry_common.events import ChatMessage
-from tenantry_common.tenancy import tenant_key
+from tenantry_common.tenancy import hashed_part, tenant_key
 
 KIND = "conversation"
 #: The most history sent with a question, newest turns first: a request must stay far below the
@@ -29,8 +28,7 @@ HISTORY_MAX_CHARS = 100_000
 
 def _key(tenant_id: uuid.UUID, subject: str, conversation_id: uuid.UUID) -> str:
     # The subject is hashed: it is a client id or an external user id, of any length.
-    owner = hashlib.sha256(subject.encode()).hexdigest()[:32]
-    return tenant_key(tenant_id, KIND, owner, str(conversation_id))
+    return tenant_key(tenant_id, KIND, hashed_part(subject), str(conversation_id))
 
 
 def tenant_pattern(tenant_id: uuid.UUID) -> str:
