@@ -17,7 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.harness import OFFLINE_MODEL, System, client_token
+from tests.e2e.harness import OFFLINE_MODEL, System, client_token, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -154,30 +154,23 @@ def test_the_end_user_a_request_names_is_in_the_tenants_audit_trail_and_usage(
         user=end_user,
     )
     http = httpx.Client(base_url=system.edge.url, timeout=30)
-    deadline = time.monotonic() + 60
-    while True:
-        r = http.get(
-            "/v1/audit/export",
-            params={"format": "jsonl"},
-            headers={"Authorization": f"Bearer {sdk.api_key}"},
-        )
+    admin = {"Authorization": f"Bearer {sdk.api_key}"}
+
+    def audited() -> list[dict[str, Any]]:
+        r = http.get("/v1/audit/export", params={"format": "jsonl"}, headers=admin)
         assert r.status_code == 200, r.text
         records = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-        named = [rec for rec in records if end_user in json.dumps(rec)]
-        if named:
-            break
-        assert time.monotonic() < deadline, "the end user never reached the audit trail"
-        time.sleep(0.5)
-    assert [rec["action"] for rec in named] == ["chat.completion"]
-    while True:
-        r = http.get("/v1/usage/end-users", headers={"Authorization": f"Bearer {sdk.api_key}"})
+        return [rec for rec in records if end_user in json.dumps(rec)]
+
+    def used() -> list[dict[str, Any]]:
+        r = http.get("/v1/usage/end-users", headers=admin)
         assert r.status_code == 200, r.text
-        used = [u for u in r.json()["end_users"] if u["end_user"] == end_user]
-        if used:
-            break
-        assert time.monotonic() < deadline, "the end user's usage was never recorded"
-        time.sleep(0.5)
-    [mine] = used
+        return [u for u in r.json()["end_users"] if u["end_user"] == end_user]
+
+    wait_until(audited, 60, "the end user in the audit trail")
+    assert [rec["action"] for rec in audited()] == ["chat.completion"]
+    wait_until(used, 60, "the end user's usage")
+    [mine] = used()
     assert mine["requests"] == 1
     assert mine["completion_tokens"] > 0
 
