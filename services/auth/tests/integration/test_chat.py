@@ -11,7 +11,7 @@ import pytest
 from auth_support import CITED, TEXT_ONLY_MODEL, bearer
 from tenantry_common.budget import BudgetStore
 from tenantry_common.events import ChatRequested, ContextRetrieved
-from tenantry_common.ids import derived_id
+from tenantry_common.ids import derived_id, utcnow
 from tenantry_common.redis import create_redis
 from tenantry_common.topics import CHAT_RESPONSES
 
@@ -509,10 +509,11 @@ async def test_openai_response_formats_reach_the_request_and_skip_the_cache(
 
 
 async def test_a_response_format_that_is_malformed_or_not_taken_is_refused_naming_it(
-    client, tenant, responder
+    client, tenant, responder, edge_settings
 ) -> None:
     """A malformed format, or a schema that is not a JSON Schema, is OpenAI's 400 naming the
-    field; a format the chosen model's server does not take is 400 ``unsupported_value``."""
+    field; a format the chosen model's server does not take is 400 ``unsupported_value``,
+    before anything is published or reserved."""
     member = bearer(tenant.member_token)
     malformed = [
         ({"type": "xml"}, "response_format"),
@@ -563,6 +564,12 @@ async def test_a_response_format_that_is_malformed_or_not_taken_is_refused_namin
     assert (error["param"], error["code"]) == ("response_format", "unsupported_value"), r.text
     assert TEXT_ONLY_MODEL in error["message"], r.text
     assert responder.for_tenant(tenant.tenant_id) == []  # none of them was published
+    redis = create_redis(edge_settings.redis_url)
+    try:
+        snap = await BudgetStore(redis).snapshot(tenant_id=tenant.tenant_id, day=utcnow().date())
+    finally:
+        await redis.aclose()
+    assert snap.tokens_reserved == 0
 
 
 async def test_the_end_user_a_request_names_travels_with_it_on_both_routes(
