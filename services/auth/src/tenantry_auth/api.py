@@ -201,9 +201,25 @@ class ClientCreated(ClientView):
     client_secret: str = Field(description="Shown once; stored only as a hash.")
 
 
+class TenantConfigView(TenantConfig):
+    """A tenant's configuration as the admin API shows it: every field, those at their "off"
+    value too (events leave ``end_user_rate_limit_per_minute`` out at 0, to stay version 1)."""
+
+    end_user_rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=TenantConfig.model_fields["end_user_rate_limit_per_minute"].description,
+    )
+
+
 class ConfigView(BaseModel):
     version: int
-    config: TenantConfig
+    config: TenantConfigView
+
+    @classmethod
+    def of(cls, config: TenantConfig, version: int) -> Self:
+        return cls(version=version, config=TenantConfigView.model_validate(config.model_dump()))
 
 
 class DocumentCreate(BaseModel):
@@ -875,7 +891,7 @@ def api_routes(
     async def get_config(principal: TenantAdmin) -> ConfigView:
         """The caller's tenant's current configuration."""
         config, version = await service.load_config(edge=edge, tenant_id=principal.tenant_id)
-        return ConfigView(version=version, config=config)
+        return ConfigView.of(config, version)
 
     @router.put(
         "/v1/config",
@@ -888,7 +904,7 @@ def api_routes(
         config, version = await service.update_config(
             edge=edge, tenant_id=principal.tenant_id, update=body, actor=principal.subject
         )
-        return ConfigView(version=version, config=config)
+        return ConfigView.of(config, version)
 
     # ----------------------------------------------------------------- documents
 

@@ -798,7 +798,9 @@ async def test_a_tenant_limits_each_end_user_within_its_own_rate(client, tenant,
 
     r = await client.put("/v1/config", json={"end_user_rate_limit_per_minute": 0}, headers=admin)
     assert r.status_code == 200, r.text
-    assert "end_user_rate_limit_per_minute" not in r.json()["config"]  # off: not written
+    assert r.json()["config"]["end_user_rate_limit_per_minute"] == 0  # off, and shown as such
+    shown = await client.get("/v1/config", headers=admin)
+    assert shown.json()["config"]["end_user_rate_limit_per_minute"] == 0
     assert (await ask("user-a")).status_code == 200
 
 
