@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The issue's targets, at the same concurrency (gateway mode: RAG off, every control on).
@@ -74,6 +74,11 @@ def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _speeds(speeds: Sequence[float] | None) -> str:
+    """The machine's yardstick before and after a point (older runs did not time it)."""
+    return " → ".join(f"{ms:.1f}" for ms in speeds) if speeds else "—"
+
+
 def _verdict(value: float | None, met: bool | None) -> str:
     if value is None:
         return "pending"
@@ -89,8 +94,8 @@ def markdown(points: Points, meta: Mapping[str, Any]) -> str:
         "",
         "| target | connections | ok req/s | p50 ms | p99 ms | errors | RSS after (MiB) "
         "| other targets' CPU (cores) | own CPU ms per request | Redis + Postgres CPU ms "
-        "per request |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "per request | yardstick ms before → after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in ("tenantry", "litellm", "portkey", "nginx"):
         for level, point in sorted(points.get(target, {}).items()):
@@ -101,7 +106,8 @@ def markdown(points: Points, meta: Mapping[str, Any]) -> str:
                 f"| {_num(point['p99_ms'], 2)} | {point['errors']} "
                 f"| {_num(point.get('rss_mb'))} | {_num(point.get('others_cpu_cores'), 2)} "
                 f"| {_num(cpu.get('own'), 3)} "
-                f"| {_num(sum(shared) if shared else None, 3)} |"
+                f"| {_num(sum(shared) if shared else None, 3)} "
+                f"| {_speeds(point.get('yardstick_ms'))} |"
             )
     by_process = {
         level: point["cpu_ms_per_request"]

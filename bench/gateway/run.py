@@ -45,6 +45,7 @@ import procs  # noqa: E402
 import report  # noqa: E402
 import tenantry  # noqa: E402
 import wrk  # noqa: E402
+import yardstick  # noqa: E402
 
 ROOT = HERE.parent.parent
 VAR = ROOT / "var" / "bench"
@@ -364,13 +365,17 @@ class Bench:
                 if name == "tenantry" and self.args.fresh_stack:
                     self.restart_tenantry(connections)
                 load_before = round(os.getloadavg()[0], 2)
+                speed_before = yardstick.yardstick_ms()
                 cpu_before = self.cpu_by_process(name)
                 others_before, started = self.others_cpu_s(name), time.monotonic()
                 result, raw = self.load(name, connections, self.args.duration)
                 others = (self.others_cpu_s(name) - others_before) / (time.monotonic() - started)
                 cpu_after = self.cpu_by_process(name)
+                speed_after = yardstick.yardstick_ms()
                 point = result.as_dict() | {
                     "loadavg_1m_before": load_before,
+                    # The machine's speed around the point (yardstick.py; lower is faster).
+                    "yardstick_ms": [speed_before, speed_after],
                     "others_cpu_cores": round(others, 3),
                     "cpu_ms_per_request": report.cpu_ms_per_request(
                         cpu_before,
@@ -393,7 +398,8 @@ class Bench:
                 log(
                     f"{name:9} c={connections:<4} ok {result.ok_rps:9.1f} req/s  "
                     f"p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  "
-                    f"errors {result.errors}  (load {load_before}, others {others:.2f} cores)"
+                    f"errors {result.errors}  (load {load_before}, others {others:.2f} cores, "
+                    f"yardstick {speed_before} → {speed_after} ms)"
                 )
 
     def write(self, started_at: str) -> Path:

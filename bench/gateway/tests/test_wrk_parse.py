@@ -141,7 +141,14 @@ def test_the_table_shows_what_other_targets_used_beside_each_point() -> None:
     points = {"tenantry": {50: _point(900.0, 30.0) | {"p50_ms": 20.0, "others_cpu_cores": 0.05}}}
     table = report.markdown(points, {})
     assert "| other targets' CPU (cores) |" in table
-    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | 0.05 | — | — |" in table
+    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | 0.05 | — | — | — |" in table
+
+
+def test_the_table_shows_the_machines_speed_around_each_point() -> None:
+    timed = _point(900.0, 30.0) | {"p50_ms": 20.0, "yardstick_ms": [22.64, 31.2]}
+    table = report.markdown({"tenantry": {50: timed}}, {})
+    assert "| yardstick ms before → after |" in table
+    assert "| — | — | — | — | 22.6 → 31.2 |" in table
 
 
 def test_cpu_per_request_splits_the_targets_own_processes_from_the_shared_servers() -> None:
@@ -173,7 +180,7 @@ def test_the_table_shows_cpu_per_request_and_tenantrys_by_process() -> None:
     }
     points = {"tenantry": {50: _point(900.0, 30.0) | {"p50_ms": 20.0, "cpu_ms_per_request": cpu}}}
     table = report.markdown(points, {})
-    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | — | 4.000 | 0.250 |" in table
+    assert "| tenantry | 50 | 900.0 | 20.00 | 30.00 | 0 | — | — | 4.000 | 0.250 | — |" in table
     assert "| connections | auth | inference | kafka | redis | postgres |" in table
     assert "| 50 | 1.000 | 2.500 | 0.500 | 0.200 | 0.050 |" in table
 
