@@ -141,6 +141,15 @@ def build_system(
             "context_window": 2048,
             "fallbacks": ["smollm2-135m"],
         },
+        # The local model with a window the catalogue overstates: a long prompt passes the
+        # platform's own checks and the model server refuses it (400 context_length_exceeded).
+        OVERSTATED_MODEL: {
+            "base_url": model_base_url,
+            "served_name": "smollm2-135m",
+            "input_price_micros_per_mtok": 50_000,
+            "output_price_micros_per_mtok": 100_000,
+            "context_window": 32_768,
+        },
     }
     common = {
         **os.environ,
@@ -174,6 +183,8 @@ def build_system(
 
 #: A catalogue model whose provider is down; the local model is its fallback.
 OFFLINE_MODEL = "offline-provider"
+#: The local model, catalogued with a larger window than its server has.
+OVERSTATED_MODEL = "smollm2-overstated"
 
 
 def wait_until(predicate: object, timeout_s: float, what: str) -> None:

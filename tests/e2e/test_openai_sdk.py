@@ -17,7 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.harness import OFFLINE_MODEL, System, client_token, wait_until
+from tests.e2e.harness import OFFLINE_MODEL, OVERSTATED_MODEL, System, client_token, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -48,7 +48,7 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
     r = http.put(
         "/v1/config",
         json={
-            "allowed_models": ["smollm2-135m", OFFLINE_MODEL],
+            "allowed_models": ["smollm2-135m", OFFLINE_MODEL, OVERSTATED_MODEL],
             "max_tokens_per_request": 24,
             "features": {
                 "rag": False,
@@ -65,7 +65,7 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
 
 def test_models_are_the_tenants_own(sdk: openai.OpenAI) -> None:
     models = [model.id for model in sdk.models.list()]
-    assert models == ["smollm2-135m", OFFLINE_MODEL]  # its default first
+    assert models == ["smollm2-135m", OFFLINE_MODEL, OVERSTATED_MODEL]  # its default first
     card = sdk.models.retrieve("smollm2-135m")
     assert (card.model_extra or {})["context_window"] == 2048
     assert (card.model_extra or {})["pricing"] == {
@@ -198,6 +198,33 @@ def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.
     )
     assert len(chunks) > 2
     assert {chunk.model for chunk in chunks} == {"smollm2-135m"}
+
+
+def test_a_request_the_model_server_refuses_as_invalid_is_a_400_not_retried(
+    sdk: openai.OpenAI,
+) -> None:
+    """The catalogue says the model's window is 32k tokens; its server has 2k and refuses a
+    3k-token prompt with a 400 (context_length_exceeded). The client gets a 400 it does not
+    retry (a 503 the SDKs retry twice), naming the server's code but not echoing its text."""
+    words = " ".join(f"w{i}" for i in range(4_000))  # ≈ 3 tokens each: over 2,048
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(
+            model=OVERSTATED_MODEL,
+            messages=[{"role": "user", "content": f"Count these: {words}"}],
+            max_tokens=8,
+        )
+    assert refused.value.code == "request_rejected"
+    message = refused.value.message
+    assert "rejected the request as invalid (HTTP 400: context_length_exceeded)" in message
+    assert "w3999" not in message
+    assert "maximum context length" not in message
+    # The same model answers a prompt its server can hold.
+    answer = sdk.chat.completions.create(
+        model=OVERSTATED_MODEL,
+        messages=[{"role": "user", "content": "Name one colour of the sea."}],
+        max_tokens=8,
+    )
+    assert answer.choices[0].message.content
 
 
 class Refund(BaseModel):

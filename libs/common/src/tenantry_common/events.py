@@ -429,15 +429,28 @@ class FailureReason(enum.StrEnum):
     LEAKAGE_BLOCKED = "leakage_blocked"
     TENANT_INACTIVE = "tenant_inactive"
     INTERNAL = "internal"
+    #: The model's provider refused the request itself as invalid (HTTP 400, 413 or 422: a
+    #: prompt over its limit, a parameter it does not take). Asking again, or a fallback, with
+    #: the same request would not help. Added in ``ChatFailed`` version 2.
+    REQUEST_REJECTED = "request_rejected"
 
 
 class ChatFailed(Event):
-    """A request could not be answered; ``message`` says why in words a user can read."""
+    """A request could not be answered; ``message`` says why in words a user can read.
+
+    Version 2 added the reason ``request_rejected``; a failure for any other reason is written
+    as version 1 (see ``Event.written_version``).
+    """
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     event_type: Literal["ChatFailed"] = "ChatFailed"
     request_id: uuid.UUID
     reason: FailureReason
     message: str
+
+    def written_version(self) -> int:
+        return 2 if self.reason is FailureReason.REQUEST_REJECTED else 1
 
 
 ChatResponseEvent = Annotated[

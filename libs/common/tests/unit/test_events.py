@@ -347,6 +347,23 @@ def test_a_piece_naming_no_model_is_version_1_and_a_fallbacks_version_2() -> Non
         ev.ChatDelta.model_validate(written | {"schema_version": 3})
 
 
+def test_a_failure_is_version_1_and_a_rejected_request_version_2() -> None:
+    """ChatFailed version 2 added the reason request_rejected: an edge that does not know it
+    refuses the event by its version instead of failing on an unknown reason."""
+    [failed] = [e for e in EXAMPLES if isinstance(e, ev.ChatFailed)]
+    assert failed.reason is not ev.FailureReason.REQUEST_REJECTED
+    assert json.loads(failed.model_dump_json())["schema_version"] == 1
+    rejected = ev.ChatFailed(
+        **failed.model_dump(exclude={"event_id", "schema_version", "reason"}),
+        reason=ev.FailureReason.REQUEST_REJECTED,
+    )
+    written = json.loads(rejected.model_dump_json())
+    assert (written["schema_version"], written["reason"]) == (2, "request_rejected")
+    assert ev.parse_event(rejected.model_dump_json().encode()) == rejected
+    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatFailed"):
+        ev.ChatFailed.model_validate(written | {"schema_version": 3})
+
+
 @pytest.mark.parametrize("kind", [ev.TenantConfigChanged, ev.TenantProvisioned])
 def test_a_config_limiting_its_end_users_is_written_as_version_2(
     kind: type[ev.TenantConfigChanged] | type[ev.TenantProvisioned],

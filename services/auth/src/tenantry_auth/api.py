@@ -595,6 +595,7 @@ _FAILURE_STATUS = {
     FailureReason.MODEL_TIMEOUT: 504,
     FailureReason.TENANT_INACTIVE: 403,
     FailureReason.MODEL_NOT_ALLOWED: 400,
+    FailureReason.REQUEST_REJECTED: 400,
     FailureReason.LEAKAGE_BLOCKED: 422,
     FailureReason.MODEL_UNAVAILABLE: 503,
     FailureReason.INTERNAL: 502,

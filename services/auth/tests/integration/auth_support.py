@@ -212,7 +212,8 @@ class Responder:
     every ContextRetrieved (what the edge sends in gateway mode) of a tenant ``onboard`` made
     (other packages' tests in the same session publish ContextRetrieved for real inference).
 
-    A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed;
+    A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed
+    (model_unavailable), ``[rejected]`` one for a request the provider refused as invalid;
     ``[length]`` an answer cut at its token limit.
     """
 
@@ -235,6 +236,11 @@ class Responder:
                 ),
                 partition,
             )
+            return
+        if "[rejected]" in request.question:
+            said = "the model rejected the request as invalid (HTTP 400: context_length_exceeded)"
+            failed = ChatFailed(**common, reason=FailureReason.REQUEST_REJECTED, message=said)
+            await send(self.producer, topic, failed, partition)
             return
         pieces = ["The answer ", "is ", "forty-two."]
         if request.stream:

@@ -173,6 +173,35 @@ async def test_failed_chat_is_reported_with_its_reason(client, tenant, responder
     assert r.json()["error"] == "model_unavailable"
 
 
+async def test_a_request_the_provider_rejected_is_a_400_on_both_routes(
+    client, tenant, responder
+) -> None:
+    """ChatFailed request_rejected: the request itself was invalid for the model, so the client
+    gets a 400 (which OpenAI's SDKs do not retry), not a 503 (which they retry twice)."""
+    said = "the model rejected the request as invalid (HTTP 400: context_length_exceeded)"
+    auth = bearer(tenant.member_token)
+    r = await client.post("/v1/chat", json={"question": "[rejected]"}, headers=auth)
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"], r.json()["detail"]) == ("request_rejected", said)
+    for stream in (False, True):
+        r = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "smollm2-135m",
+                "messages": [{"role": "user", "content": "[rejected]"}],
+                "stream": stream,
+            },
+            headers=auth,
+        )
+        assert r.status_code == 400, (stream, r.text)
+        error = r.json()["error"]
+        assert (error["type"], error["code"], error["message"]) == (
+            "invalid_request_error",
+            "request_rejected",
+            said,
+        )
+
+
 async def test_openai_compatible_completion_shape(client, tenant, responder) -> None:
     r = await client.post(
         "/v1/chat/completions",

@@ -14,6 +14,7 @@ CPU here (bench/README.md). Transport errors surface as ``httpx2`` exceptions ei
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,13 @@ from tenantry_common.settings import ModelSpec
 
 #: The SDK insists on a key; local OpenAI-compatible servers ignore it.
 _NO_KEY = "not-needed"
+
+#: A provider's answers that refuse the request itself (not the provider's state): too large,
+#: malformed, or a parameter it does not take. Not retried by the SDK; no fallback is asked.
+_REJECTED_STATUSES = frozenset({400, 413, 422})
+#: A provider's error code is passed on only when it is an identifier
+#: (``context_length_exceeded``), never free text, which may echo the prompt.
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class ModelCallError(Exception):
@@ -187,6 +195,8 @@ class ModelGateway:
             ) from exc
         except openai.APIStatusError as exc:
             # The provider's error text is not copied: it may echo parts of the prompt.
+            if exc.status_code in _REJECTED_STATUSES:
+                raise _rejected(model, exc) from exc
             raise ModelCallError(
                 FailureReason.MODEL_UNAVAILABLE,
                 f"the model {model} refused or failed the request (HTTP {exc.status_code})",
@@ -212,6 +222,17 @@ class ModelGateway:
         attempt = self.timeouts.get(model, self.timeout_s)
         whole = max(attempt, self.whole_answer_timeout_s or attempt)
         return httpx2.Timeout(attempt, read=whole)
+
+
+def _rejected(model: str, exc: openai.APIStatusError) -> ModelCallError:
+    """The provider refused the request itself: named with its status and, if it gave one that
+    is an identifier, its error code (its message is not copied)."""
+    code = exc.code if isinstance(exc.code, str) and _CODE.fullmatch(exc.code) else None
+    said = f"HTTP {exc.status_code}: {code}" if code else f"HTTP {exc.status_code}"
+    return ModelCallError(
+        FailureReason.REQUEST_REJECTED,
+        f"the model {model} rejected the request as invalid ({said})",
+    )
 
 
 def _whole_answer(completion: object, model: str) -> list[StreamPiece]:

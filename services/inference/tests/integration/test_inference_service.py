@@ -100,6 +100,9 @@ SCRIPTED_MODELS = {
     "scripted-small-window": "ok",
     "scripted-past-small-window": "always-500",
     "scripted-only-small-window": "always-500",
+    "scripted-rejects": "rejects-400",
+    "scripted-rejects-falls-back": "rejects-400",
+    "scripted-rejects-422": "rejects-422",
 }
 #: Context windows of the scripted models other than 2,048 tokens.
 SCRIPTED_WINDOWS = {"scripted-small-window": 256}
@@ -115,6 +118,7 @@ SCRIPTED_FALLBACKS = {
     "scripted-json-falls-back": ["scripted-text-only", "scripted-ok"],
     "scripted-past-small-window": ["scripted-small-window", "scripted-ok"],
     "scripted-only-small-window": ["scripted-small-window"],
+    "scripted-rejects-falls-back": ["scripted-ok"],
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -156,6 +160,17 @@ class ScriptedOpenAI:
             return JSONResponse({"error": {"message": "slow down"}}, 429, headers=fast_retry)
         if behaviour == "always-500":
             return JSONResponse({"error": {"message": "boom"}}, 500, headers=fast_retry)
+        if behaviour == "rejects-400":  # as OpenAI's API refuses a prompt over the window
+            error = {
+                "message": f"This model's maximum context length is 8 tokens: {question}",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+            return JSONResponse({"error": error}, 400, headers=fast_retry)
+        if behaviour == "rejects-422":  # a code that is free text is not passed on
+            error = {"message": "unprocessable", "code": f"bad input: {question}"}
+            return JSONResponse({"error": error}, 422, headers=fast_retry)
         if behaviour == "slow":
             await asyncio.sleep(2)
         if behaviour == HELD:
@@ -948,6 +963,33 @@ async def test_scripted_500s_until_the_retries_run_out_fail_clearly(
     (audit,) = await harness.audits(request.request_id)
     assert audit.status.value == "failure"
     assert audit.details["outcome"] == "model_unavailable"
+
+
+async def test_a_request_the_provider_rejects_as_invalid_fails_once_without_retry_or_fallback(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """A provider's 400 or 422 refuses the request itself: ChatFailed ``request_rejected``
+    (version 2; the edge's 400), after one call: no retry, and no fallback even where the
+    catalogue names one. The message names the status and an identifier-like code, never the
+    provider's text (which here echoes the question)."""
+    server, _ = scripted
+    cases = [
+        ("scripted-rejects", False, "(HTTP 400: context_length_exceeded)"),
+        ("scripted-rejects-falls-back", True, "(HTTP 400: context_length_exceeded)"),
+        ("scripted-rejects-422", False, "(HTTP 422)"),
+    ]
+    for model, stream, said in cases:
+        question, request, final = await ask_fresh(harness, model, "rejected", stream=stream)
+        assert isinstance(final, ChatFailed), final
+        assert (final.reason, final.schema_version) == (FailureReason.REQUEST_REJECTED, 2)
+        assert final.message == f"the model {model} rejected the request as invalid {said}"
+        assert question not in final.message
+        assert server.count(question) == 1, model  # neither retried nor handed on
+        (usage,) = await harness.usage(request.request_id)
+        assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
+        assert usage.reservation == request.reservation
+        (audit,) = await harness.audits(request.request_id)
+        assert audit.details["outcome"] == "request_rejected"
 
 
 async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
