@@ -261,6 +261,9 @@ MAX_END_USER_CHARS = 256
 #: The longest message a chat request's history may carry.
 MAX_MESSAGE_CHARS = 32_000
 
+#: The longest question (the last user message) a chat request may carry.
+MAX_QUESTION_CHARS = 16_000
+
 
 class ChatMessage(Contract):
     role: Literal["system", "user", "assistant"]
@@ -318,7 +321,7 @@ class _ChatRequestFields(Event):
         exclude_if=lambda end_user: end_user is None,
     )
     conversation_id: uuid.UUID | None = None
-    question: str = Field(min_length=1, max_length=16_000)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     history: list[ChatMessage] = Field(default_factory=list, max_length=100)
     stream: bool = False
     reply_to: ReplyTo

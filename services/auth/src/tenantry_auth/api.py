@@ -34,6 +34,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -42,6 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry_common.auth import EDGE_ISSUER, Principal, Role, TokenVerifier, principal_dependency
 from tenantry_common.events import (
     MAX_END_USER_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_QUESTION_CHARS,
     AuditStatus,
     AuditType,
     ChatCompleted,
@@ -274,7 +277,7 @@ EndUser = Annotated[
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=16_000)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     conversation_id: uuid.UUID | None = Field(
         default=None,
         description="A UUID of the caller's choosing: the conversation's earlier turns (kept by "
@@ -308,13 +311,14 @@ class TextPart(BaseModel):
     """A text part of a message's content, as OpenAI's newer clients send it."""
 
     type: Literal["text"]
-    text: str = Field(max_length=32_000)
+    text: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class OpenAIMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: (
-        Annotated[str, Field(max_length=32_000)] | Annotated[list[TextPart], Field(max_length=100)]
+        Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+        | Annotated[list[TextPart], Field(max_length=100)]
     )
 
     @property
@@ -323,6 +327,14 @@ class OpenAIMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "\n\n".join(part.text for part in self.content)
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> Self:
+        if isinstance(self.content, list) and (size := len(self.text)) > MAX_MESSAGE_CHARS:
+            raise ValueError(
+                f"the content's parts come to {size:,} characters; at most {MAX_MESSAGE_CHARS:,}"
+            )
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -1229,7 +1241,25 @@ def api_routes(
         if not user_turns or not body.messages[user_turns[-1]].text.strip():
             return _openai_error("the last user message is missing or empty", 400, param="messages")
         last = user_turns[-1]
-        question = body.messages[last].text[:16_000]
+        if last != len(body.messages) - 1:
+            # An assistant prefill or a trailing system message: the platform asks the model
+            # one question with the messages before it, so it would be dropped.
+            return _openai_error(
+                "the messages must end with a user message (the question); a message after it "
+                f"({body.messages[-1].role}) is not supported",
+                400,
+                code="unsupported_value",
+                param=f"messages.{last + 1}",
+            )
+        question = body.messages[last].text
+        if len(question) > MAX_QUESTION_CHARS:
+            return _openai_error(
+                f"the last user message has {len(question):,} characters; "
+                f"at most {MAX_QUESTION_CHARS:,} are supported",
+                400,
+                code="string_above_max_length",
+                param=f"messages.{last}.content",
+            )
         history = [ChatMessage(role=m.role, content=m.text) for m in body.messages[:last]]
         stream = wants_stream(request, body.stream)
         deadline = settings.chat_deadline_s

@@ -378,6 +378,58 @@ async def test_openai_routes_answer_every_refusal_in_openais_error_shape(client,
     assert "detail" in r.json()
 
 
+async def test_openai_messages_the_platform_cannot_take_whole_are_400s_not_cut_or_dropped(
+    client, tenant, responder
+) -> None:
+    """The question (the last user message) may take 16,000 characters and any message 32,000,
+    its parts joined, and nothing may follow the question: otherwise a 400 naming the message.
+    Before, a longer question was cut without a word, a message of long parts failed as a 500
+    and messages after the question were dropped."""
+    member = bearer(tenant.member_token)
+    long_question = {"messages": [{"role": "user", "content": "x" * 16_001}]}
+    r = await client.post("/v1/chat/completions", json=long_question, headers=member)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("messages.0.content", "string_above_max_length")
+    assert "16,001 characters; at most 16,000" in error["message"]
+
+    parts = [{"type": "text", "text": "y" * 20_000}] * 2
+    body = {
+        "messages": [
+            {"role": "user", "content": parts},
+            {"role": "assistant", "content": "noted"},
+            {"role": "user", "content": "and now?"},
+        ]
+    }
+    r = await client.post("/v1/chat/completions", json=body, headers=member)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "messages.0", r.text
+    assert "40,002 characters; at most 32,000" in error["message"]
+
+    # A message after the question (an assistant prefill) would be dropped: refused.
+    prefill = {
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "The colour is"},
+        ]
+    }
+    r = await client.post("/v1/chat/completions", json=prefill, headers=member)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("messages.1", "unsupported_value")
+    assert "must end with a user message" in error["message"]
+
+    # At the limits, both are taken whole.
+    body["messages"][0]["content"] = [{"type": "text", "text": "y" * 15_999}] * 2  # 32,000
+    body["messages"][-1]["content"] = "z" * 16_000
+    r = await client.post("/v1/chat/completions", json=body, headers=member)
+    assert r.status_code == 200, r.text
+    request = responder.requests[-1]
+    assert request.question == "z" * 16_000
+    assert len(request.history[0].content) == 32_000
+
+
 async def test_openai_stream_with_include_usage_ends_with_a_usage_chunk(
     client, tenant, responder
 ) -> None:
