@@ -37,6 +37,9 @@ _NO_KEY = "not-needed"
 #: A provider's answers that refuse the request itself (not the provider's state): too large,
 #: malformed, or a parameter it does not take. Not retried by the SDK; no fallback is asked.
 _REJECTED_STATUSES = frozenset({400, 413, 422})
+#: Error codes some servers send with a 400 that are about the provider, not the request:
+#: llama-cpp-python's for a model file it cannot find (OpenAI's API sends a 404).
+_NOT_THE_REQUEST = frozenset({"model_not_found"})
 #: A provider's error code is passed on only when it is an identifier
 #: (``context_length_exceeded``), never free text, which may echo the prompt.
 _CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
@@ -195,7 +198,7 @@ class ModelGateway:
             ) from exc
         except openai.APIStatusError as exc:
             # The provider's error text is not copied: it may echo parts of the prompt.
-            if exc.status_code in _REJECTED_STATUSES:
+            if exc.status_code in _REJECTED_STATUSES and exc.code not in _NOT_THE_REQUEST:
                 raise _rejected(model, exc) from exc
             raise ModelCallError(
                 FailureReason.MODEL_UNAVAILABLE,

@@ -103,6 +103,7 @@ SCRIPTED_MODELS = {
     "scripted-rejects": "rejects-400",
     "scripted-rejects-falls-back": "rejects-400",
     "scripted-rejects-422": "rejects-422",
+    "scripted-missing-model": "model-not-found",
 }
 #: Context windows of the scripted models other than 2,048 tokens.
 SCRIPTED_WINDOWS = {"scripted-small-window": 256}
@@ -119,6 +120,7 @@ SCRIPTED_FALLBACKS = {
     "scripted-past-small-window": ["scripted-small-window", "scripted-ok"],
     "scripted-only-small-window": ["scripted-small-window"],
     "scripted-rejects-falls-back": ["scripted-ok"],
+    "scripted-missing-model": ["scripted-ok"],
 }
 #: Served name of the scripted behaviour that holds its answer until the test releases it.
 HELD = "held-until-released"
@@ -167,6 +169,9 @@ class ScriptedOpenAI:
                 "param": "messages",
                 "code": "context_length_exceeded",
             }
+            return JSONResponse({"error": error}, 400, headers=fast_retry)
+        if behaviour == "model-not-found":  # llama-cpp-python's 400 for a missing model file
+            error = {"message": "The model `x.gguf` does not exist", "code": "model_not_found"}
             return JSONResponse({"error": error}, 400, headers=fast_retry)
         if behaviour == "rejects-422":  # a code that is free text is not passed on
             error = {"message": "unprocessable", "code": f"bad input: {question}"}
@@ -990,6 +995,12 @@ async def test_a_request_the_provider_rejects_as_invalid_fails_once_without_retr
         assert usage.reservation == request.reservation
         (audit,) = await harness.audits(request.request_id)
         assert audit.details["outcome"] == "request_rejected"
+    # A 400 about the provider rather than the request (a server missing its model file) is
+    # the model being unavailable: its fallback answers.
+    question, _, final = await ask_fresh(harness, "scripted-missing-model", "no model file")
+    assert isinstance(final, ChatCompleted), final
+    assert final.model == "scripted-ok"
+    assert server.count(question) == 2
 
 
 async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
