@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,8 +20,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from tenantry_common.events import ChatCompleted, ChatDelta, ChatFailed, ChatResponseEvent
+from tenantry_common.events import (
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    ChatResponseEvent,
+    FailureReason,
+)
 from tenantry_common.fetchwait import FetchWait
+from tenantry_common.ids import PLATFORM_TENANT_ID
 from tenantry_common.topics import CHAT_RESPONSES
 
 log = logging.getLogger("tenantry.auth.replies")
@@ -39,6 +47,23 @@ return 0
 """
 
 Final = ChatCompleted | ChatFailed
+
+
+def _ids_of(raw: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """The request and tenant ids an unreadable response names, where it names them."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    ids: list[uuid.UUID | None] = []
+    for name in ("request_id", "tenant_id"):
+        try:
+            ids.append(uuid.UUID(str(data.get(name))))
+        except ValueError:
+            ids.append(None)
+    return ids[0], ids[1]
 
 
 class NoReplyPartition(Exception):
@@ -240,12 +265,39 @@ class ReplyRouter:
             return
         try:
             event = _RESPONSE.validate_json(raw)
-        except ValidationError:
-            log.warning("unreadable chat response ignored")
+        except ValidationError as exc:
+            self._unreadable(raw, exc)
             return
         pending = self._pending.get(event.request_id)
         if pending is not None:
             pending.offer(event)
+
+    def _unreadable(self, raw: bytes, exc: ValidationError) -> None:
+        """A response this replica cannot read (a contract version it does not know yet, or a
+        malformed record; retrieval's cache filler dead-letters it). A request waiting for it
+        fails now instead of at its deadline: its answer would never be read."""
+        request_id, tenant_id = _ids_of(raw)
+        pending = self._pending.get(request_id) if request_id is not None else None
+        # Where and what kind, never the values (they may hold the answer's text).
+        problems = sorted({f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors()})
+        log.warning(
+            "unreadable chat response",
+            extra={
+                "request_id": str(request_id) if request_id else None,
+                "waiting": pending is not None,
+                "problems": problems[:5],
+            },
+        )
+        if pending is not None and request_id is not None:
+            pending.offer(
+                ChatFailed(
+                    tenant_id=tenant_id or PLATFORM_TENANT_ID,
+                    request_id=request_id,
+                    reason=FailureReason.INTERNAL,
+                    message="the answer to this request could not be read by the edge (an "
+                    "event it does not understand); it was not delivered",
+                )
+            )
 
     def reply_partition(self) -> int:
         """The partition answers must be sent to, or ``NoReplyPartition``."""

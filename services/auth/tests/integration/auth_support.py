@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -213,7 +214,8 @@ class Responder:
     (other packages' tests in the same session publish ContextRetrieved for real inference).
 
     A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed
-    (model_unavailable), ``[rejected]`` one for a request the provider refused as invalid;
+    (model_unavailable), ``[rejected]`` one for a request the provider refused as invalid,
+    ``[unreadable]`` one of a contract version the edge does not know;
     ``[length]`` an answer cut at its token limit.
     """
 
@@ -235,6 +237,16 @@ class Responder:
                     **common, reason=FailureReason.MODEL_UNAVAILABLE, message="model is down"
                 ),
                 partition,
+            )
+            return
+        if "[unreadable]" in request.question:  # a final answer of a version the edge lacks
+            failed = ChatFailed(**common, reason=FailureReason.INTERNAL, message="from the future")
+            raw = json.loads(failed.model_dump_json()) | {"schema_version": 99}
+            await self.producer.send_and_wait(
+                topic,
+                json.dumps(raw).encode(),
+                key=str(request.tenant_id).encode(),
+                partition=partition,
             )
             return
         if "[rejected]" in request.question:

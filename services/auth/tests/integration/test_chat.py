@@ -202,6 +202,26 @@ async def test_a_request_the_provider_rejected_is_a_400_on_both_routes(
         )
 
 
+async def test_an_answer_the_edge_cannot_read_fails_the_request_at_once(
+    client, tenant, responder
+) -> None:
+    """A final answer of a contract version this edge does not know (a rolling upgrade in the
+    wrong order) ends the request it names with a 502 when it arrives. Before, it was ignored
+    and the client waited for its deadline (504)."""
+    auth = bearer(tenant.member_token)
+    r = await client.post("/v1/chat", json={"question": "[unreadable]"}, headers=auth)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"] == "internal"
+    assert "could not be read by the edge" in r.json()["detail"]
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "[unreadable]"}], "stream": True},
+        headers=auth,
+    )
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["code"] == "internal"
+
+
 async def test_openai_compatible_completion_shape(client, tenant, responder) -> None:
     r = await client.post(
         "/v1/chat/completions",
