@@ -53,7 +53,7 @@ def _ids_of(raw: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     """The request and tenant ids an unreadable response names, where it names them."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None, None
     if not isinstance(data, dict):
         return None, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -21,7 +22,14 @@ from tenantry_auth.service import (
     estimate_prompt_tokens,
     merged_config,
 )
-from tenantry_common.events import ChatCompleted, ChatDelta, Tier, TokenUsage
+from tenantry_common.events import (
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    FailureReason,
+    Tier,
+    TokenUsage,
+)
 from tenantry_common.ids import PLATFORM_TENANT_ID
 
 pytestmark = pytest.mark.unit
@@ -154,3 +162,29 @@ def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() ->
     assert router.fetch_wait.busy(), "and they stay short until it is answered or given up"
     router.forget(request)
     assert not router.fetch_wait.busy()
+
+
+async def test_reply_reader_fails_a_waiting_request_whose_answer_it_cannot_read() -> None:
+    """Records it cannot read are skipped without stopping the reader (garbage, nesting past
+    the parser's depth, ids that are not UUIDs); one that names a waiting request ends it."""
+    router = ReplyRouter(
+        redis=_NoRedis(),  # type: ignore[arg-type]
+        bootstrap_servers="unused:9092",
+        namespace="test",
+        lease_ttl_s=10,
+        fetch_max_wait_ms=3,
+        idle_fetch_max_wait_ms=50,
+    )
+    request, tenant = uuid.uuid4(), uuid.uuid4()
+    pending = router.register(request)
+    for raw in (b"\xff not json", b"[" * 100_000, b"[1]", b'{"request_id": 7}'):
+        router._dispatch(raw)
+    assert pending.queue.empty()
+    future = {"event_type": "ChatFailed", "schema_version": 99}
+    router._dispatch(
+        json.dumps(future | {"request_id": str(request), "tenant_id": str(tenant)}).encode()
+    )
+    (final,) = [e async for e in pending.events(timeout_s=1)]
+    assert isinstance(final, ChatFailed)
+    assert (final.request_id, final.tenant_id) == (request, tenant)
+    assert final.reason is FailureReason.INTERNAL
