@@ -274,8 +274,8 @@ class ReplyRouter:
 
     def _unreadable(self, raw: bytes, exc: ValidationError) -> None:
         """A response this replica cannot read (a contract version it does not know yet, or a
-        malformed record; retrieval's cache filler dead-letters it). A request waiting for it
-        fails now instead of at its deadline: its answer would never be read."""
+        malformed record; it stays on the topic). A request waiting for it fails now instead
+        of at its deadline: its answer would never be read."""
         request_id, tenant_id = _ids_of(raw)
         pending = self._pending.get(request_id) if request_id is not None else None
         # Where and what kind, never the values (they may hold the answer's text).
