@@ -995,8 +995,14 @@ async def test_a_request_the_provider_rejects_as_invalid_fails_once_without_retr
         assert usage.reservation == request.reservation
         (audit,) = await harness.audits(request.request_id)
         assert audit.details["outcome"] == "request_rejected"
-    # A 400 about the provider rather than the request (a server missing its model file) is
-    # the model being unavailable: its fallback answers.
+
+
+async def test_a_400_about_the_provider_not_the_request_is_answered_by_the_fallback(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """llama-cpp-python answers a missing model file with a 400 ``model_not_found``: the model
+    is unavailable (an operator's problem), so its catalogue fallback answers."""
+    server, _ = scripted
     question, _, final = await ask_fresh(harness, "scripted-missing-model", "no model file")
     assert isinstance(final, ChatCompleted), final
     assert final.model == "scripted-ok"
