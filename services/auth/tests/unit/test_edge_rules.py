@@ -144,8 +144,9 @@ class _NoRedis:
         return object()
 
 
-def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() -> None:
-    router = ReplyRouter(
+def _router() -> ReplyRouter:
+    """A reply router that is never started (no broker, no Redis)."""
+    return ReplyRouter(
         redis=_NoRedis(),  # type: ignore[arg-type]
         bootstrap_servers="unused:9092",
         namespace="test",
@@ -153,6 +154,10 @@ def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() ->
         fetch_max_wait_ms=3,
         idle_fetch_max_wait_ms=50,
     )
+
+
+def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() -> None:
+    router = _router()
     assert router.fetch_wait.adaptive
     assert not router.fetch_wait.busy()
     router.fetch_wait.idle = True  # as after a quiet spell
@@ -167,14 +172,7 @@ def test_reply_reader_keeps_short_fetches_while_a_request_awaits_its_answer() ->
 async def test_reply_reader_fails_a_waiting_request_whose_answer_it_cannot_read() -> None:
     """Records it cannot read are skipped without stopping the reader (garbage, nesting past
     the parser's depth, ids that are not UUIDs); one that names a waiting request ends it."""
-    router = ReplyRouter(
-        redis=_NoRedis(),  # type: ignore[arg-type]
-        bootstrap_servers="unused:9092",
-        namespace="test",
-        lease_ttl_s=10,
-        fetch_max_wait_ms=3,
-        idle_fetch_max_wait_ms=50,
-    )
+    router = _router()
     request, tenant = uuid.uuid4(), uuid.uuid4()
     pending = router.register(request)
     for raw in (b"\xff not json", b"[" * 100_000, b"[1]", b'{"request_id": 7}'):
