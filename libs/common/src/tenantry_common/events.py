@@ -113,6 +113,20 @@ class FeatureFlags(Contract):
     fine_tuning: bool = False
 
 
+#: A tenant's rate per end user (``TenantConfig.end_user_rate_limit_per_minute``), as events
+#: and the admin API's view of a config both declare it.
+EndUserRateLimit = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=1_000_000,
+        description="Chat requests per minute each end user a request names (OpenAI's `user`) "
+        "may make, within the tenant's own rate; 0: no such limit. Written only when set "
+        "(config events version 2).",
+    ),
+]
+
+
 class TenantConfig(Contract):
     """A tenant's whole configuration, as the edge validated and versioned it."""
 
@@ -126,14 +140,8 @@ class TenantConfig(Contract):
     custom_instructions: str = Field(default="", max_length=4_000)
     features: FeatureFlags = Field(default_factory=FeatureFlags)
     rate_limit_per_minute: int = Field(ge=1, le=1_000_000)
-    end_user_rate_limit_per_minute: int = Field(
-        default=0,
-        ge=0,
-        le=1_000_000,
-        description="Chat requests per minute each end user a request names (OpenAI's `user`) "
-        "may make, within the tenant's own rate; 0: no such limit. Written only when set "
-        "(config events version 2).",
-        exclude_if=lambda limit: limit == 0,
+    end_user_rate_limit_per_minute: EndUserRateLimit = Field(
+        default=0, exclude_if=lambda limit: limit == 0
     )
     daily_token_budget: int = Field(ge=0)
     monthly_spend_budget_micros: int = Field(

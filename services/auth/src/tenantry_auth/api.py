@@ -52,6 +52,7 @@ from tenantry_common.events import (
     ChatFailed,
     ChatMessage,
     Citation,
+    EndUserRateLimit,
     FailureReason,
     FinishReason,
     ResponseFormat,
@@ -208,12 +209,7 @@ class TenantConfigView(TenantConfig):
     """A tenant's configuration as the admin API shows it: every field, those at their "off"
     value too (events leave ``end_user_rate_limit_per_minute`` out at 0, to stay version 1)."""
 
-    end_user_rate_limit_per_minute: int = Field(
-        default=0,
-        ge=0,
-        le=1_000_000,
-        description=TenantConfig.model_fields["end_user_rate_limit_per_minute"].description,
-    )
+    end_user_rate_limit_per_minute: EndUserRateLimit = 0
 
 
 class ConfigView(BaseModel):
