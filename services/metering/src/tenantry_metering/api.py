@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Annotated, Literal
 
@@ -163,31 +163,32 @@ CSV_COLUMNS = (
 )
 
 
+def _csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    """A header and one line per row, every cell neutralised."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for values in rows:
+        writer.writerow([neutralise(values[c]) for c in columns])
+    return out.getvalue()
+
+
 def report_csv(report: UsageReport) -> str:
     """One CSV line per period and model, with its period's budget columns."""
     by_period = {p.period: p for p in report.periods}
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for line in report.lines:
-        summary = by_period[line.period]
-        values = line.model_dump() | {
-            k: getattr(summary, k)
-            for k in ("budget_kind", "budget_limit", "budget_used", "percent_used", "remaining")
-        }
-        writer.writerow([neutralise(values[c]) for c in CSV_COLUMNS])
-    return out.getvalue()
+    budget = ("budget_kind", "budget_limit", "budget_used", "percent_used", "remaining")
+    return _csv(
+        CSV_COLUMNS,
+        (
+            line.model_dump() | {k: getattr(by_period[line.period], k) for k in budget}
+            for line in report.lines
+        ),
+    )
 
 
 def end_user_csv(report: EndUserReport) -> str:
     """One CSV line per end user (names a spreadsheet would run neutralised)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(END_USER_CSV_COLUMNS)
-    for line in report.end_users:
-        values = line.model_dump()
-        writer.writerow([neutralise(values[c]) for c in END_USER_CSV_COLUMNS])
-    return out.getvalue()
+    return _csv(END_USER_CSV_COLUMNS, (line.model_dump() for line in report.end_users))
 
 
 def _respond(
