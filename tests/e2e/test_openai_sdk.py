@@ -200,12 +200,13 @@ def test_a_model_whose_provider_is_down_is_answered_by_its_fallback(sdk: openai.
     assert {chunk.model for chunk in chunks} == {"smollm2-135m"}
 
 
-def test_a_request_the_model_server_refuses_as_invalid_is_a_400_not_retried(
+def test_a_request_the_model_server_refuses_as_invalid_reaches_the_sdk_as_a_400(
     sdk: openai.OpenAI,
 ) -> None:
     """The catalogue says the model's window is 32k tokens; its server has 2k and refuses a
-    4k-token prompt with a 400 (context_length_exceeded). The client gets a 400 it does not
-    retry (a 503 the SDKs retry twice), naming the server's code but not echoing its text."""
+    prompt of ≈ 3,900 tokens with a 400 (context_length_exceeded). The client gets a 400
+    (which the SDKs do not retry, where they retry a 503 twice), naming the server's code but
+    not echoing its text."""
     # ≈ 5,000 characters (within the edge's 16,000 for a question), ≈ 3,900 tokens: the
     # tokenizer splits digits one by one.
     words = " ".join(f"w{i}" for i in range(1_000))
