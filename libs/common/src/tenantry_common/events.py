@@ -110,7 +110,11 @@ class FeatureFlags(Contract):
     rag: bool = True
     streaming: bool = True
     semantic_cache: bool = True
-    fine_tuning: bool = False
+    fine_tuning: bool = Field(
+        default=False,
+        description="The tenant may use its own models (fine-tuned ones the catalogue names it "
+        "the owner of); enterprise tier only.",
+    )
 
 
 #: A tenant's rate per end user (``TenantConfig.end_user_rate_limit_per_minute``), as events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -63,6 +64,21 @@ class ModelSpec(BaseModel):
         "'json_object' JSON mode only; 'text' neither. The edge refuses a request for a format "
         "its model does not take, and inference asks no fallback that does not take it.",
     )
+    owner: uuid.UUID | None = Field(
+        default=None,
+        description="The tenant whose own model this is (one fine-tuned on its data, say): only "
+        "that tenant may allow and call it, and only with its fine_tuning feature on; to every "
+        "other tenant it is not in the catalogue. Absent: a model any tenant may be allowed.",
+    )
+
+    def visible_to(self, tenant_id: uuid.UUID) -> bool:
+        """Whether a tenant may know of this model: a shared one, or its own."""
+        return self.owner is None or self.owner == tenant_id
+
+    def serves(self, tenant_id: uuid.UUID, *, fine_tuning: bool) -> bool:
+        """Whether a tenant may use this model: a shared one; its own while its fine_tuning
+        feature is on."""
+        return self.owner is None or (self.owner == tenant_id and fine_tuning)
 
     @property
     def answer_formats(self) -> list[str]:
@@ -196,6 +212,14 @@ class CommonSettings(BaseSettings):
                     raise ValueError(
                         f"model {name!r}: fallback {fallback!r} must be another catalogue model"
                     )
+                if models[fallback].owner not in (None, spec.owner):
+                    # A tenant's own model would answer (and be named to) other tenants.
+                    raise ValueError(
+                        f"model {name!r}: fallback {fallback!r} is one tenant's own model; a "
+                        "fallback must be shared, or the same tenant's"
+                    )
+        if models and all(spec.owner is not None for spec in models.values()):
+            raise ValueError("the catalogue needs a shared model (no owner) for new tenants")
         return models
 
     def model_api_key(self, model: str) -> str | None:

@@ -1,9 +1,10 @@
-"""The model catalogue's settings: fallbacks name other catalogue models; response formats go
-to each model's server as it takes them."""
+"""The model catalogue's settings: fallbacks name other catalogue models; a tenant's own model
+serves only that tenant; response formats go to each model's server as it takes them."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from pydantic import ValidationError
@@ -37,6 +38,46 @@ def test_a_fallback_to_another_catalogue_model_is_kept(monkeypatch: pytest.Monke
 def test_a_fallback_to_itself_or_outside_the_catalogue_is_refused(fallback: str) -> None:
     with pytest.raises(ValidationError, match=f"fallback '{fallback}' must be another"):
         CommonSettings(models={"primary": _spec(fallbacks=[fallback])})
+
+
+ACME, GLOBEX = uuid.uuid4(), uuid.uuid4()
+
+
+def test_a_tenants_own_model_serves_only_it_and_only_with_fine_tuning_on() -> None:
+    own, shared = _spec(owner=str(ACME)), _spec()
+    assert own.visible_to(ACME)
+    assert not own.visible_to(GLOBEX)
+    assert own.serves(ACME, fine_tuning=True)
+    assert not own.serves(ACME, fine_tuning=False)
+    assert not own.serves(GLOBEX, fine_tuning=True)
+    assert shared.visible_to(GLOBEX)
+    assert shared.serves(GLOBEX, fine_tuning=False)
+
+
+def test_a_fallback_may_be_shared_or_the_same_tenants_own() -> None:
+    models = {
+        "shared": _spec(),
+        "acme-1": _spec(owner=str(ACME), fallbacks=["acme-2", "shared"]),
+        "acme-2": _spec(owner=str(ACME)),
+    }
+    assert CommonSettings(models=models).models["acme-1"].fallbacks == ["acme-2", "shared"]
+
+
+@pytest.mark.parametrize("owner", [None, GLOBEX])
+def test_a_fallback_to_another_tenants_own_model_is_refused(owner: uuid.UUID | None) -> None:
+    # It would answer other tenants, and be named to them.
+    models = {
+        "shared": _spec(),
+        "primary": _spec(owner=owner, fallbacks=["acme"]),
+        "acme": _spec(owner=str(ACME)),
+    }
+    with pytest.raises(ValidationError, match="fallback 'acme' is one tenant's own model"):
+        CommonSettings(models=models)
+
+
+def test_a_catalogue_of_tenants_own_models_only_is_refused() -> None:
+    with pytest.raises(ValidationError, match="needs a shared model"):
+        CommonSettings(models={"acme": _spec(owner=str(ACME))})
 
 
 def test_at_most_three_fallbacks() -> None:

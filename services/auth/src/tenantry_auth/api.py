@@ -494,7 +494,10 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default=0, description="Not tracked: always 0.")
-    owned_by: str = "tenantry"
+    owned_by: str = Field(
+        default="tenantry",
+        description="'tenantry' for a shared model; the tenant's id for its own (fine-tuned) one.",
+    )
     context_window: int = Field(description="Prompt and answer together, in tokens.")
     pricing: ModelPricing
     response_formats: list[str] = Field(
@@ -506,6 +509,7 @@ class ModelCard(BaseModel):
     def of(cls, model: str, spec: ModelSpec) -> Self:
         return cls(
             id=model,
+            owned_by=str(spec.owner) if spec.owner is not None else "tenantry",
             context_window=spec.context_window,
             response_formats=spec.answer_formats,
             pricing=ModelPricing(
@@ -522,6 +526,9 @@ class CatalogueEntry(ModelCard):
     served_name: str | None
     api_key_env: str | None = Field(description="The environment variable inference reads.")
     fallbacks: list[str]
+    owner: uuid.UUID | None = Field(
+        description="The tenant whose own model this is (only it may use it); null: shared."
+    )
 
     @classmethod
     def of(cls, model: str, spec: ModelSpec) -> Self:
@@ -532,6 +539,7 @@ class CatalogueEntry(ModelCard):
             served_name=spec.served_name,
             api_key_env=spec.api_key_env,
             fallbacks=spec.fallbacks,
+            owner=spec.owner,
         )
 
 
@@ -1362,10 +1370,7 @@ def api_routes(
             tenant_id=principal.tenant_id,
             recorded_config_version=access.config_version,
         )
-        catalogue = settings.models
-        return ModelList(
-            data=[ModelCard.of(model, catalogue[model]) for model in models if model in catalogue]
-        )
+        return ModelList(data=[ModelCard.of(model, settings.models[model]) for model in models])
 
     @router.get(
         "/v1/models/{model_id:path}",
@@ -1380,7 +1385,7 @@ def api_routes(
             tenant_id=principal.tenant_id,
             recorded_config_version=access.config_version,
         )
-        if model_id not in models or model_id not in settings.models:
+        if model_id not in models:
             raise service.ModelNotAllowed(
                 f"model {model_id!r} does not exist or this tenant may not use it"
             )

@@ -187,7 +187,9 @@ DEFAULT_TEMPLATE = (
 
 
 def default_model(settings: Settings) -> str:
-    return LOCAL_MODEL if LOCAL_MODEL in settings.models else next(iter(settings.models))
+    """A new tenant's model: the local one if catalogued, else the first shared one."""
+    shared = [name for name, spec in settings.models.items() if spec.owner is None]
+    return LOCAL_MODEL if LOCAL_MODEL in shared else shared[0]
 
 
 def default_config(*, name: str, tier: Tier, settings: Settings) -> TenantConfig:
@@ -226,11 +228,20 @@ def check_template(template: str) -> None:
         raise Invalid("system_prompt_template has an unbalanced '{{' or '}}'")
 
 
-def check_config(config: TenantConfig, settings: Settings) -> None:
-    """Platform rules on top of the contract: catalogue, cache floor, template, tier caps."""
-    unknown = sorted(m for m in {config.model, *config.allowed_models} if m not in settings.models)
-    if unknown:
-        raise Invalid(f"model(s) {unknown} are not in the catalogue {sorted(settings.models)}")
+def check_config(config: TenantConfig, settings: Settings, *, tenant_id: uuid.UUID) -> None:
+    """Platform rules on top of the contract: catalogue, the tenant's own models, cache floor,
+    template, tier caps."""
+    visible = {m: spec for m, spec in settings.models.items() if spec.visible_to(tenant_id)}
+    named = {config.model, *config.allowed_models}
+    # Another tenant's own model is "not in the catalogue", as for a name that is nowhere: a
+    # tenant learns neither that it exists nor whose it is.
+    if unknown := sorted(named - visible.keys()):
+        raise Invalid(f"model(s) {unknown} are not in the catalogue {sorted(visible)}")
+    if config.features.fine_tuning and config.tier is not Tier.ENTERPRISE:
+        raise Invalid("features.fine_tuning (the tenant's own models) is for the enterprise tier")
+    own = sorted(m for m in named if visible[m].owner is not None)
+    if own and not config.features.fine_tuning:
+        raise Invalid(f"model(s) {own} are this tenant's own: they need features.fine_tuning on")
     if config.cache_similarity_threshold < settings.cache_similarity_floor:
         raise Invalid(
             f"cache_similarity_threshold may not be below the platform floor "
@@ -743,7 +754,7 @@ async def update_config(
                     f"the configuration is at version {version}, not {update.expected_version}"
                 )
             config = merged_config(current, update)
-            check_config(config, edge.settings)
+            check_config(config, edge.settings, tenant_id=tenant_id)
             new_version = version + 1
             changed = sorted(
                 name
@@ -954,12 +965,19 @@ def _next_month_s(now: datetime) -> int:
 async def tenant_models(
     *, edge: Edge, tenant_id: uuid.UUID, recorded_config_version: int | None
 ) -> list[str]:
-    """The models a tenant may use, its default first (the config the chat routes read)."""
+    """The models a tenant may use, its default first (the config the chat routes read): those
+    of its config that the catalogue holds and serves it."""
     found = await edge.configs.get(tenant_id=tenant_id, recorded_version=recorded_config_version)
     if found is None:
         raise NotFound("this tenant has no configuration")
     config, _ = found
-    return [config.model, *(m for m in config.allowed_models if m != config.model)]
+    catalogue = edge.settings.models
+    return [
+        m
+        for m in [config.model, *(m for m in config.allowed_models if m != config.model)]
+        if m in catalogue
+        and catalogue[m].serves(tenant_id, fine_tuning=config.features.fine_tuning)
+    ]
 
 
 async def admit_chat(
@@ -1008,6 +1026,12 @@ async def admit_chat(
             f"model {chosen!r} is not allowed for this tenant; allowed: {config.allowed_models}"
         )
     spec = edge.settings.models.get(chosen)
+    if spec is not None and not spec.serves(
+        principal.tenant_id, fine_tuning=config.features.fine_tuning
+    ):
+        # The config named it before the operator made it another tenant's own: refused,
+        # its owner not named.
+        raise ModelNotAllowed(f"model {chosen!r} is not allowed for this tenant")
     if spec is not None and not spec.takes(response_format):
         assert response_format is not None  # text is always taken
         raise FormatNotTaken(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
 from tenantry_auth.config import Settings
@@ -27,6 +28,8 @@ from tenantry_common.events import (
     ChatDelta,
     ChatFailed,
     FailureReason,
+    FeatureFlags,
+    TenantConfig,
     Tier,
     TokenUsage,
 )
@@ -59,14 +62,73 @@ def test_templates_with_unknown_placeholders_or_stray_braces_fail(template: str)
 def test_tier_defaults_match_the_seeds(tier: Tier, tokens: int) -> None:
     config = default_config(name="x", tier=tier, settings=SETTINGS)
     assert config.daily_token_budget == tokens == TIER_LIMITS[tier].daily_tokens
-    check_config(config, SETTINGS)
+    check_config(config, SETTINGS, tenant_id=uuid.uuid4())
     assert config.cache_similarity_threshold >= SETTINGS.cache_similarity_floor
 
 
 def test_config_update_above_the_tier_cap_is_refused() -> None:
     config = default_config(name="x", tier=Tier.FREE, settings=SETTINGS)
     with pytest.raises(Invalid, match="rate_limit_per_minute"):
-        check_config(merged_config(config, ConfigUpdate(rate_limit_per_minute=10_000)), SETTINGS)
+        check_config(
+            merged_config(config, ConfigUpdate(rate_limit_per_minute=10_000)),
+            SETTINGS,
+            tenant_id=uuid.uuid4(),
+        )
+
+
+ACME, GLOBEX = uuid.uuid4(), uuid.uuid4()
+#: The default catalogue plus each tenant's own fine-tuned model.
+OWNED = Settings(
+    environment="test",
+    models={
+        **SETTINGS.models,
+        "ft-acme": SETTINGS.models["smollm2-135m"].model_copy(update={"owner": ACME}),
+        "ft-globex": SETTINGS.models["smollm2-135m"].model_copy(update={"owner": GLOBEX}),
+    },
+)
+
+
+def _enterprise(**changes: Any) -> TenantConfig:
+    config = default_config(name="acme", tier=Tier.ENTERPRISE, settings=OWNED)
+    return merged_config(config, ConfigUpdate.model_validate(changes))
+
+
+def test_a_tenant_may_use_its_own_model_with_fine_tuning_on() -> None:
+    config = _enterprise(
+        allowed_models=["smollm2-135m", "ft-acme"], model="ft-acme", features={"fine_tuning": True}
+    )
+    check_config(config, OWNED, tenant_id=ACME)
+
+
+def test_another_tenants_model_is_not_in_its_catalogue_nor_named() -> None:
+    config = _enterprise(
+        allowed_models=["smollm2-135m", "ft-globex"], features={"fine_tuning": True}
+    )
+    with pytest.raises(Invalid, match=r"\['ft-globex'\] are not in the catalogue") as refused:
+        check_config(config, OWNED, tenant_id=ACME)
+    # The catalogue the refusal lists is this tenant's: the other tenant's model is not in it.
+    assert "ft-acme" in str(refused.value)
+    assert "ft-globex" not in str(refused.value).partition("catalogue")[2]
+
+
+def test_own_models_need_fine_tuning_and_fine_tuning_the_enterprise_tier() -> None:
+    without_flag = _enterprise(allowed_models=["smollm2-135m", "ft-acme"])
+    with pytest.raises(Invalid, match=r"need features\.fine_tuning on"):
+        check_config(without_flag, OWNED, tenant_id=ACME)
+    pro = merged_config(
+        default_config(name="acme", tier=Tier.PRO, settings=OWNED),
+        ConfigUpdate(features=FeatureFlags(fine_tuning=True)),
+    )
+    with pytest.raises(Invalid, match="enterprise tier"):
+        check_config(pro, OWNED, tenant_id=ACME)
+
+
+def test_new_tenants_start_on_a_shared_model() -> None:
+    first_owned = Settings(
+        environment="test",
+        models={"ft-acme": OWNED.models["ft-acme"], "gpt-4o-mini": OWNED.models["gpt-4o-mini"]},
+    )
+    assert default_config(name="x", tier=Tier.FREE, settings=first_owned).model == "gpt-4o-mini"
 
 
 def test_config_update_keeps_omitted_fields() -> None:
@@ -147,7 +209,7 @@ class _NoRedis:
 def _router() -> ReplyRouter:
     """A reply router that is never started (no broker, no Redis)."""
     return ReplyRouter(
-        redis=_NoRedis(),  # type: ignore[arg-type]
+        redis=_NoRedis(),
         bootstrap_servers="unused:9092",
         namespace="test",
         lease_ttl_s=10,

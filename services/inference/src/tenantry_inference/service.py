@@ -228,15 +228,19 @@ def _resolve(
     options = request.options
     known = deps.directory.config(request.tenant_id)
     model = model or options.model
-    if model not in deps.catalogue:
+    spec = deps.catalogue.get(model)
+    # Another tenant's own model is not in the catalogue as far as this tenant is told.
+    if spec is None or not spec.visible_to(request.tenant_id):
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
         )
-    if known is not None and model not in known[1].allowed_models:
+    if known is not None and (
+        model not in known[1].allowed_models
+        or not spec.serves(request.tenant_id, fine_tuning=known[1].features.fine_tuning)
+    ):
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not allowed for this tenant"
         )
-    spec = deps.catalogue[model]
     if (form := options.response_format) is not None and not spec.takes(form):
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED,

@@ -43,6 +43,7 @@ from tenantry_common.events import (
     ContextRetrieved,
     Event,
     FailureReason,
+    FeatureFlags,
     FinishReason,
     LeakagePolicy,
     LifecycleAction,
@@ -104,7 +105,11 @@ SCRIPTED_MODELS = {
     "scripted-rejects-falls-back": "rejects-400",
     "scripted-rejects-422": "rejects-422",
     "scripted-missing-model": "model-not-found",
+    "scripted-acme-own": "ok",
 }
+#: The tenant whose own (fine-tuned) model ``scripted-acme-own`` is.
+ACME = uuid.uuid4()
+SCRIPTED_OWNERS = {"scripted-acme-own": ACME}
 #: Context windows of the scripted models other than 2,048 tokens.
 SCRIPTED_WINDOWS = {"scripted-small-window": 256}
 #: How the scripted models' servers take response formats (the others as OpenAI's API does).
@@ -321,10 +326,13 @@ class Harness:
         policy: LeakagePolicy = LeakagePolicy.BLOCK,
         version: int = 1,
         allowed_models: list[str] | None = None,
+        fine_tuning: bool = False,
     ) -> TenantConfig:
         config = tenant_config(f"Zephyr Labs {str(tenant)[:6]}", policy)
         if allowed_models is not None:
             config = config.model_copy(update={"allowed_models": allowed_models})
+        if fine_tuning:
+            config = config.model_copy(update={"features": FeatureFlags(fine_tuning=True)})
         await publish_event(
             self.broker,
             TENANTS_CONFIG,
@@ -408,6 +416,7 @@ async def harness(
             context_window=SCRIPTED_WINDOWS.get(name, 2048),
             fallbacks=SCRIPTED_FALLBACKS.get(name, []),
             response_formats=SCRIPTED_FORMATS.get(name, "json_schema"),
+            owner=SCRIPTED_OWNERS.get(name),
         )
         for name, served in SCRIPTED_MODELS.items()
     }
@@ -757,9 +766,16 @@ async def test_scripted_response_formats_reach_the_model_as_its_server_takes_the
     question, _, final = await ask_fresh(
         harness, "scripted-text-only", "json from a text-only server", response_format=JSON_MODE
     )
+    refused_without_a_call(final, server, question, "response_format 'json_object'")
+
+
+def refused_without_a_call(
+    final: ChatCompleted | ChatFailed, server: ScriptedOpenAI, question: str, words: str
+) -> None:
+    """The request failed as ``model_not_allowed`` (saying ``words``); no model was called."""
     assert isinstance(final, ChatFailed), final
     assert final.reason is FailureReason.MODEL_NOT_ALLOWED
-    assert "response_format 'json_object'" in final.message
+    assert words in final.message
     assert server.count(question) == 0
 
 
@@ -890,6 +906,33 @@ async def test_a_model_the_tenant_may_not_use_fails_without_calling_it(harness: 
     assert len(harness.sent_messages) == calls
 
 
+async def test_scripted_another_tenants_own_model_is_not_in_the_catalogue_for_it(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """Even with a config that allows it (the edge refuses to write one; an older one, or a
+    request naming it before the config is known here, must not reach the owner's model)."""
+    server, _ = scripted
+    configured = uuid.uuid4()
+    await harness.configure(configured, fine_tuning=True)  # its allowed_models name the model
+    for tenant in (configured, uuid.uuid4()):  # the second one's config is unknown here
+        question, _, final = await ask_as(harness, tenant, "scripted-acme-own", "borrowed model")
+        refused_without_a_call(final, server, question, "not in the platform's catalogue")
+
+
+async def test_scripted_a_tenants_own_model_answers_it_while_fine_tuning_is_on(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    for version, fine_tuning in ((1, True), (2, False)):
+        await harness.configure(ACME, version=version, fine_tuning=fine_tuning)
+        question, _, final = await ask_as(harness, ACME, "scripted-acme-own", "own model")
+        if fine_tuning:
+            assert isinstance(final, ChatCompleted), final
+            assert (final.model, server.count(question)) == ("scripted-acme-own", 1)
+        else:
+            refused_without_a_call(final, server, question, "not allowed for this tenant")
+
+
 async def test_a_request_past_its_deadline_fails_without_calling_the_model(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
@@ -928,6 +971,21 @@ async def ask_fresh(
     """A new tenant asks ``model`` a question no other test asks: (question, request, final)."""
     tenant = uuid.uuid4()
     await harness.configure(tenant)
+    return await ask_as(
+        harness, tenant, model, label, stream=stream, response_format=response_format
+    )
+
+
+async def ask_as(
+    harness: Harness,
+    tenant: uuid.UUID,
+    model: str,
+    label: str,
+    *,
+    stream: bool = False,
+    response_format: ResponseFormat | None = None,
+) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
+    """``tenant`` asks ``model`` a question no other test asks: (question, request, final)."""
     question = f"{label} {uuid.uuid4().hex}"
     request = context(
         tenant,
