@@ -279,7 +279,9 @@ class ConfigUpdate(BaseModel):
     max_tokens_per_request: int | None = Field(default=None, ge=1, le=32_768)
     system_prompt_template: str | None = Field(default=None, max_length=8_000)
     custom_instructions: str | None = Field(default=None, max_length=4_000)
-    features: FeatureFlags | None = None
+    features: FeatureFlags | None = Field(
+        default=None, description="The flags to change; those left out stay as they are."
+    )
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     end_user_rate_limit_per_minute: int | None = Field(
         default=None,
@@ -298,8 +300,13 @@ class ConfigUpdate(BaseModel):
 
 def merged_config(current: TenantConfig, update: ConfigUpdate) -> TenantConfig:
     """The current config with the update applied, validated as a whole."""
-    changes = update.model_dump(exclude_none=True, exclude={"expected_version"})
+    changes = update.model_dump(exclude_none=True, exclude={"expected_version", "features"})
     data = current.model_dump() | changes
+    if update.features is not None:
+        # Only the flags sent change: {"features": {"streaming": false}} leaves RAG as it was.
+        data["features"] = current.features.model_dump() | update.features.model_dump(
+            exclude_unset=True
+        )
     try:
         return TenantConfig.model_validate(data)
     except ValidationError as exc:

@@ -138,6 +138,15 @@ def test_config_update_keeps_omitted_fields() -> None:
     assert updated.model_dump(exclude={"temperature"}) == config.model_dump(exclude={"temperature"})
 
 
+def test_a_features_update_changes_only_the_flags_it_sends() -> None:
+    config = default_config(name="x", tier=Tier.PRO, settings=SETTINGS)
+    no_rag = merged_config(config, ConfigUpdate.model_validate({"features": {"rag": False}}))
+    no_stream = merged_config(
+        no_rag, ConfigUpdate.model_validate({"features": {"streaming": False}})
+    )
+    assert no_stream.features == FeatureFlags(rag=False, streaming=False)
+
+
 def test_client_ids_carry_their_tenant_and_others_are_platform() -> None:
     tenant = uuid.uuid4()
     assert tenant_of_client(new_client_id(tenant)) == tenant
