@@ -949,6 +949,15 @@ async def test_budget_refuses_with_429_when_the_reservation_would_overshoot(
     assert len(responder.for_tenant(tenant.tenant_id)) == 1  # the refused one was never published
 
 
+async def test_a_features_update_keeps_the_flags_it_leaves_out(client, tenant) -> None:
+    admin = bearer(tenant.admin_token)
+    for flags in ({"rag": False}, {"streaming": False}):
+        r = await client.put("/v1/config", json={"features": flags}, headers=admin)
+        assert r.status_code == 200, r.text
+    shown = (await client.get("/v1/config", headers=admin)).json()["config"]["features"]
+    assert shown == {"rag": False, "streaming": False, "semantic_cache": True, "fine_tuning": False}
+
+
 async def test_streaming_disabled_by_feature_flag_is_403(client, tenant) -> None:
     r = await client.put(
         "/v1/config",
