@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tenantry_common.events import ResponseFormat
+from tenantry_common.events import ResponseFormat, TenantConfig, Tier
 
 Environment = Literal["local", "test", "production"]
 
@@ -71,14 +71,28 @@ class ModelSpec(BaseModel):
         "other tenant it is not in the catalogue. Absent: a model any tenant may be allowed.",
     )
 
+    tiers: list[Tier] | None = Field(
+        default=None,
+        min_length=1,
+        description="The plans whose tenants may be allowed this model (a costly one for the "
+        "enterprise tier only, say). Absent: every plan.",
+        examples=[["pro", "enterprise"]],
+    )
+
     def visible_to(self, tenant_id: uuid.UUID) -> bool:
         """Whether a tenant may know of this model: a shared one, or its own."""
         return self.owner is None or self.owner == tenant_id
 
-    def serves(self, tenant_id: uuid.UUID, *, fine_tuning: bool) -> bool:
-        """Whether a tenant may use this model: a shared one; its own while its fine_tuning
-        feature is on."""
-        return self.owner is None or (self.owner == tenant_id and fine_tuning)
+    def open_to(self, tier: Tier) -> bool:
+        """Whether tenants on ``tier`` may be allowed this model."""
+        return self.tiers is None or tier in self.tiers
+
+    def serves(self, tenant_id: uuid.UUID, config: TenantConfig) -> bool:
+        """Whether a tenant, as its config stands, may use this model: one open to its tier,
+        and either shared or its own with its fine_tuning feature on."""
+        if not self.open_to(config.tier):
+            return False
+        return self.owner is None or (self.owner == tenant_id and config.features.fine_tuning)
 
     @property
     def answer_formats(self) -> list[str]:
@@ -218,8 +232,14 @@ class CommonSettings(BaseSettings):
                         f"model {name!r}: fallback {fallback!r} is one tenant's own model; a "
                         "fallback must be shared, or the same tenant's"
                     )
-        if models and all(spec.owner is not None for spec in models.values()):
-            raise ValueError("the catalogue needs a shared model (no owner) for new tenants")
+        if models:
+            # New tenants start on a shared model open to their tier.
+            shared = [spec for spec in models.values() if spec.owner is None]
+            if bare := [t.value for t in Tier if not any(spec.open_to(t) for spec in shared)]:
+                raise ValueError(
+                    f"the catalogue needs a shared model (no owner) open to each tier; none is "
+                    f"open to {bare}"
+                )
         return models
 
     def model_api_key(self, model: str) -> str | None:

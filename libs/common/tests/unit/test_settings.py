@@ -1,5 +1,6 @@
 """The model catalogue's settings: fallbacks name other catalogue models; a tenant's own model
-serves only that tenant; response formats go to each model's server as it takes them."""
+serves only that tenant, and a model open to some tiers only their tenants; response formats go
+to each model's server as it takes them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 
 import pytest
 from pydantic import ValidationError
-from tenantry_common.events import ResponseFormat
+from tenantry_common.events import FeatureFlags, ResponseFormat, TenantConfig, Tier
 from tenantry_common.settings import LOCAL_MODEL, CommonSettings, ModelSpec, default_catalogue
 
 pytestmark = pytest.mark.unit
@@ -43,15 +44,48 @@ def test_a_fallback_to_itself_or_outside_the_catalogue_is_refused(fallback: str)
 ACME, GLOBEX = uuid.uuid4(), uuid.uuid4()
 
 
+def _config(tier: Tier = Tier.ENTERPRISE, *, fine_tuning: bool = False) -> TenantConfig:
+    return TenantConfig(
+        tenant_name="t",
+        tier=tier,
+        model="m",
+        allowed_models=["m"],
+        temperature=0.0,
+        max_tokens_per_request=16,
+        system_prompt_template="",
+        features=FeatureFlags(fine_tuning=fine_tuning),
+        rate_limit_per_minute=1,
+        daily_token_budget=1,
+        monthly_spend_budget_micros=1,
+        cache_similarity_threshold=0.9,
+    )
+
+
 def test_a_tenants_own_model_serves_only_it_and_only_with_fine_tuning_on() -> None:
     own, shared = _spec(owner=str(ACME)), _spec()
     assert own.visible_to(ACME)
     assert not own.visible_to(GLOBEX)
-    assert own.serves(ACME, fine_tuning=True)
-    assert not own.serves(ACME, fine_tuning=False)
-    assert not own.serves(GLOBEX, fine_tuning=True)
+    assert own.serves(ACME, _config(fine_tuning=True))
+    assert not own.serves(ACME, _config(fine_tuning=False))
+    assert not own.serves(GLOBEX, _config(fine_tuning=True))
     assert shared.visible_to(GLOBEX)
-    assert shared.serves(GLOBEX, fine_tuning=False)
+    assert shared.serves(GLOBEX, _config(fine_tuning=False))
+
+
+def test_a_model_open_to_some_tiers_serves_only_their_tenants() -> None:
+    costly = _spec(tiers=["pro", "enterprise"])
+    assert costly.serves(ACME, _config(Tier.PRO))
+    assert not costly.serves(ACME, _config(Tier.FREE))
+    # Both rules hold for a tenant's own model: its owner's tier must be open too.
+    own = _spec(owner=str(ACME), tiers=["pro"])
+    assert not own.serves(ACME, _config(Tier.ENTERPRISE, fine_tuning=True))
+
+
+def test_every_tier_needs_a_shared_model_open_to_it() -> None:
+    with pytest.raises(ValidationError, match=r"none is open to \['free'\]"):
+        CommonSettings(
+            models={"costly": _spec(tiers=["pro", "enterprise"]), "acme": _spec(owner=str(ACME))}
+        )
 
 
 def test_a_fallback_may_be_shared_or_the_same_tenants_own() -> None:

@@ -529,6 +529,9 @@ class CatalogueEntry(ModelCard):
     owner: uuid.UUID | None = Field(
         description="The tenant whose own model this is (only it may use it); null: shared."
     )
+    tiers: list[Tier] | None = Field(
+        description="The tiers whose tenants may be allowed it; null: every tier."
+    )
 
     @classmethod
     def of(cls, model: str, spec: ModelSpec) -> Self:
@@ -540,6 +543,7 @@ class CatalogueEntry(ModelCard):
             api_key_env=spec.api_key_env,
             fallbacks=spec.fallbacks,
             owner=spec.owner,
+            tiers=spec.tiers,
         )
 
 

@@ -186,16 +186,19 @@ DEFAULT_TEMPLATE = (
 )
 
 
-def default_model(settings: Settings) -> str:
-    """A new tenant's model: the local one if catalogued, else the first shared one."""
-    shared = [name for name, spec in settings.models.items() if spec.owner is None]
+def default_model(settings: Settings, tier: Tier) -> str:
+    """A new tenant's model: the local one if catalogued for its tier, else the first shared
+    one open to its tier (settings require one)."""
+    shared = [
+        name for name, spec in settings.models.items() if spec.owner is None and spec.open_to(tier)
+    ]
     return LOCAL_MODEL if LOCAL_MODEL in shared else shared[0]
 
 
 def default_config(*, name: str, tier: Tier, settings: Settings) -> TenantConfig:
     """A new tenant's configuration: the tier's limits and the platform's defaults."""
     limits = TIER_LIMITS[tier]
-    model = default_model(settings)
+    model = default_model(settings, tier)
     return TenantConfig(
         tenant_name=name,
         tier=tier,
@@ -237,6 +240,8 @@ def check_config(config: TenantConfig, settings: Settings, *, tenant_id: uuid.UU
     # tenant learns neither that it exists nor whose it is.
     if unknown := sorted(named - visible.keys()):
         raise Invalid(f"model(s) {unknown} are not in the catalogue {sorted(visible)}")
+    if closed := sorted(m for m in named if not visible[m].open_to(config.tier)):
+        raise Invalid(f"model(s) {closed} are not available on the {config.tier.value} tier")
     if config.features.fine_tuning and config.tier is not Tier.ENTERPRISE:
         raise Invalid("features.fine_tuning (the tenant's own models) is for the enterprise tier")
     own = sorted(m for m in named if visible[m].owner is not None)
@@ -982,8 +987,7 @@ async def tenant_models(
     return [
         m
         for m in [config.model, *(m for m in config.allowed_models if m != config.model)]
-        if m in catalogue
-        and catalogue[m].serves(tenant_id, fine_tuning=config.features.fine_tuning)
+        if m in catalogue and catalogue[m].serves(tenant_id, config)
     ]
 
 
@@ -1033,11 +1037,9 @@ async def admit_chat(
             f"model {chosen!r} is not allowed for this tenant; allowed: {config.allowed_models}"
         )
     spec = edge.settings.models.get(chosen)
-    if spec is not None and not spec.serves(
-        principal.tenant_id, fine_tuning=config.features.fine_tuning
-    ):
-        # The config named it before the operator made it another tenant's own: refused,
-        # its owner not named.
+    if spec is not None and not spec.serves(principal.tenant_id, config):
+        # The config named it before the operator made it another tenant's own, or closed it
+        # to the tenant's tier: refused (another tenant's model without naming its owner).
         raise ModelNotAllowed(f"model {chosen!r} is not allowed for this tenant")
     if spec is not None and not spec.takes(response_format):
         assert response_format is not None  # text is always taken

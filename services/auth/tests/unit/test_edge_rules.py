@@ -123,12 +123,36 @@ def test_own_models_need_fine_tuning_and_fine_tuning_the_enterprise_tier() -> No
         check_config(pro, OWNED, tenant_id=ACME)
 
 
-def test_new_tenants_start_on_a_shared_model() -> None:
-    first_owned = Settings(
+def test_new_tenants_start_on_a_shared_model_open_to_their_tier() -> None:
+    local = OWNED.models["smollm2-135m"]
+    settings = Settings(
         environment="test",
-        models={"ft-acme": OWNED.models["ft-acme"], "gpt-4o-mini": OWNED.models["gpt-4o-mini"]},
+        models={
+            "ft-acme": OWNED.models["ft-acme"],
+            "smollm2-135m": local.model_copy(update={"tiers": [Tier.PRO, Tier.ENTERPRISE]}),
+            "gpt-4o-mini": OWNED.models["gpt-4o-mini"],
+        },
     )
-    assert default_config(name="x", tier=Tier.FREE, settings=first_owned).model == "gpt-4o-mini"
+    assert default_config(name="x", tier=Tier.FREE, settings=settings).model == "gpt-4o-mini"
+    assert default_config(name="x", tier=Tier.PRO, settings=settings).model == "smollm2-135m"
+
+
+def test_a_model_closed_to_the_tenants_tier_cannot_be_allowed() -> None:
+    settings = Settings(
+        environment="test",
+        models={
+            **SETTINGS.models,
+            "costly": SETTINGS.models["gpt-4o-mini"].model_copy(
+                update={"tiers": [Tier.ENTERPRISE]}
+            ),
+        },
+    )
+    config = merged_config(
+        default_config(name="x", tier=Tier.PRO, settings=settings),
+        ConfigUpdate(allowed_models=["smollm2-135m", "costly"]),
+    )
+    with pytest.raises(Invalid, match=r"\['costly'\] are not available on the pro tier"):
+        check_config(config, settings, tenant_id=ACME)
 
 
 def test_config_update_keeps_omitted_fields() -> None:

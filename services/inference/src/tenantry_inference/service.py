@@ -235,8 +235,7 @@ def _resolve(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
         )
     if known is not None and (
-        model not in known[1].allowed_models
-        or not spec.serves(request.tenant_id, fine_tuning=known[1].features.fine_tuning)
+        model not in known[1].allowed_models or not spec.serves(request.tenant_id, known[1])
     ):
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not allowed for this tenant"

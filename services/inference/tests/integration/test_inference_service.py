@@ -106,10 +106,13 @@ SCRIPTED_MODELS = {
     "scripted-rejects-422": "rejects-422",
     "scripted-missing-model": "model-not-found",
     "scripted-acme-own": "ok",
+    "scripted-enterprise-only": "ok",
 }
 #: The tenant whose own (fine-tuned) model ``scripted-acme-own`` is.
 ACME = uuid.uuid4()
 SCRIPTED_OWNERS = {"scripted-acme-own": ACME}
+#: Scripted models open to some tiers only (the tests' tenants are on the pro tier).
+SCRIPTED_TIERS = {"scripted-enterprise-only": [Tier.ENTERPRISE]}
 #: Context windows of the scripted models other than 2,048 tokens.
 SCRIPTED_WINDOWS = {"scripted-small-window": 256}
 #: How the scripted models' servers take response formats (the others as OpenAI's API does).
@@ -417,6 +420,7 @@ async def harness(
             fallbacks=SCRIPTED_FALLBACKS.get(name, []),
             response_formats=SCRIPTED_FORMATS.get(name, "json_schema"),
             owner=SCRIPTED_OWNERS.get(name),
+            tiers=SCRIPTED_TIERS.get(name),
         )
         for name, served in SCRIPTED_MODELS.items()
     }
@@ -917,6 +921,15 @@ async def test_scripted_another_tenants_own_model_is_not_in_the_catalogue_for_it
     for tenant in (configured, uuid.uuid4()):  # the second one's config is unknown here
         question, _, final = await ask_as(harness, tenant, "scripted-acme-own", "borrowed model")
         refused_without_a_call(final, server, question, "not in the platform's catalogue")
+
+
+async def test_scripted_a_model_closed_to_the_tenants_tier_is_not_called(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The config allows it (written before the operator closed the model to its tier)."""
+    server, _ = scripted
+    question, _, final = await ask_fresh(harness, "scripted-enterprise-only", "closed tier")
+    refused_without_a_call(final, server, question, "not allowed for this tenant")
 
 
 async def test_scripted_a_tenants_own_model_answers_it_while_fine_tuning_is_on(

@@ -1,9 +1,10 @@
-"""A tenant's own (fine-tuned) models: only their owner may allow, list or call them, and only
-with its fine_tuning feature on (an enterprise feature); to every other tenant they are not in
-the catalogue, by name or by error message.
+"""Who may use a catalogue model. A tenant's own (fine-tuned) model: only its owner may allow,
+list or call it, and only with its fine_tuning feature on (an enterprise feature); to every
+other tenant it is not in the catalogue, by name or by error message. A model open to some
+tiers: only their tenants.
 
-The catalogue is the edge's settings, which an operator changes by a rolling restart; here the
-owned models are added to the running edge's catalogue (``monkeypatch``) once their owners exist.
+The catalogue is the edge's settings, which an operator changes by a rolling restart; here
+models are added to the running edge's catalogue (``monkeypatch``) once their owners exist.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 import pytest
 from auth_support import bearer
 from tenantry_auth.config import Settings
+from tenantry_common.events import Tier
 from tenantry_common.settings import LOCAL_MODEL
 
 pytestmark = pytest.mark.integration
@@ -141,9 +143,39 @@ async def test_a_model_given_to_another_tenant_stops_serving_the_config_that_nam
     assert shared not in {m["id"] for m in models}
 
 
-async def test_operators_see_each_models_owner(client, owners, operator_token) -> None:
+async def test_operators_see_each_models_owner_and_tiers(client, owners, operator_token) -> None:
     acme, _, acme_model, _ = owners
     entries = (await client.get("/v1/catalogue", headers=bearer(operator_token))).json()
-    owner_of = {entry["id"]: entry["owner"] for entry in entries}
-    assert owner_of[acme_model] == str(acme.tenant_id)
-    assert owner_of[LOCAL_MODEL] is None
+    access = {entry["id"]: (entry["owner"], entry["tiers"]) for entry in entries}
+    assert access[acme_model] == (str(acme.tenant_id), None)
+    assert access[LOCAL_MODEL] == (None, None)
+
+
+async def test_a_model_open_to_some_tiers_only_serves_their_tenants(
+    client, onboard, operator_token, edge_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    costly = f"costly-{uuid.uuid4().hex[:8]}"
+    spec = edge_settings.models[LOCAL_MODEL].model_copy(update={"tiers": [Tier.ENTERPRISE]})
+    monkeypatch.setitem(edge_settings.models, costly, spec)
+    allow = {"allowed_models": [LOCAL_MODEL, costly]}
+    pro, enterprise = await onboard(tier="pro"), await onboard(tier="enterprise")
+    r = await client.put("/v1/config", json=allow, headers=bearer(pro.admin_token))
+    assert r.status_code == 422, r.text
+    assert f"['{costly}'] are not available on the pro tier" in r.json()["detail"]
+    r = await client.put("/v1/config", json=allow, headers=bearer(enterprise.admin_token))
+    assert r.status_code == 200, r.text
+    operator = bearer(operator_token)
+    entries = (await client.get("/v1/catalogue", headers=operator)).json()
+    assert {e["id"]: e["tiers"] for e in entries}[costly] == ["enterprise"]
+    openai_body = {"model": costly, "messages": [{"role": "user", "content": "q"}]}
+    member = bearer(enterprise.member_token)
+    r = await client.post("/v1/chat/completions", json=openai_body, headers=member)
+    assert r.status_code == 200, r.text
+
+    # The operator closes it to the tenant's tier: refused from the next request.
+    closed = spec.model_copy(update={"tiers": [Tier.PRO]})
+    monkeypatch.setitem(edge_settings.models, costly, closed)
+    r = await client.post("/v1/chat/completions", json=openai_body, headers=member)
+    assert r.status_code == 404, r.text
+    models = (await client.get("/v1/models", headers=member)).json()["data"]
+    assert costly not in {m["id"] for m in models}
