@@ -70,7 +70,6 @@ class ModelSpec(BaseModel):
         "that tenant may allow and call it, and only with its fine_tuning feature on; to every "
         "other tenant it is not in the catalogue. Absent: a model any tenant may be allowed.",
     )
-
     tiers: list[Tier] | None = Field(
         default=None,
         min_length=1,

@@ -232,8 +232,8 @@ def check_template(template: str) -> None:
 
 
 def check_config(config: TenantConfig, settings: Settings, *, tenant_id: uuid.UUID) -> None:
-    """Platform rules on top of the contract: catalogue, the tenant's own models, cache floor,
-    template, tier caps."""
+    """Platform rules on top of the contract: the tenant's catalogue (shared models and its
+    own), models open to its tier, fine-tuning, cache floor, template, tier caps."""
     visible = {m: spec for m, spec in settings.models.items() if spec.visible_to(tenant_id)}
     named = {config.model, *config.allowed_models}
     # Another tenant's own model is "not in the catalogue", as for a name that is nowhere: a
