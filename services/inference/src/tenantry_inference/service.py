@@ -234,8 +234,17 @@ def _resolve(
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
         )
-    if known is not None and (
-        model not in known[1].allowed_models or not spec.serves(request.tenant_id, known[1])
+    # The edge checked the model the request names with its config as of
+    # options.config_version. A config held here that is older (the change has not arrived
+    # yet) does not overrule that check; a fallback, which the edge never checked, is checked
+    # with the config held, however old.
+    checked_by_edge = model == options.model and (
+        known is None or known[0] < options.config_version
+    )
+    if (
+        known is not None
+        and not checked_by_edge
+        and (model not in known[1].allowed_models or not spec.serves(request.tenant_id, known[1]))
     ):
         raise ModelCallError(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not allowed for this tenant"

@@ -509,6 +509,7 @@ def context(
     sampling: SamplingHints | None = None,
     response_format: ResponseFormat | None = None,
     end_user: str | None = None,
+    config_version: int = 1,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -522,7 +523,7 @@ def context(
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
-            config_version=1,
+            config_version=config_version,
             cache_similarity_threshold=0.9,
             stop=stop or [],
             sampling=sampling,
@@ -921,6 +922,34 @@ async def test_scripted_another_tenants_own_model_is_not_in_the_catalogue_for_it
     for tenant in (configured, uuid.uuid4()):  # the second one's config is unknown here
         question, _, final = await ask_as(harness, tenant, "scripted-acme-own", "borrowed model")
         refused_without_a_call(final, server, question, "not in the platform's catalogue")
+
+
+async def test_scripted_a_config_change_not_here_yet_does_not_refuse_what_the_edge_allowed(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The tenant allowed a model in config version 2; the edge admitted a request with it, and
+    the request arrives before the change does (found by the e2e test of a tenant's own model,
+    which asks right after the change). Another tenant's model stays refused whatever the
+    version says."""
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant, allowed_models=[LOCAL_MODEL])  # version 1 is all it has
+    for version, model, refusal in (
+        (1, "scripted-ok", "not allowed for this tenant"),  # the version it holds: checked
+        (2, "scripted-ok", None),  # a newer one, the edge's: answered
+        (2, "scripted-acme-own", "not in the platform's catalogue"),  # never another's model
+    ):
+        question = f"newer config {uuid.uuid4().hex}"
+        request = context(
+            tenant, harness.reply_topic, question=question, model=model, config_version=version
+        )
+        await harness.ask(request)
+        final = await harness.final(request.request_id)
+        if refusal is None:
+            assert isinstance(final, ChatCompleted), final
+            assert server.count(question) == 1
+        else:
+            refused_without_a_call(final, server, question, refusal)
 
 
 async def test_scripted_a_model_closed_to_the_tenants_tier_is_not_called(
