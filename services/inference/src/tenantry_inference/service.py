@@ -238,12 +238,9 @@ def _resolve(
     # options.config_version. A config held here that is older (the change has not arrived
     # yet) does not overrule that check; a fallback, which the edge never checked, is checked
     # with the config held, however old.
-    checked_by_edge = model == options.model and (
-        known is None or known[0] < options.config_version
-    )
     if (
         known is not None
-        and not checked_by_edge
+        and (model != options.model or known[0] >= options.config_version)
         and (model not in known[1].allowed_models or not spec.serves(request.tenant_id, known[1]))
     ):
         raise ModelCallError(
