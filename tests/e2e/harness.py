@@ -205,3 +205,23 @@ def client_token(http: httpx.Client, client_id: str, secret: str) -> str:
     )
     assert r.status_code == 200, r.text
     return str(r.json()["access_token"])
+
+
+def onboard(http: httpx.Client, operator: str, *, name: str, tier: str) -> tuple[str, str]:
+    """A new tenant, onboarded as an operator would and waited for until active:
+    (its id, its admin's token)."""
+    auth = {"Authorization": f"Bearer {operator}"}
+    r = http.post(
+        "/v1/tenants",
+        json={"name": name, "tier": tier, "admin_contact": "admin@e2e.test"},
+        headers=auth,
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    tenant = f"/v1/tenants/{created['tenant_id']}"
+    wait_until(
+        lambda: http.get(tenant, headers=auth).json()["status"] == "active", 120, f"{name} active"
+    )
+    return str(created["tenant_id"]), client_token(
+        http, created["client_id"], created["client_secret"]
+    )

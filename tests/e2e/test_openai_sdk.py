@@ -7,7 +7,6 @@ the SDK's own typed errors."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,14 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.harness import OFFLINE_MODEL, OVERSTATED_MODEL, System, client_token, wait_until
+from tests.e2e.harness import (
+    OFFLINE_MODEL,
+    OVERSTATED_MODEL,
+    System,
+    client_token,
+    onboard,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -27,23 +33,7 @@ def sdk(system: System, operator_secret_file: Path) -> openai.OpenAI:
     """An OpenAI client holding a new tenant member's token, pointed at the edge."""
     http = httpx.Client(base_url=system.edge.url, timeout=120)
     operator = client_token(http, "operator", operator_secret_file.read_text())
-    r = http.post(
-        "/v1/tenants",
-        json={"name": "SDK Frontend", "tier": "pro", "admin_contact": "dev@sdk.test"},
-        headers={"Authorization": f"Bearer {operator}"},
-    )
-    assert r.status_code == 201, r.text
-    created = r.json()
-    deadline = time.monotonic() + 120
-    while (
-        http.get(
-            f"/v1/tenants/{created['tenant_id']}", headers={"Authorization": f"Bearer {operator}"}
-        ).json()["status"]
-        != "active"
-    ):
-        assert time.monotonic() < deadline, "tenant not active in time"
-        time.sleep(0.5)
-    admin = client_token(http, created["client_id"], created["client_secret"])
+    _, admin = onboard(http, operator, name="SDK Frontend", tier="pro")
     # Short answers from the local model; no cache, so every question reaches the model.
     r = http.put(
         "/v1/config",

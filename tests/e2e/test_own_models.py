@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.harness import System, client_token, wait_until
+from tests.e2e.harness import System, client_token, onboard, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -27,21 +27,8 @@ def _h(token: str) -> dict[str, str]:
 
 
 def _enterprise_tenant(http: httpx.Client, operator: str, name: str) -> dict[str, str]:
-    r = http.post(
-        "/v1/tenants",
-        json={"name": name, "tier": "enterprise", "admin_contact": "ops@own.test"},
-        headers=_h(operator),
-    )
-    assert r.status_code == 201, r.text
-    created = r.json()
-    status = f"/v1/tenants/{created['tenant_id']}"
-    wait_until(
-        lambda: http.get(status, headers=_h(operator)).json()["status"] == "active",
-        120,
-        f"{name} active",
-    )
-    admin = client_token(http, created["client_id"], created["client_secret"])
-    return {"tenant_id": created["tenant_id"], "admin": admin}
+    tenant_id, admin = onboard(http, operator, name=name, tier="enterprise")
+    return {"tenant_id": tenant_id, "admin": admin}
 
 
 def _catalogue_for_owner(system: System, owner: str) -> None:

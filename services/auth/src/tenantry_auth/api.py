@@ -495,8 +495,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default=0, description="Not tracked: always 0.")
     owned_by: str = Field(
-        default="tenantry",
-        description="'tenantry' for a shared model; the tenant's id for its own (fine-tuned) one.",
+        description="'tenantry' for a shared model; the tenant's id for its own (fine-tuned) one."
     )
     context_window: int = Field(description="Prompt and answer together, in tokens.")
     pricing: ModelPricing
