@@ -383,6 +383,13 @@ async def until(predicate: Callable[[], bool], timeout: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
+def marker() -> str:
+    """A mark no other test's question holds. It starts with a letter: hex digits at the start
+    of a word can pass as a card number (a CI run drew one), and the leakage check would then
+    block the question."""
+    return f"q{uuid.uuid4().hex}"
+
+
 def tenant_config(name: str, policy: LeakagePolicy) -> TenantConfig:
     return TenantConfig(
         tenant_name=name,
@@ -674,7 +681,7 @@ async def test_scripted_request_temperature_and_stop_sequences_reach_the_model(
     await harness.configure(tenant)
     asked = [(0.7, ["END", "\n\n"]), (0.0, [])]
     for temperature, stop in asked:
-        question = f"temperature {temperature} {uuid.uuid4().hex}"
+        question = f"temperature {temperature} {marker()}"
         request = context(
             tenant,
             harness.reply_topic,
@@ -704,7 +711,7 @@ async def test_scripted_request_sampling_hints_reach_the_model_as_given(
         SamplingHints(seed=-3),
     ]
     for hints in asked:
-        question = f"sampling {uuid.uuid4().hex}"
+        question = f"sampling {marker()}"
         request = context(
             tenant, harness.reply_topic, question=question, model="scripted-ok", sampling=hints
         )
@@ -753,7 +760,7 @@ async def test_scripted_response_formats_reach_the_model_as_its_server_takes_the
     ]
     for model, form, sent in asked:
         for stream in (False, True):
-            question = f"formats {uuid.uuid4().hex}"
+            question = f"formats {marker()}"
             request = context(
                 tenant,
                 harness.reply_topic,
@@ -939,7 +946,7 @@ async def test_scripted_a_config_change_not_here_yet_does_not_refuse_what_the_ed
         (2, "scripted-ok", None),  # a newer one, the edge's: answered
         (2, "scripted-acme-own", "not in the platform's catalogue"),  # never another's model
     ):
-        question = f"newer config {uuid.uuid4().hex}"
+        question = f"newer config {marker()}"
         request = context(
             tenant, harness.reply_topic, question=question, model=model, config_version=version
         )
@@ -981,7 +988,7 @@ async def test_a_request_past_its_deadline_fails_without_calling_the_model(
     server, _ = scripted
     tenant = uuid.uuid4()
     await harness.configure(tenant)
-    question = f"too late {uuid.uuid4().hex}"
+    question = f"too late {marker()}"
     request = context(
         tenant,
         harness.reply_topic,
@@ -1028,7 +1035,7 @@ async def ask_as(
     response_format: ResponseFormat | None = None,
 ) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
     """``tenant`` asks ``model`` a question no other test asks: (question, request, final)."""
-    question = f"{label} {uuid.uuid4().hex}"
+    question = f"{label} {marker()}"
     request = context(
         tenant,
         harness.reply_topic,
@@ -1125,7 +1132,7 @@ async def test_a_model_that_cannot_answer_hands_the_request_to_its_fallback(
     allowed = [m for m in config.allowed_models if m != "gpt-4o-mini"]
     await harness.configure(tenant, version=2, allowed_models=allowed)
     for stream in (False, True):
-        question = f"falls back {stream} {uuid.uuid4().hex}"
+        question = f"falls back {stream} {marker()}"
         request = context(
             tenant,
             harness.reply_topic,
@@ -1184,7 +1191,7 @@ async def test_a_redacted_prompt_is_counted_once_however_many_models_are_asked(
     request = context(
         tenant,
         harness.reply_topic,
-        question=f"Is {LEAK_KEY} still valid? {uuid.uuid4().hex}",
+        question=f"Is {LEAK_KEY} still valid? {marker()}",
         model="scripted-json-falls-back",
     )
     await harness.ask(request)
@@ -1209,7 +1216,7 @@ async def test_no_fallback_once_the_answer_began_or_for_a_tenant_that_does_not_a
     # A tenant that allows none of the fallbacks gets the failure.
     tenant = uuid.uuid4()
     await harness.configure(tenant, allowed_models=[LOCAL_MODEL, "scripted-falls-back"])
-    question = f"no fallback allowed {uuid.uuid4().hex}"
+    question = f"no fallback allowed {marker()}"
     request = context(tenant, harness.reply_topic, question=question, model="scripted-falls-back")
     await harness.ask(request)
     final = await harness.final(request.request_id)
@@ -1313,7 +1320,7 @@ async def test_a_prompt_naming_another_tenant_is_blocked_before_the_model_is_cal
     server, _ = scripted
     tenant = uuid.uuid4()
     await harness.configure(tenant, policy=LeakagePolicy.BLOCK)
-    question = f"What does {OTHER_TENANT_NAME} pay? {uuid.uuid4().hex}"
+    question = f"What does {OTHER_TENANT_NAME} pay? {marker()}"
     request = context(tenant, harness.reply_topic, question=question, model="scripted-429")
     await harness.ask(request)
     final = await harness.final(request.request_id)
@@ -1333,7 +1340,7 @@ async def test_scripted_prompt_naming_another_tenant_is_redacted_in_prompt_and_q
     server, _ = scripted
     tenant = uuid.uuid4()
     await harness.configure(tenant, policy=LeakagePolicy.REDACT)
-    marker = uuid.uuid4().hex
+    mark = marker()
     passages = [
         Passage(
             document_id=uuid.uuid4(),
@@ -1346,14 +1353,14 @@ async def test_scripted_prompt_naming_another_tenant_is_redacted_in_prompt_and_q
     request = context(
         tenant,
         harness.reply_topic,
-        question=f"What does {OTHER_TENANT_NAME} pay? {marker}",
+        question=f"What does {OTHER_TENANT_NAME} pay? {mark}",
         model="scripted-ok",
         passages=passages if with_passages else [],
     )
     await harness.ask(request)
     final = await harness.final(request.request_id)
     assert isinstance(final, ChatCompleted), final
-    redacted = f"What does [REDACTED:other_tenant_name] pay? {marker}"
+    redacted = f"What does [REDACTED:other_tenant_name] pay? {mark}"
     assert final.question == redacted
     assert server.count(redacted) == 1, "the model got the redacted question"
     assert server.count(request.question) == 0
