@@ -46,6 +46,7 @@ def build_deps(settings: Settings, *, registry: CollectorRegistry) -> InferenceD
         min_completion_tokens=settings.min_completion_tokens,
         holdback_chars=settings.leakage_holdback_chars,
         total_timeout_s=settings.model_total_timeout_s,
+        config_wait_s=settings.config_wait_s,
     )
 
 

@@ -23,6 +23,13 @@ class Settings(CommonSettings):
         "consumer; offsets committed in order as answers finish). Each holds one model call, "
         "which takes seconds on a real model.",
     )
+    config_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a request that arrives before the tenant config version the edge "
+        "admitted it with waits for that version (within the request's deadline); then it is "
+        "answered with the config held. 0: never wait.",
+    )
     lifecycle_group_id: str = Field(
         default="inference.lifecycle",
         description="Consumer group that acknowledges lifecycle events.",

@@ -46,6 +46,13 @@ class InferenceMetrics:
             ["model", "fallback", "reason"],
             registry=registry,
         )
+        self.config_waits = Counter(
+            "llm_config_waits_total",
+            "Requests that arrived before the tenant config version they were admitted with, "
+            "by outcome: the config arrived within the wait, or the wait timed out.",
+            ["outcome"],
+            registry=registry,
+        )
         self.leakage = Counter(
             "llm_leakage_findings_total",
             "Leakage findings, by stage (prompt/answer) and action (blocked/redacted).",

@@ -93,10 +93,28 @@ class TenantDirectory:
     registry: TenantRegistry = field(default_factory=TenantRegistry)
     configs: dict[uuid.UUID, tuple[int, TenantConfig]] = field(default_factory=dict)
     offboarded: set[uuid.UUID] = field(default_factory=set)
+    #: Set when a tenant's next config is kept; requests waiting for a newer one wait on it.
+    arrivals: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
 
     def config(self, tenant_id: uuid.UUID) -> tuple[int, TenantConfig] | None:
         """The latest known (version, config) of a tenant, if any."""
         return self.configs.get(tenant_id)
+
+    def holds(self, tenant_id: uuid.UUID, version: int) -> bool:
+        """Whether the config held for the tenant is at least ``version``."""
+        held = self.configs.get(tenant_id)
+        return held is not None and held[0] >= version
+
+    async def wait_for(self, tenant_id: uuid.UUID, version: int, *, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until the tenant's config is at least ``version``; returns
+        whether it is. An offboarded tenant's never comes."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.holds(tenant_id, version) and tenant_id not in self.offboarded:
+                    await self.arrivals.setdefault(tenant_id, asyncio.Event()).wait()
+        except TimeoutError:
+            pass
+        return self.holds(tenant_id, version)
 
     def apply_config(self, *, tenant_id: uuid.UUID, version: int, config: TenantConfig) -> bool:
         """Keep a config if it is newer than the one held; returns whether it was kept."""
@@ -107,6 +125,8 @@ class TenantDirectory:
             return False
         self.configs[tenant_id] = (version, config)
         self.registry.upsert(tenant_id, config.tenant_name)
+        if (arrived := self.arrivals.pop(tenant_id, None)) is not None:
+            arrived.set()
         return True
 
 
@@ -131,6 +151,8 @@ def apply_offboarded(*, directory: TenantDirectory, event: TenantOffboarded) -> 
     directory.offboarded.add(event.tenant_id)
     directory.configs.pop(event.tenant_id, None)
     directory.registry.remove(event.tenant_id)
+    if (waiting := directory.arrivals.pop(event.tenant_id, None)) is not None:
+        waiting.set()  # what waits for its config stops waiting
 
 
 # --------------------------------------------------------------------------- answering
@@ -148,6 +170,7 @@ class InferenceDeps:
     min_completion_tokens: int = 16
     holdback_chars: int = 24
     total_timeout_s: float = 300.0
+    config_wait_s: float = 2.0
 
     @property
     def detector(self) -> LeakageDetector:
@@ -235,9 +258,9 @@ def _resolve(
             FailureReason.MODEL_NOT_ALLOWED, f"model {model} is not in the platform's catalogue"
         )
     # The edge checked the model the request names with its config as of
-    # options.config_version. A config held here that is older (the change has not arrived
-    # yet) does not overrule that check; a fallback, which the edge never checked, is checked
-    # with the config held, however old.
+    # options.config_version. A config held here that is older (the change did not arrive
+    # within the wait) does not overrule that check; a fallback, which the edge never checked,
+    # is checked with the config held, however old.
     if (
         known is not None
         and (model != options.model or known[0] >= options.config_version)
@@ -288,12 +311,45 @@ def _resolve(
     )
 
 
+async def _await_config(*, request: ContextRetrieved, deps: InferenceDeps) -> None:
+    """Wait, bounded, for the config the edge admitted the request with.
+
+    The edge publishes a change before it commits it, and admits requests with the committed
+    version, so a request can arrive before the change it was admitted under (a tenant that
+    changes its prompt and asks at once). Answering with the config held would use the old
+    template, policy and limits. A replica still reading the compacted topic after a start
+    waits here too. Past the bound (or the deadline) it answers with what it holds, as before.
+    """
+    version = request.options.config_version
+    if deps.directory.holds(request.tenant_id, version):
+        return
+    bound = deps.config_wait_s
+    if request.deadline_at is not None:
+        bound = min(bound, (request.deadline_at - utcnow()).total_seconds())
+    arrived = bound > 0 and await deps.directory.wait_for(
+        request.tenant_id, version, timeout_s=bound
+    )
+    deps.metrics.config_waits.labels("arrived" if arrived else "timed_out").inc()
+    if not arrived:
+        held = deps.directory.config(request.tenant_id)
+        log.warning(
+            "the request's config version has not arrived; answering with the config held",
+            extra={
+                "tenant_id": str(request.tenant_id),
+                "request_id": str(request.request_id),
+                "config_version": version,
+                "held_version": held[0] if held is not None else None,
+            },
+        )
+
+
 async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outbox: Outbox) -> str:
     """Answer one request; returns the outcome ("success" or a failure reason)."""
     run = _Run(request=request, started=time.monotonic(), model=request.options.model)
     run.question = request.question
     resolved: _Resolved | None = None
     try:
+        await _await_config(request=request, deps=deps)
         resolved = _resolve(request=request, deps=deps)
         if request.deadline_at is not None and utcnow() >= request.deadline_at:
             raise ModelCallError(

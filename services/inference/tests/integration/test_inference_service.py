@@ -336,13 +336,17 @@ class Harness:
             config = config.model_copy(update={"allowed_models": allowed_models})
         if fine_tuning:
             config = config.model_copy(update={"features": FeatureFlags(fine_tuning=True)})
+        await self.publish_config(tenant, version, config)
+        await until(lambda: self.deps.directory.config(tenant) == (version, config))
+        return config
+
+    async def publish_config(self, tenant: uuid.UUID, version: int, config: TenantConfig) -> None:
+        """Publish a config change, as the edge does, without waiting for it to arrive."""
         await publish_event(
             self.broker,
             TENANTS_CONFIG,
             TenantConfigChanged(tenant_id=tenant, version=version, config=config, changed_by="t"),
         )
-        await until(lambda: self.deps.directory.config(tenant) == (version, config))
-        return config
 
     async def ask(self, event: ContextRetrieved) -> None:
         await publish_event(self.broker, CHAT_CONTEXT, event)
@@ -440,6 +444,7 @@ async def harness(
         chat_group_id=f"inference.chat.test-{suffix}",
         lifecycle_group_id=f"inference.lifecycle.test-{suffix}",
         consumer_retry_backoff_s=0.01,
+        config_wait_s=1.0,
         model_max_retries=2,
         model_timeout_s=120,
         model_timeouts={
@@ -941,6 +946,8 @@ async def test_scripted_a_config_change_not_here_yet_does_not_refuse_what_the_ed
     server, _ = scripted
     tenant = uuid.uuid4()
     await harness.configure(tenant, allowed_models=[LOCAL_MODEL])  # version 1 is all it has
+    timed_out = harness.deps.metrics.config_waits.labels("timed_out")
+    waits_before = timed_out._value.get()
     for version, model, refusal in (
         (1, "scripted-ok", "not allowed for this tenant"),  # the version it holds: checked
         (2, "scripted-ok", None),  # a newer one, the edge's: answered
@@ -957,6 +964,52 @@ async def test_scripted_a_config_change_not_here_yet_does_not_refuse_what_the_ed
             assert server.count(question) == 1
         else:
             refused_without_a_call(final, server, question, refusal)
+    # Version 2 never came: both of its requests waited for it, then went on.
+    assert timed_out._value.get() == waits_before + 2
+
+
+async def test_scripted_a_request_ahead_of_its_config_waits_for_it(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """A tenant changes its instructions and asks at once: the request (admitted under version
+    2) reaches inference before version 2 does. It is answered with version 2's prompt."""
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    first = await harness.configure(tenant)
+    instruction = f"Sign every answer as {marker()}."
+    question = f"ahead of its config {marker()}"
+    request = context(
+        tenant, harness.reply_topic, question=question, model="scripted-ok", config_version=2
+    )
+    await harness.ask(request)
+    await asyncio.sleep(0.2)  # the request is waiting by now (or about to)
+    await harness.publish_config(
+        tenant, 2, first.model_copy(update={"custom_instructions": instruction})
+    )
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    assert final.config_version == 2
+    assert instruction in harness.messages_for(question)[0]["content"]
+    assert server.count(question) == 1
+
+
+async def test_scripted_a_tenant_whose_config_is_not_here_yet_is_answered_with_it(
+    harness: Harness,
+) -> None:
+    """A replica that has not read a tenant's config yet (just started, or the tenant was just
+    onboarded) waits for it rather than answering under a default prompt."""
+    tenant = uuid.uuid4()
+    name = f"Late Config {str(tenant)[:6]}"
+    question = f"first question {marker()}"
+    request = context(tenant, harness.reply_topic, question=question, model="scripted-ok")
+    await harness.ask(request)
+    await asyncio.sleep(0.2)
+    await harness.publish_config(tenant, 1, tenant_config(name, LeakagePolicy.BLOCK))
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    assert harness.messages_for(question)[0]["content"].startswith(
+        f"You are the assistant of {name} (pro tier)."
+    )
 
 
 async def test_scripted_a_model_closed_to_the_tenants_tier_is_not_called(
