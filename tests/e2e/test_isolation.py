@@ -64,6 +64,13 @@ def tenants(system: System, operator_secret_file: Path) -> list[dict[str, str]]:
         )
         assert r.status_code == 202, r.text
         t["document_id"] = r.json()["document_id"]
+        # Its config's version 2 carries the canary too (what the config versions show).
+        r = http.put(
+            "/v1/config",
+            json={"custom_instructions": f"Our reference is {t['canary']}."},
+            headers=_h(t["token"]),
+        )
+        assert r.json()["version"] == 2, r.text
     return made
 
 
@@ -108,6 +115,8 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
         surfaces = {
             "documents": http.get("/v1/documents", headers=_h(t["token"])),
             "config": http.get("/v1/config", headers=_h(t["token"])),
+            "config versions": http.get("/v1/config/versions", headers=_h(t["token"])),
+            "config version 2": http.get("/v1/config/versions/2", headers=_h(t["token"])),
             "usage": http.get("/v1/usage", params={"period": "day"}, headers=_h(t["token"])),
             "audit": http.get(
                 "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
@@ -115,6 +124,7 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             "conversation": http.get(f"/v1/conversations/{conversation}", headers=_h(t["token"])),
         }
         assert t["canary"] in surfaces["conversation"].text  # its own turn is there
+        assert t["canary"] in surfaces["config version 2"].text  # its own change is there
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
             for o in others:

@@ -16,6 +16,7 @@ from fastapi import (
     Depends,
     FastAPI,
     HTTPException,
+    Path,
     Query,
     Request,
 )
@@ -219,6 +220,48 @@ class ConfigView(BaseModel):
     @classmethod
     def of(cls, config: TenantConfig, version: int) -> Self:
         return cls(version=version, config=TenantConfigView.model_validate(config.model_dump()))
+
+
+class ConfigVersionSummary(BaseModel):
+    version: int
+    changed_by: str = Field(description="The client (subject) that made the change.")
+    changed_at: datetime
+    changed: list[str] = Field(
+        description="The fields that differ from the version before (empty for the first)."
+    )
+
+    @classmethod
+    def of(cls, record: service.ConfigVersionRecord) -> Self:
+        return cls(
+            version=record.version,
+            changed_by=record.changed_by,
+            changed_at=record.changed_at,
+            changed=record.changed,
+        )
+
+
+class ConfigVersionList(BaseModel):
+    versions: list[ConfigVersionSummary] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` for the older versions; null when there are none."
+    )
+
+
+class ConfigVersionView(ConfigVersionSummary):
+    config: TenantConfigView
+
+    @classmethod
+    def of(cls, record: service.ConfigVersionRecord) -> Self:
+        summary = ConfigVersionSummary.of(record).model_dump()
+        return cls(**summary, config=TenantConfigView.model_validate(record.config.model_dump()))
+
+
+class ConfigRestore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: int | None = Field(
+        default=None, ge=1, description="Refuse (409) unless the current version is this one."
+    )
 
 
 class DocumentCreate(BaseModel):
@@ -925,6 +968,60 @@ def api_routes(
             edge=edge, tenant_id=principal.tenant_id, update=body, actor=principal.subject
         )
         return ConfigView.of(config, version)
+
+    @router.get("/v1/config/versions", tags=["config"], response_model=ConfigVersionList)
+    async def list_config_versions(
+        principal: TenantAdmin,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        before: Annotated[
+            int | None, Query(ge=2, description="Only the versions older than this one.")
+        ] = None,
+    ) -> ConfigVersionList:
+        """The configuration's versions, newest first: who changed which fields, and when."""
+        records = await service.config_versions(
+            edge=edge, tenant_id=principal.tenant_id, limit=limit, before=before
+        )
+        older = records[-1].version if records and records[-1].version > 1 else None
+        return ConfigVersionList(
+            versions=[ConfigVersionSummary.of(r) for r in records], next_before=older
+        )
+
+    @router.get(
+        "/v1/config/versions/{version}",
+        tags=["config"],
+        response_model=ConfigVersionView,
+        responses={404: {"model": Problem}},
+    )
+    async def get_config_version(
+        version: Annotated[int, Path(ge=1, le=2**31 - 1)], principal: TenantAdmin
+    ) -> ConfigVersionView:
+        """One earlier (or the current) version of the configuration, in full."""
+        record = await service.config_version(
+            edge=edge, tenant_id=principal.tenant_id, version=version
+        )
+        return ConfigVersionView.of(record)
+
+    @router.post(
+        "/v1/config/versions/{version}/restore",
+        tags=["config"],
+        response_model=ConfigView,
+        responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
+    )
+    async def restore_config_version(
+        version: Annotated[int, Path(ge=1, le=2**31 - 1)],
+        principal: TenantAdmin,
+        body: ConfigRestore | None = None,
+    ) -> ConfigView:
+        """Make an earlier version's settings current again, as a new version (checked by
+        today's rules; the tenant's name and tier stay as they are)."""
+        config, new_version = await service.restore_config(
+            edge=edge,
+            tenant_id=principal.tenant_id,
+            version=version,
+            actor=principal.subject,
+            expected_version=body.expected_version if body is not None else None,
+        )
+        return ConfigView.of(config, new_version)
 
     # ----------------------------------------------------------------- documents
 

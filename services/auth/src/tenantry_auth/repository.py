@@ -210,15 +210,13 @@ async def current_config(
 
 
 async def config_history(
-    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int = 50
+    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int = 50, before: int | None = None
 ) -> list[TenantConfigVersion]:
-    """A tenant's configuration versions, newest first."""
-    rows = await session.scalars(
-        select(TenantConfigVersion)
-        .where(_scoped(TenantConfigVersion, tenant_id))
-        .order_by(TenantConfigVersion.version.desc())
-        .limit(limit)
-    )
+    """A tenant's configuration versions, newest first (those older than ``before`` if given)."""
+    query = select(TenantConfigVersion).where(_scoped(TenantConfigVersion, tenant_id))
+    if before is not None:
+        query = query.where(TenantConfigVersion.version < before)
+    rows = await session.scalars(query.order_by(TenantConfigVersion.version.desc()).limit(limit))
     return list(rows)
 
 

@@ -744,10 +744,91 @@ async def load_config(*, edge: Edge, tenant_id: uuid.UUID) -> tuple[TenantConfig
     return TenantConfig.model_validate(row.config), row.version
 
 
-async def update_config(
-    *, edge: Edge, tenant_id: uuid.UUID, update: ConfigUpdate, actor: str
+def changed_fields(before: TenantConfig, after: TenantConfig) -> list[str]:
+    """The names of the fields that differ between two configurations, sorted."""
+    return sorted(
+        name for name in TenantConfig.model_fields if getattr(after, name) != getattr(before, name)
+    )
+
+
+@dataclass(frozen=True)
+class ConfigVersionRecord:
+    """One stored version of a tenant's configuration."""
+
+    version: int
+    config: TenantConfig
+    changed_by: str
+    changed_at: datetime
+    #: The fields that differ from the version before it (empty for the first version).
+    changed: list[str]
+
+
+async def config_versions(
+    *, edge: Edge, tenant_id: uuid.UUID, limit: int, before: int | None = None
+) -> list[ConfigVersionRecord]:
+    """The tenant's configuration versions, newest first, each with what it changed."""
+    async with edge.sessions() as session:
+        # One more than asked: the version before the oldest shown says what that one changed.
+        rows = await repo.config_history(
+            session=session, tenant_id=tenant_id, limit=limit + 1, before=before
+        )
+    configs = [TenantConfig.model_validate(row.config) for row in rows]
+    return [
+        ConfigVersionRecord(
+            version=row.version,
+            config=config,
+            changed_by=row.changed_by,
+            changed_at=row.changed_at,
+            changed=changed_fields(configs[i + 1], config) if i + 1 < len(configs) else [],
+        )
+        for i, (row, config) in enumerate(zip(rows[:limit], configs, strict=False))
+    ]
+
+
+async def config_version(*, edge: Edge, tenant_id: uuid.UUID, version: int) -> ConfigVersionRecord:
+    """One of the tenant's configuration versions (NotFound if it has no such version)."""
+    found = await config_versions(edge=edge, tenant_id=tenant_id, limit=1, before=version + 1)
+    if not found or found[0].version != version:
+        raise NotFound(f"this tenant has no configuration version {version}")
+    return found[0]
+
+
+async def restore_config(
+    *,
+    edge: Edge,
+    tenant_id: uuid.UUID,
+    version: int,
+    actor: str,
+    expected_version: int | None = None,
 ) -> tuple[TenantConfig, int]:
-    """Validate, version, publish and audit a configuration change (one at a time per tenant)."""
+    """Make an earlier version's settings current again, as a new version.
+
+    What a tenant admin may change is taken from that version; what only an operator sets
+    (the tenant's name and tier) stays as it is now. The result is checked by today's rules
+    (the catalogue, the tier's limits), like any change: a version naming a model since
+    withdrawn is refused with the reason.
+    """
+    earlier = await config_version(edge=edge, tenant_id=tenant_id, version=version)
+    settings = earlier.config.model_dump(include=set(ConfigUpdate.model_fields))
+    try:
+        update = ConfigUpdate.model_validate(settings | {"expected_version": expected_version})
+    except ValidationError as exc:
+        raise Invalid(f"version {version} cannot be restored: {exc.errors()[0]['msg']}") from None
+    return await update_config(
+        edge=edge, tenant_id=tenant_id, update=update, actor=actor, restored_from=version
+    )
+
+
+async def update_config(
+    *,
+    edge: Edge,
+    tenant_id: uuid.UUID,
+    update: ConfigUpdate,
+    actor: str,
+    restored_from: int | None = None,
+) -> tuple[TenantConfig, int]:
+    """Validate, version, publish and audit a configuration change (one at a time per tenant);
+    ``restored_from`` names the earlier version a restore took it from."""
     try:
         async with transaction(edge.sessions) as session:
             # One change at a time per tenant: a concurrent change waits for this lock, then
@@ -768,11 +849,7 @@ async def update_config(
             config = merged_config(current, update)
             check_config(config, edge.settings, tenant_id=tenant_id)
             new_version = version + 1
-            changed = sorted(
-                name
-                for name in TenantConfig.model_fields
-                if getattr(config, name) != getattr(current, name)
-            )
+            changed = changed_fields(current, config)
             await repo.add_config_version(
                 session=session,
                 tenant_id=tenant_id,
@@ -793,15 +870,18 @@ async def update_config(
         raise Unavailable("the change could not be published; nothing was changed") from exc
     # After the commit: from here on every replica's next request uses the new version.
     await edge.configs.committed(tenant_id=tenant_id, version=new_version, config=config)
+    details: dict[str, str | int] = {"version": new_version, "changed": ",".join(changed)[:500]}
+    if restored_from is not None:
+        details["restored_from"] = restored_from
     await record_audit(
         edge=edge,
         tenant_id=tenant_id,
         audit_type=AuditType.CONFIGURATION_CHANGE,
-        action="update_config",
+        action="update_config" if restored_from is None else "restore_config",
         resource_type="tenant_config",
         resource_id=str(tenant_id),
         actor=actor,
-        details={"version": new_version, "changed": ",".join(changed)[:500]},
+        details=details,
     )
     return config, new_version
 

@@ -67,6 +67,27 @@ async def test_tenant_a_cannot_touch_tenant_b(
     assert (await client.get("/v1/config", headers=bearer(b.admin_token))).json()["version"] == 1
 
 
+async def test_a_sees_and_restores_only_its_own_config_versions(client, onboard) -> None:
+    """Version numbers are per tenant, so B's version 2 has a number A could ask for."""
+    a, b = await onboard(name="versions-a"), await onboard(name="versions-b")
+    r = await client.put(
+        "/v1/config", json={"custom_instructions": "B canary"}, headers=bearer(b.admin_token)
+    )
+    assert r.json()["version"] == 2
+    admin_a = bearer(a.admin_token) | {"X-Tenant-Id": str(b.tenant_id)}
+    listed = await client.get(
+        "/v1/config/versions", params={"tenant_id": str(b.tenant_id)}, headers=admin_a
+    )
+    assert [v["version"] for v in listed.json()["versions"]] == [1]
+    assert (await client.get("/v1/config/versions/2", headers=admin_a)).status_code == 404
+    restore = await client.post("/v1/config/versions/2/restore", headers=admin_a)
+    assert restore.status_code == 404
+    for response in (listed, restore):
+        assert "B canary" not in response.text
+        assert str(b.tenant_id) not in response.text
+    assert (await client.get("/v1/config", headers=bearer(a.admin_token))).json()["version"] == 1
+
+
 async def test_a_sees_only_its_own_documents_config_and_clients(client, pair) -> None:
     a, _b, b_doc, b_clients = pair
     docs = (await client.get("/v1/documents", headers=bearer(a.admin_token))).json()

@@ -143,6 +143,29 @@ async def test_a_model_given_to_another_tenant_stops_serving_the_config_that_nam
     assert shared not in {m["id"] for m in models}
 
 
+async def test_a_config_version_naming_a_withdrawn_model_is_not_restored(
+    client, onboard, edge_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore is a change like any other: today's catalogue decides."""
+    tenant = await onboard(tier="pro")
+    admin = bearer(tenant.admin_token)
+    retired = f"retired-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setitem(edge_settings.models, retired, edge_settings.models[LOCAL_MODEL])
+    r = await client.put(
+        "/v1/config", json={"model": retired, "allowed_models": [retired]}, headers=admin
+    )
+    assert r.json()["version"] == 2, r.text
+    r = await client.put(
+        "/v1/config", json={"model": LOCAL_MODEL, "allowed_models": [LOCAL_MODEL]}, headers=admin
+    )
+    assert r.json()["version"] == 3, r.text
+    monkeypatch.delitem(edge_settings.models, retired)
+    r = await client.post("/v1/config/versions/2/restore", headers=admin)
+    assert r.status_code == 422, r.text
+    assert retired in r.json()["detail"]
+    assert (await client.get("/v1/config", headers=admin)).json()["version"] == 3
+
+
 async def test_operators_see_each_models_owner_and_tiers(client, owners, operator_token) -> None:
     acme, _, acme_model, _ = owners
     entries = (await client.get("/v1/catalogue", headers=bearer(operator_token))).json()

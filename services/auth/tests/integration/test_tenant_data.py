@@ -319,6 +319,68 @@ async def test_concurrent_config_changes_get_distinct_versions_in_commit_order(
     assert published[-1].config.temperature == current["config"]["temperature"]
 
 
+async def test_config_versions_show_who_changed_what_and_an_earlier_one_can_be_restored(
+    client, tenant, topics_seen
+) -> None:
+    admin = bearer(tenant.admin_token)
+    first = (await client.get("/v1/config", headers=admin)).json()["config"]
+    for change in ({"temperature": 0.5, "custom_instructions": "Be kind."}, {"temperature": 0.9}):
+        assert (await client.put("/v1/config", json=change, headers=admin)).status_code == 200
+
+    listed = (await client.get("/v1/config/versions", headers=admin)).json()
+    assert [(v["version"], v["changed"]) for v in listed["versions"]] == [
+        (3, ["temperature"]),
+        (2, ["custom_instructions", "temperature"]),
+        (1, []),
+    ]
+    assert listed["versions"][0]["changed_by"] == listed["versions"][1]["changed_by"]
+    assert listed["next_before"] is None
+    # Paged: what a version changed is known on a page that does not show the one before it.
+    page = (await client.get("/v1/config/versions?limit=1&before=3", headers=admin)).json()
+    assert [(v["version"], v["changed"]) for v in page["versions"]] == [
+        (2, ["custom_instructions", "temperature"])
+    ]
+    assert page["next_before"] == 2
+
+    second = (await client.get("/v1/config/versions/2", headers=admin)).json()
+    assert (second["config"]["temperature"], second["config"]["custom_instructions"]) == (
+        0.5,
+        "Be kind.",
+    )
+    missing = await client.get("/v1/config/versions/9", headers=admin)
+    assert missing.status_code == 404
+    assert "no configuration version 9" in missing.json()["detail"]
+
+    stale = await client.post(
+        "/v1/config/versions/1/restore", json={"expected_version": 2}, headers=admin
+    )
+    assert stale.status_code == 409, stale.text
+    r = await client.post("/v1/config/versions/1/restore", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"version": 4, "config": first}
+    assert (await client.get("/v1/config", headers=admin)).json() == r.json()
+    [published] = await topics_seen.wait_for(
+        TenantConfigChanged, tenant_id=tenant.tenant_id, version=4
+    )
+    assert published.config.temperature == first["temperature"]
+    audits = await topics_seen.wait_for(
+        AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE
+    )
+    restored = [a for a in audits if a.action == "restore_config"]
+    assert [(a.details["version"], a.details["restored_from"]) for a in restored] == [(4, 1)]
+    assert restored[0].details["changed"] == "custom_instructions,temperature"
+
+
+async def test_members_cannot_read_or_restore_config_versions(client, tenant) -> None:
+    member = bearer(tenant.member_token)
+    for method, path in (
+        ("GET", "/v1/config/versions"),
+        ("GET", "/v1/config/versions/1"),
+        ("POST", "/v1/config/versions/1/restore"),
+    ):
+        assert (await client.request(method, path, headers=member)).status_code == 403, path
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
