@@ -182,6 +182,13 @@ class TenantView(BaseModel):
     updated_at: datetime
 
 
+class TenantChanged(TenantView):
+    changed: list[str] = Field(
+        description="The configuration fields the change set, limits carried over to the new "
+        "tier included (empty if it changed nothing)."
+    )
+
+
 class TenantCreated(TenantView):
     client_id: str = Field(description="The tenant admin's client id.")
     client_secret: str = Field(description="Shown once; stored only as a hash.")
@@ -897,6 +904,25 @@ def api_routes(
         if tenant is None:
             raise HTTPException(404, detail="no such tenant")
         return tenant_view(tenant)
+
+    @router.patch(
+        "/v1/tenants/{tenant_id}",
+        tags=["tenants"],
+        response_model=TenantChanged,
+        responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
+    )
+    async def change_tenant(
+        tenant_id: uuid.UUID, body: service.TenantChange, principal: Operator
+    ) -> TenantChanged:
+        """Rename an active tenant or move it to another tier (a new configuration version:
+        limits at the old tier's caps take the new tier's, lower ones stay, higher ones are
+        lowered to the new caps; models the new tier does not serve are dropped)."""
+        committed = await service.change_tenant(
+            edge=edge, tenant_id=tenant_id, change=body, actor=principal.subject
+        )
+        return TenantChanged(
+            **tenant_view(committed.tenant).model_dump(), changed=committed.changed
+        )
 
     @router.delete(
         "/v1/tenants/{tenant_id}", tags=["tenants"], status_code=202, response_model=TenantView

@@ -128,6 +128,37 @@ def offboard(tenant_id: uuid.UUID, reason: str = "offboarded by operator (cli)")
     typer.echo(json.dumps({"tenant_id": str(tenant_id), "status": _run(job, with_broker=True)}))
 
 
+@app.command("change-tenant")
+def change_tenant(
+    tenant_id: uuid.UUID,
+    tier: Annotated[Tier | None, typer.Option(help="Move the tenant to this tier.")] = None,
+    name: Annotated[str | None, typer.Option(help="Rename the tenant.")] = None,
+) -> None:
+    """Move an active tenant to another tier, or rename it (a new config version; limits at the
+    old tier's caps take the new tier's, as PATCH /v1/tenants/{id} does)."""
+
+    async def job(edge: service.Edge) -> service.CommittedConfig:
+        return await service.change_tenant(
+            edge=edge,
+            tenant_id=tenant_id,
+            change=service.TenantChange(tier=tier, name=name),
+            actor="cli",
+        )
+
+    committed = _run(job, with_broker=True)
+    typer.echo(
+        json.dumps(
+            {
+                "tenant_id": str(tenant_id),
+                "name": committed.tenant.name,
+                "tier": committed.tenant.tier,
+                "config_version": committed.version,
+                "changed": committed.changed,
+            }
+        )
+    )
+
+
 @app.command("rotate-key")
 def rotate_key() -> None:
     """Make a new signing key current (old keys stay published until their tokens expire)."""

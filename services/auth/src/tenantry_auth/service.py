@@ -827,8 +827,139 @@ async def update_config(
     actor: str,
     restored_from: int | None = None,
 ) -> tuple[TenantConfig, int]:
-    """Validate, version, publish and audit a configuration change (one at a time per tenant);
-    ``restored_from`` names the earlier version a restore took it from."""
+    """A tenant admin's configuration change; ``restored_from`` names the earlier version a
+    restore took it from."""
+    committed = await _commit_config(
+        edge=edge,
+        tenant_id=tenant_id,
+        actor=actor,
+        expected_version=update.expected_version,
+        change=lambda _tenant, current: merged_config(current, update),
+        action="update_config" if restored_from is None else "restore_config",
+        details={} if restored_from is None else {"restored_from": restored_from},
+    )
+    return committed.config, committed.version
+
+
+class TenantChange(BaseModel):
+    """What an operator may change of a tenant: its name and its plan (omitted fields stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tier: Tier | None = None
+    expected_version: int | None = Field(
+        default=None, ge=1, description="Refuse (409) unless the config is at this version."
+    )
+
+
+def config_for_tier(
+    config: TenantConfig, tier: Tier, settings: Settings, *, tenant_id: uuid.UUID
+) -> TenantConfig:
+    """A configuration carried over to another tier.
+
+    A limit at the old tier's cap (the plan's own value) moves to the new tier's cap; a limit
+    the tenant set lower stays, unless it is above the new cap, which it is lowered to. Models
+    the new tier does not serve leave ``allowed_models``; if the default was one of them, the
+    tier's default model replaces it. Fine-tuning (and with it the tenant's own models) is for
+    the enterprise tier only.
+    """
+    old, new = TIER_LIMITS[config.tier], TIER_LIMITS[tier]
+
+    def carried(value: int, old_cap: int, new_cap: int) -> int:
+        return new_cap if value == old_cap else min(value, new_cap)
+
+    rate = carried(config.rate_limit_per_minute, old.rate_per_minute, new.rate_per_minute)
+    moved = config.model_copy(
+        update={
+            "tier": tier,
+            "features": config.features.model_copy(
+                update={"fine_tuning": config.features.fine_tuning and tier is Tier.ENTERPRISE}
+            ),
+            "rate_limit_per_minute": rate,
+            "end_user_rate_limit_per_minute": min(config.end_user_rate_limit_per_minute, rate),
+            "daily_token_budget": carried(
+                config.daily_token_budget, old.daily_tokens, new.daily_tokens
+            ),
+            "monthly_spend_budget_micros": carried(
+                config.monthly_spend_budget_micros,
+                old.monthly_spend_micros,
+                new.monthly_spend_micros,
+            ),
+            "max_tokens_per_request": carried(
+                config.max_tokens_per_request,
+                old.max_tokens_per_request,
+                new.max_tokens_per_request,
+            ),
+        }
+    )
+    served = [
+        m
+        for m in config.allowed_models
+        if (spec := settings.models.get(m)) is not None and spec.serves(tenant_id, moved)
+    ]
+    model = config.model if config.model in served else default_model(settings, tier)
+    allowed = served if model in served else [model, *served]
+    return TenantConfig.model_validate(
+        moved.model_dump() | {"model": model, "allowed_models": allowed}
+    )
+
+
+async def change_tenant(
+    *, edge: Edge, tenant_id: uuid.UUID, change: TenantChange, actor: str
+) -> CommittedConfig:
+    """Rename a tenant or move it to another plan (operators): a new configuration version,
+    published and audited like any change, with the tenant's row changed in the same commit."""
+    if change.name is None and change.tier is None:
+        raise Invalid("nothing to change: send name, tier or both")
+
+    def apply(tenant: Tenant, current: TenantConfig) -> TenantConfig:
+        if tenant.status != TenantStatus.ACTIVE.value:
+            raise Conflict(f"the tenant is {tenant.status}; only an active tenant can be changed")
+        config = current
+        if change.tier is not None and change.tier is not current.tier:
+            config = config_for_tier(config, change.tier, edge.settings, tenant_id=tenant_id)
+        if change.name is not None:
+            config = config.model_copy(update={"tenant_name": change.name})
+        tenant.name, tenant.tier = config.tenant_name, config.tier.value
+        tenant.updated_at = utcnow()
+        return config
+
+    return await _commit_config(
+        edge=edge,
+        tenant_id=tenant_id,
+        actor=actor,
+        expected_version=change.expected_version,
+        change=apply,
+        action="change_tenant",
+    )
+
+
+@dataclass(frozen=True)
+class CommittedConfig:
+    """A configuration change as committed: the tenant's row, the new config and version, and
+    the names of the fields it changed."""
+
+    tenant: Tenant
+    config: TenantConfig
+    version: int
+    changed: list[str]
+
+
+async def _commit_config(
+    *,
+    edge: Edge,
+    tenant_id: uuid.UUID,
+    actor: str,
+    expected_version: int | None,
+    change: Callable[[Tenant, TenantConfig], TenantConfig],
+    action: str,
+    details: Mapping[str, str | int] | None = None,
+) -> CommittedConfig:
+    """Validate, version, publish and audit a configuration change (one at a time per tenant).
+
+    ``change`` makes the new configuration from the tenant's row (locked; it may change it) and
+    its current configuration."""
     try:
         async with transaction(edge.sessions) as session:
             # One change at a time per tenant: a concurrent change waits for this lock, then
@@ -836,17 +967,16 @@ async def update_config(
             # N + 1 before one of them failed to commit, and a consumer that read the loser's
             # record last (inference lets the later record of a version win) kept a
             # configuration that never committed.
-            if await repo.get_tenant_for_update(session=session, tenant_id=tenant_id) is None:
+            tenant = await repo.get_tenant_for_update(session=session, tenant_id=tenant_id)
+            if tenant is None:
                 raise NotFound("this tenant has no configuration")
             row = await repo.current_config(session=session, tenant_id=tenant_id)
             if row is None:
                 raise NotFound("this tenant has no configuration")
             current, version = TenantConfig.model_validate(row.config), row.version
-            if update.expected_version is not None and update.expected_version != version:
-                raise Conflict(
-                    f"the configuration is at version {version}, not {update.expected_version}"
-                )
-            config = merged_config(current, update)
+            if expected_version is not None and expected_version != version:
+                raise Conflict(f"the configuration is at version {version}, not {expected_version}")
+            config = change(tenant, current)
             check_config(config, edge.settings, tenant_id=tenant_id)
             new_version = version + 1
             changed = changed_fields(current, config)
@@ -857,6 +987,7 @@ async def update_config(
                 config=config.model_dump(mode="json"),
                 changed_by=actor,
             )
+            tenant.config_version = new_version
             # Published before the commit: a broker failure leaves no unpublished version.
             await edge.publish(
                 TENANTS_CONFIG,
@@ -870,20 +1001,17 @@ async def update_config(
         raise Unavailable("the change could not be published; nothing was changed") from exc
     # After the commit: from here on every replica's next request uses the new version.
     await edge.configs.committed(tenant_id=tenant_id, version=new_version, config=config)
-    details: dict[str, str | int] = {"version": new_version, "changed": ",".join(changed)[:500]}
-    if restored_from is not None:
-        details["restored_from"] = restored_from
     await record_audit(
         edge=edge,
         tenant_id=tenant_id,
         audit_type=AuditType.CONFIGURATION_CHANGE,
-        action="update_config" if restored_from is None else "restore_config",
+        action=action,
         resource_type="tenant_config",
         resource_id=str(tenant_id),
         actor=actor,
-        details=details,
+        details={"version": new_version, "changed": ",".join(changed)[:500], **(details or {})},
     )
-    return config, new_version
+    return CommittedConfig(tenant, config, new_version, changed)
 
 
 # --------------------------------------------------------------------------- documents

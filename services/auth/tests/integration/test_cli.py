@@ -1,4 +1,5 @@
-"""The operators' CLI against the real database: bootstrap an operator, rotate the key."""
+"""The operators' CLI against the real database: bootstrap an operator, change a tenant's
+plan, rotate the key."""
 
 from __future__ import annotations
 
@@ -45,3 +46,12 @@ async def test_rotate_key_is_published_in_jwks(client, edge_app, edge_settings) 
     await edge_app.state.edge.keys.load()
     kids = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
     assert made["kid"] in kids
+
+
+async def test_change_tenant_moves_it_to_another_tier(client, onboard, edge_settings) -> None:
+    tenant = await onboard(tier="free")
+    made = await _cli(edge_settings, "change-tenant", str(tenant.tenant_id), "--tier", "pro")
+    assert (made["tier"], made["config_version"]) == ("pro", 2)
+    assert "daily_token_budget" in made["changed"]
+    config = (await client.get("/v1/config", headers=bearer(tenant.admin_token))).json()
+    assert (config["version"], config["config"]["tier"]) == (2, "pro")

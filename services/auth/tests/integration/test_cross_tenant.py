@@ -31,6 +31,7 @@ async def pair(onboard, client):
     [
         ("GET", "/v1/tenants/{b}", None, {403}),
         ("DELETE", "/v1/tenants/{b}", None, {403}),
+        ("PATCH", "/v1/tenants/{b}", {"tier": "enterprise", "name": "taken"}, {403}),
         ("DELETE", "/v1/tenants/{b}/clients/{b_client}", None, {403}),
         ("DELETE", "/v1/clients/{b_client}", None, {404}),
         ("DELETE", "/v1/documents/{b_doc}", None, {404}),

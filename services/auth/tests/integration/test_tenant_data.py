@@ -371,6 +371,74 @@ async def test_config_versions_show_who_changed_what_and_an_earlier_one_can_be_r
     assert restored[0].details["changed"] == "custom_instructions,temperature"
 
 
+async def test_an_operator_moves_a_tenant_to_another_plan_and_renames_it(
+    client, tenant, operator_token, topics_seen
+) -> None:
+    admin, operator = bearer(tenant.admin_token), bearer(operator_token)
+    path = f"/v1/tenants/{tenant.tenant_id}"
+    r = await client.put("/v1/config", json={"rate_limit_per_minute": 10}, headers=admin)
+    assert r.status_code == 200, r.text
+    r = await client.put("/v1/config", json={"daily_token_budget": 400_000}, headers=admin)
+    assert r.status_code == 422  # above the free tier's cap
+    assert (await client.patch(path, json={"tier": "pro"}, headers=admin)).status_code == 403
+
+    r = await client.patch(path, json={"tier": "pro"}, headers=operator)
+    assert r.status_code == 200, r.text
+    moved = r.json()
+    assert (moved["tier"], moved["config_version"]) == ("pro", 3)
+    assert moved["changed"] == [
+        "daily_token_budget",
+        "max_tokens_per_request",
+        "monthly_spend_budget_micros",
+        "tier",
+    ]
+    config = (await client.get("/v1/config", headers=admin)).json()
+    assert config["version"] == 3
+    assert (config["config"]["tier"], config["config"]["daily_token_budget"]) == ("pro", 500_000)
+    assert config["config"]["rate_limit_per_minute"] == 10  # the tenant's own, lower limit
+    [published] = await topics_seen.wait_for(
+        TenantConfigChanged, tenant_id=tenant.tenant_id, version=3
+    )
+    assert published.config.tier == "pro"
+    audits = await topics_seen.wait_for(
+        AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE
+    )
+    assert [a.details["version"] for a in audits if a.action == "change_tenant"] == [3]
+    r = await client.put("/v1/config", json={"daily_token_budget": 400_000}, headers=admin)
+    assert r.status_code == 200, r.text
+
+    stale = await client.patch(
+        path, json={"name": "Renamed", "expected_version": 1}, headers=operator
+    )
+    assert stale.status_code == 409
+    r = await client.patch(path, json={"name": "Renamed Co"}, headers=operator)
+    assert (r.status_code, r.json()["changed"]) == (200, ["tenant_name"])
+    assert (await client.get(path, headers=operator)).json()["name"] == "Renamed Co"
+    config = (await client.get("/v1/config", headers=admin)).json()["config"]
+    assert (config["tenant_name"], config["tier"]) == ("Renamed Co", "pro")
+
+    nothing = await client.patch(path, json={}, headers=operator)
+    assert nothing.status_code == 422
+    assert "nothing to change" in nothing.json()["detail"]
+    assert (
+        await client.patch(path, json={"tier": "platinum"}, headers=operator)
+    ).status_code == 422
+    unknown = await client.patch(
+        f"/v1/tenants/{uuid.uuid4()}", json={"tier": "pro"}, headers=operator
+    )
+    assert unknown.status_code == 404
+
+
+async def test_an_offboarding_tenant_cannot_change_plan(client, onboard, operator_token) -> None:
+    leaving = await onboard(tier="free")
+    operator = bearer(operator_token)
+    path = f"/v1/tenants/{leaving.tenant_id}"
+    assert (await client.delete(path, headers=operator)).status_code == 202
+    r = await client.patch(path, json={"tier": "enterprise"}, headers=operator)
+    assert r.status_code == 409, r.text
+    assert "only an active tenant" in r.json()["detail"]
+
+
 async def test_members_cannot_read_or_restore_config_versions(client, tenant) -> None:
     member = bearer(tenant.member_token)
     for method, path in (

@@ -19,6 +19,7 @@ from tenantry_auth.service import (
     Invalid,
     check_config,
     check_template,
+    config_for_tier,
     default_config,
     estimate_prompt_tokens,
     merged_config,
@@ -153,6 +154,55 @@ def test_a_model_closed_to_the_tenants_tier_cannot_be_allowed() -> None:
     )
     with pytest.raises(Invalid, match=r"\['costly'\] are not available on the pro tier"):
         check_config(config, settings, tenant_id=ACME)
+
+
+def test_a_plan_change_carries_the_plans_own_limits_and_keeps_the_tenants_lower_ones() -> None:
+    free = merged_config(
+        default_config(name="x", tier=Tier.FREE, settings=SETTINGS),
+        ConfigUpdate(rate_limit_per_minute=10, end_user_rate_limit_per_minute=5),
+    )
+    pro = config_for_tier(free, Tier.PRO, SETTINGS, tenant_id=ACME)
+    limits = TIER_LIMITS[Tier.PRO]
+    assert (pro.tier, pro.daily_token_budget, pro.monthly_spend_budget_micros) == (
+        Tier.PRO,
+        limits.daily_tokens,
+        limits.monthly_spend_micros,
+    )
+    assert pro.max_tokens_per_request == limits.max_tokens_per_request
+    assert (pro.rate_limit_per_minute, pro.end_user_rate_limit_per_minute) == (10, 5)
+    check_config(pro, SETTINGS, tenant_id=ACME)
+    # And back: the plan's values follow the plan.
+    assert config_for_tier(pro, Tier.FREE, SETTINGS, tenant_id=ACME) == free
+
+
+def test_a_downgrade_lowers_limits_above_the_new_caps_and_drops_what_the_tier_lacks() -> None:
+    settings = Settings(
+        environment="test",
+        models={
+            **OWNED.models,
+            "costly": OWNED.models["gpt-4o-mini"].model_copy(update={"tiers": [Tier.ENTERPRISE]}),
+        },
+    )
+    enterprise = _enterprise(
+        model="costly",
+        allowed_models=["costly", "ft-acme", "gpt-4o-mini"],
+        features={"fine_tuning": True},
+        daily_token_budget=3_000_000,
+        rate_limit_per_minute=100,
+        end_user_rate_limit_per_minute=50,
+    )
+    check_config(enterprise, settings, tenant_id=ACME)
+    free = config_for_tier(enterprise, Tier.FREE, settings, tenant_id=ACME)
+    limits = TIER_LIMITS[Tier.FREE]
+    assert free.daily_token_budget == limits.daily_tokens  # 3M was above the free cap
+    assert (free.rate_limit_per_minute, free.end_user_rate_limit_per_minute) == (
+        limits.rate_per_minute,
+        limits.rate_per_minute,
+    )
+    assert not free.features.fine_tuning
+    assert (free.model, free.allowed_models) == ("smollm2-135m", ["smollm2-135m", "gpt-4o-mini"])
+    assert free.system_prompt_template == enterprise.system_prompt_template
+    check_config(free, settings, tenant_id=ACME)
 
 
 def test_config_update_keeps_omitted_fields() -> None:
