@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import System, client_token
+from tests.e2e.harness import System, client_token, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -149,3 +150,28 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
     for t in tenants:
         listed = http.get("/v1/documents", headers=_h(t["token"])).json()
         assert t["document_id"] in {d["document_id"] for d in listed["documents"]}
+
+
+def test_operators_see_every_tenants_usage_and_tenants_do_not(
+    system: System, tenants: list[dict[str, str]], operator_secret_file: Path
+) -> None:
+    """The operators' usage report (metering's, through the edge) lists each tenant that used
+    the platform, by name; a tenant admin's token is refused it."""
+    http = httpx.Client(base_url=system.edge.url, timeout=180)
+    for t in tenants:
+        assert _ask(http, t["token"], "How long is the refund window?").status_code == 200
+        assert http.get("/v1/usage/tenants", headers=_h(t["token"])).status_code == 403
+    operator = client_token(http, "operator", operator_secret_file.read_text())
+
+    def report() -> dict[str, dict[str, Any]]:
+        r = http.get("/v1/usage/tenants", params={"limit": 10_000}, headers=_h(operator))
+        assert r.status_code == 200, r.text
+        return {line["tenant_id"]: line for line in r.json()["tenants"]}
+
+    wait_until(lambda: all(t["tenant_id"] in report() for t in tenants), 60, "every tenant listed")
+    listed = report()
+    for t in tenants:
+        line = listed[t["tenant_id"]]
+        assert line["tenant_name"].endswith(t["canary"][-4:])
+        assert line["tier"] == "pro"
+        assert line["requests"] >= 1

@@ -1631,6 +1631,19 @@ def api_routes(
         (forwarded to metering)."""
         return await forward(request, f"{settings.metering_url}/v1/usage/end-users")
 
+    @router.get("/v1/usage/tenants", tags=["forwarded"], responses={502: {"model": Problem}})
+    async def every_tenant_usage(
+        request: Request,
+        principal: Operator,
+        start: Day = None,
+        end: Day = None,
+        limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+        format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    ) -> Response:
+        """Every tenant's usage, the costliest first, with its name and tier (operators;
+        forwarded to metering)."""
+        return await forward(request, f"{settings.metering_url}/v1/usage/tenants")
+
     @router.get(
         "/v1/tenants/{tenant_id}/usage/end-users",
         tags=["forwarded"],

@@ -7,12 +7,13 @@ import io
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from tenantry_common.auth import Principal, Role, TokenVerifier, principal_dependency
+from tenantry_common.events import TenantConfig
 
 from tenantry_metering import repository as repo
 from tenantry_metering import service
@@ -22,6 +23,7 @@ from tenantry_metering.runtime import Runtime
 Period = Literal["day", "month"]
 Format = Literal["json", "csv"]
 Limit = Annotated[int, Query(ge=1, le=1000, description="The most end users listed.")]
+TenantLimit = Annotated[int, Query(ge=1, le=10_000, description="The most tenants listed.")]
 
 #: Cells a spreadsheet would run as a formula (CSV injection): prefixed with a quote.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\x00")
@@ -78,6 +80,46 @@ class EndUserReport(BaseModel):
 
 
 END_USER_CSV_COLUMNS = tuple(EndUserUsage.model_fields)
+
+
+class TenantUsage(BaseModel):
+    tenant_id: uuid.UUID
+    tenant_name: str | None = Field(
+        description="As its latest config names it; null once offboarded or not yet known."
+    )
+    tier: str | None = Field(description="Its tier now; null like tenant_name.")
+    requests: int
+    cached_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_micros: int
+    unpriced_requests: int = Field(description="Requests of models without a price.")
+
+    @classmethod
+    def of(cls, row: repo.TenantTotalsRow, config: TenantConfig | None) -> Self:
+        return cls(
+            tenant_id=row.tenant_id,
+            tenant_name=config.tenant_name if config else None,
+            tier=config.tier.value if config else None,
+            requests=row.requests,
+            cached_requests=row.cached_requests,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.prompt_tokens + row.completion_tokens,
+            cost_micros=row.cost_micros,
+            unpriced_requests=row.unpriced_requests,
+        )
+
+
+class TenantsReport(BaseModel):
+    start: date
+    end: date
+    tenants: list[TenantUsage] = Field(description="The costliest first.")
+    more: bool = Field(description="More tenants used the platform than `limit` lists.")
+
+
+TENANT_CSV_COLUMNS = tuple(TenantUsage.model_fields)
 
 
 def neutralise(cell: object) -> str:
@@ -189,6 +231,11 @@ def report_csv(report: UsageReport) -> str:
 def end_user_csv(report: EndUserReport) -> str:
     """One CSV line per end user (names a spreadsheet would run neutralised)."""
     return _csv(END_USER_CSV_COLUMNS, (line.model_dump() for line in report.end_users))
+
+
+def tenants_csv(report: TenantsReport) -> str:
+    """One CSV line per tenant (names a spreadsheet would run neutralised)."""
+    return _csv(TENANT_CSV_COLUMNS, (line.model_dump() for line in report.tenants))
 
 
 def _respond(
@@ -311,6 +358,30 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
         return _respond(
             report, fmt, lambda: end_user_csv(report), f"usage-{tenant_id}-end-users.csv"
         )
+
+    @router.get("/v1/usage/tenants", response_model=TenantsReport)
+    async def every_tenant(
+        principal: Principal = current_principal,
+        start: date | None = None,
+        end: date | None = None,
+        limit: TenantLimit = 100,
+        format: Annotated[Format, Query()] = "json",
+    ) -> Response:
+        """Every tenant's usage, the costliest first, for operators (billing, capacity); by
+        default over the last 30 days."""
+        _operator_only(principal)
+        start, end = days("day", start, end)
+        async with runtime.db().connect() as conn:
+            rows = await repo.tenant_rows(conn, start=start, end=end, limit=limit + 1)
+        report = TenantsReport(
+            start=start,
+            end=end,
+            tenants=[
+                TenantUsage.of(r, runtime.directory.budgets_of(r.tenant_id)) for r in rows[:limit]
+            ],
+            more=len(rows) > limit,
+        )
+        return _respond(report, format, lambda: tenants_csv(report), "usage-tenants.csv")
 
     @router.get("/v1/usage/end-users", response_model=EndUserReport)
     async def own_end_users(

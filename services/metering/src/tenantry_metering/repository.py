@@ -411,6 +411,40 @@ async def end_user_rows(
     return [EndUserRow(*row) for row in result]
 
 
+@dataclass(frozen=True)
+class TenantTotalsRow:
+    tenant_id: uuid.UUID
+    requests: int
+    cached_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    unpriced_requests: int
+
+
+async def tenant_rows(
+    conn: AsyncConnection, *, start: date, end: date, limit: int
+) -> list[TenantTotalsRow]:
+    """Every tenant's usage between two days (inclusive), the costliest first, at most
+    ``limit`` of them (operators: deliberately across tenants)."""
+    result = await conn.execute(
+        text(
+            """
+            SELECT tenant_id, CAST(sum(requests) AS bigint), CAST(sum(cached_requests) AS bigint),
+                CAST(sum(prompt_tokens) AS bigint), CAST(sum(completion_tokens) AS bigint),
+                CAST(sum(cost_micros) AS bigint), CAST(sum(unpriced_requests) AS bigint)
+            FROM usage_daily
+            WHERE day BETWEEN :start AND :end
+            GROUP BY tenant_id
+            ORDER BY 6 DESC, 4 + 5 DESC, tenant_id
+            LIMIT :limit
+            """
+        ),
+        {"start": start, "end": end, "limit": limit},
+    )
+    return [TenantTotalsRow(*row) for row in result]
+
+
 async def monthly_rows(
     conn: AsyncConnection, *, tenant_id: uuid.UUID, start: date, end: date
 ) -> list[AggregateRow]:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry_common.messaging import publish_event
 from tenantry_common.settings import LOCAL_MODEL, default_catalogue
 from tenantry_common.topics import TENANTS_CONFIG, USAGE
+from tenantry_metering import repository as repo
 from tenantry_metering.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -184,3 +185,64 @@ async def test_usage_per_end_user_lists_the_tenants_own_costliest_first(
         operator = issuer.headers(tenant_id=a, role="operator")
         theirs = await http.get(f"/v1/tenants/{b}/usage/end-users", params=query, headers=operator)
         assert [u["total_tokens"] for u in theirs.json()["end_users"]] == [7_778]
+
+
+async def test_operators_see_every_tenants_usage_the_costliest_first(
+    metering_settings: Settings, engine: AsyncEngine, producer: KafkaBroker, issuer: TestIssuer
+) -> None:
+    """One line per tenant over the days asked (a day no other test uses), with its name and
+    tier where metering holds its config; operators only."""
+    small, big = uuid.uuid4(), uuid.uuid4()
+    day = datetime(2023, 3, 17, 9, tzinfo=UTC)
+    async with running(metering_settings, issuer) as (app, http):
+        await publish_event(
+            producer, TENANTS_CONFIG, config_changed(small, daily_tokens=9_000, monthly_micros=9)
+        )
+        for event in (
+            usage(small, prompt=10, completion=5, occurred_at=day),
+            usage(small, prompt=20, completion=5, occurred_at=day),
+            usage(big, prompt=5_000, completion=1_000, occurred_at=day),  # config unknown here
+        ):
+            await publish_event(producer, USAGE, event)
+
+        async def rolled_up() -> bool:
+            async with engine.connect() as conn:
+                rows = await repo.tenant_rows(conn, start=day.date(), end=day.date(), limit=10)
+            return sum(r.requests for r in rows) == 3
+
+        await wait_until(rolled_up, what="usage rolled up per day")
+        await wait_until(lambda: _known(app, small), what="config known")
+        query = {"start": "2023-03-17", "end": "2023-03-17"}
+        operator = issuer.headers(tenant_id=uuid.UUID(int=0), role="operator")
+        response = await http.get("/v1/usage/tenants", params=query, headers=operator)
+        assert response.status_code == 200, response.text
+        report = response.json()
+        listed = [
+            (t["tenant_id"], t["tenant_name"], t["tier"], t["requests"], t["total_tokens"])
+            for t in report["tenants"]
+        ]
+        assert listed == [
+            (str(big), None, None, 1, 6_000),
+            (str(small), f"t-{small.hex[:6]}", "pro", 2, 40),
+        ]
+        assert report["tenants"][0]["cost_micros"] == PRICE.cost_micros(5_000, 1_000)
+        assert report["more"] is False
+
+        cut = await http.get("/v1/usage/tenants", params=query | {"limit": 1}, headers=operator)
+        assert ([t["tenant_id"] for t in cut.json()["tenants"]], cut.json()["more"]) == (
+            [str(big)],
+            True,
+        )
+        csv_response = await http.get(
+            "/v1/usage/tenants", params=query | {"format": "csv"}, headers=operator
+        )
+        rows = list(csv.DictReader(io.StringIO(csv_response.text)))
+        assert [(r["tenant_id"], r["total_tokens"]) for r in rows] == [
+            (str(big), "6000"),
+            (str(small), "40"),
+        ]
+        for role in ("admin", "member"):
+            refused = await http.get(
+                "/v1/usage/tenants", params=query, headers=issuer.headers(tenant_id=big, role=role)
+            )
+            assert refused.status_code == 403, role
