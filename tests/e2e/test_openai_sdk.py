@@ -305,10 +305,86 @@ def test_refusals_arrive_as_the_sdks_typed_errors(sdk: openai.OpenAI, system: Sy
             model="smollm2-135m",
             messages=[{"role": "user", "content": "What is the weather?"}],
             tools=[{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "forecast"}},
         )
-    assert (tools.value.code, tools.value.param) == ("unsupported_parameter", "tools")
+    assert "not in tools" in tools.value.message
 
     stranger = openai.OpenAI(base_url=f"{system.edge.url}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as unknown:
         stranger.models.list()
     assert unknown.value.code == "invalid_api_key"
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}
+MUST_CALL: Any = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_the_local_model_calls_the_tool_it_must_and_answers_from_its_result(
+    sdk: openai.OpenAI,
+) -> None:
+    """Function calling through the SDK against the real local model (its server holds a
+    forced call to the tool's JSON Schema): the call whole and streamed, then an answer from
+    the tool's result."""
+    question: Any = {"role": "user", "content": "What is the weather in Paris?"}
+    whole = sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[question],
+        tools=[WEATHER_TOOL],
+        tool_choice=MUST_CALL,
+        max_tokens=48,
+    )
+    [choice] = whole.choices
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] in {"Paris", "Berlin", "Rome"}
+
+    named: dict[int, list[str]] = {}
+    finish = None
+    for chunk in sdk.chat.completions.create(
+        model="smollm2-135m",
+        messages=[question],
+        tools=[WEATHER_TOOL],
+        tool_choice=MUST_CALL,
+        max_tokens=48,
+        stream=True,
+    ):
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            parts = named.setdefault(delta_call.index, ["", ""])
+            if delta_call.function is not None:
+                parts[0] += delta_call.function.name or ""
+                parts[1] += delta_call.function.arguments or ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert finish == "tool_calls"
+    assert named[0][0] == "get_weather"
+    assert json.loads(named[0][1])["city"] in {"Paris", "Berlin", "Rome"}
+
+    turns: Any = [
+        question,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": call.id, "type": "function", "function": call.function.model_dump()}
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny and 21 degrees."},
+    ]
+    answered = sdk.chat.completions.create(
+        model="smollm2-135m", messages=turns, tools=[WEATHER_TOOL], max_tokens=32
+    )
+    assert answered.choices[0].message.content
+    assert answered.choices[0].finish_reason in {"stop", "length"}

@@ -231,6 +231,77 @@ class ResponseFormat(Contract):
         return self
 
 
+#: The most a request's tool definitions may take, as JSON: they ride on every event of the
+#: request and go to the model with it.
+MAX_TOOLS_BYTES = 65_536
+
+
+class ToolFunction(Contract):
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(
+        default=None, max_length=4_000, exclude_if=lambda text: text is None
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="Its arguments' JSON Schema, as the client sent it.",
+        exclude_if=lambda schema: schema is None,
+    )
+    strict: bool | None = Field(default=None, exclude_if=lambda strict: strict is None)
+
+
+class Tool(Contract):
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+class ToolOptions(Contract):
+    """The tools a request offered the model and how it may use them (OpenAI's ``tools``,
+    ``tool_choice`` and ``parallel_tool_calls``), sent to the model as given."""
+
+    tools: list[Tool] = Field(min_length=1, max_length=128)
+    choice: Literal["auto", "required", "none"] | None = Field(
+        default=None,
+        description="OpenAI's tool_choice as a word; None with `function` or for the default.",
+        exclude_if=lambda choice: choice is None,
+    )
+    function: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The one tool the model must call (tool_choice naming a function).",
+        exclude_if=lambda name: name is None,
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, exclude_if=lambda parallel: parallel is None
+    )
+
+    @model_validator(mode="after")
+    def _checked(self) -> ToolOptions:
+        names = [tool.function.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("two tools have the same name")
+        if self.function is not None and self.function not in names:
+            raise ValueError(f"tool_choice names {self.function!r}, which is not in tools")
+        if self.choice is not None and self.function is not None:
+            raise ValueError("tool_choice is a word or a function, not both")
+        size = len(self.model_dump_json(exclude={"choice", "function"}).encode())
+        if size > MAX_TOOLS_BYTES:
+            raise ValueError(f"the tools take {size} bytes as JSON; at most {MAX_TOOLS_BYTES}")
+        return self
+
+    def body(self) -> dict[str, Any]:
+        """As OpenAI's API takes them."""
+        body: dict[str, Any] = {"tools": [tool.model_dump(mode="json") for tool in self.tools]}
+        if self.function is not None:
+            body["tool_choice"] = {"type": "function", "function": {"name": self.function}}
+        elif self.choice is not None:
+            body["tool_choice"] = self.choice
+        if self.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = self.parallel_tool_calls
+        return body
+
+
 class ChatOptions(Contract):
     """What the edge resolved from the tenant's config for one request (a snapshot)."""
 
@@ -258,6 +329,11 @@ class ChatOptions(Contract):
         description="The form the answer must take, if not text (version 4).",
         exclude_if=lambda form: form is None,
     )
+    tools: ToolOptions | None = Field(
+        default=None,
+        description="The functions the model may call instead of answering (version 5).",
+        exclude_if=lambda tools: tools is None,
+    )
 
 
 class Reservation(Contract):
@@ -277,9 +353,42 @@ MAX_MESSAGE_CHARS = 32_000
 MAX_QUESTION_CHARS = 16_000
 
 
+class FunctionCall(Contract):
+    name: str = Field(min_length=1, max_length=200)
+    arguments: str = Field(max_length=MAX_MESSAGE_CHARS, description="JSON, as the model wrote it.")
+
+
+class ToolCall(Contract):
+    """A call the model made of one of the request's tools (OpenAI's ``tool_calls[]``)."""
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Contract):
-    role: Literal["system", "user", "assistant"]
+    """One message of a conversation. ``tool`` messages and an assistant's ``tool_calls`` are
+    version 5 of the chat request (a request offering tools, and the turns that answer them)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
+    tool_calls: list[ToolCall] | None = Field(
+        default=None,
+        max_length=128,
+        description="An assistant message's calls of the request's tools.",
+        exclude_if=lambda calls: calls is None,
+    )
+    tool_call_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A tool message's: the call it is the result of.",
+        exclude_if=lambda call: call is None,
+    )
+
+    @property
+    def of_tools(self) -> bool:
+        """Whether it is a tool's result or an assistant's tool calls."""
+        return self.role == "tool" or self.tool_calls is not None
 
 
 class Passage(Contract):
@@ -315,12 +424,13 @@ class _ChatRequestFields(Event):
     """A chat request's fields, as ChatRequested and ContextRetrieved carry them.
 
     Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``, version 4
-    ``options.response_format``. A request is written as the oldest version that carries what
-    it uses (see ``Event.written_version``): one without any of them is version 1, so only
-    requests that use them need consumers that know them.
+    ``options.response_format``, version 5 ``options.tools``, ``tool_turns`` and tool messages
+    in ``history``. A request is written as the oldest version that carries what it uses (see
+    ``Event.written_version``): one without any of them is version 1, so only requests that use
+    them need consumers that know them.
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4, 5})
 
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
@@ -335,6 +445,13 @@ class _ChatRequestFields(Event):
     conversation_id: uuid.UUID | None = None
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     history: list[ChatMessage] = Field(default_factory=list, max_length=100)
+    tool_turns: list[ChatMessage] = Field(
+        default_factory=list,
+        max_length=100,
+        description="What followed the question: the assistant's calls of the request's tools "
+        "and the tools' results, in order (version 5).",
+        exclude_if=lambda turns: not turns,
+    )
     stream: bool = False
     reply_to: ReplyTo
     options: ChatOptions
@@ -344,6 +461,12 @@ class _ChatRequestFields(Event):
     )
 
     def written_version(self) -> int:
+        if (
+            self.options.tools is not None
+            or self.tool_turns
+            or any(message.of_tools for message in self.history)
+        ):
+            return 5
         if self.options.response_format is not None:
             return 4
         if self.options.sampling is not None or self.end_user is not None:
@@ -398,16 +521,18 @@ class FinishReason(enum.StrEnum):
 
     STOP = "stop"  # it finished (or reached a stop sequence)
     LENGTH = "length"  # it reached the answer's token limit: the answer is cut short
+    TOOL_CALLS = "tool_calls"  # it called tools of the request's (version 3 of ChatCompleted)
 
 
 class ChatCompleted(Event):
     """The final answer to a request (inference, or retrieval on a cache hit).
 
     Version 2 added ``finish_reason``; a version-1 answer reads as "stop", and an answer that
-    stopped is written as version 1 (see ``Event.written_version``).
+    stopped is written as version 1 (see ``Event.written_version``). Version 3 added
+    ``tool_calls`` and the finish reason "tool_calls".
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
 
     event_type: Literal["ChatCompleted"] = "ChatCompleted"
     request_id: uuid.UUID
@@ -427,14 +552,22 @@ class ChatCompleted(Event):
         "and is cut short (a cache hit says what the cached answer's did). Version 2.",
         exclude_if=lambda reason: reason is FinishReason.STOP,
     )
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list,
+        description="The calls the model made of the request's tools, if it made any (version 3).",
+        exclude_if=lambda calls: not calls,
+    )
 
     def written_version(self) -> int:
+        if self.tool_calls or self.finish_reason is FinishReason.TOOL_CALLS:
+            return 3
         return 1 if self.finish_reason is FinishReason.STOP else 2
 
     @property
     def cacheable(self) -> bool:
-        """Whether the semantic cache may keep this answer for later questions."""
-        return self.semantic_cache and not self.cached
+        """Whether the semantic cache may keep this answer for later questions (never tool
+        calls: they answer the tools a request offered, not the question)."""
+        return self.semantic_cache and not self.cached and not self.tool_calls
 
 
 class FailureReason(enum.StrEnum):

@@ -64,6 +64,12 @@ class ModelSpec(BaseModel):
         "'json_object' JSON mode only; 'text' neither. The edge refuses a request for a format "
         "its model does not take, and inference asks no fallback that does not take it.",
     )
+    tool_calls: bool = Field(
+        default=True,
+        description="Whether the model's server takes OpenAI's tools (function calling). The "
+        "edge refuses a request offering tools to a model that does not, and inference asks "
+        "no fallback that does not.",
+    )
     owner: uuid.UUID | None = Field(
         default=None,
         description="The tenant whose own model this is (one fine-tuned on its data, say): only "

@@ -186,15 +186,15 @@ def test_chat_completed_that_stopped_is_written_as_version_1_and_a_cut_one_as_ve
     assert again == cut
 
 
-def test_chat_completed_reads_version_1_as_stop_and_refuses_version_3() -> None:
+def test_chat_completed_reads_version_1_as_stop_and_refuses_version_4() -> None:
     [completed] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
     old = json.loads(completed.model_dump_json())
     assert old["schema_version"] == 1
     parsed = ev.parse_event(json.dumps(old).encode())
     assert isinstance(parsed, ev.ChatCompleted)
     assert parsed.finish_reason is ev.FinishReason.STOP
-    with pytest.raises(ValidationError, match="unsupported schema_version 3 for ChatCompleted"):
-        ev.ChatCompleted.model_validate(old | {"schema_version": 3})
+    with pytest.raises(ValidationError, match="unsupported schema_version 4 for ChatCompleted"):
+        ev.ChatCompleted.model_validate(old | {"schema_version": 4})
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
@@ -217,8 +217,8 @@ def test_a_chat_request_without_stop_sequences_is_version_1_and_with_them_versio
     # Read as written: a version-1 request stays version 1, and reads as having no stop.
     again = ev.parse_event(plain.model_dump_json().encode())
     assert (again.schema_version, again.options.stop) == (1, [])  # type: ignore[attr-defined]
-    with pytest.raises(ValidationError, match=f"unsupported schema_version 5 for {kind.__name__}"):
-        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 5})
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 6 for {kind.__name__}"):
+        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 6})
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
@@ -332,6 +332,100 @@ def test_a_chat_request_naming_its_end_user_is_version_3(
     for bad in ("", "x" * (ev.MAX_END_USER_CHARS + 1)):
         with pytest.raises(ValidationError, match="end_user"):
             kind.model_validate(fields | {"end_user": bad})
+
+
+WEATHER = ev.Tool(
+    function=ev.ToolFunction(
+        name="get_weather", parameters={"type": "object", "properties": {"city": {}}}
+    )
+)
+CALL = ev.ToolCall(id="call_1", function=ev.FunctionCall(name="get_weather", arguments="{}"))
+
+
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+def test_a_chat_request_offering_tools_or_carrying_their_results_is_version_5(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved],
+) -> None:
+    """Version 5 added options.tools, tool_turns and tool messages in history: each alone
+    makes a request version 5, and what it holds round-trips as written."""
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    written = json.loads(plain.model_dump_json())
+    assert "tools" not in written["options"]
+    assert "tool_turns" not in written
+    fields = plain.model_dump(exclude={"event_id", "schema_version"})
+    tools = ev.ToolOptions(tools=[WEATHER], function="get_weather", parallel_tool_calls=False)
+    turns = [
+        ev.ChatMessage(role="assistant", content="", tool_calls=[CALL]),
+        ev.ChatMessage(role="tool", content="Sunny", tool_call_id="call_1"),
+    ]
+    for change in (
+        {"options": OPTIONS.model_copy(update={"tools": tools})},
+        {"tool_turns": turns},
+        {"history": turns},
+    ):
+        made = kind.model_validate(fields | change)
+        assert made.schema_version == 5, change
+        again = ev.parse_event(made.model_dump_json().encode())
+        assert again == made
+        assert kind.model_validate(made.model_dump()) == made  # as retrieval passes it on
+    assert tools.body() == {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {"type": "object", "properties": {"city": {}}},
+                },
+            }
+        ],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"tools": []}, "at least 1"),
+        ({"tools": [WEATHER, WEATHER]}, "same name"),
+        ({"tools": [WEATHER], "function": "get_time"}, "not in tools"),
+        ({"tools": [WEATHER], "function": "get_weather", "choice": "auto"}, "not both"),
+        ({"tools": [{"function": {"name": "no spaces"}}]}, "pattern"),
+        (
+            {
+                "tools": [
+                    {
+                        "function": {
+                            "name": "f",
+                            "description": "x" * 4_000,
+                            "parameters": {"d": "x" * ev.MAX_TOOLS_BYTES},
+                        }
+                    }
+                ]
+            },
+            "at most 65536",
+        ),
+    ],
+)
+def test_malformed_tools_are_refused(options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        ev.ToolOptions.model_validate(options)
+
+
+def test_an_answer_calling_tools_is_version_3_of_chat_completed() -> None:
+    [completed] = [e for e in EXAMPLES if isinstance(e, ev.ChatCompleted)]
+    calling = ev.ChatCompleted(
+        **completed.model_dump(exclude={"event_id", "schema_version", "finish_reason"}),
+        finish_reason=ev.FinishReason.TOOL_CALLS,
+        tool_calls=[CALL],
+    )
+    written = json.loads(calling.model_dump_json())
+    assert (written["schema_version"], written["finish_reason"]) == (3, "tool_calls")
+    assert written["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    ]
+    assert ev.parse_event(calling.model_dump_json().encode()) == calling
+    assert "tool_calls" not in json.loads(completed.model_dump_json())
 
 
 def test_a_piece_naming_no_model_is_version_1_and_a_fallbacks_version_2() -> None:
@@ -460,6 +554,14 @@ def test_tenant_config_refuses_a_model_outside_allowed_models() -> None:
         ({"semantic_cache": False}, False),  # the tenant does not allow it
         ({"cached": True}, False),  # already the cache's answer
         ({"finish_reason": ev.FinishReason.LENGTH}, True),  # cut short: cached, and says so
+        (  # a call of the client's tools answers its tools, not the question
+            {
+                "tool_calls": [
+                    ev.ToolCall(id="c", function=ev.FunctionCall(name="f", arguments="{}"))
+                ]
+            },
+            False,
+        ),
     ],
 )
 def test_a_fresh_answer_the_tenant_allows_is_cacheable(

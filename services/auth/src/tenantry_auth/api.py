@@ -56,10 +56,15 @@ from tenantry_common.events import (
     EndUserRateLimit,
     FailureReason,
     FinishReason,
+    FunctionCall,
     ResponseFormat,
     SamplingHints,
     TenantConfig,
     Tier,
+    Tool,
+    ToolCall,
+    ToolFunction,
+    ToolOptions,
 )
 from tenantry_common.ids import PLATFORM_TENANT_ID
 from tenantry_common.settings import ModelSpec
@@ -360,27 +365,102 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
+class OpenAIFunctionCall(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    arguments: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class OpenAIToolCall(BaseModel):
+    """A call an earlier answer made (sent back with the conversation)."""
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: OpenAIFunctionCall
+
+    def call(self) -> ToolCall:
+        return ToolCall(
+            id=self.id,
+            function=FunctionCall(name=self.function.name, arguments=self.function.arguments),
+        )
+
+
 class OpenAIMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: (
         Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
         | Annotated[list[TextPart], Field(max_length=100)]
+        | None
+    ) = Field(default=None, description="Required, except on an assistant's tool calls.")
+    tool_calls: list[OpenAIToolCall] | None = Field(
+        default=None, max_length=128, description="An assistant message's calls of tools."
+    )
+    tool_call_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A tool message's: the call it answers.",
     )
 
     @property
     def text(self) -> str:
         """The content as one text (parts joined by a blank line)."""
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "\n\n".join(part.text for part in self.content)
 
+    def chat_message(self) -> ChatMessage:
+        return ChatMessage(
+            role=self.role,
+            content=self.text,
+            tool_calls=[call.call() for call in self.tool_calls] if self.tool_calls else None,
+            tool_call_id=self.tool_call_id,
+        )
+
     @model_validator(mode="after")
-    def _parts_fit(self) -> Self:
+    def _well_formed(self) -> Self:
         if isinstance(self.content, list) and (size := len(self.text)) > MAX_MESSAGE_CHARS:
             raise ValueError(
                 f"the content's parts come to {size:,} characters; at most {MAX_MESSAGE_CHARS:,}"
             )
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only a tool message, has a tool_call_id")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only on tool calls)")
         return self
+
+
+class OpenAIFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=4_000)
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="The arguments' JSON Schema."
+    )
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_are_json_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            _check_json_schema(schema)
+        return schema
+
+
+class OpenAITool(BaseModel):
+    type: Literal["function"]
+    function: OpenAIFunction
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function the model must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -413,13 +493,28 @@ def _remote_refs(schema: object) -> Iterator[str]:
             yield from _remote_refs(item)
 
 
+def _check_json_schema(schema: dict[str, Any]) -> None:
+    """Refuse what is not a JSON Schema, and references a server would fetch."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"the schema is not a JSON Schema: {exc.message}") from None
+    if remote := next(_remote_refs(schema), None):
+        # A server resolving it would fetch a URL of the client's choosing;
+        # llama-cpp-python's drops such a schema and holds the answer to any JSON.
+        raise ValueError(f"only local $ref ('#/...') are supported, not {remote!r}")
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request: what the platform honours, and what it must refuse.
 
-    Parameters that would change what kind of answer the client gets (tools, several choices,
-    log probabilities, audio) are refused with OpenAI's ``unsupported_parameter`` or
-    ``unsupported_value`` rather than ignored: a client relying on them would otherwise get a
-    plain text answer and no sign of why. The sampling parameters (``temperature``, ``top_p``,
+    Parameters that would change what kind of answer the client gets (several choices, log
+    probabilities, audio, the deprecated ``functions``) are refused with OpenAI's
+    ``unsupported_parameter`` or ``unsupported_value`` rather than ignored: a client relying on
+    them would otherwise get a plain text answer and no sign of why. ``tools``,
+    ``tool_choice`` and ``parallel_tool_calls`` go to the model as given (function calling;
+    a model whose server does not take tools is refused once the model is known). The
+    sampling parameters (``temperature``, ``top_p``,
     ``seed``, the penalties) go to the model as given; so does ``response_format`` (JSON mode
     or a JSON Schema; a schema that is not one is refused here, and a format the model's server
     does not take is refused once the model is known); ``user`` is recorded as the end user in
@@ -445,10 +540,13 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: EndUser = None
+    tools: list[OpenAITool] | None = Field(
+        default=None, max_length=128, description="Functions the model may call (JSON Schema)."
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Refused unless absent or harmless (see ``unsupported``).
     n: int | None = Field(default=None, ge=1, le=128)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: Annotated[TextFormat | ResponseFormat, Field(discriminator="type")] | None = (
@@ -465,16 +563,43 @@ class ChatCompletionRequest(BaseModel):
         cls, form: TextFormat | ResponseFormat | None
     ) -> TextFormat | ResponseFormat | None:
         if isinstance(form, ResponseFormat) and form.json_schema is not None:
-            schema = form.json_schema.schema_
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
-                raise ValueError(f"the schema is not a JSON Schema: {exc.message}") from None
-            if remote := next(_remote_refs(schema), None):
-                # A server resolving it would fetch a URL of the client's choosing;
-                # llama-cpp-python's drops such a schema and holds the answer to any JSON.
-                raise ValueError(f"only local $ref ('#/...') are supported, not {remote!r}")
+            _check_json_schema(form.json_schema.schema_)
         return form
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> Self:
+        names = {tool.function.name for tool in self.tools or ()}
+        if isinstance(self.tool_choice, NamedToolChoice):
+            if self.tool_choice.function.name not in names:
+                raise ValueError(
+                    f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools"
+                )
+        elif self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        if len(names) != len(self.tools or ()):
+            raise ValueError("two tools have the same name")
+        return self
+
+    @property
+    def tool_options(self) -> ToolOptions | None:
+        """The tools offered and how the model may use them; None when none are offered."""
+        if not self.tools:
+            return None
+        return ToolOptions(
+            tools=[
+                Tool(
+                    function=ToolFunction.model_validate(
+                        tool.function.model_dump(exclude_none=True)
+                    )
+                )
+                for tool in self.tools
+            ],
+            choice=self.tool_choice if isinstance(self.tool_choice, str) else None,
+            function=self.tool_choice.function.name
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else None,
+            parallel_tool_calls=self.parallel_tool_calls,
+        )
 
     @property
     def answer_format(self) -> ResponseFormat | None:
@@ -508,19 +633,18 @@ class ChatCompletionRequest(BaseModel):
         (param, OpenAI's code, message); None when every parameter can be honoured."""
         if self.n not in (None, 1):
             return "n", "unsupported_value", "only one choice per request is supported (n=1)"
-        for name, value in (("tools", self.tools), ("functions", self.functions)):
-            if value:
-                return name, "unsupported_parameter", f"{name} (function calling) is not supported"
-        for name, choice in (
-            ("tool_choice", self.tool_choice),
-            ("function_call", self.function_call),
-        ):
-            if choice not in (None, "none", "auto"):
-                return (
-                    name,
-                    "unsupported_value",
-                    f"{name} {choice!r}: function calling is not supported",
-                )
+        if self.functions:
+            return (
+                "functions",
+                "unsupported_parameter",
+                "functions (the deprecated function calling) is not supported; use tools",
+            )
+        if self.function_call not in (None, "none", "auto"):
+            return (
+                "function_call",
+                "unsupported_value",
+                "function_call (the deprecated function calling) is not supported; use tool_choice",
+            )
         if self.logprobs or self.top_logprobs:
             name = "logprobs" if self.logprobs else "top_logprobs"
             return name, "unsupported_parameter", "log probabilities are not supported"
@@ -553,6 +677,7 @@ class ModelCard(BaseModel):
         description="The response_format types it answers in: text, and json_object and "
         "json_schema where its server takes them."
     )
+    tool_calls: bool = Field(description="Whether it takes tools (function calling).")
 
     @classmethod
     def of(cls, model: str, spec: ModelSpec) -> Self:
@@ -561,6 +686,7 @@ class ModelCard(BaseModel):
             owned_by=str(spec.owner) if spec.owner is not None else "tenantry",
             context_window=spec.context_window,
             response_formats=spec.answer_formats,
+            tool_calls=spec.tool_calls,
             pricing=ModelPricing(
                 input_micros_per_mtok=spec.input_price_micros_per_mtok,
                 output_micros_per_mtok=spec.output_price_micros_per_mtok,
@@ -1197,6 +1323,8 @@ def api_routes(
         sampling: SamplingHints | None = None,
         response_format: ResponseFormat | None = None,
         end_user: str | None = None,
+        tools: ToolOptions | None = None,
+        tool_turns: Sequence[ChatMessage] = (),
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -1221,6 +1349,8 @@ def api_routes(
             sampling=sampling,
             response_format=response_format,
             end_user=end_user,
+            tools=tools,
+            tool_turns=tool_turns,
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -1371,11 +1501,17 @@ def api_routes(
         if not user_turns or not body.messages[user_turns[-1]].text.strip():
             return _openai_error("the last user message is missing or empty", 400, param="messages")
         last = user_turns[-1]
-        if last != len(body.messages) - 1:
+        if unanswered := _tool_sequence_error(body.messages):
+            index, message = unanswered
+            return _openai_error(message, 400, code="invalid_value", param=f"messages.{index}")
+        tool_turns = body.messages[last + 1 :]
+        if tool_turns and (tool_turns[0].role != "assistant" or tool_turns[-1].role != "tool"):
             # An assistant prefill or a trailing system message: the platform asks the model
-            # one question with the messages before it, so it would be dropped.
+            # one question with the messages before it, so it would be dropped. What may follow
+            # the question is the model's tool calls and their results.
             return _openai_error(
-                "the messages must end with a user message (the question); a message after it "
+                "the messages must end with a user message (the question), or with the results "
+                "of the tool calls that answered it; a message after it "
                 f"({body.messages[-1].role}) is not supported",
                 400,
                 code="unsupported_value",
@@ -1390,7 +1526,7 @@ def api_routes(
                 code="string_above_max_length",
                 param=f"messages.{last}.content",
             )
-        history = [ChatMessage(role=m.role, content=m.text) for m in body.messages[:last]]
+        history = [m.chat_message() for m in body.messages[:last]]
         stream = wants_stream(request, body.stream)
         deadline = settings.chat_deadline_s
         request_id = uuid.uuid4()
@@ -1413,6 +1549,8 @@ def api_routes(
                     sampling=body.sampling,
                     response_format=body.answer_format,
                     end_user=body.user,
+                    tools=body.tool_options,
+                    tool_turns=[m.chat_message() for m in tool_turns],
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)
@@ -1441,7 +1579,7 @@ def api_routes(
             model = first.model or admitted.request.options.model
             include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-            def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> str:
+            def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
                 choice = {"index": 0, "delta": delta, "finish_reason": finish}
                 return _data(_openai_chunk(chunk_id, created, model, [choice]) | extra)
 
@@ -1458,8 +1596,14 @@ def api_routes(
                             streamed = True
                             yield chunk({"content": event.delta}, None)
                         elif isinstance(event, ChatCompleted):
-                            if not streamed:
+                            if not streamed and (event.answer or not event.tool_calls):
                                 yield chunk({"content": event.answer}, None)
+                            if event.tool_calls:
+                                # Whole calls in one piece: OpenAI's clients join a call's
+                                # pieces by index, and one piece is a whole call to them.
+                                yield chunk(
+                                    {"tool_calls": _openai_tool_calls(event, index=True)}, None
+                                )
                             citations = service.citations_body(event.citations)
                             yield chunk({}, event.finish_reason.value, citations=citations)
                             if include_usage:  # as OpenAI sends it: no choices, then [DONE]
@@ -1758,13 +1902,58 @@ def _openai_completion(completion_id: str, created: int, event: ChatCompleted) -
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": event.answer},
+                "message": _openai_message(event),
                 "finish_reason": event.finish_reason.value,
             }
         ],
         "usage": service.usage_body(event.usage),
         "citations": service.citations_body(event.citations),
     }
+
+
+def _openai_message(event: ChatCompleted) -> dict[str, Any]:
+    """The answer as OpenAI's assistant message: its text, and its tool calls if it made any
+    (with the text null when there is none, as OpenAI sends it)."""
+    if not event.tool_calls:
+        return {"role": "assistant", "content": event.answer}
+    return {
+        "role": "assistant",
+        "content": event.answer or None,
+        "tool_calls": _openai_tool_calls(event),
+    }
+
+
+def _openai_tool_calls(event: ChatCompleted, *, index: bool = False) -> list[dict[str, Any]]:
+    """An answer's tool calls as OpenAI writes them (with their index in a stream's piece)."""
+    return [
+        call.model_dump(mode="json") | ({"index": i} if index else {})
+        for i, call in enumerate(event.tool_calls)
+    ]
+
+
+def _tool_sequence_error(messages: Sequence[OpenAIMessage]) -> tuple[int, str] | None:
+    """The first message breaking OpenAI's rule for tool results, as (index, why): a tool
+    message answers a call of the assistant message before it (only tool results between),
+    and every call of that message is answered before the conversation goes on."""
+    open_calls: set[str] = set()
+    for i, message in enumerate(messages):
+        if message.role == "tool":
+            if message.tool_call_id not in open_calls:
+                return i, (
+                    f"tool message {i} answers {message.tool_call_id!r}, which is not a call "
+                    "of the assistant message before it (or was answered already)"
+                )
+            open_calls.discard(message.tool_call_id)
+            continue
+        if open_calls:
+            return i, f"tool call(s) {sorted(open_calls)} have no tool message answering them"
+        if message.tool_calls:
+            open_calls = {call.id for call in message.tool_calls}
+    if open_calls:
+        return len(messages) - 1, (
+            f"tool call(s) {sorted(open_calls)} have no tool message answering them"
+        )
+    return None
 
 
 def _openai_type(status: int) -> str:
@@ -1811,7 +2000,7 @@ def _openai_edge_error(exc: service.EdgeError) -> JSONResponse:
         )
     if isinstance(exc, service.FormatNotTaken):
         return _openai_error(
-            exc.detail, 400, code="unsupported_value", param="response_format", headers=exc.headers
+            exc.detail, 400, code="unsupported_value", param=exc.param, headers=exc.headers
         )
     code = {
         service.RateLimited: "rate_limit_exceeded",

@@ -54,6 +54,7 @@ from tenantry_common.events import (
     TenantProvisioned,
     Tier,
     TokenUsage,
+    ToolOptions,
 )
 from tenantry_common.ids import PLATFORM_TENANT_ID, derived_id, utcnow
 from tenantry_common.settings import LOCAL_MODEL
@@ -115,6 +116,14 @@ class ModelNotAllowed(Invalid):
 
 class FormatNotTaken(Invalid):
     """The request's response format is one its model's server does not take."""
+
+    param = "response_format"
+
+
+class ToolsNotTaken(FormatNotTaken):
+    """The request offers tools to a model whose server does not take them."""
+
+    param = "tools"
 
 
 class Forbidden(EdgeError):
@@ -1159,11 +1168,19 @@ async def delete_document(*, edge: Edge, principal: Principal, document_id: uuid
 
 
 def estimate_prompt_tokens(
-    *, config: TenantConfig, question: str, history: list[ChatMessage], top_k: int
+    *,
+    config: TenantConfig,
+    question: str,
+    history: Sequence[ChatMessage],
+    top_k: int,
+    tools: ToolOptions | None = None,
 ) -> int:
     """A generous estimate of a request's prompt tokens (reserved before it is sent)."""
     chars = len(question) + sum(len(m.content) for m in history)
+    chars += sum(len(c.function.arguments) + 40 for m in history for c in m.tool_calls or ())
     chars += len(config.system_prompt_template) + len(config.custom_instructions)
+    if tools is not None:
+        chars += len(tools.model_dump_json())
     context = top_k * 400 if config.features.rag else 0
     return math.ceil(chars / 3) + context + 64
 
@@ -1217,6 +1234,8 @@ async def admit_chat(
     sampling: SamplingHints | None = None,
     response_format: ResponseFormat | None = None,
     end_user: str | None = None,
+    tools: ToolOptions | None = None,
+    tool_turns: Sequence[ChatMessage] = (),
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
 
@@ -1226,7 +1245,9 @@ async def admit_chat(
     uses it: one that comes with earlier messages (a follow-up, a system message of the
     client's own) may mean something else entirely, and a request with its own stop sequences,
     sampling parameters or response format asks for an answer generated its way, which a
-    cached one was not (nor may such an answer be served to others).
+    cached one was not (nor may such an answer be served to others). A request offering tools
+    (or carrying their results, ``tool_turns``: what followed the question) is never cached
+    either: its answer may be a call of the client's own functions.
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -1254,6 +1275,8 @@ async def admit_chat(
         raise FormatNotTaken(
             f"model {chosen!r} cannot answer in response_format {response_format.type!r}"
         )
+    if spec is not None and tools is not None and not spec.tool_calls:
+        raise ToolsNotTaken(f"model {chosen!r} cannot call tools")
     limit = min(max_tokens or config.max_tokens_per_request, config.max_tokens_per_request)
     options = ChatOptions(
         model=chosen,
@@ -1265,15 +1288,22 @@ async def admit_chat(
         and not stop
         and not history
         and sampling is None
-        and response_format is None,
+        and response_format is None
+        and tools is None
+        and not tool_turns,
         cache_similarity_threshold=config.cache_similarity_threshold,
         stop=list(stop),
         sampling=sampling,
         response_format=response_format,
+        tools=tools,
     )
     now = utcnow()
     estimate = estimate_prompt_tokens(
-        config=config, question=question, history=history, top_k=options.top_k
+        config=config,
+        question=question,
+        history=[*history, *tool_turns],
+        top_k=options.top_k,
+        tools=tools,
     )
     # Inference fits prompt and answer into the model's window (dropping the oldest turns of a
     # long conversation first), so no request can use more than the window.
@@ -1330,6 +1360,7 @@ async def admit_chat(
         "conversation_id": conversation_id,
         "question": question,
         "history": history,
+        "tool_turns": list(tool_turns),
         "stream": stream,
         "reply_to": ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
         "options": options,

@@ -33,9 +33,11 @@ from tenantry_common.events import (
     Event,
     FailureReason,
     FinishReason,
+    FunctionCall,
     LifecycleAction,
     TenantLifecycleAcknowledged,
     TokenUsage,
+    ToolCall,
     parse_event,
 )
 from tenantry_common.ids import utcnow
@@ -216,7 +218,8 @@ class Responder:
     A question containing ``[silent]`` is never answered; ``[fail]`` gets a ChatFailed
     (model_unavailable), ``[rejected]`` one for a request the provider refused as invalid,
     ``[unreadable]`` one of a contract version the edge does not know;
-    ``[length]`` an answer cut at its token limit.
+    ``[length]`` an answer cut at its token limit; ``[call]`` (with tools offered) a call of
+    the tool the request forces, else of its first, and no text.
     """
 
     producer: AIOKafkaProducer
@@ -254,10 +257,14 @@ class Responder:
             failed = ChatFailed(**common, reason=FailureReason.REQUEST_REJECTED, message=said)
             await send(self.producer, topic, failed, partition)
             return
-        pieces = ["The answer ", "is ", "forty-two."]
+        calls = []
+        if "[call]" in request.question and (tools := request.options.tools) is not None:
+            name = tools.function or tools.tools[0].function.name
+            calls = [ToolCall(id="call_1", function=FunctionCall(name=name, arguments='{"x": 1}'))]
+        pieces = [] if calls else ["The answer ", "is ", "forty-two."]
         if request.stream:
             # Sent out of order on purpose: the edge orders deltas by seq.
-            order = [1, 0, 2] if "[shuffle]" in request.question else [0, 1, 2]
+            order = [1, 0, 2] if "[shuffle]" in request.question else list(range(len(pieces)))
             for i in order:
                 await send(
                     self.producer, topic, ChatDelta(**common, seq=i, delta=pieces[i]), partition
@@ -276,9 +283,12 @@ class Responder:
                 config_version=request.options.config_version,
                 corpus_version=0,
                 citations=[CITED] if "[cite]" in request.question else [],
-                finish_reason=FinishReason.LENGTH
+                finish_reason=FinishReason.TOOL_CALLS
+                if calls
+                else FinishReason.LENGTH
                 if "[length]" in request.question
                 else FinishReason.STOP,
+                tool_calls=calls,
             ),
             partition,
         )

@@ -741,15 +741,13 @@ async def test_a_question_with_earlier_messages_skips_the_semantic_cache(
 async def test_openai_parameters_the_platform_cannot_honour_are_refused_not_ignored(
     client, tenant, responder
 ) -> None:
-    """A client that asks for tools, several choices, log probabilities or audio gets OpenAI's
-    400 naming the parameter, not a plain text answer with no sign of why; their harmless
-    values are accepted."""
+    """A client that asks for the deprecated functions, several choices, log probabilities or
+    audio gets OpenAI's 400 naming the parameter, not a plain text answer with no sign of why;
+    their harmless values are accepted."""
     member = bearer(tenant.member_token)
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
     refused = [
-        ({"tools": [tool]}, "tools", "unsupported_parameter"),
         ({"functions": [tool["function"]]}, "functions", "unsupported_parameter"),
-        ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
         ({"function_call": {"name": "lookup"}}, "function_call", "unsupported_value"),
         ({"n": 2}, "n", "unsupported_value"),
         ({"logprobs": True}, "logprobs", "unsupported_parameter"),
@@ -801,7 +799,7 @@ async def test_openai_models_lists_the_tenants_allowed_models_default_first(clie
     member = bearer(tenant.member_token)
     r = await client.get("/v1/models", headers=member)
     assert r.status_code == 200, r.text
-    card = {"object": "model", "created": 0, "owned_by": "tenantry"}
+    card = {"object": "model", "created": 0, "owned_by": "tenantry", "tool_calls": True}
     local = card | {
         "id": "smollm2-135m",
         "context_window": 2048,
@@ -1034,3 +1032,178 @@ async def test_reservation_is_released_when_publishing_fails(
     finally:
         await redis.aclose()
     assert snap.tokens_reserved == 0
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+async def test_tools_go_to_the_model_and_its_calls_come_back_whole_and_streamed(
+    client, tenant, responder
+) -> None:
+    """OpenAI's function calling: the tools and tool_choice ride on the request (never through
+    the semantic cache); the model's calls come back as OpenAI's clients read them."""
+    member = bearer(tenant.member_token)
+    asked = {
+        "messages": [{"role": "user", "content": "Weather in Paris? [call]"}],
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+    }
+    r = await client.post("/v1/chat/completions", json=asked, headers=member)
+    assert r.status_code == 200, r.text
+    [choice] = r.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"x": 1}'},
+            }
+        ],
+    }
+    [request] = responder.for_tenant(tenant.tenant_id)
+    assert request.schema_version == 5
+    tools = request.options.tools
+    assert tools is not None
+    assert (tools.function, tools.parallel_tool_calls) == ("get_weather", False)
+    assert tools.tools[0].function.parameters == WEATHER["function"]["parameters"]
+    assert request.options.semantic_cache is False
+
+    r = await client.post("/v1/chat/completions", json=asked | {"stream": True}, headers=member)
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(line[6:]) for line in r.text.split("\n") if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert [d for d in deltas if "content" in d] == []  # no text: a call only
+    [calls] = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+    assert calls == [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"x": 1}'},
+        }
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_the_tools_results_follow_the_question_to_the_model(
+    client, tenant, responder
+) -> None:
+    member = bearer(tenant.member_token)
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny, 21 C"},
+    ]
+    r = await client.post(
+        "/v1/chat/completions", json={"messages": messages, "tools": [WEATHER]}, headers=member
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "The answer is forty-two."
+    [request] = responder.for_tenant(tenant.tenant_id)
+    assert request.question == "Weather in Paris?"
+    assert [(m.role, m.tool_call_id) for m in request.tool_turns] == [
+        ("assistant", None),
+        ("tool", "c1"),
+    ]
+    assert request.tool_turns[0].tool_calls[0].function.name == "get_weather"
+    assert request.tool_turns[1].content == "Sunny, 21 C"
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "said"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, None, "not in tools"),
+        ({"tool_choice": "required", "tools": None}, None, "needs tools"),
+        ({"tools": [WEATHER, WEATHER]}, None, "same name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+            "tools.0.function.name",
+            "pattern",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
+            "tools.0.function.parameters",
+            "not a JSON Schema",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "tool", "tool_call_id": "c9", "content": "r"},
+                ]
+            },
+            "messages.1",
+            "not a call",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{}"},
+                            }
+                        ],
+                    },
+                ]
+            },
+            "messages.1",
+            "no tool message answering",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}]},
+            "messages.1",
+            "tool_call_id",
+        ),
+    ],
+)
+async def test_malformed_tool_requests_are_refused_with_the_reason(
+    client, tenant, responder, change, param, said
+) -> None:
+    body = {"messages": [{"role": "user", "content": "q"}], "tools": [WEATHER]} | change
+    r = await client.post(
+        "/v1/chat/completions",
+        json={k: v for k, v in body.items() if v is not None},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param, error
+    assert said in error["message"], error
+    assert responder.for_tenant(tenant.tenant_id) == []
+
+
+async def test_tools_for_a_model_that_cannot_call_them_are_refused(
+    client, tenant, responder, edge_settings, monkeypatch
+) -> None:
+    spec = edge_settings.models["smollm2-135m"].model_copy(update={"tool_calls": False})
+    monkeypatch.setitem(edge_settings.models, "smollm2-135m", spec)
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "q"}], "tools": [WEATHER]},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("tools", "unsupported_value")
+    assert "cannot call tools" in r.json()["error"]["message"]

@@ -28,6 +28,7 @@ from tenantry_common.events import (
     ResponseFormat,
     SamplingHints,
     TokenUsage,
+    ToolOptions,
 )
 from tenantry_common.settings import ModelSpec
 
@@ -55,13 +56,25 @@ class ModelCallError(Exception):
 
 
 @dataclass(frozen=True)
+class ToolCallPiece:
+    """A piece of a tool call the model makes: a stream sends its id and name first, then its
+    arguments in parts, all under its index; a whole answer sends each call in one piece."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class StreamPiece:
     """One chunk of an answer: some text, the usage the server reported, or why it stopped."""
 
     text: str = ""
     usage: TokenUsage | None = None
-    #: The server's ``finish_reason`` ("stop", "length", ...) once it gives one.
+    #: The server's ``finish_reason`` ("stop", "length", "tool_calls", ...) once it gives one.
     finish: str | None = None
+    tool_calls: tuple[ToolCallPiece, ...] = ()
 
 
 class ModelGateway:
@@ -122,12 +135,14 @@ class ModelGateway:
         stop: Sequence[str] = (),
         sampling: SamplingHints | None = None,
         response_format: ResponseFormat | None = None,
+        tools: ToolOptions | None = None,
     ) -> AsyncIterator[StreamPiece]:
         """The answer: text pieces as they arrive, then the usage if the server gave one.
 
         ``stop`` is the request's own stop sequences, sent with the model's (its catalogue's);
         ``sampling`` its own top_p, seed and penalties, sent as given; ``response_format`` the
-        form its answer must take, as the model's server takes it (``ModelSpec.response_formats``).
+        form its answer must take, as the model's server takes it (``ModelSpec.response_formats``);
+        ``tools`` the functions it may call instead, as given.
 
         ``stream=False`` asks for the whole answer in one response (one text piece): for a
         client that did not ask for a stream there is nothing to gain from one, and parsing
@@ -137,7 +152,7 @@ class ModelGateway:
         client = self.client(model)
         request: dict[str, Any] = {
             "model": spec.served_name or model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
@@ -147,6 +162,8 @@ class ModelGateway:
             request |= sampling.given()
         if response_format is not None:
             request["response_format"] = spec.response_format_body(response_format)
+        if tools is not None:
+            request |= tools.body()
         try:
             if not stream:
                 completion = await _ask_whole(client, request, self._whole_timeout(model))
@@ -171,9 +188,12 @@ class ModelGateway:
                 if usage:
                     yield StreamPiece(usage=_usage(usage))
                 for choice in _field(chunk, "choices") or ():
-                    content = _field(_field(choice, "delta"), "content")
+                    delta = _field(choice, "delta")
+                    content = _field(delta, "content")
                     if isinstance(content, str) and content:
                         yield StreamPiece(text=content)
+                    if calls := _tool_call_pieces(_field(delta, "tool_calls")):
+                        yield StreamPiece(tool_calls=calls)
                     finish = _field(choice, "finish_reason")
                     if isinstance(finish, str) and finish:
                         yield StreamPiece(finish=finish)
@@ -253,13 +273,54 @@ def _whole_answer(completion: object, model: str) -> list[StreamPiece]:
     usage = _field(completion, "usage")
     if usage:
         pieces.append(StreamPiece(usage=_usage(usage)))
-    content = _field(_field(choices[0], "message"), "content") if choices else None
+    message = _field(choices[0], "message") if choices else None
+    content = _field(message, "content")
     if isinstance(content, str) and content:
         pieces.append(StreamPiece(text=content))
+    if calls := _tool_call_pieces(_field(message, "tool_calls"), whole=True):
+        pieces.append(StreamPiece(tool_calls=calls))
     finish = _field(choices[0], "finish_reason") if choices else None
     if isinstance(finish, str) and finish:
         pieces.append(StreamPiece(finish=finish))
     return pieces
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A message as OpenAI's API takes it."""
+    body: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls is not None:
+        body["tool_calls"] = [call.model_dump(mode="json") for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        body["tool_call_id"] = message.tool_call_id
+    return body
+
+
+def _tool_call_pieces(calls: object, *, whole: bool = False) -> tuple[ToolCallPiece, ...]:
+    """The tool calls (or pieces of them) of a message or a stream's delta; what is not a
+    call in OpenAI's shape is left out. A whole message's calls are numbered in order (it
+    sends no index)."""
+    if not isinstance(calls, list):
+        return ()
+    pieces = []
+    for position, call in enumerate(calls):
+        index = position if whole else _field(call, "index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            continue
+        function = _field(call, "function")
+        call_id, name, arguments = (
+            _field(call, "id"),
+            _field(function, "name"),
+            _field(function, "arguments"),
+        )
+        pieces.append(
+            ToolCallPiece(
+                index=index,
+                id=call_id if isinstance(call_id, str) and call_id else None,
+                name=name if isinstance(name, str) and name else None,
+                arguments=arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return tuple(pieces)
 
 
 def _usage(usage: object) -> TokenUsage:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tenantry_common.events import ChatMessage, Passage
+from tenantry_common.events import ChatMessage, Passage, ToolOptions
 
 from tenantry_inference.tokens import TokenCounter
 
@@ -107,6 +107,20 @@ def user_message(*, question: str, passages: Sequence[Passage], tenant_name: str
     return ChatMessage(role="user", content=content)
 
 
+def tool_tokens(
+    counter: TokenCounter, messages: Sequence[ChatMessage], tools: ToolOptions | None
+) -> int:
+    """Tokens of what a chat template does not render: the tools offered (their JSON) and the
+    tool calls of earlier answers (names and arguments)."""
+    text = [tools.model_dump_json()] if tools is not None else []
+    text += [
+        f"{call.function.name} {call.function.arguments}"
+        for message in messages
+        for call in message.tool_calls or ()
+    ]
+    return sum(counter.count_text(part) for part in text)
+
+
 def build_prompt(
     *,
     system: ChatMessage,
@@ -119,15 +133,29 @@ def build_prompt(
     max_tokens: int,
     min_completion_tokens: int,
     answer_reserve_tokens: int = 256,
+    tool_turns: Sequence[ChatMessage] = (),
+    tools: ToolOptions | None = None,
 ) -> BuiltPrompt:
-    """Fit system, history, passages and question in the window; trim lowest scores first."""
+    """Fit system, history, passages and question in the window; trim lowest scores first.
+
+    ``tool_turns`` (the model's tool calls after the question and the tools' results) follow
+    the question, whole; ``tools`` count against the window."""
     kept_history = list(history)
-    bare = [system, *kept_history, user_message(question=question, passages=(), tenant_name="")]
+    question_alone = user_message(question=question, passages=(), tenant_name="")
+    extra = tool_tokens(counter, [*history, *tool_turns], tools)
+
+    def bare() -> list[ChatMessage]:
+        return [system, *kept_history, question_alone, *tool_turns]
+
     # The answer's room comes first: the oldest history turns go before it shrinks too far.
-    while counter.count_messages(bare) + min_completion_tokens > context_window and kept_history:
+    while (
+        counter.count_messages(bare()) + extra + min_completion_tokens > context_window
+        and kept_history
+    ):
         kept_history.pop(0)
-        bare = [system, *kept_history, bare[-1]]
-    base_tokens = counter.count_messages(bare)
+        while kept_history and kept_history[0].role == "tool":
+            kept_history.pop(0)  # a tool's result whose call went: the model's API refuses it
+    base_tokens = counter.count_messages(bare()) + extra
     if base_tokens + min_completion_tokens > context_window:
         raise PromptTooLong(
             f"the question needs {base_tokens} tokens; the model's window is {context_window}"
@@ -141,8 +169,9 @@ def build_prompt(
             system,
             *kept_history,
             user_message(question=question, passages=ranked, tenant_name=tenant_name),
+            *tool_turns,
         ]
-        prompt_tokens = counter.count_messages(messages)
+        prompt_tokens = counter.count_messages(messages) + extra
         if prompt_tokens + reserve <= context_window or not ranked:
             break
         ranked.pop()  # the lowest score goes first

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tenantry_common.events import (
@@ -32,6 +32,7 @@ from tenantry_common.events import (
     ContextRetrieved,
     FailureReason,
     FinishReason,
+    FunctionCall,
     LeakagePolicy,
     Passage,
     ReplyTo,
@@ -40,6 +41,7 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
     TokenUsage,
+    ToolCall,
     UsageRecorded,
 )
 from tenantry_common.ids import derived_id, utcnow
@@ -54,7 +56,7 @@ from tenantry_inference.leakage import (
     kinds,
     redact,
 )
-from tenantry_inference.llm import ModelCallError, ModelGateway
+from tenantry_inference.llm import ModelCallError, ModelGateway, ToolCallPiece
 from tenantry_inference.metrics import InferenceMetrics
 from tenantry_inference.prompts import (
     DEFAULT_TEMPLATE,
@@ -216,6 +218,27 @@ class _Run:
     finish: str | None = None
     #: The model asked first, when a fallback answered instead.
     fallback_from: str | None = None
+    #: The tools the model called, as they arrive, by index.
+    calls: dict[int, ToolCallPiece] = field(default_factory=dict)
+    #: Those calls once complete and checked for leakage.
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+    @property
+    def generated(self) -> str:
+        """Everything the model wrote: the answer's text and its tool calls' arguments."""
+        return self.raw_answer + "".join(call.arguments for call in self.calls.values())
+
+    def take(self, piece: ToolCallPiece) -> None:
+        """Join a piece of a tool call to the call of its index."""
+        held = self.calls.get(piece.index)
+        if held is not None:
+            piece = replace(
+                held,
+                id=held.id or piece.id,
+                name=held.name or piece.name,
+                arguments=held.arguments + piece.arguments,
+            )
+        self.calls[piece.index] = piece
 
     def fall_back(self, model: str) -> None:
         """Start again with a fallback model, forgetting the failed attempt (which generated
@@ -226,6 +249,7 @@ class _Run:
         self.messages, self.passages = [], []
         self.passages_dropped = self.redactions = 0
         self.finish = None
+        self.calls, self.tool_calls = {}, []
 
 
 def sha256_text(text: str) -> str:
@@ -274,6 +298,8 @@ def _resolve(
             FailureReason.MODEL_NOT_ALLOWED,
             f"model {model} cannot answer in response_format {form.type!r}",
         )
+    if options.tools is not None and not spec.tool_calls:
+        raise ModelCallError(FailureReason.MODEL_NOT_ALLOWED, f"model {model} cannot call tools")
     if known is None:
         # Config not here yet (a replica just started): the edge's snapshot and a safe template.
         name = deps.directory.registry.name(request.tenant_id) or UNKNOWN_TENANT_NAME
@@ -400,10 +426,18 @@ async def answer_request(*, request: ContextRetrieved, deps: InferenceDeps, outb
         corpus_version=request.corpus_version,
         semantic_cache=resolved.semantic_cache,
         # Cut short at the token limit (the model's word for it): the client is told.
-        finish_reason=FinishReason.LENGTH if run.finish == "length" else FinishReason.STOP,
+        finish_reason=_finish_reason(run),
+        tool_calls=run.tool_calls,
     )
     await _finish(run=run, deps=deps, outbox=outbox, final=completed, status="success", error=None)
     return "success"
+
+
+def _finish_reason(run: _Run) -> FinishReason:
+    """Why the model stopped, as the platform says it: tool calls whenever it made any."""
+    if run.tool_calls:
+        return FinishReason.TOOL_CALLS
+    return FinishReason.LENGTH if run.finish == "length" else FinishReason.STOP
 
 
 #: Failures a fallback model may answer instead (not a refusal of the tenant's own request).
@@ -456,7 +490,7 @@ def _next_fallback(
     *, run: _Run, deps: InferenceDeps, error: ModelCallError, candidates: Iterator[str]
 ) -> _Resolved | None:
     request = run.request
-    if error.reason not in _FALLBACK_REASONS or run.raw_answer or run.reported is not None:
+    if error.reason not in _FALLBACK_REASONS or run.generated or run.reported is not None:
         return None
     if deps.directory.config(request.tenant_id) is None:
         return None  # which models the tenant allows is not known here yet
@@ -483,6 +517,8 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         context_window=resolved.spec.context_window,
         max_tokens=resolved.max_tokens,
         min_completion_tokens=deps.min_completion_tokens,
+        tool_turns=request.tool_turns,
+        tools=request.options.tools,
     )
     run.passages = built.passages
     run.passages_dropped = built.dropped_passages
@@ -504,18 +540,29 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         if last.role == "user" and last.content == request.question
         else detector.scan(request.question, tenant_id=request.tenant_id)
     )
-    if any(findings) or question_findings:
+    # Earlier answers' tool calls go to the model too: their arguments are scanned as well.
+    call_findings = [
+        [detector.scan(c.function.arguments, tenant_id=request.tenant_id) for c in m.tool_calls]
+        if m.tool_calls
+        else []
+        for m in messages
+    ]
+    if any(findings) or question_findings or any(map(any, call_findings)):
         every = [f for per_message in findings for f in per_message] + question_findings
+        every += [f for per_message in call_findings for found in per_message for f in found]
         if resolved.policy is LeakagePolicy.BLOCK:
             raise LeakageBlocked(every, "prompt")
         messages = [
-            ChatMessage(role=m.role, content=redact(m.content, found)) if found else m
-            for m, found in zip(messages, findings, strict=True)
+            _redacted(m, found, in_calls)
+            for m, found, in_calls in zip(messages, findings, call_findings, strict=True)
         ]
         run.question = redact(request.question, question_findings)
-        run.redactions += sum(len(f) for f in findings)
+        redacted = sum(len(f) for f in findings) + sum(
+            len(found) for per_message in call_findings for found in per_message
+        )
+        run.redactions += redacted
         if run.fallback_from is None:  # a fallback's prompt holds the same findings again
-            deps.metrics.leakage.labels("prompt", "redacted").inc(sum(len(f) for f in findings))
+            deps.metrics.leakage.labels("prompt", "redacted").inc(redacted)
     run.messages = messages
 
     guard = StreamGuard(
@@ -555,11 +602,14 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
                 stop=request.options.stop,
                 sampling=request.options.sampling,
                 response_format=request.options.response_format,
+                tools=request.options.tools,
                 # A client that waits for the whole answer gets it from one whole response.
                 stream=request.stream,
             ):
                 if piece.usage is not None:
                     run.reported = piece.usage
+                for call in piece.tool_calls:
+                    run.take(call)
                 if piece.finish is not None:
                     run.finish = piece.finish
                 if piece.text:
@@ -585,6 +635,60 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         run.redactions += len(guard.findings)
         deps.metrics.leakage.labels("answer", "redacted").inc(len(guard.findings))
     _settle_usage(run=run, counter=counter, guard=guard)
+    run.tool_calls = _checked_calls(run=run, detector=detector, policy=resolved.policy, deps=deps)
+
+
+def _redacted(
+    message: ChatMessage, found: Sequence[Finding], in_calls: Sequence[Sequence[Finding]]
+) -> ChatMessage:
+    """A prompt message with what was found redacted, in its text and its tool calls."""
+    if not found and not any(in_calls):
+        return message
+    calls = message.tool_calls
+    if calls is not None:
+        calls = [
+            _with_arguments(call, redact(call.function.arguments, hits)) if hits else call
+            for call, hits in zip(calls, in_calls, strict=True)
+        ]
+    content = redact(message.content, found) if found else message.content
+    return message.model_copy(update={"content": content, "tool_calls": calls})
+
+
+def _with_arguments(call: ToolCall, arguments: str) -> ToolCall:
+    return call.model_copy(
+        update={"function": call.function.model_copy(update={"arguments": arguments})}
+    )
+
+
+def _checked_calls(
+    *, run: _Run, detector: LeakageDetector, policy: LeakagePolicy, deps: InferenceDeps
+) -> list[ToolCall]:
+    """The model's tool calls, whole, with their arguments scanned as an answer is: blocked
+    or redacted as the tenant's policy says. A call the server sent no id for is given one
+    (the client cannot answer a call without an id); a call without a name is not a call the
+    client could make, and fails the request."""
+    calls: list[ToolCall] = []
+    for index, piece in sorted(run.calls.items()):
+        name, arguments = piece.name, piece.arguments
+        if not name:
+            raise ModelCallError(
+                FailureReason.MODEL_UNAVAILABLE,
+                f"the model {run.model} called a tool it did not name",
+            )
+        found = detector.scan(arguments, tenant_id=run.request.tenant_id)
+        if found and policy is LeakagePolicy.BLOCK:
+            raise LeakageBlocked(found, "answer")
+        if found:
+            arguments = redact(arguments, found)
+            run.redactions += len(found)
+            deps.metrics.leakage.labels("answer", "redacted").inc(len(found))
+        calls.append(
+            ToolCall(
+                id=piece.id or f"call_{run.request.request_id.hex[:12]}_{index}",
+                function=FunctionCall(name=name, arguments=arguments),
+            )
+        )
+    return calls
 
 
 def _timeout(total_s: float, request: ContextRetrieved) -> asyncio.Timeout:
@@ -602,12 +706,13 @@ def _settle_usage(*, run: _Run, counter: TokenCounter, guard: StreamGuard | None
     report that when streaming).
     """
     reported = run.reported
-    if reported is not None and (reported.completion_tokens > 0 or not run.raw_answer):
+    generated = run.generated
+    if reported is not None and (reported.completion_tokens > 0 or not generated):
         run.usage, run.usage_source = reported, "server"
-    elif run.raw_answer:
+    elif generated:
         run.usage = TokenUsage(
             prompt_tokens=counter.count_messages(run.messages),
-            completion_tokens=counter.count_text(run.raw_answer),
+            completion_tokens=counter.count_text(generated),
         )
         run.usage_source = "tokenizer" if counter.exact else "estimate"
 
@@ -685,6 +790,7 @@ async def _finish(
         "completion_tokens": run.usage.completion_tokens,
         "usage_source": run.usage_source,
         "finish_reason": run.finish,
+        "tool_calls": len(run.tool_calls),
         "passages_used": len(run.passages),
         "passages_dropped": run.passages_dropped,
         "redactions": run.redactions,

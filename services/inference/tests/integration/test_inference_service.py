@@ -39,12 +39,14 @@ from tenantry_common.events import (
     ChatCompleted,
     ChatDelta,
     ChatFailed,
+    ChatMessage,
     ChatOptions,
     ContextRetrieved,
     Event,
     FailureReason,
     FeatureFlags,
     FinishReason,
+    FunctionCall,
     LeakagePolicy,
     LifecycleAction,
     Passage,
@@ -58,6 +60,10 @@ from tenantry_common.events import (
     TenantOffboarded,
     TenantProvisioned,
     Tier,
+    Tool,
+    ToolCall,
+    ToolFunction,
+    ToolOptions,
     UsageRecorded,
     parse_event,
 )
@@ -107,7 +113,12 @@ SCRIPTED_MODELS = {
     "scripted-missing-model": "model-not-found",
     "scripted-acme-own": "ok",
     "scripted-enterprise-only": "ok",
+    "scripted-tools": "calls-tools",
+    "scripted-tools-leak": "calls-tools-leaky",
+    "scripted-no-tools": "ok",
 }
+#: Scripted models whose servers do not take tools.
+SCRIPTED_WITHOUT_TOOLS = {"scripted-no-tools"}
 #: The tenant whose own (fine-tuned) model ``scripted-acme-own`` is.
 ACME = uuid.uuid4()
 SCRIPTED_OWNERS = {"scripted-acme-own": ACME}
@@ -189,6 +200,8 @@ class ScriptedOpenAI:
         if behaviour == HELD:
             self.held.set()
             await asyncio.wait_for(self.release.wait(), 120)
+        if behaviour.startswith("calls-tools"):
+            return _tool_calls(body, streamed, leaky=behaviour.endswith("leaky"))
         text = SCRIPTED_ANSWER
         if behaviour == "leaky":
             text = f"Sure. Our other customer {OTHER_TENANT_NAME} uses the key {LEAK_KEY} daily."
@@ -243,6 +256,65 @@ class ScriptedOpenAI:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _tool_calls(body: dict[str, Any], streamed: bool, *, leaky: bool) -> Response:
+    """A call of the tool the request forces (else its first) with a city as the argument:
+    whole, or streamed as OpenAI streams calls (id and name first, then the arguments in
+    parts, under the call's index)."""
+    choice = body.get("tool_choice")
+    name = (
+        choice["function"]["name"]
+        if isinstance(choice, dict)
+        else body["tools"][0]["function"]["name"]
+    )
+    parts = ['{"city": ', f'"{LEAK_KEY}"}}' if leaky else '"Paris"}']
+    if not streamed:
+        call = {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": name, "arguments": "".join(parts)},
+        }
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "calls-tools",
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 7, "total_tokens": 47},
+            }
+        )
+    deltas = [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }
+            ],
+        },
+        *({"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in parts),
+    ]
+
+    async def events() -> AsyncIterator[bytes]:
+        for i, delta in enumerate(deltas):
+            finish = "tool_calls" if i == len(deltas) - 1 else None
+            chunk = {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "calls-tools",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @pytest.fixture(scope="module")
@@ -431,6 +503,7 @@ async def harness(
             fallbacks=SCRIPTED_FALLBACKS.get(name, []),
             response_formats=SCRIPTED_FORMATS.get(name, "json_schema"),
             owner=SCRIPTED_OWNERS.get(name),
+            tool_calls=name not in SCRIPTED_WITHOUT_TOOLS,
             tiers=SCRIPTED_TIERS.get(name),
         )
         for name, served in SCRIPTED_MODELS.items()
@@ -522,6 +595,7 @@ def context(
     response_format: ResponseFormat | None = None,
     end_user: str | None = None,
     config_version: int = 1,
+    tools: ToolOptions | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -540,6 +614,7 @@ def context(
             stop=stop or [],
             sampling=sampling,
             response_format=response_format,
+            tools=tools,
         ),
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
@@ -1069,12 +1144,13 @@ async def ask_fresh(
     *,
     stream: bool = False,
     response_format: ResponseFormat | None = None,
+    tools: ToolOptions | None = None,
 ) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
     """A new tenant asks ``model`` a question no other test asks: (question, request, final)."""
     tenant = uuid.uuid4()
     await harness.configure(tenant)
     return await ask_as(
-        harness, tenant, model, label, stream=stream, response_format=response_format
+        harness, tenant, model, label, stream=stream, response_format=response_format, tools=tools
     )
 
 
@@ -1086,6 +1162,7 @@ async def ask_as(
     *,
     stream: bool = False,
     response_format: ResponseFormat | None = None,
+    tools: ToolOptions | None = None,
 ) -> tuple[str, ContextRetrieved, ChatCompleted | ChatFailed]:
     """``tenant`` asks ``model`` a question no other test asks: (question, request, final)."""
     question = f"{label} {marker()}"
@@ -1096,6 +1173,7 @@ async def ask_as(
         model=model,
         stream=stream,
         response_format=response_format,
+        tools=tools,
     )
     await harness.ask(request)
     return question, request, await harness.final(request.request_id)
@@ -1719,3 +1797,89 @@ async def test_python_m_tenantry_inference_serves_and_stops_on_sigterm(
     ]
     assert processed, output()[-3000:]
     assert processed[0] > messages.index(SHUTDOWN_STARTED), "the answer was not held into shutdown"
+
+
+WEATHER_TOOLS = ToolOptions(
+    tools=[
+        Tool(
+            function=ToolFunction(
+                name="get_weather",
+                parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+            )
+        ),
+        Tool(function=ToolFunction(name="get_time")),
+    ],
+    function="get_weather",
+)
+
+
+async def test_scripted_tool_calls_come_back_whole_and_streamed(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """The tools and the forced choice reach the model as OpenAI's API takes them; its call
+    (whole, or joined from a stream's pieces) comes back on ChatCompleted, finish_reason
+    tool_calls, billed as the server counted or as the call's arguments count."""
+    server, _ = scripted
+    for stream in (False, True):
+        question, request, final = await ask_fresh(
+            harness, "scripted-tools", "weather in Paris", stream=stream, tools=WEATHER_TOOLS
+        )
+        assert isinstance(final, ChatCompleted), final
+        assert final.finish_reason is FinishReason.TOOL_CALLS
+        assert [(c.id, c.function.name, c.function.arguments) for c in final.tool_calls] == [
+            ("call_a", "get_weather", '{"city": "Paris"}')
+        ]
+        assert final.answer == ""
+        assert harness.deltas(request.request_id) == []
+        assert final.usage.completion_tokens > 0
+        [body] = server.bodies[question]
+        assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+        assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"]
+        assert "parallel_tool_calls" not in body
+
+
+async def test_scripted_the_tools_results_follow_the_question(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    tenant = uuid.uuid4()
+    await harness.configure(tenant)
+    question = f"weather please {marker()}"
+    result = f"Sunny, 21 C {marker()}"
+    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments="{}"))
+    request = context(tenant, harness.reply_topic, question=question, model="scripted-ok")
+    request = request.model_copy(
+        update={
+            "tool_turns": [
+                ChatMessage(role="assistant", content="", tool_calls=[call]),
+                ChatMessage(role="tool", content=result, tool_call_id="c1"),
+            ]
+        }
+    )
+    await harness.ask(request)
+    final = await harness.final(request.request_id)
+    assert isinstance(final, ChatCompleted), final
+    [body] = server.bodies[result]
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "tool"]
+    assert body["messages"][1]["content"] == question
+    assert body["messages"][2]["tool_calls"][0]["id"] == "c1"
+    assert body["messages"][3] == {"role": "tool", "content": result, "tool_call_id": "c1"}
+
+
+async def test_scripted_a_tool_calls_arguments_are_checked_for_leakage(
+    harness: Harness,
+) -> None:
+    _, _, final = await ask_fresh(harness, "scripted-tools-leak", "leaky call", tools=WEATHER_TOOLS)
+    assert isinstance(final, ChatFailed), final
+    assert final.reason is FailureReason.LEAKAGE_BLOCKED
+    assert "generated answer" in final.message
+
+
+async def test_scripted_tools_for_a_model_that_cannot_call_them_are_not_sent(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    server, _ = scripted
+    question, _, final = await ask_fresh(
+        harness, "scripted-no-tools", "no tools here", tools=WEATHER_TOOLS
+    )
+    refused_without_a_call(final, server, question, "cannot call tools")
