@@ -234,6 +234,10 @@ class ConfigView(BaseModel):
         return cls(version=version, config=TenantConfigView.model_validate(config.model_dump()))
 
 
+#: The highest config version a path or query may name: one more still fits Postgres's integer.
+MAX_CONFIG_VERSION = 2**31 - 2
+
+
 class ConfigVersionSummary(BaseModel):
     version: int
     changed_by: str = Field(description="The client (subject) that made the change.")
@@ -1126,7 +1130,10 @@ def api_routes(
         principal: TenantAdmin,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         before: Annotated[
-            int | None, Query(ge=2, description="Only the versions older than this one.")
+            int | None,
+            Query(
+                ge=2, le=MAX_CONFIG_VERSION, description="Only the versions older than this one."
+            ),
         ] = None,
     ) -> ConfigVersionList:
         """The configuration's versions, newest first: who changed which fields, and when."""
@@ -1145,7 +1152,7 @@ def api_routes(
         responses={404: {"model": Problem}},
     )
     async def get_config_version(
-        version: Annotated[int, Path(ge=1, le=2**31 - 1)], principal: TenantAdmin
+        version: Annotated[int, Path(ge=1, le=MAX_CONFIG_VERSION)], principal: TenantAdmin
     ) -> ConfigVersionView:
         """One earlier (or the current) version of the configuration, in full."""
         record = await service.config_version(
@@ -1160,7 +1167,7 @@ def api_routes(
         responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
     )
     async def restore_config_version(
-        version: Annotated[int, Path(ge=1, le=2**31 - 1)],
+        version: Annotated[int, Path(ge=1, le=MAX_CONFIG_VERSION)],
         principal: TenantAdmin,
         body: ConfigRestore | None = None,
     ) -> ConfigView:

@@ -350,6 +350,10 @@ async def test_config_versions_show_who_changed_what_and_an_earlier_one_can_be_r
     missing = await client.get("/v1/config/versions/9", headers=admin)
     assert missing.status_code == 404
     assert "no configuration version 9" in missing.json()["detail"]
+    # Numbers past Postgres's integer are refused as input, not failed as a query.
+    assert (await client.get("/v1/config/versions/2147483646", headers=admin)).status_code == 404
+    for path in ("/v1/config/versions/2147483647", "/v1/config/versions?before=9999999999"):
+        assert (await client.get(path, headers=admin)).status_code == 422, path
 
     stale = await client.post(
         "/v1/config/versions/1/restore", json={"expected_version": 2}, headers=admin
