@@ -582,6 +582,10 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("tool_choice 'required' needs tools")
         if len(names) != len(self.tools or ()):
             raise ValueError("two tools have the same name")
+        try:
+            self.tool_options  # noqa: B018 - the contract's own checks (its size limit)
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return self
 
     @property

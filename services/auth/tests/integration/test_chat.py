@@ -1137,6 +1137,16 @@ async def test_the_tools_results_follow_the_question_to_the_model(
             "pattern",
         ),
         (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": f"f{i}", "description": "x" * 3_000}}
+                    for i in range(30)
+                ]
+            },
+            None,
+            "at most 65536",
+        ),
+        (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
             "tools.0.function.parameters",
             "not a JSON Schema",
