@@ -389,7 +389,9 @@ class OpenAIToolCall(BaseModel):
 
 
 class OpenAIMessage(BaseModel):
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="`developer` is OpenAI's newer name for `system`, and is taken as one."
+    )
     content: (
         Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
         | Annotated[list[TextPart], Field(max_length=100)]
@@ -414,7 +416,7 @@ class OpenAIMessage(BaseModel):
 
     def chat_message(self) -> ChatMessage:
         return ChatMessage(
-            role=self.role,
+            role="system" if self.role == "developer" else self.role,
             content=self.text,
             tool_calls=[call.call() for call in self.tool_calls] if self.tool_calls else None,
             tool_call_id=self.tool_call_id,

@@ -248,6 +248,25 @@ async def test_openai_compatible_completion_shape(client, tenant, responder) -> 
     assert [m.role for m in request.history] == ["system"]
 
 
+async def test_a_developer_message_is_taken_as_the_system_message(
+    client, tenant, responder
+) -> None:
+    """OpenAI's newer SDKs and docs call the system message ``developer``."""
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+            ]
+        },
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 200, r.text
+    [request] = responder.for_tenant(tenant.tenant_id)
+    assert [(m.role, m.content) for m in request.history] == [("system", "be brief")]
+
+
 async def test_openai_answers_carry_their_citations_whole_and_streamed(
     client, tenant, responder
 ) -> None:
