@@ -64,6 +64,7 @@ from tenantry_inference.prompts import (
     build_prompt,
     resolve_template,
     system_message,
+    tool_tokens,
 )
 from tenantry_inference.tokens import EstimatingCounter, TokenCounter
 
@@ -710,8 +711,10 @@ def _settle_usage(*, run: _Run, counter: TokenCounter, guard: StreamGuard | None
     if reported is not None and (reported.completion_tokens > 0 or not generated):
         run.usage, run.usage_source = reported, "server"
     elif generated:
+        # The tools offered and earlier calls are prompt too, though no template renders them.
+        tools = tool_tokens(counter, run.messages, run.request.options.tools)
         run.usage = TokenUsage(
-            prompt_tokens=counter.count_messages(run.messages),
+            prompt_tokens=counter.count_messages(run.messages) + tools,
             completion_tokens=counter.count_text(generated),
         )
         run.usage_source = "tokenizer" if counter.exact else "estimate"

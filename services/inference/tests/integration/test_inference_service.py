@@ -1832,6 +1832,12 @@ async def test_scripted_tool_calls_come_back_whole_and_streamed(
         assert final.answer == ""
         assert harness.deltas(request.request_id) == []
         assert final.usage.completion_tokens > 0
+        if stream:  # the stream reports no usage: counted, the tools' JSON in the prompt
+            counter = harness.deps.counter("scripted-tools")
+            [sent] = [c for c in harness.sent_messages if c["messages"][-1].content == question]
+            assert final.usage.prompt_tokens == counter.count_messages(
+                sent["messages"]
+            ) + counter.count_text(WEATHER_TOOLS.model_dump_json())
         [body] = server.bodies[question]
         assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
         assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"]
