@@ -794,6 +794,8 @@ async def _finish(
         "usage_source": run.usage_source,
         "finish_reason": run.finish,
         "tool_calls": len(run.tool_calls),
+        # Which tools it called (never their arguments, which may hold personal data).
+        "tools_called": ",".join(call.function.name for call in run.tool_calls)[:500] or None,
         "passages_used": len(run.passages),
         "passages_dropped": run.passages_dropped,
         "redactions": run.redactions,

@@ -1842,6 +1842,11 @@ async def test_scripted_tool_calls_come_back_whole_and_streamed(
         assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
         assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"]
         assert "parallel_tool_calls" not in body
+        [audit] = [
+            a for a in await harness.audits(request.request_id) if a.action == "chat.completion"
+        ]
+        assert (audit.details["tool_calls"], audit.details["tools_called"]) == (1, "get_weather")
+        assert "Paris" not in str(audit.details)
 
 
 async def test_scripted_the_tools_results_follow_the_question(
