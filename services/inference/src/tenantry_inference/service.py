@@ -525,14 +525,10 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
     run.passages_dropped = built.dropped_passages
 
     detector = deps.detector
+    # Each message scanned, and redacted where anything was found (used under `redact`).
+    scanned = [_scanned(m, detector=detector, tenant_id=request.tenant_id) for m in built.messages]
     messages = list(built.messages)
-    # The system prompt is the same for every request of a tenant's config: scanned once.
-    findings = [
-        detector.scan_repeated(m.content, tenant_id=request.tenant_id)
-        if m.role == "system"
-        else detector.scan(m.content, tenant_id=request.tenant_id)
-        for m in messages
-    ]
+    findings = [found for _, found in scanned]
     # Without passages (gateway mode, or a search that found nothing) the user message is the
     # question itself: its findings are the question's, not scanned twice.
     last = messages[-1]
@@ -541,29 +537,15 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
         if last.role == "user" and last.content == request.question
         else detector.scan(request.question, tenant_id=request.tenant_id)
     )
-    # Earlier answers' tool calls go to the model too: their arguments are scanned as well.
-    call_findings = [
-        [detector.scan(c.function.arguments, tenant_id=request.tenant_id) for c in m.tool_calls]
-        if m.tool_calls
-        else []
-        for m in messages
-    ]
-    if any(findings) or question_findings or any(map(any, call_findings)):
+    if any(findings) or question_findings:
         every = [f for per_message in findings for f in per_message] + question_findings
-        every += [f for per_message in call_findings for found in per_message for f in found]
         if resolved.policy is LeakagePolicy.BLOCK:
             raise LeakageBlocked(every, "prompt")
-        messages = [
-            _redacted(m, found, in_calls)
-            for m, found, in_calls in zip(messages, findings, call_findings, strict=True)
-        ]
+        messages = [redacted for redacted, _ in scanned]
         run.question = redact(request.question, question_findings)
-        redacted = sum(len(f) for f in findings) + sum(
-            len(found) for per_message in call_findings for found in per_message
-        )
-        run.redactions += redacted
+        run.redactions += sum(len(f) for f in findings)
         if run.fallback_from is None:  # a fallback's prompt holds the same findings again
-            deps.metrics.leakage.labels("prompt", "redacted").inc(redacted)
+            deps.metrics.leakage.labels("prompt", "redacted").inc(sum(len(f) for f in findings))
     run.messages = messages
 
     guard = StreamGuard(
@@ -639,26 +621,36 @@ async def _generate(*, run: _Run, resolved: _Resolved, deps: InferenceDeps, outb
     run.tool_calls = _checked_calls(run=run, detector=detector, policy=resolved.policy, deps=deps)
 
 
-def _redacted(
-    message: ChatMessage, found: Sequence[Finding], in_calls: Sequence[Sequence[Finding]]
-) -> ChatMessage:
-    """A prompt message with what was found redacted, in its text and its tool calls."""
-    if not found and not any(in_calls):
-        return message
-    calls = message.tool_calls
-    if calls is not None:
-        calls = [
-            _with_arguments(call, redact(call.function.arguments, hits)) if hits else call
-            for call, hits in zip(calls, in_calls, strict=True)
-        ]
+def _scanned(
+    message: ChatMessage, *, detector: LeakageDetector, tenant_id: uuid.UUID
+) -> tuple[ChatMessage, list[Finding]]:
+    """A prompt message scanned (its text, and the arguments of an earlier answer's tool
+    calls, which go to the model too), with what was found redacted; and the findings."""
+    # The system prompt is the same for every request of a tenant's config: scanned once.
+    scan = detector.scan_repeated if message.role == "system" else detector.scan
+    found = scan(message.content, tenant_id=tenant_id)
+    calls = [
+        _scanned_call(c, detector=detector, tenant_id=tenant_id) for c in message.tool_calls or ()
+    ]
+    in_calls = [f for _, hits in calls for f in hits]
+    if not found and not in_calls:
+        return message, []
     content = redact(message.content, found) if found else message.content
-    return message.model_copy(update={"content": content, "tool_calls": calls})
+    redacted_calls = [call for call, _ in calls] if message.tool_calls is not None else None
+    redacted = message.model_copy(update={"content": content, "tool_calls": redacted_calls})
+    return redacted, [*found, *in_calls]
 
 
-def _with_arguments(call: ToolCall, arguments: str) -> ToolCall:
-    return call.model_copy(
-        update={"function": call.function.model_copy(update={"arguments": arguments})}
-    )
+def _scanned_call(
+    call: ToolCall, *, detector: LeakageDetector, tenant_id: uuid.UUID
+) -> tuple[ToolCall, list[Finding]]:
+    """A tool call with what a scan of its arguments found redacted; and the findings."""
+    hits = detector.scan(call.function.arguments, tenant_id=tenant_id)
+    if not hits:
+        return call, []
+    arguments = redact(call.function.arguments, hits)
+    function = call.function.model_copy(update={"arguments": arguments})
+    return call.model_copy(update={"function": function}), hits
 
 
 def _checked_calls(
@@ -670,25 +662,26 @@ def _checked_calls(
     client could make, and fails the request."""
     calls: list[ToolCall] = []
     for index, piece in sorted(run.calls.items()):
-        name, arguments = piece.name, piece.arguments
+        name = piece.name
         if not name:
             raise ModelCallError(
                 FailureReason.MODEL_UNAVAILABLE,
                 f"the model {run.model} called a tool it did not name",
             )
-        found = detector.scan(arguments, tenant_id=run.request.tenant_id)
+        call, found = _scanned_call(
+            ToolCall(
+                id=piece.id or f"call_{run.request.request_id.hex[:12]}_{index}",
+                function=FunctionCall(name=name, arguments=piece.arguments),
+            ),
+            detector=detector,
+            tenant_id=run.request.tenant_id,
+        )
         if found and policy is LeakagePolicy.BLOCK:
             raise LeakageBlocked(found, "answer")
         if found:
-            arguments = redact(arguments, found)
             run.redactions += len(found)
             deps.metrics.leakage.labels("answer", "redacted").inc(len(found))
-        calls.append(
-            ToolCall(
-                id=piece.id or f"call_{run.request.request_id.hex[:12]}_{index}",
-                function=FunctionCall(name=name, arguments=arguments),
-            )
-        )
+        calls.append(call)
     return calls
 
 

@@ -596,6 +596,7 @@ def context(
     end_user: str | None = None,
     config_version: int = 1,
     tools: ToolOptions | None = None,
+    tool_turns: list[ChatMessage] | None = None,
 ) -> ContextRetrieved:
     return ContextRetrieved(
         tenant_id=tenant,
@@ -618,6 +619,7 @@ def context(
         ),
         reservation=Reservation(reserved_tokens=max_tokens + 600, period_day=date.today()),
         passages=passages if passages is not None else [],
+        tool_turns=tool_turns or [],
         corpus_version=7,
         deadline_at=deadline_at,
     )
@@ -1849,6 +1851,15 @@ async def test_scripted_tool_calls_come_back_whole_and_streamed(
         assert "Paris" not in str(audit.details)
 
 
+def called(arguments: str, result: str) -> list[ChatMessage]:
+    """What follows a question the model answered with a call: the call, and its result."""
+    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments=arguments))
+    return [
+        ChatMessage(role="assistant", content="", tool_calls=[call]),
+        ChatMessage(role="tool", content=result, tool_call_id="c1"),
+    ]
+
+
 async def test_scripted_the_tools_results_follow_the_question(
     harness: Harness, scripted: tuple[ScriptedOpenAI, str]
 ) -> None:
@@ -1857,15 +1868,12 @@ async def test_scripted_the_tools_results_follow_the_question(
     await harness.configure(tenant)
     question = f"weather please {marker()}"
     result = f"Sunny, 21 C {marker()}"
-    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments="{}"))
-    request = context(tenant, harness.reply_topic, question=question, model="scripted-ok")
-    request = request.model_copy(
-        update={
-            "tool_turns": [
-                ChatMessage(role="assistant", content="", tool_calls=[call]),
-                ChatMessage(role="tool", content=result, tool_call_id="c1"),
-            ]
-        }
+    request = context(
+        tenant,
+        harness.reply_topic,
+        question=question,
+        model="scripted-ok",
+        tool_turns=called("{}", result),
     )
     await harness.ask(request)
     final = await harness.final(request.request_id)
@@ -1875,6 +1883,36 @@ async def test_scripted_the_tools_results_follow_the_question(
     assert body["messages"][1]["content"] == question
     assert body["messages"][2]["tool_calls"][0]["id"] == "c1"
     assert body["messages"][3] == {"role": "tool", "content": result, "tool_call_id": "c1"}
+
+
+async def test_scripted_an_earlier_calls_arguments_are_scanned_with_the_prompt(
+    harness: Harness, scripted: tuple[ScriptedOpenAI, str]
+) -> None:
+    """They go to the model again: the tenant's policy redacts or blocks them as the question."""
+    server, _ = scripted
+    for policy in (LeakagePolicy.REDACT, LeakagePolicy.BLOCK):
+        tenant = uuid.uuid4()
+        await harness.configure(tenant, policy=policy)
+        result = f"Rainy {marker()}"
+        request = context(
+            tenant,
+            harness.reply_topic,
+            question=f"weather again {marker()}",
+            model="scripted-ok",
+            tool_turns=called(f'{{"key": "{LEAK_KEY}"}}', result),
+        )
+        await harness.ask(request)
+        final = await harness.final(request.request_id)
+        if policy is LeakagePolicy.BLOCK:
+            assert isinstance(final, ChatFailed), final
+            assert final.reason is FailureReason.LEAKAGE_BLOCKED
+            assert server.count(result) == 0
+            continue
+        assert isinstance(final, ChatCompleted), final
+        [body] = server.bodies[result]
+        sent = body["messages"][2]["tool_calls"][0]["function"]["arguments"]
+        assert LEAK_KEY not in sent
+        assert "[REDACTED:" in sent
 
 
 async def test_scripted_a_tool_calls_arguments_are_checked_for_leakage(
