@@ -33,6 +33,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -562,6 +563,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
+    _tool_options: ToolOptions | None = PrivateAttr(default=None)
 
     @field_validator("response_format")
     @classmethod
@@ -573,26 +575,22 @@ class ChatCompletionRequest(BaseModel):
         return form
 
     @model_validator(mode="after")
-    def _tool_choice_names_a_tool(self) -> Self:
-        names = {tool.function.name for tool in self.tools or ()}
-        if isinstance(self.tool_choice, NamedToolChoice):
-            if self.tool_choice.function.name not in names:
-                raise ValueError(
-                    f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools"
-                )
-        elif self.tool_choice == "required" and not names:
+    def _tools_as_the_contract_takes_them(self) -> Self:
+        # Built once, here: the contract's own checks (a tool_choice naming no tool, two tools
+        # of one name, the size limit) are refused as the request's, not after it was taken.
+        if self.tool_choice == "required" and not self.tools:
             raise ValueError("tool_choice 'required' needs tools")
-        if len(names) != len(self.tools or ()):
-            raise ValueError("two tools have the same name")
+        if isinstance(self.tool_choice, NamedToolChoice) and not self.tools:
+            raise ValueError(
+                f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools"
+            )
         try:
-            self.tool_options  # noqa: B018 - the contract's own checks (its size limit)
+            self._tool_options = self._contract_tools()
         except ValidationError as exc:
             raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return self
 
-    @property
-    def tool_options(self) -> ToolOptions | None:
-        """The tools offered and how the model may use them; None when none are offered."""
+    def _contract_tools(self) -> ToolOptions | None:
         if not self.tools:
             return None
         return ToolOptions(
@@ -610,6 +608,11 @@ class ChatCompletionRequest(BaseModel):
             else None,
             parallel_tool_calls=self.parallel_tool_calls,
         )
+
+    @property
+    def tool_options(self) -> ToolOptions | None:
+        """The tools offered and how the model may use them; None when none are offered."""
+        return self._tool_options
 
     @property
     def answer_format(self) -> ResponseFormat | None:
