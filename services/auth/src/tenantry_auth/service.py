@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 from tenantry_common.auth import Principal, Role
 from tenantry_common.budget import BudgetStore, RefusalReason, seconds_until_next_day
 from tenantry_common.db import transaction
@@ -996,7 +997,8 @@ async def _commit_config(
                 config=config.model_dump(mode="json"),
                 changed_by=actor,
             )
-            tenant.config_version = new_version
+            # add_config_version's UPDATE wrote it: the object is told, with no second UPDATE.
+            set_committed_value(tenant, "config_version", new_version)
             # Published before the commit: a broker failure leaves no unpublished version.
             await edge.publish(
                 TENANTS_CONFIG,
