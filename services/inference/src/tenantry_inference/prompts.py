@@ -142,20 +142,19 @@ def build_prompt(
     the question, whole; ``tools`` count against the window."""
     kept_history = list(history)
     question_alone = user_message(question=question, passages=(), tenant_name="")
-    extra = tool_tokens(counter, [*history, *tool_turns], tools)
+
+    def tokens(messages: list[ChatMessage]) -> int:
+        return counter.count_messages(messages) + tool_tokens(counter, messages, tools)
 
     def bare() -> list[ChatMessage]:
         return [system, *kept_history, question_alone, *tool_turns]
 
     # The answer's room comes first: the oldest history turns go before it shrinks too far.
-    while (
-        counter.count_messages(bare()) + extra + min_completion_tokens > context_window
-        and kept_history
-    ):
+    while tokens(bare()) + min_completion_tokens > context_window and kept_history:
         kept_history.pop(0)
         while kept_history and kept_history[0].role == "tool":
             kept_history.pop(0)  # a tool's result whose call went: the model's API refuses it
-    base_tokens = counter.count_messages(bare()) + extra
+    base_tokens = tokens(bare())
     if base_tokens + min_completion_tokens > context_window:
         raise PromptTooLong(
             f"the question needs {base_tokens} tokens; the model's window is {context_window}"
@@ -171,7 +170,7 @@ def build_prompt(
             user_message(question=question, passages=ranked, tenant_name=tenant_name),
             *tool_turns,
         ]
-        prompt_tokens = counter.count_messages(messages) + extra
+        prompt_tokens = tokens(messages)
         if prompt_tokens + reserve <= context_window or not ranked:
             break
         ranked.pop()  # the lowest score goes first

@@ -7,7 +7,15 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from tenantry_common.events import ChatMessage, Passage
+from tenantry_common.events import (
+    ChatMessage,
+    FunctionCall,
+    Passage,
+    Tool,
+    ToolCall,
+    ToolFunction,
+    ToolOptions,
+)
 from tenantry_common.settings import PROMPT_MARKUP_STOPS
 from tenantry_inference.prompts import (
     DEFAULT_TEMPLATE,
@@ -162,6 +170,43 @@ def test_max_tokens_is_capped_by_the_window_and_old_history_goes_first() -> None
     assert built.messages[1].content.startswith("newer")
     assert built.max_tokens <= 60 - built.prompt_tokens
     assert built.passages == []  # no room left next to the answer
+
+
+def test_trimming_never_leaves_a_tool_result_without_its_call_and_tools_count() -> None:
+    """The model's API refuses a tool message whose call is gone, so a call's results go with
+    it; the tools offered and the calls' arguments take room in the window (no chat template
+    renders them), and the turns after the question are kept whole."""
+    counter = WordCounter()
+    call = ToolCall(id="c1", function=FunctionCall(name="lookup", arguments="a " * 10))
+    history = [
+        ChatMessage(role="assistant", content="", tool_calls=[call]),
+        ChatMessage(role="tool", content="result " * 20, tool_call_id="c1"),
+        ChatMessage(role="user", content="then"),
+    ]
+    turns = [
+        ChatMessage(role="assistant", content="", tool_calls=[call]),
+        ChatMessage(role="tool", content="r", tool_call_id="c1"),
+    ]
+    tools = ToolOptions(tools=[Tool(function=ToolFunction(name="lookup"))])
+    built = build_prompt(
+        system=ChatMessage(role="system", content="sys"),
+        history=history,
+        question="q",
+        passages=[],
+        tenant_name="A",
+        counter=counter,
+        context_window=50,
+        max_tokens=10,
+        min_completion_tokens=16,
+        tool_turns=turns,
+        tools=tools,
+    )
+    assert [m.role for m in built.messages] == ["system", "user", "user", "assistant", "tool"]
+    assert built.dropped_history == 2  # the call, and its result with it
+    # The tools' JSON, and the one call left (the dropped one no longer counts).
+    call_tokens = counter.count_text("lookup " + "a " * 10)
+    extra = counter.count_text(tools.model_dump_json()) + call_tokens
+    assert built.prompt_tokens == counter.count_messages(built.messages) + extra
 
 
 def test_a_question_too_long_for_the_window_is_refused() -> None:
