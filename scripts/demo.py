@@ -245,6 +245,16 @@ def main() -> None:
         print(
             "    → sent with the conversation's first turn; 4 messages kept (GET /v1/conversations)"
         )
+        r = http.post(
+            "/v1/search", json={"query": QUESTION, "top_k": 2}, headers=auth(tenant.admin_token)
+        )
+        if r.status_code != 200:
+            fail(f"{tenant.name}'s search: {r.status_code} {r.text[:300]}")
+        print("  search, no model asked (POST /v1/search):")
+        for hit in r.json()["results"]:
+            print(f"    {hit['title']} ({hit['score']:.2f}): {hit['text'][:90]!r}")
+            if hit["document_id"] not in tenant.document_ids:
+                fail(f"{tenant.name}'s search found a document that is not its own")
 
     time.sleep(2)  # usage and audit are consumed asynchronously
     for tenant in tenants:

@@ -69,6 +69,8 @@ CONSUMED_TOPICS = [
             "/v1/chat/completions",
             {"json": {"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}},
         ),
+        ("POST", "/v1/search", {"json": {"query": ""}}),
+        ("POST", "/v1/search", {"json": {"query": "refunds", "top_k": 0}}),
         ("PUT", "/v1/config", {"json": {"temperature": 9}}),
         ("PUT", "/v1/config", {"json": {"system_prompt_template": "{{secret_key}}"}}),
         ("GET", "/v1/usage", {"params": {"period": "century"}}),

@@ -118,6 +118,9 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             "config": http.get("/v1/config", headers=_h(t["token"])),
             "config versions": http.get("/v1/config/versions", headers=_h(t["token"])),
             "config version 2": http.get("/v1/config/versions/2", headers=_h(t["token"])),
+            "search": http.post(
+                "/v1/search", json={"query": question, "top_k": 10}, headers=_h(t["token"])
+            ),
             "usage": http.get("/v1/usage", params={"period": "day"}, headers=_h(t["token"])),
             "audit": http.get(
                 "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
@@ -126,6 +129,7 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
         }
         assert t["canary"] in surfaces["conversation"].text  # its own turn is there
         assert t["canary"] in surfaces["config version 2"].text  # its own change is there
+        assert t["canary"] in surfaces["search"].text  # its own document is found
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
             for o in others:

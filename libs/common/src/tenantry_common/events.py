@@ -601,8 +601,46 @@ class ChatFailed(Event):
         return 2 if self.reason is FailureReason.REQUEST_REJECTED else 1
 
 
+# --------------------------------------------------------------------------- search
+
+#: The most passages a search may ask for (retrieval may cap it lower: ``TENANTRY_TOP_K_MAX``).
+MAX_SEARCH_RESULTS = 50
+
+
+class SearchRequested(Event):
+    """A tenant admin searched the tenant's documents, with no model asked (edge → retrieval).
+
+    It travels on ``chat.requests.v1`` beside the chat requests (keyed by tenant like them), so
+    that retrieval embeds it in the same batches. Answered by ``SearchCompleted`` on the
+    ``reply_to`` partition, like a chat request; a request past ``deadline_at`` is dropped.
+    """
+
+    event_type: Literal["SearchRequested"] = "SearchRequested"
+    request_id: uuid.UUID
+    user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
+    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    top_k: int = Field(ge=1, le=MAX_SEARCH_RESULTS)
+    reply_to: ReplyTo
+    deadline_at: AwareDatetime | None = Field(
+        default=None, description="After this the edge has given up; later work is wasted."
+    )
+
+
+class SearchCompleted(Event):
+    """The passages a search found in the tenant's documents, best first (retrieval → edge)."""
+
+    event_type: Literal["SearchCompleted"] = "SearchCompleted"
+    request_id: uuid.UUID
+    passages: list[Passage] = Field(default_factory=list, max_length=MAX_SEARCH_RESULTS)
+    corpus_version: int = Field(ge=0, description="The tenant's corpus version searched.")
+
+
+#: What ``chat.requests.v1`` carries.
+QuestionEvent = Annotated[ChatRequested | SearchRequested, Field(discriminator="event_type")]
+
+#: What ``chat.responses.v1`` carries (a search's answer or failure included).
 ChatResponseEvent = Annotated[
-    ChatDelta | ChatCompleted | ChatFailed, Field(discriminator="event_type")
+    ChatDelta | ChatCompleted | ChatFailed | SearchCompleted, Field(discriminator="event_type")
 ]
 
 # --------------------------------------------------------------------------- documents
@@ -831,6 +869,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ChatDelta,
     ChatCompleted,
     ChatFailed,
+    SearchRequested,
+    SearchCompleted,
     DocumentSubmitted,
     DocumentDeleted,
     DocumentIndexed,

@@ -24,7 +24,9 @@ class TopicSpec:
 
 
 CHAT_REQUESTS = TopicSpec(
-    "chat.requests.v1", 12, description="ChatRequested: edge → retrieval (RAG or cache on)"
+    "chat.requests.v1",
+    12,
+    description="ChatRequested (RAG or cache on), SearchRequested: edge → retrieval",
 )
 CHAT_CONTEXT = TopicSpec(
     "chat.context.v1",
@@ -34,7 +36,8 @@ CHAT_CONTEXT = TopicSpec(
 CHAT_RESPONSES = TopicSpec(
     "chat.responses.v1",
     16,
-    description="ChatDelta/ChatCompleted/ChatFailed; each edge replica reads its own partition",
+    description="ChatDelta/ChatCompleted/ChatFailed, SearchCompleted; each edge replica reads "
+    "its own partition",
 )
 DOCUMENTS = TopicSpec("documents.v1", 12, description="DocumentSubmitted/DocumentDeleted")
 DOCUMENT_STATUS = TopicSpec(

@@ -78,6 +78,22 @@ EXAMPLES: list[ev.Event] = [
     ev.ChatFailed(
         tenant_id=TENANT, request_id=REQ, reason=ev.FailureReason.MODEL_TIMEOUT, message="slow"
     ),
+    ev.SearchRequested(
+        tenant_id=TENANT,
+        request_id=REQ,
+        user_id="admin-1",
+        query="refunds",
+        top_k=8,
+        reply_to=REPLY,
+    ),
+    ev.SearchCompleted(
+        tenant_id=TENANT,
+        request_id=REQ,
+        passages=[
+            ev.Passage(document_id=DOC, chunk_index=2, title="Refunds", text="30 days", score=0.7)
+        ],
+        corpus_version=5,
+    ),
     ev.DocumentSubmitted(
         tenant_id=TENANT, document_id=DOC, title="Refunds", text="Text", submitted_by="c"
     ),
@@ -575,11 +591,38 @@ def test_a_fresh_answer_the_tenant_allows_is_cacheable(
 def test_response_union_decodes_by_event_type() -> None:
     from pydantic import TypeAdapter
 
-    adapter: TypeAdapter[ev.ChatDelta | ev.ChatCompleted | ev.ChatFailed] = TypeAdapter(
-        ev.ChatResponseEvent
+    adapter: TypeAdapter[ev.ChatDelta | ev.ChatCompleted | ev.ChatFailed | ev.SearchCompleted] = (
+        TypeAdapter(ev.ChatResponseEvent)
     )
-    for event in EXAMPLES[2:5]:
+    responses = [e for e in EXAMPLES if isinstance(e, ev.ChatDelta | ev.ChatCompleted)]
+    responses += [e for e in EXAMPLES if isinstance(e, ev.ChatFailed | ev.SearchCompleted)]
+    assert len(responses) == 4
+    for event in responses:
         assert adapter.validate_json(event.model_dump_json()) == event
+
+
+def test_question_union_takes_chat_requests_and_searches() -> None:
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[ev.ChatRequested | ev.SearchRequested] = TypeAdapter(ev.QuestionEvent)
+    questions = [e for e in EXAMPLES if isinstance(e, ev.ChatRequested | ev.SearchRequested)]
+    assert len(questions) == 2
+    for event in questions:
+        assert adapter.validate_json(event.model_dump_json()) == event
+    context = next(e for e in EXAMPLES if isinstance(e, ev.ContextRetrieved))
+    with pytest.raises(ValidationError):
+        adapter.validate_json(context.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"top_k": 0}, {"top_k": ev.MAX_SEARCH_RESULTS + 1}, {"query": ""}, {"query": "q" * 16_001}],
+)
+def test_a_search_outside_the_contract_is_refused(change: dict[str, object]) -> None:
+    search = next(e for e in EXAMPLES if isinstance(e, ev.SearchRequested))
+    raw = json.loads(search.model_dump_json()) | change
+    with pytest.raises(ValidationError):
+        ev.SearchRequested.model_validate(raw)
 
 
 def test_derived_ids_are_stable_and_distinct_per_purpose() -> None:

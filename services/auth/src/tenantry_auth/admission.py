@@ -25,7 +25,8 @@ from tenantry_auth.ratelimit import GCRA_LUA_FUNCTION, TOLERANCE_MS, RateDecisio
 # user's rate (one tenant: one cluster slot). ARGV: 1 and 2 the tenant's emission and the
 # tolerance, 3 to 7 the reservation's arguments, 8 the end user's emission.
 # Returns {0, wait, used, 1} when the end user's rate refuses, {0, wait, used, 0} when the
-# tenant's does, else {1, wait, used, and the reservation's four}.
+# tenant's does, else {1, wait, used, and the reservation's four}. A request of 0 tokens (a
+# search: no model asked) is counted against the rates only, and holds nothing.
 _ADMIT = (
     GCRA_LUA_FUNCTION
     + RESERVE_LUA_FUNCTION
@@ -46,6 +47,9 @@ end
 gcra_count(KEYS[1], rate[4], now)
 if user then
   gcra_count(KEYS[5], user[4], now)
+end
+if tonumber(ARGV[3]) == 0 then
+  return {rate[1], rate[2], rate[3], 1, 0, 0, 0}
 end
 local held = reserve(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5],
   ARGV[6], tonumber(ARGV[7]))
@@ -89,7 +93,8 @@ class Admission:
         end_user_per_minute: int = 0,
     ) -> Admitted:
         """Count the request against the rates (the end user's only when ``end_user`` is named
-        and ``end_user_per_minute`` set); if allowed, hold ``tokens`` of the budget."""
+        and ``end_user_per_minute`` set); if allowed, hold ``tokens`` of the budget (none, and
+        no budget checked, when ``tokens`` is 0)."""
         keys = [
             tenant_key(tenant_id, "ratelimit", "requests"),
             *BudgetStore.reservation_keys(tenant_id=tenant_id, day=day),

@@ -1,5 +1,6 @@
 """The edge's HTTP API. The tenant always comes from the verified token, never from input."""
 
+import contextlib
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ from tenantry_common.events import (
     MAX_END_USER_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_QUESTION_CHARS,
+    MAX_SEARCH_RESULTS,
     AuditStatus,
     AuditType,
     ChatCompleted,
@@ -58,8 +60,10 @@ from tenantry_common.events import (
     FailureReason,
     FinishReason,
     FunctionCall,
+    Passage,
     ResponseFormat,
     SamplingHints,
+    SearchCompleted,
     TenantConfig,
     Tier,
     Tool,
@@ -361,6 +365,35 @@ class ChatAnswer(BaseModel):
     finish_reason: FinishReason = Field(
         description="'length' when the answer reached its token limit and is cut short."
     )
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    top_k: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_SEARCH_RESULTS,
+        description="How many passages to return at most (retrieval caps it at its "
+        "TENANTRY_TOP_K_MAX, 20 unless the operator changed it).",
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("the query is blank")
+        return query
+
+
+class SearchResults(BaseModel):
+    request_id: uuid.UUID
+    corpus_version: int = Field(
+        description="The version of the tenant's documents searched (it grows with each "
+        "document added or deleted)."
+    )
+    results: list[Passage] = Field(description="Best first, with their cosine similarity.")
 
 
 class TextPart(BaseModel):
@@ -1376,19 +1409,28 @@ def api_routes(
         pending: PendingReply, deadline: float
     ) -> tuple[ChatDelta | ChatCompleted | ChatFailed | None, AsyncIterator[Any]]:
         events = pending.events(timeout_s=deadline)
-        try:
-            return await anext(events), events
-        except (TimeoutError, StopAsyncIteration):
-            return None, events
+        return await next_event(events), events
 
     async def next_event(
         events: AsyncIterator[Any],
     ) -> ChatDelta | ChatCompleted | ChatFailed | None:
+        """A chat request's next event; None at its deadline (a search's passages never name a
+        chat request's id, and would be no answer to one)."""
         try:
-            event: ChatDelta | ChatCompleted | ChatFailed = await anext(events)
-            return event
+            event: ChatDelta | ChatCompleted | ChatFailed | SearchCompleted = await anext(events)
         except (TimeoutError, StopAsyncIteration):
             return None
+        return None if isinstance(event, SearchCompleted) else event
+
+    async def search_outcome(
+        pending: PendingReply, deadline: float
+    ) -> SearchCompleted | ChatFailed | None:
+        """A search's passages or failure; None at its deadline."""
+        with contextlib.suppress(TimeoutError):
+            async for event in pending.events(timeout_s=deadline):
+                if isinstance(event, SearchCompleted | ChatFailed):
+                    return event
+        return None
 
     @router.post(
         "/v1/chat",
@@ -1647,6 +1689,58 @@ def api_routes(
         finally:
             if not handed_over:
                 replies.forget(request_id)
+
+    @router.post(
+        "/v1/search",
+        tags=["documents"],
+        response_model=SearchResults,
+        responses={
+            429: {"model": Problem},
+            502: {"model": Problem},
+            503: {"model": Problem},
+            504: {"model": Problem},
+        },
+    )
+    async def search(body: SearchRequest, principal: TenantAdmin, access: Access) -> Response:
+        """The passages of the tenant's documents nearest a query, best first: what a chat
+        request would retrieve for it (tenant admin). No model is asked and nothing is billed;
+        it counts against the tenant's request rate, and is audited."""
+        try:
+            partition = replies.reply_partition()
+        except NoReplyPartition:
+            raise service.Unavailable(
+                "this replica cannot receive answers right now", {"Retry-After": "5"}
+            ) from None
+        request_id = uuid.uuid4()
+        pending = replies.register(request_id)
+        deadline = settings.chat_deadline_s
+        try:
+            rate = await service.admit_search(
+                edge=edge,
+                principal=principal,
+                request_id=request_id,
+                query=body.query,
+                top_k=body.top_k,
+                reply_partition=partition,
+                recorded_config_version=access.config_version,
+            )
+            headers = rate.headers() | {"X-Request-Id": str(request_id)}
+            found = await search_outcome(pending, deadline)
+            if isinstance(found, SearchCompleted):
+                results = SearchResults(
+                    request_id=request_id,
+                    corpus_version=found.corpus_version,
+                    results=found.passages,
+                )
+                return JSONResponse(results.model_dump(mode="json"), headers=headers)
+            if isinstance(found, ChatFailed):
+                status = _FAILURE_STATUS[found.reason]
+                return JSONResponse(_failure_body(found), status_code=status, headers=headers)
+            return JSONResponse(
+                _deadline_body(request_id, deadline), status_code=504, headers=headers
+            )
+        finally:
+            replies.forget(request_id)
 
     @router.get("/v1/models", tags=["chat"], response_model=ModelList, responses=OPENAI_ERRORS)
     async def list_models(principal: TenantUser, access: Access) -> ModelList:

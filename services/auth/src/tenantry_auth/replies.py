@@ -26,6 +26,7 @@ from tenantry_common.events import (
     ChatFailed,
     ChatResponseEvent,
     FailureReason,
+    SearchCompleted,
 )
 from tenantry_common.fetchwait import FetchWait
 from tenantry_common.ids import PLATFORM_TENANT_ID
@@ -33,7 +34,7 @@ from tenantry_common.topics import CHAT_RESPONSES
 
 log = logging.getLogger("tenantry.auth.replies")
 
-_RESPONSE = TypeAdapter[ChatDelta | ChatCompleted | ChatFailed](ChatResponseEvent)
+_RESPONSE = TypeAdapter[ChatDelta | ChatCompleted | ChatFailed | SearchCompleted](ChatResponseEvent)
 
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -46,7 +47,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-Final = ChatCompleted | ChatFailed
+#: What ends a request's answers: a chat's answer or failure, or a search's passages.
+Final = ChatCompleted | ChatFailed | SearchCompleted
 
 
 def _ids_of(raw: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:

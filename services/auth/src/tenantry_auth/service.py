@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from tenantry_common.auth import Principal, Role
 from tenantry_common.budget import BudgetStore, RefusalReason, seconds_until_next_day
+from tenantry_common.budget import Reservation as BudgetHold
 from tenantry_common.db import transaction
 from tenantry_common.events import (
     MAX_MESSAGE_CHARS,
@@ -48,6 +49,7 @@ from tenantry_common.events import (
     Reservation,
     ResponseFormat,
     SamplingHints,
+    SearchRequested,
     TenantConfig,
     TenantConfigChanged,
     TenantLifecycleAcknowledged,
@@ -1312,36 +1314,15 @@ async def admit_chat(
     worst_case = estimate + limit
     if spec is not None:
         worst_case = min(worst_case, spec.context_window)
-    try:
-        admitted = await edge.admission.admit(
-            tenant_id=principal.tenant_id,
-            per_minute=config.rate_limit_per_minute,
-            request_id=request_id,
-            tokens=worst_case,
-            day=now.date(),
-            daily_limit=config.daily_token_budget,
-            monthly_spend_limit_micros=config.monthly_spend_budget_micros,
-            end_user=end_user,
-            end_user_per_minute=config.end_user_rate_limit_per_minute,
-        )
-    except RedisError as exc:
-        raise Unavailable(
-            "rate limits and budgets cannot be checked right now (Redis unavailable); "
-            "chat is refused rather than run unmetered",
-            {"Retry-After": str(edge.settings.redis_retry_after_s)},
-        ) from exc
-    rate, held = admitted.rate, admitted.held
-    if held is None:
-        if admitted.end_user_refused:
-            raise RateLimited(
-                f"rate limit of {config.end_user_rate_limit_per_minute} requests per minute "
-                "per end user reached for this request's user",
-                rate.headers(),
-            )
-        raise RateLimited(
-            f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
-            rate.headers(),
-        )
+    rate, held = await _admitted(
+        edge=edge,
+        config=config,
+        tenant_id=principal.tenant_id,
+        request_id=request_id,
+        tokens=worst_case,
+        day=now.date(),
+        end_user=end_user,
+    )
     if not held.granted:
         if held.refusal == RefusalReason.MONTHLY_SPEND:
             raise BudgetRefused(
@@ -1392,6 +1373,96 @@ async def admit_chat(
             log.error("reservation not released; metering reconciliation will drop it")
         raise Unavailable("the request could not be queued; try again") from exc
     return AdmittedChat(request, rate, config)
+
+
+async def _admitted(
+    *,
+    edge: Edge,
+    config: TenantConfig,
+    tenant_id: uuid.UUID,
+    request_id: uuid.UUID,
+    tokens: int,
+    day: date,
+    end_user: str | None = None,
+) -> tuple[RateDecision, BudgetHold]:
+    """Count a request against the tenant's rates and hold ``tokens`` of its budget (see
+    ``admission``); ``RateLimited`` when a rate refuses it. The hold may still be refused."""
+    try:
+        admitted = await edge.admission.admit(
+            tenant_id=tenant_id,
+            per_minute=config.rate_limit_per_minute,
+            request_id=request_id,
+            tokens=tokens,
+            day=day,
+            daily_limit=config.daily_token_budget,
+            monthly_spend_limit_micros=config.monthly_spend_budget_micros,
+            end_user=end_user,
+            end_user_per_minute=config.end_user_rate_limit_per_minute,
+        )
+    except RedisError as exc:
+        raise Unavailable(
+            "rate limits and budgets cannot be checked right now (Redis unavailable); "
+            "the request is refused rather than run unmetered",
+            {"Retry-After": str(edge.settings.redis_retry_after_s)},
+        ) from exc
+    rate, held = admitted.rate, admitted.held
+    if held is None:
+        if admitted.end_user_refused:
+            raise RateLimited(
+                f"rate limit of {config.end_user_rate_limit_per_minute} requests per minute "
+                "per end user reached for this request's user",
+                rate.headers(),
+            )
+        raise RateLimited(
+            f"rate limit of {config.rate_limit_per_minute} requests per minute reached",
+            rate.headers(),
+        )
+    return rate, held
+
+
+async def admit_search(
+    *,
+    edge: Edge,
+    principal: Principal,
+    request_id: uuid.UUID,
+    query: str,
+    top_k: int,
+    reply_partition: int,
+    recorded_config_version: int | None = None,
+) -> RateDecision:
+    """Count a search against the tenant's request rate, then publish it to retrieval.
+
+    A search asks no model, so it holds no budget and is not metered; retrieval audits it.
+    """
+    found = await edge.configs.get(
+        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
+    )
+    if found is None:
+        raise NotFound("this tenant has no configuration")
+    config, _ = found
+    now = utcnow()
+    rate, _ = await _admitted(
+        edge=edge,
+        config=config,
+        tenant_id=principal.tenant_id,
+        request_id=request_id,
+        tokens=0,
+        day=now.date(),
+    )
+    search = SearchRequested(
+        tenant_id=principal.tenant_id,
+        request_id=request_id,
+        user_id=principal.subject[:200],
+        query=query,
+        top_k=top_k,
+        reply_to=ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
+        deadline_at=(now + timedelta(seconds=edge.settings.chat_deadline_s)).astimezone(UTC),
+    )
+    try:
+        await edge.publish(CHAT_REQUESTS, search)
+    except Exception as exc:
+        raise Unavailable("the search could not be queued; try again") from exc
+    return rate
 
 
 # --------------------------------------------------------------------------- conversations

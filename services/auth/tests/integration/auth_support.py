@@ -35,6 +35,9 @@ from tenantry_common.events import (
     FinishReason,
     FunctionCall,
     LifecycleAction,
+    Passage,
+    SearchCompleted,
+    SearchRequested,
     TenantLifecycleAcknowledged,
     TokenUsage,
     ToolCall,
@@ -224,6 +227,7 @@ class Responder:
 
     producer: AIOKafkaProducer
     requests: list[ChatRequested | ContextRetrieved] = field(default_factory=list)
+    searches: list[SearchRequested] = field(default_factory=list)
     tenants: set[uuid.UUID] = field(default_factory=set)
 
     async def answer(self, request: ChatRequested | ContextRetrieved) -> None:
@@ -296,6 +300,30 @@ class Responder:
     def for_tenant(self, tenant_id: uuid.UUID) -> list[ChatRequested | ContextRetrieved]:
         return [r for r in self.requests if r.tenant_id == tenant_id]
 
+    async def search(self, request: SearchRequested) -> None:
+        """Plays retrieval's search: one passage naming the query and its tenant, per top_k
+        up to three, best first; ``[silent]`` gets no answer and ``[fail]`` a ChatFailed."""
+        self.searches.append(request)
+        if "[silent]" in request.query:
+            return
+        common = {"tenant_id": request.tenant_id, "request_id": request.request_id}
+        answer: Event
+        if "[fail]" in request.query:
+            answer = ChatFailed(**common, reason=FailureReason.INTERNAL, message="store is down")
+        else:
+            passages = [
+                Passage(
+                    document_id=CITED.document_id,
+                    chunk_index=i,
+                    title=CITED.title,
+                    text=f"passage {i} for {request.query} of {request.tenant_id}",
+                    score=0.9 - i / 10,
+                )
+                for i in range(min(request.top_k, 3))
+            ]
+            answer = SearchCompleted(**common, passages=passages, corpus_version=7)
+        await send(self.producer, request.reply_to.topic, answer, request.reply_to.partition)
+
 
 @pytest.fixture(scope="session")
 async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIterator[Responder]:
@@ -317,6 +345,11 @@ async def responder(kafka_bootstrap: str, producer: AIOKafkaProducer) -> AsyncIt
             for records in batch.values():
                 for record in records:
                     event = parse_event(record.value)
+                    if isinstance(event, SearchRequested):
+                        task = asyncio.create_task(r.search(event))
+                        answering.add(task)
+                        task.add_done_callback(answering.discard)
+                        continue
                     assert isinstance(event, ChatRequested | ContextRetrieved)
                     if isinstance(event, ContextRetrieved) and event.tenant_id not in r.tenants:
                         continue

@@ -91,6 +91,12 @@ async def test_redis_outage_fails_chat_closed_and_keeps_revocation_exact(
             error = r.json()["error"]  # OpenAI's shape on its route
             assert (error["type"], error["code"]) == ("server_error", "service_unavailable")
             assert "Redis" in error["message"]
+            # A search counts against the rate limit, which cannot be checked: refused too.
+            r = await edge.post(
+                "/v1/search", json={"query": "down"}, headers=bearer(tenant.admin_token)
+            )
+            assert (r.status_code, "Redis" in r.json()["detail"]) == (503, True), r.text
+            assert int(r.headers["Retry-After"]) >= 1
             # A conversation cannot be read either: 503, not a question sent without its turns.
             conversation = "0b6c8e9a-3f1d-4e2a-9c7b-5d4e3f2a1b0c"
             r = await edge.post(

@@ -14,11 +14,12 @@ from faststream.message import StreamMessage
 from pydantic import TypeAdapter
 from tenantry_common.events import (
     ChatCompleted,
-    ChatRequested,
     ChatResponseEvent,
     DocumentDeleted,
     DocumentEvent,
     LifecycleEvent,
+    QuestionEvent,
+    SearchRequested,
     TenantOffboarded,
     TenantProvisioned,
 )
@@ -62,8 +63,11 @@ def register_handlers(
     )
 
     @questions
-    async def on_chat_requested(event: ChatRequested) -> None:
-        await publish_all(broker, await service.answer_question(request=event))
+    async def on_question(event: QuestionEvent) -> None:
+        if isinstance(event, SearchRequested):
+            await publish_all(broker, await service.search(request=event))
+        else:
+            await publish_all(broker, await service.answer_question(request=event))
 
     document_options = subscriber_options(settings, group_prefix + GROUP_DOCUMENTS)
 

@@ -30,6 +30,8 @@ from tenantry_common.events import (
     FinishReason,
     LifecycleAction,
     Passage,
+    SearchCompleted,
+    SearchRequested,
     TenantLifecycleAcknowledged,
     TokenUsage,
     UsageRecorded,
@@ -336,18 +338,59 @@ class RetrievalService:
 
         passages: list[Passage] = []
         if options.rag:
-            started = time.perf_counter()
-            hits = await self.store.query(
-                tenant_id=request.tenant_id,
-                kind=Namespace.DOCUMENTS,
-                vector=vector,
-                top_k=min(options.top_k, self.settings.top_k_max),
+            passages = await self._passages(
+                tenant_id=request.tenant_id, vector=vector, top_k=options.top_k
             )
-            self.metrics.search_seconds.labels("documents").observe(time.perf_counter() - started)
-            passages = [_passage(hit) for hit in hits]
         return [
             _context(request, passages, version),
             _search_audit(request, len(passages), False, version),
+        ]
+
+    async def _passages(
+        self, *, tenant_id: uuid.UUID, vector: Sequence[float], top_k: int
+    ) -> list[Passage]:
+        """The tenant's best-matching chunks, best first (at most ``top_k_max``)."""
+        started = time.perf_counter()
+        hits = await self.store.query(
+            tenant_id=tenant_id,
+            kind=Namespace.DOCUMENTS,
+            vector=vector,
+            top_k=min(top_k, self.settings.top_k_max),
+        )
+        self.metrics.search_seconds.labels("documents").observe(time.perf_counter() - started)
+        return [_passage(hit) for hit in hits]
+
+    async def search(self, *, request: SearchRequested) -> list[Outgoing]:
+        """The passages of the tenant's documents nearest the query, for the edge's search
+        route (no model asked; nothing billed). Nothing when the edge has given up on it."""
+        if request.deadline_at is not None and request.deadline_at <= utcnow():
+            return []
+        version = await self.corpus_version(tenant_id=request.tenant_id)
+        vector = await self._question_vector(
+            tenant_id=request.tenant_id, text=request.query, purpose="search"
+        )
+        passages = await self._passages(
+            tenant_id=request.tenant_id, vector=vector, top_k=request.top_k
+        )
+        found = SearchCompleted(
+            event_id=derived_id(request.request_id, "search-completed"),
+            tenant_id=request.tenant_id,
+            request_id=request.request_id,
+            passages=passages,
+            corpus_version=version,
+        )
+        audit = _audit(
+            request,
+            actor=request.user_id,
+            resource_type="vector_namespace",
+            resource_id=str(request.request_id),
+            action="search_documents",
+            details={"passages": len(passages), "top_k": request.top_k, "corpus_version": version},
+            id_source=request.request_id,
+        )
+        return [
+            Outgoing(request.reply_to.topic, found, partition=request.reply_to.partition),
+            audit,
         ]
 
     async def _lookup_cache(

@@ -38,6 +38,8 @@ from tenantry_common.events import (
     LifecycleAction,
     ReplyTo,
     Reservation,
+    SearchCompleted,
+    SearchRequested,
     TenantConfig,
     TenantLifecycleAcknowledged,
     TenantOffboarded,
@@ -1005,6 +1007,83 @@ async def test_a_request_past_its_deadline_is_passed_on_without_search_or_cache(
     assert fresh.cached
 
 
+def search_request(
+    tenant: uuid.UUID, query: str, *, top_k: int = 4, deadline_at: datetime | None = None
+) -> SearchRequested:
+    return SearchRequested(
+        tenant_id=tenant,
+        request_id=uuid.uuid4(),
+        user_id="admin-1",
+        query=query,
+        top_k=top_k,
+        reply_to=REPLY,
+        deadline_at=deadline_at,
+    )
+
+
+async def search(app: FastAPI, collector: Collector, request: SearchRequested) -> SearchCompleted:
+    await publish_event(app.state.broker, CHAT_REQUESTS, request)
+    return await collector.wait_for(SearchCompleted, lambda e: e.request_id == request.request_id)
+
+
+async def test_a_search_returns_only_the_tenants_own_passages_best_first_and_is_audited(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenants = [uuid.uuid4() for _ in range(4)]
+    await asyncio.gather(
+        *(ingest(app, collector, t, HANDBOOK.format(canary=canary(t))) for t in tenants)
+    )
+    query = "What is the security canary of this workspace?"
+    requests = [search_request(t, query) for t in tenants]
+    found = await asyncio.gather(*(search(app, collector, r) for r in requests))
+    for tenant, request, result in zip(tenants, requests, found, strict=True):
+        assert result.tenant_id == tenant
+        texts = " ".join(p.text for p in result.passages)
+        assert canary(tenant) in texts
+        assert all(canary(o) not in texts for o in tenants if o != tenant)
+        scores = [p.score for p in result.passages]
+        assert scores == sorted(scores, reverse=True)
+        assert result.corpus_version == await service.corpus_version(tenant_id=tenant)
+        # Answered on the edge replica's partition, like a chat answer.
+        assert collector.where[result.event_id] == (CHAT_RESPONSES.name, REPLY.partition)
+        audit_id = derived_id(request.request_id, "retrieval-audit")
+        audit = await collector.wait_for(AuditRecorded, lambda e, i=audit_id: e.event_id == i)
+        assert (audit.tenant_id, audit.action, audit.actor) == (
+            tenant,
+            "search_documents",
+            "admin-1",
+        )
+        assert audit.details == {
+            "passages": len(result.passages),
+            "top_k": 4,
+            "corpus_version": result.corpus_version,
+        }
+        assert query not in audit.model_dump_json(), "audit events carry no query text"
+        # Nothing goes to inference or metering: no model is asked.
+        assert not collector.find(
+            ContextRetrieved, lambda e, r=request: e.request_id == r.request_id
+        )
+        assert not collector.find(UsageRecorded, lambda e, r=request: e.request_id == r.request_id)
+
+    one = await search(app, collector, search_request(tenants[0], query, top_k=1))
+    assert len(one.passages) == 1
+    assert canary(tenants[0]) in one.passages[0].text
+
+
+async def test_a_search_past_its_deadline_is_dropped(app: FastAPI, collector: Collector) -> None:
+    tenant = uuid.uuid4()
+    await ingest(app, collector, tenant, HANDBOOK.format(canary=canary(tenant)))
+    stale = search_request(
+        tenant, "vacation days", deadline_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    await publish_event(app.state.broker, CHAT_REQUESTS, stale)
+    fresh = await search(app, collector, search_request(tenant, "vacation days"))
+    assert fresh.passages
+    await asyncio.sleep(0.5)
+    assert not collector.find(SearchCompleted, lambda e: e.request_id == stale.request_id)
+    assert not collector.find(AuditRecorded, lambda e: e.resource_id == str(stale.request_id))
+
+
 async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
     app: FastAPI, collector: Collector, kafka_bootstrap: str
 ) -> None:
@@ -1012,6 +1091,7 @@ async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
     key = str(tenant).encode()
     missing_options = chat_request(tenant, "Hi?").model_dump(mode="json")
     del missing_options["options"]
+    no_results = search_request(tenant, "Hi?").model_dump(mode="json") | {"top_k": 0}
     future_document = DocumentSubmitted(
         tenant_id=tenant, document_id=uuid.uuid4(), title="t", text="x", submitted_by="a"
     ).model_dump(mode="json") | {"schema_version": 99}
@@ -1021,6 +1101,7 @@ async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
         for topic, value in (
             (CHAT_REQUESTS.name, b"{not json"),
             (CHAT_REQUESTS.name, json.dumps(missing_options).encode()),
+            (CHAT_REQUESTS.name, json.dumps(no_results).encode()),
             (DOCUMENTS.name, b"\x00\x01garbage"),
             (DOCUMENTS.name, json.dumps(future_document).encode()),
             # Headerless bytes on the responses: the cache fill's batch decodes them.
@@ -1036,12 +1117,12 @@ async def test_malformed_events_are_dead_lettered_and_the_consumers_go_on(
     assert isinstance(good, ContextRetrieved)
 
     async def all_dead() -> bool:
-        return len([r for r in collector.dead if r.key == key]) == 5
+        return len([r for r in collector.dead if r.key == key]) == 6
 
     await eventually(all_dead)
     dead = [r for r in collector.dead if r.key == key]
     assert sorted(r.topic for r in dead) == sorted(
-        [CHAT_REQUESTS.dlq] * 2 + [DOCUMENTS.dlq] * 2 + [CHAT_RESPONSES.dlq]
+        [CHAT_REQUESTS.dlq] * 3 + [DOCUMENTS.dlq] * 2 + [CHAT_RESPONSES.dlq]
     )
     errors = [dict(r.headers)[DLQ_HEADER_ERROR].decode() for r in dead]
     assert any("options" in e for e in errors)
