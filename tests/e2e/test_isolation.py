@@ -121,6 +121,11 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             "search": http.post(
                 "/v1/search", json={"query": question, "top_k": 10}, headers=_h(t["token"])
             ),
+            "search in its document": http.post(
+                "/v1/search",
+                json={"query": question, "document_ids": [t["document_id"]]},
+                headers=_h(t["token"]),
+            ),
             "usage": http.get("/v1/usage", params={"period": "day"}, headers=_h(t["token"])),
             "audit": http.get(
                 "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
@@ -130,6 +135,7 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
         assert t["canary"] in surfaces["conversation"].text  # its own turn is there
         assert t["canary"] in surfaces["config version 2"].text  # its own change is there
         assert t["canary"] in surfaces["search"].text  # its own document is found
+        assert t["canary"] in surfaces["search in its document"].text
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
             for o in others:
@@ -144,6 +150,14 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             assert http.delete(
                 f"/v1/documents/{o['document_id']}", headers=_h(t["token"])
             ).status_code in (403, 404)
+            # Another tenant's document names nothing to limit a question or a search to.
+            for path, body in (
+                ("/v1/chat", {"question": question, "document_ids": [o["document_id"]]}),
+                ("/v1/search", {"query": question, "document_ids": [o["document_id"]]}),
+            ):
+                limited = http.post(path, json=body, headers=_h(t["token"]))
+                assert limited.status_code == 404, limited.text
+                assert o["canary"] not in limited.text
             forwarded = http.get(f"/v1/tenants/{o['tenant_id']}/usage", headers=_h(t["token"]))
             assert forwarded.status_code == 403
             exported = http.get(

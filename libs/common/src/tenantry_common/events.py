@@ -302,6 +302,10 @@ class ToolOptions(Contract):
         return body
 
 
+#: The most documents a request may limit its search to.
+MAX_SCOPED_DOCUMENTS = 20
+
+
 class ChatOptions(Contract):
     """What the edge resolved from the tenant's config for one request (a snapshot)."""
 
@@ -333,6 +337,13 @@ class ChatOptions(Contract):
         default=None,
         description="The functions the model may call instead of answering (version 5).",
         exclude_if=lambda tools: tools is None,
+    )
+    document_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=MAX_SCOPED_DOCUMENTS,
+        description="Only these of the tenant's documents are searched; all when empty "
+        "(version 6).",
+        exclude_if=lambda ids: not ids,
     )
 
 
@@ -425,12 +436,12 @@ class _ChatRequestFields(Event):
 
     Version 2 added ``options.stop``, version 3 ``options.sampling`` and ``end_user``, version 4
     ``options.response_format``, version 5 ``options.tools``, ``tool_turns`` and tool messages
-    in ``history``. A request is written as the oldest version that carries what it uses (see
-    ``Event.written_version``): one without any of them is version 1, so only requests that use
-    them need consumers that know them.
+    in ``history``, version 6 ``options.document_ids``. A request is written as the oldest
+    version that carries what it uses (see ``Event.written_version``): one without any of them
+    is version 1, so only requests that use them need consumers that know them.
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4, 5})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4, 5, 6})
 
     request_id: uuid.UUID
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
@@ -461,6 +472,8 @@ class _ChatRequestFields(Event):
     )
 
     def written_version(self) -> int:
+        if self.options.document_ids:
+            return 6
         if (
             self.options.tools is not None
             or self.tool_turns
@@ -620,6 +633,12 @@ class SearchRequested(Event):
     user_id: str = Field(min_length=1, max_length=200, description="The token's subject.")
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     top_k: int = Field(ge=1, le=MAX_SEARCH_RESULTS)
+    document_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=MAX_SCOPED_DOCUMENTS,
+        description="Only these of the tenant's documents are searched; all when empty.",
+        exclude_if=lambda ids: not ids,
+    )
     reply_to: ReplyTo
     deadline_at: AwareDatetime | None = Field(
         default=None, description="After this the edge has given up; later work is wasted."

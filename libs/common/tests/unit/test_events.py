@@ -233,8 +233,8 @@ def test_a_chat_request_without_stop_sequences_is_version_1_and_with_them_versio
     # Read as written: a version-1 request stays version 1, and reads as having no stop.
     again = ev.parse_event(plain.model_dump_json().encode())
     assert (again.schema_version, again.options.stop) == (1, [])  # type: ignore[attr-defined]
-    with pytest.raises(ValidationError, match=f"unsupported schema_version 6 for {kind.__name__}"):
-        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 6})
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 7 for {kind.__name__}"):
+        kind.model_validate(json.loads(stopping.model_dump_json()) | {"schema_version": 7})
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
@@ -356,6 +356,32 @@ WEATHER = ev.Tool(
     )
 )
 CALL = ev.ToolCall(id="call_1", function=ev.FunctionCall(name="get_weather", arguments="{}"))
+
+
+@pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])
+def test_a_chat_request_limited_to_some_documents_is_version_6(
+    kind: type[ev.ChatRequested] | type[ev.ContextRetrieved],
+) -> None:
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    assert "document_ids" not in json.loads(plain.model_dump_json())["options"]
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "options"})
+    scoped = OPTIONS.model_copy(update={"document_ids": [DOC], "stop": ["END"]})
+    made = kind.model_validate(fields | {"options": scoped})
+    written = json.loads(made.model_dump_json())
+    assert (written["schema_version"], written["options"]["document_ids"]) == (6, [str(DOC)])
+    assert ev.parse_event(made.model_dump_json().encode()) == made
+    assert kind.model_validate(made.model_dump()) == made  # as retrieval passes it on
+    too_many = [uuid.uuid4() for _ in range(ev.MAX_SCOPED_DOCUMENTS + 1)]
+    with pytest.raises(ValidationError, match="document_ids"):
+        ev.ChatOptions.model_validate(OPTIONS.model_dump() | {"document_ids": too_many})
+
+
+def test_a_search_names_its_documents_only_when_limited_to_some() -> None:
+    search = next(e for e in EXAMPLES if isinstance(e, ev.SearchRequested))
+    assert "document_ids" not in json.loads(search.model_dump_json())
+    scoped = search.model_copy(update={"document_ids": [DOC]})
+    assert json.loads(scoped.model_dump_json())["document_ids"] == [str(DOC)]
+    assert ev.parse_event(scoped.model_dump_json()) == scoped
 
 
 @pytest.mark.parametrize("kind", [ev.ChatRequested, ev.ContextRetrieved])

@@ -48,6 +48,7 @@ from tenantry_common.events import (
     MAX_END_USER_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_QUESTION_CHARS,
+    MAX_SCOPED_DOCUMENTS,
     MAX_SEARCH_RESULTS,
     AuditStatus,
     AuditType,
@@ -334,6 +335,21 @@ EndUser = Annotated[
 ]
 
 
+#: Only these of the tenant's documents are searched for the request (each must be one of its
+#: own, not deleted: else 404); all of them when absent.
+DocumentScope = Annotated[
+    list[uuid.UUID] | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCOPED_DOCUMENTS,
+        description="Only these of the tenant's documents are searched (at most "
+        f"{MAX_SCOPED_DOCUMENTS}, each one of its own); all of them when absent. A chat "
+        "request limited to some is never answered from the semantic cache.",
+    ),
+]
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -345,6 +361,7 @@ class ChatRequest(BaseModel):
     )
     stream: bool = False
     user: EndUser = None
+    document_ids: DocumentScope = None
 
 
 class Usage(BaseModel):
@@ -378,6 +395,7 @@ class SearchRequest(BaseModel):
         description="How many passages to return at most (retrieval caps it at its "
         "TENANTRY_TOP_K_MAX, 20 unless the operator changed it).",
     )
+    document_ids: DocumentScope = None
 
     @field_validator("query")
     @classmethod
@@ -558,7 +576,8 @@ class ChatCompletionRequest(BaseModel):
     ``seed``, the penalties) go to the model as given; so does ``response_format`` (JSON mode
     or a JSON Schema; a schema that is not one is refused here, and a format the model's server
     does not take is refused once the model is known); ``user`` is recorded as the end user in
-    audit and usage; unknown fields are ignored.
+    audit and usage; ``document_ids`` (Tenantry's own, sent with the SDK's ``extra_body``)
+    limits the documents searched; unknown fields are ignored.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -585,6 +604,7 @@ class ChatCompletionRequest(BaseModel):
     )
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    document_ids: DocumentScope = None  # Tenantry's own: the openai SDK sends it in extra_body
     # Refused unless absent or harmless (see ``unsupported``).
     n: int | None = Field(default=None, ge=1, le=128)
     functions: list[dict[str, Any]] | None = None
@@ -1374,6 +1394,7 @@ def api_routes(
         end_user: str | None = None,
         tools: ToolOptions | None = None,
         tool_turns: Sequence[ChatMessage] = (),
+        document_ids: Sequence[uuid.UUID] = (),
     ) -> service.AdmittedChat:
         try:
             partition = replies.reply_partition()
@@ -1400,6 +1421,7 @@ def api_routes(
             end_user=end_user,
             tools=tools,
             tool_turns=tool_turns,
+            document_ids=document_ids,
         )
 
     def wants_stream(request: Request, stream: bool) -> bool:
@@ -1484,6 +1506,7 @@ def api_routes(
                 conversation_id=conversation_id,
                 stream=stream,
                 end_user=body.user,
+                document_ids=body.document_ids or (),
             )
             headers = admitted.rate.headers() | {"X-Request-Id": str(request_id)}
             first, events = await first_event(pending, deadline)
@@ -1609,6 +1632,7 @@ def api_routes(
                     end_user=body.user,
                     tools=body.tool_options,
                     tool_turns=[m.chat_message() for m in tool_turns],
+                    document_ids=body.document_ids or (),
                 )
             except service.EdgeError as exc:
                 return _openai_edge_error(exc)
@@ -1721,6 +1745,7 @@ def api_routes(
                 request_id=request_id,
                 query=body.query,
                 top_k=body.top_k,
+                document_ids=body.document_ids or (),
                 reply_partition=partition,
                 recorded_config_version=access.config_version,
             )

@@ -319,6 +319,20 @@ async def list_documents(
     return list(rows), int(total or 0)
 
 
+async def live_document_ids(
+    *, session: AsyncSession, tenant_id: uuid.UUID, document_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of ``document_ids`` are the tenant's documents that are not deleted."""
+    found = await session.scalars(
+        select(Document.document_id).where(
+            _scoped(Document, tenant_id),
+            _LIVE_DOCUMENT,
+            Document.document_id.in_(document_ids),
+        )
+    )
+    return set(found)
+
+
 async def _update_document(
     *,
     session: AsyncSession,

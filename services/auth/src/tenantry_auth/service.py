@@ -1240,6 +1240,7 @@ async def admit_chat(
     end_user: str | None = None,
     tools: ToolOptions | None = None,
     tool_turns: Sequence[ChatMessage] = (),
+    document_ids: Sequence[uuid.UUID] = (),
 ) -> AdmittedChat:
     """Check flags, rate and budget, then publish the request; release the hold if that fails.
 
@@ -1251,7 +1252,9 @@ async def admit_chat(
     sampling parameters or response format asks for an answer generated its way, which a
     cached one was not (nor may such an answer be served to others). A request offering tools
     (or carrying their results, ``tool_turns``: what followed the question) is never cached
-    either: its answer may be a call of the client's own functions.
+    either: its answer may be a call of the client's own functions. Nor is one limited to some
+    of the tenant's documents (``document_ids``, each checked to be the tenant's own): a cached
+    answer was made from all of them.
 
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
@@ -1281,6 +1284,12 @@ async def admit_chat(
         )
     if spec is not None and tools is not None and not spec.tool_calls:
         raise ToolsNotTaken(f"model {chosen!r} cannot call tools")
+    if document_ids and not config.features.rag:
+        raise Invalid(
+            "document_ids limits the documents a question is answered from, and RAG is off "
+            "for this tenant"
+        )
+    scope = await own_documents(edge=edge, tenant_id=principal.tenant_id, ids=document_ids)
     limit = min(max_tokens or config.max_tokens_per_request, config.max_tokens_per_request)
     options = ChatOptions(
         model=chosen,
@@ -1294,12 +1303,14 @@ async def admit_chat(
         and sampling is None
         and response_format is None
         and tools is None
-        and not tool_turns,
+        and not tool_turns
+        and not scope,
         cache_similarity_threshold=config.cache_similarity_threshold,
         stop=list(stop),
         sampling=sampling,
         response_format=response_format,
         tools=tools,
+        document_ids=scope,
     )
     now = utcnow()
     estimate = estimate_prompt_tokens(
@@ -1420,6 +1431,25 @@ async def _admitted(
     return rate, held
 
 
+async def own_documents(
+    *, edge: Edge, tenant_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """``ids`` without repeats, once each is known to be one of the tenant's documents that is
+    not deleted; ``NotFound`` naming those that are not (another tenant's ids included: they
+    name nothing here)."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return []
+    async with edge.sessions() as session:
+        found = await repo.live_document_ids(
+            session=session, tenant_id=tenant_id, document_ids=wanted
+        )
+    missing = [str(d) for d in wanted if d not in found]
+    if missing:
+        raise NotFound(f"no such documents of this tenant: {', '.join(missing)}")
+    return wanted
+
+
 async def admit_search(
     *,
     edge: Edge,
@@ -1429,6 +1459,7 @@ async def admit_search(
     top_k: int,
     reply_partition: int,
     recorded_config_version: int | None = None,
+    document_ids: Sequence[uuid.UUID] = (),
 ) -> RateDecision:
     """Count a search against the tenant's request rate, then publish it to retrieval.
 
@@ -1440,6 +1471,7 @@ async def admit_search(
     if found is None:
         raise NotFound("this tenant has no configuration")
     config, _ = found
+    scope = await own_documents(edge=edge, tenant_id=principal.tenant_id, ids=document_ids)
     now = utcnow()
     rate, _ = await _admitted(
         edge=edge,
@@ -1455,6 +1487,7 @@ async def admit_search(
         user_id=principal.subject[:200],
         query=query,
         top_k=top_k,
+        document_ids=scope,
         reply_to=ReplyTo(topic=CHAT_RESPONSES.name, partition=reply_partition),
         deadline_at=(now + timedelta(seconds=edge.settings.chat_deadline_s)).astimezone(UTC),
     )

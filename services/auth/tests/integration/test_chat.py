@@ -105,6 +105,64 @@ async def test_gateway_mode_goes_straight_to_inference_and_rag_through_retrieval
     }
 
 
+async def test_a_question_limited_to_some_documents_carries_them_and_skips_the_cache(
+    client, tenant, responder
+) -> None:
+    """``document_ids`` on either route: checked to be the tenant's own, carried in the
+    request's options, and the semantic cache off for it (on for the same question without)."""
+    admin = bearer(tenant.admin_token)
+    r = await client.post(
+        "/v1/documents", json={"title": "Refunds", "text": "30 days."}, headers=admin
+    )
+    assert r.status_code == 202, r.text
+    document = r.json()["document_id"]
+    sent = [
+        ("/v1/chat", {"question": "limited [plain]", "document_ids": [document]}),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "limited [openai]"}],
+                "document_ids": [document],
+            },
+        ),
+        ("/v1/chat", {"question": "unlimited"}),
+    ]
+    for path, body in sent:
+        r = await client.post(path, json=body, headers=bearer(tenant.member_token))
+        assert r.status_code == 200, r.text
+    asked = {q.question: q for q in responder.for_tenant(tenant.tenant_id)}
+    for question in ("limited [plain]", "limited [openai]"):
+        options = asked[question].options
+        assert [str(d) for d in options.document_ids] == [document]
+        assert (options.rag, options.semantic_cache) == (True, False)
+    assert asked["unlimited"].options.document_ids == []
+    assert asked["unlimited"].options.semantic_cache is True
+
+    unknown = "5f0c7f43-9b8e-4c33-a5a9-0e7f3b2d1c6a"
+    r = await client.post(
+        "/v1/chat",
+        json={"question": "unknown", "document_ids": [unknown]},
+        headers=bearer(tenant.member_token),
+    )
+    assert (r.status_code, unknown in r.json()["detail"]) == (404, True), r.text
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "unknown"}], "document_ids": [unknown]},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 404, r.text
+    assert unknown in r.json()["error"]["message"]  # OpenAI's shape on its route
+    await _features(client, tenant, rag=False, semantic_cache=True)
+    r = await client.post(
+        "/v1/chat",
+        json={"question": "no rag", "document_ids": [document]},
+        headers=bearer(tenant.member_token),
+    )
+    assert r.status_code == 422, r.text
+    assert "RAG is off" in r.json()["detail"]
+    assert not [q for q in responder.for_tenant(tenant.tenant_id) if q.question == "no rag"]
+
+
 async def test_chat_reservation_is_held_in_the_tenant_budget(
     client, tenant, responder, edge_settings
 ) -> None:

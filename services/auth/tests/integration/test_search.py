@@ -124,3 +124,48 @@ async def test_a_failed_search_keeps_its_reason_and_a_lost_one_ends_at_the_deadl
     assert lost.json()["error"] == "deadline_exceeded"
     waited = asyncio.get_running_loop().time() - started
     assert edge_settings.chat_deadline_s - 0.5 <= waited
+
+
+async def _document(client, tenant, title: str = "Refund policy") -> str:
+    r = await client.post(
+        "/v1/documents",
+        json={"title": title, "text": "Items may be returned within 30 days."},
+        headers=bearer(tenant.admin_token),
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["document_id"])
+
+
+async def test_a_search_limited_to_some_documents_names_only_the_tenants_own(
+    client, tenant, onboard, responder
+) -> None:
+    admin = bearer(tenant.admin_token)
+    first, second = await _document(client, tenant), await _document(client, tenant, "Shipping")
+    r = await client.post(
+        "/v1/search",
+        json={"query": "refunds", "document_ids": [second, first, second]},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    [search] = [s for s in responder.searches if str(s.request_id) == r.json()["request_id"]]
+    assert [str(d) for d in search.document_ids] == [second, first], "each once, in order"
+
+    other = await onboard(tier="pro")
+    theirs = await _document(client, other)
+    deleted = await _document(client, tenant, "Old")
+    assert (await client.delete(f"/v1/documents/{deleted}", headers=admin)).status_code == 202
+    unknown = "5f0c7f43-9b8e-4c33-a5a9-0e7f3b2d1c6a"
+    before = len(responder.searches)
+    for ids in ([theirs], [deleted], [first, unknown]):
+        refused = await client.post(
+            "/v1/search", json={"query": "refunds", "document_ids": ids}, headers=admin
+        )
+        assert refused.status_code == 404, refused.text
+        assert ids[-1] in refused.json()["detail"]
+        assert first not in refused.json()["detail"], "only the ids that name nothing"
+    for ids in ([], [first] * 21, ["not-a-uuid"]):
+        malformed = await client.post(
+            "/v1/search", json={"query": "refunds", "document_ids": ids}, headers=admin
+        )
+        assert malformed.status_code == 422, malformed.text
+    assert len(responder.searches) == before, "nothing was published"

@@ -329,7 +329,10 @@ class RetrievalService:
             tenant_id=request.tenant_id, text=search_text(request), purpose="question"
         )
 
-        if options.semantic_cache:
+        # A cached answer was made from all of the tenant's documents: never one for a request
+        # limited to some. The edge turns the cache off for those, which also keeps their
+        # answers out of the cache; this check is for a request from any other producer.
+        if options.semantic_cache and not options.document_ids:
             cached = await self._lookup_cache(request=request, vector=vector, version=version)
             if cached is not None:
                 self.metrics.cache_hits.labels(str(request.tenant_id)).inc()
@@ -339,7 +342,10 @@ class RetrievalService:
         passages: list[Passage] = []
         if options.rag:
             passages = await self._passages(
-                tenant_id=request.tenant_id, vector=vector, top_k=options.top_k
+                tenant_id=request.tenant_id,
+                vector=vector,
+                top_k=options.top_k,
+                document_ids=options.document_ids,
             )
         return [
             _context(request, passages, version),
@@ -347,15 +353,25 @@ class RetrievalService:
         ]
 
     async def _passages(
-        self, *, tenant_id: uuid.UUID, vector: Sequence[float], top_k: int
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        vector: Sequence[float],
+        top_k: int,
+        document_ids: Sequence[uuid.UUID] = (),
     ) -> list[Passage]:
-        """The tenant's best-matching chunks, best first (at most ``top_k_max``)."""
+        """The tenant's best-matching chunks, best first (at most ``top_k_max``), of the
+        documents named when any are (the tenant's namespace holds only its own)."""
         started = time.perf_counter()
+        where: Filter | None = None
+        if document_ids:
+            where = {"document_id": {"$in": [str(d) for d in document_ids]}}
         hits = await self.store.query(
             tenant_id=tenant_id,
             kind=Namespace.DOCUMENTS,
             vector=vector,
             top_k=min(top_k, self.settings.top_k_max),
+            where=where,
         )
         self.metrics.search_seconds.labels("documents").observe(time.perf_counter() - started)
         return [_passage(hit) for hit in hits]
@@ -370,7 +386,10 @@ class RetrievalService:
             tenant_id=request.tenant_id, text=request.query, purpose="search"
         )
         passages = await self._passages(
-            tenant_id=request.tenant_id, vector=vector, top_k=request.top_k
+            tenant_id=request.tenant_id,
+            vector=vector,
+            top_k=request.top_k,
+            document_ids=request.document_ids,
         )
         found = SearchCompleted(
             event_id=derived_id(request.request_id, "search-completed"),
@@ -385,7 +404,12 @@ class RetrievalService:
             resource_type="vector_namespace",
             resource_id=str(request.request_id),
             action="search_documents",
-            details={"passages": len(passages), "top_k": request.top_k, "corpus_version": version},
+            details={
+                "passages": len(passages),
+                "top_k": request.top_k,
+                "documents": len(request.document_ids),
+                "corpus_version": version,
+            },
             id_source=request.request_id,
         )
         return [

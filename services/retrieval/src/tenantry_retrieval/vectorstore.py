@@ -31,8 +31,9 @@ log = logging.getLogger("tenantry.retrieval")
 CHROMA_SQLITE_FILE = "chroma.sqlite3"
 
 MetadataValue = str | int | float | bool
-#: Equality on a field, or one comparison ``{"$gt": 5}`` (``$eq $ne $gt $gte $lt $lte``).
-Filter = Mapping[str, MetadataValue | Mapping[str, MetadataValue]]
+#: Equality on a field, or one comparison: ``{"$gt": 5}`` (``$eq $ne $gt $gte $lt $lte``), or
+#: ``{"$in": ["a", "b"]}`` (one of the values; Chroma and Pinecone both take it).
+Filter = Mapping[str, MetadataValue | Mapping[str, MetadataValue | list[MetadataValue]]]
 
 
 class Namespace(enum.StrEnum):
@@ -115,7 +116,9 @@ class VectorStore(Protocol):
         ...
 
 
-def _comparison(value: MetadataValue | Mapping[str, MetadataValue]) -> dict[str, MetadataValue]:
+def _comparison(
+    value: MetadataValue | Mapping[str, MetadataValue | list[MetadataValue]],
+) -> dict[str, MetadataValue | list[MetadataValue]]:
     if isinstance(value, Mapping):
         if len(value) != 1:
             raise ValueError("a filter field takes exactly one comparison")

@@ -1008,7 +1008,12 @@ async def test_a_request_past_its_deadline_is_passed_on_without_search_or_cache(
 
 
 def search_request(
-    tenant: uuid.UUID, query: str, *, top_k: int = 4, deadline_at: datetime | None = None
+    tenant: uuid.UUID,
+    query: str,
+    *,
+    top_k: int = 4,
+    deadline_at: datetime | None = None,
+    document_ids: list[uuid.UUID] | None = None,
 ) -> SearchRequested:
     return SearchRequested(
         tenant_id=tenant,
@@ -1016,6 +1021,7 @@ def search_request(
         user_id="admin-1",
         query=query,
         top_k=top_k,
+        document_ids=document_ids or [],
         reply_to=REPLY,
         deadline_at=deadline_at,
     )
@@ -1056,6 +1062,7 @@ async def test_a_search_returns_only_the_tenants_own_passages_best_first_and_is_
         assert audit.details == {
             "passages": len(result.passages),
             "top_k": 4,
+            "documents": 0,
             "corpus_version": result.corpus_version,
         }
         assert query not in audit.model_dump_json(), "audit events carry no query text"
@@ -1068,6 +1075,62 @@ async def test_a_search_returns_only_the_tenants_own_passages_best_first_and_is_
     one = await search(app, collector, search_request(tenants[0], query, top_k=1))
     assert len(one.passages) == 1
     assert canary(tenants[0]) in one.passages[0].text
+
+
+async def test_a_request_limited_to_some_documents_searches_only_those(
+    app: FastAPI, collector: Collector, service: RetrievalService
+) -> None:
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    handbook, refunds, others = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await ingest(
+        app, collector, tenant, HANDBOOK.format(canary=canary(tenant)), document_id=handbook
+    )
+    await ingest(
+        app,
+        collector,
+        tenant,
+        "Refund policy: items may be returned within 30 days of delivery.",
+        document_id=refunds,
+        title="Refunds",
+    )
+    await ingest(app, collector, other, HANDBOOK.format(canary=canary(other)), document_id=others)
+    question = "How many vacation days do employees get?"
+
+    def found(result: SearchCompleted | ContextRetrieved) -> set[uuid.UUID]:
+        return {p.document_id for p in result.passages}
+
+    everything = await search(app, collector, search_request(tenant, question, top_k=10))
+    assert found(everything) == {handbook, refunds}
+    assert everything.passages[0].document_id == handbook, "the handbook answers it best"
+    scoped = search_request(tenant, question, top_k=10, document_ids=[refunds])
+    only = await search(app, collector, scoped)
+    assert found(only) == {refunds}
+    audit_id = derived_id(scoped.request_id, "retrieval-audit")
+    audit = await collector.wait_for(AuditRecorded, lambda e: e.event_id == audit_id)
+    assert audit.details["documents"] == 1
+
+    # A chat request limited to the refunds document: its context holds only that document,
+    # and the tenant's cache is not consulted although it holds an answer to the question.
+    version = await service.corpus_version(tenant_id=tenant)
+    await fill_cache(
+        app, service, completed(tenant, question, "25 days.", corpus_version=version), expect=1
+    )
+    request = chat_request(tenant, question)
+    request = request.model_copy(
+        update={"options": request.options.model_copy(update={"document_ids": [refunds]})}
+    )
+    outcome = await ask(app, collector, request)
+    assert isinstance(outcome, ContextRetrieved), "never a cached answer for a limited request"
+    assert found(outcome) == {refunds}
+    assert outcome.options.document_ids == [refunds]
+    unlimited = await ask(app, collector, chat_request(tenant, question))
+    assert isinstance(unlimited, ChatCompleted), "the same question unlimited hits the cache"
+
+    # Another tenant's document id names nothing in this tenant's namespace.
+    crossing = await search(
+        app, collector, search_request(tenant, question, top_k=10, document_ids=[others])
+    )
+    assert crossing.passages == []
 
 
 async def test_a_search_past_its_deadline_is_dropped(app: FastAPI, collector: Collector) -> None:

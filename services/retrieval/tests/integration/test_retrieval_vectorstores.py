@@ -191,6 +191,9 @@ async def test_every_comparison_selects_what_it_names(store: VectorStore) -> Non
         "$lt": ({"chunk_index": {"$lt": 2}}, [0, 1]),
         "$lte": ({"chunk_index": {"$lte": 2}}, [0, 1, 2]),
         "string $ne": ({"document_id": {"$ne": "d"}}, []),
+        "$in": ({"chunk_index": {"$in": [1, 3]}}, [1, 3]),
+        "string $in": ({"document_id": {"$in": ["x", "d"]}}, [0, 1, 2, 3, 4]),
+        "string $in, none of them": ({"document_id": {"$in": ["x", "y"]}}, []),
     }
     for name, (where, chunks) in expected.items():
         hits = await store.query(
