@@ -11,6 +11,13 @@ Per tenant and UTC period, keys are by period (never reset by a cron):
   tenant and day rather than one key per event: 82 instead of 197 bytes per event
   (``bench/metering/marker_memory.py``), and a batch names one key.
 
+Per end user of a tenant (the ``user`` a request names; its id hashed into the key) and UTC
+day, the same pair as the tenant's, for the tenant's per-end-user daily budget:
+``budget:end-user-tokens:<hash>:<YYYY-MM-DD>`` (``used``, ``reserved``) and
+``budget:end-user-holds:<hash>:<YYYY-MM-DD>``. The edge holds a request's worst case there too
+when the tenant sets such a budget; metering settles every usage event that names an end user
+into them (so the counts are right from the moment a tenant turns the budget on).
+
 Every change is one Lua script, so two edge replicas and metering can act at once.
 """
 
@@ -25,7 +32,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from tenantry_common.tenancy import tenant_key
+from tenantry_common.tenancy import hashed_part, tenant_key
 
 #: Keys outlive their period long enough for late settlements and reconciliation.
 TOKEN_KEY_TTL_S = 3 * 24 * 3600
@@ -34,7 +41,8 @@ SETTLED_MARKER_TTL_S = 3 * 24 * 3600
 
 #: The reservation as a Lua function, so that another script can run it after checks of its own
 #: (the edge's admission runs the rate limit first, in the same round trip). Returns
-#: ``{granted, used, reserved, why}``; ``why`` 1 is the daily tokens, 2 the monthly spend.
+#: ``{granted, used, reserved, why}``; ``why`` 1 is the daily tokens, 2 the monthly spend (3,
+#: an end user's daily tokens, is the admission script's).
 RESERVE_LUA_FUNCTION = """
 local function reserve(tokens_key, holds_key, spend_key, want, limit, request_id, ttl, spend_limit)
   local used = tonumber(redis.call('HGET', tokens_key, 'used') or '0')
@@ -75,7 +83,8 @@ return tonumber(held)
 
 _SETTLE = """
 -- KEYS: 1 reserved-day tokens, 2 reserved-day holds, 3 usage-day tokens, 4 month spend,
--- 5 usage-day settled ids. ARGV[7]: the event id (16 raw bytes).
+-- 5 usage-day settled ids; for an event naming an end user, 6 and 7 the end user's
+-- reserved-day tokens and holds, 8 its usage-day tokens. ARGV[7]: the event id (16 raw bytes).
 if redis.call('HSETNX', KEYS[5], ARGV[7], '1') == 0 then
   return 0
 end
@@ -91,6 +100,17 @@ redis.call('HINCRBY', KEYS[3], 'used', ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'used', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
+if #KEYS == 8 then
+  local mine = redis.call('HGET', KEYS[7], ARGV[1])
+  if mine then
+    redis.call('HDEL', KEYS[7], ARGV[1])
+    local reserved = tonumber(redis.call('HGET', KEYS[6], 'reserved') or '0') - tonumber(mine)
+    if reserved < 0 then reserved = 0 end
+    redis.call('HSET', KEYS[6], 'reserved', reserved)
+  end
+  redis.call('HINCRBY', KEYS[8], 'used', ARGV[2])
+  redis.call('EXPIRE', KEYS[8], ARGV[4])
+end
 return 1
 """
 
@@ -100,7 +120,9 @@ _SETTLE_BATCH = """
 -- 2 token-key TTL, 3 settled-ids TTL, 4 spend-key TTL, 5 the events as one string of fixed
 -- records (see _RECORD in Python): event id and request id (16 raw bytes each), tokens, cost
 -- (8-byte signed big-endian), then the KEYS indexes (2 bytes each) of its reserved-day
--- tokens, reserved-day holds, usage-day tokens, month spend and usage-day settled ids.
+-- tokens, reserved-day holds, usage-day tokens, month spend and usage-day settled ids, and of
+-- its end user's reserved-day tokens, reserved-day holds and usage-day tokens (0: it names
+-- no end user).
 -- One string rather than several arguments per event: the client packs each argument in
 -- Python, which cost more than the rest of the settlement. Counters are summed here and
 -- written once per key. Returns one string of n digits: "1" applied now, "0" settled before.
@@ -112,9 +134,9 @@ local ttl = {}
 local applied = {}
 local pos = 1
 for i = 1, n do
-  local event_id, request, tokens, cost, tk, hk, uk, sk, mk
-  event_id, request, tokens, cost, tk, hk, uk, sk, mk, pos =
-    struct.unpack('>c16c16i8i8HHHHH', blob, pos)
+  local event_id, request, tokens, cost, tk, hk, uk, sk, mk, et, eh, eu
+  event_id, request, tokens, cost, tk, hk, uk, sk, mk, et, eh, eu, pos =
+    struct.unpack('>c16c16i8i8HHHHHHHH', blob, pos)
   if redis.call('HSETNX', KEYS[mk], event_id, '1') == 0 then
     applied[i] = '0'
   else
@@ -138,6 +160,21 @@ for i = 1, n do
     used[sk] = (used[sk] or 0) + cost
     ttl[uk] = ARGV[2]
     ttl[sk] = ARGV[4]
+    if eh ~= 0 then
+      local mine = redis.call('HGET', KEYS[eh], request_id)
+      if mine then
+        redis.call('HDEL', KEYS[eh], request_id)
+        local r = reserved[et]
+        if r == nil then
+          r = tonumber(redis.call('HGET', KEYS[et], 'reserved') or '0')
+        end
+        r = r - tonumber(mine)
+        if r < 0 then r = 0 end
+        reserved[et] = r
+      end
+      used[eu] = (used[eu] or 0) + tokens
+      ttl[eu] = ARGV[2]
+    end
     applied[i] = '1'
   end
 end
@@ -153,8 +190,10 @@ end
 return table.concat(applied)
 """
 
-#: One event of _SETTLE_BATCH's ARGV[5]: event id, request id, tokens, cost, five KEYS indexes.
-_RECORD = struct.Struct(">16s16sqqHHHHH")
+#: One event of _SETTLE_BATCH's ARGV[5]: event id, request id, tokens, cost, eight KEYS indexes.
+_RECORD = struct.Struct(">16s16sqqHHHHHHHH")
+#: The end-user key indexes of a record that names no end user.
+_NO_END_USER = (0, 0, 0)
 #: Lua numbers are doubles: larger integers would lose their last digits.
 _MAX_LUA_INTEGER = 2**53
 
@@ -173,10 +212,22 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return reserved
 """
 
+_RECONCILE_TOKENS = """
+-- One end user's day: settled tokens to the ledger's; reserved recounted from its holds.
+redis.call('HSET', KEYS[1], 'used', ARGV[1])
+local holds = redis.call('HGETALL', KEYS[2])
+local reserved = 0
+for i = 1, #holds, 2 do reserved = reserved + tonumber(holds[i + 1]) end
+redis.call('HSET', KEYS[1], 'reserved', reserved)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return reserved
+"""
+
 
 class RefusalReason:
     DAILY_TOKENS = "daily_tokens"
     MONTHLY_SPEND = "monthly_spend"
+    END_USER_DAILY_TOKENS = "end_user_daily_tokens"
 
 
 @dataclass(frozen=True)
@@ -215,6 +266,7 @@ class Settlement(NamedTuple):
     usage_day: date
     tokens: int
     cost_micros: int
+    end_user: str | None = None
 
 
 def month_of(day: date) -> str:
@@ -253,6 +305,12 @@ class _TenantKeys:
     def settled(self, day: date) -> int:
         return self._slot("settled", day)
 
+    def end_user_tokens(self, end_user: str, day: date) -> int:
+        return self._slot(f"end-user-tokens:{hashed_part(end_user)}", day)
+
+    def end_user_holds(self, end_user: str, day: date) -> int:
+        return self._slot(f"end-user-holds:{hashed_part(end_user)}", day)
+
     def spend(self, day: date) -> int:
         """The spend key of the day's month."""
         index = self._index.get(("spend-of-day", day))
@@ -271,6 +329,7 @@ class BudgetStore:
         self._settle = redis.register_script(_SETTLE)
         self._reconcile = redis.register_script(_RECONCILE)
         self._settle_batch = redis.register_script(_SETTLE_BATCH)
+        self._reconcile_tokens = redis.register_script(_RECONCILE_TOKENS)
 
     @staticmethod
     def _tokens(tenant_id: uuid.UUID, day: date) -> str:
@@ -283,6 +342,43 @@ class BudgetStore:
     @staticmethod
     def _spend(tenant_id: uuid.UUID, month: str) -> str:
         return tenant_key(tenant_id, "budget", "spend", month)
+
+    @staticmethod
+    def _end_user_tokens(tenant_id: uuid.UUID, end_user: str, day: date) -> str:
+        return tenant_key(
+            tenant_id, "budget", f"end-user-tokens:{hashed_part(end_user)}", day.isoformat()
+        )
+
+    @staticmethod
+    def _end_user_holds(tenant_id: uuid.UUID, end_user: str, day: date) -> str:
+        return tenant_key(
+            tenant_id, "budget", f"end-user-holds:{hashed_part(end_user)}", day.isoformat()
+        )
+
+    @classmethod
+    def end_user_keys(cls, *, tenant_id: uuid.UUID, end_user: str, day: date) -> list[str]:
+        """An end user's tokens and holds keys of ``day`` (what the edge reserves in)."""
+        return [
+            cls._end_user_tokens(tenant_id, end_user, day),
+            cls._end_user_holds(tenant_id, end_user, day),
+        ]
+
+    @classmethod
+    def _settle_keys(cls, s: Settlement) -> list[str]:
+        """``_SETTLE``'s keys for one settlement."""
+        keys = [
+            cls._tokens(s.tenant_id, s.reserved_day),
+            cls._holds(s.tenant_id, s.reserved_day),
+            cls._tokens(s.tenant_id, s.usage_day),
+            cls._spend(s.tenant_id, month_of(s.usage_day)),
+            cls._settled(s.tenant_id, s.usage_day),
+        ]
+        if s.end_user is not None:
+            keys += [
+                *cls.end_user_keys(tenant_id=s.tenant_id, end_user=s.end_user, day=s.reserved_day),
+                cls._end_user_tokens(s.tenant_id, s.end_user, s.usage_day),
+            ]
+        return keys
 
     @staticmethod
     def _settled(tenant_id: uuid.UUID, day: date) -> str:
@@ -319,7 +415,12 @@ class BudgetStore:
     def reservation(result: Sequence[Any], *, daily_limit: int) -> Reservation:
         """A ``Reservation`` from what ``reserve`` (the Lua function) returned."""
         granted, used, reserved, why = (int(x) for x in result)
-        refusal = {0: None, 1: RefusalReason.DAILY_TOKENS, 2: RefusalReason.MONTHLY_SPEND}[why]
+        refusal = {
+            0: None,
+            1: RefusalReason.DAILY_TOKENS,
+            2: RefusalReason.MONTHLY_SPEND,
+            3: RefusalReason.END_USER_DAILY_TOKENS,
+        }[why]
         return Reservation(bool(granted), used, reserved, daily_limit, refusal)
 
     async def reserve(
@@ -344,14 +445,28 @@ class BudgetStore:
         )
         return self.reservation(result, daily_limit=daily_limit)
 
-    async def release(self, *, tenant_id: uuid.UUID, request_id: uuid.UUID, day: date) -> int:
-        """Give back a reservation that will never be settled (e.g. the request was not sent)."""
-        return int(
+    async def release(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        request_id: uuid.UUID,
+        day: date,
+        end_user: str | None = None,
+    ) -> int:
+        """Give back a reservation that will never be settled (e.g. the request was not sent):
+        the tenant's, and the end user's when the request named one. The tenant's tokens."""
+        released = int(
             await self._release(
                 keys=[self._tokens(tenant_id, day), self._holds(tenant_id, day)],
                 args=[str(request_id)],
             )
         )
+        if end_user is not None:
+            await self._release(
+                keys=self.end_user_keys(tenant_id=tenant_id, end_user=end_user, day=day),
+                args=[str(request_id)],
+            )
+        return released
 
     async def settle(
         self,
@@ -363,27 +478,26 @@ class BudgetStore:
         usage_day: date,
         tokens: int,
         cost_micros: int,
+        end_user: str | None = None,
     ) -> bool:
-        """Release a request's hold and add its real usage, once per ``event_id``."""
-        applied = await self._settle(
-            keys=[
-                self._tokens(tenant_id, reserved_day),
-                self._holds(tenant_id, reserved_day),
-                self._tokens(tenant_id, usage_day),
-                self._spend(tenant_id, month_of(usage_day)),
-                self._settled(tenant_id, usage_day),
-            ],
-            args=[
-                str(request_id),
-                tokens,
-                cost_micros,
-                TOKEN_KEY_TTL_S,
-                SETTLED_MARKER_TTL_S,
-                SPEND_KEY_TTL_S,
-                event_id.bytes,
-            ],
-        )
-        return bool(applied)
+        """Release a request's hold and add its real usage, once per ``event_id`` (the end
+        user's too, when it names one)."""
+        return (
+            await self.settle_many(
+                [
+                    Settlement(
+                        tenant_id,
+                        event_id,
+                        request_id,
+                        reserved_day,
+                        usage_day,
+                        tokens,
+                        cost_micros,
+                        end_user,
+                    )
+                ]
+            )
+        )[0]
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """``settle`` for many events in one round trip (a pipeline; each script stays atomic)."""
@@ -392,13 +506,7 @@ class BudgetStore:
         pipe = self.redis.pipeline(transaction=False)
         for s in settlements:
             await self._settle(
-                keys=[
-                    self._tokens(s.tenant_id, s.reserved_day),
-                    self._holds(s.tenant_id, s.reserved_day),
-                    self._tokens(s.tenant_id, s.usage_day),
-                    self._spend(s.tenant_id, month_of(s.usage_day)),
-                    self._settled(s.tenant_id, s.usage_day),
-                ],
+                keys=self._settle_keys(s),
                 args=[
                     str(s.request_id),
                     s.tokens,
@@ -446,8 +554,17 @@ class BudgetStore:
                         keys.spend(s.usage_day),
                         keys.settled(s.usage_day),
                     )
+                mine = _NO_END_USER
+                if s.end_user is not None:
+                    mine = (
+                        keys.end_user_tokens(s.end_user, s.reserved_day),
+                        keys.end_user_holds(s.end_user, s.reserved_day),
+                        keys.end_user_tokens(s.end_user, s.usage_day),
+                    )
                 records.append(
-                    pack(s.event_id.bytes, s.request_id.bytes, s.tokens, s.cost_micros, *slot)
+                    pack(
+                        s.event_id.bytes, s.request_id.bytes, s.tokens, s.cost_micros, *slot, *mine
+                    )
                 )
             args: list[int | bytes] = [
                 len(indexes),
@@ -481,6 +598,24 @@ class BudgetStore:
             ],
             args=[ledger_tokens, ledger_spend_micros, TOKEN_KEY_TTL_S, SPEND_KEY_TTL_S],
         )
+
+    async def reconcile_end_user(
+        self, *, tenant_id: uuid.UUID, end_user: str, day: date, ledger_tokens: int
+    ) -> None:
+        """Make an end user's settled tokens of ``day`` equal the ledger's."""
+        await self._reconcile_tokens(
+            keys=self.end_user_keys(tenant_id=tenant_id, end_user=end_user, day=day),
+            args=[ledger_tokens, TOKEN_KEY_TTL_S],
+        )
+
+    async def end_user_snapshot(
+        self, *, tenant_id: uuid.UUID, end_user: str, day: date
+    ) -> tuple[int, int]:
+        """An end user's settled and reserved tokens of ``day``."""
+        used, reserved = await self.redis.hmget(
+            self._end_user_tokens(tenant_id, end_user, day), ["used", "reserved"]
+        )
+        return int(used or 0), int(reserved or 0)
 
     async def snapshot(self, *, tenant_id: uuid.UUID, day: date) -> BudgetSnapshot:
         """Current counters for a tenant's day and month."""

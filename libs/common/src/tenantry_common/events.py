@@ -131,6 +131,19 @@ EndUserRateLimit = Annotated[
 ]
 
 
+#: A tenant's daily token budget per end user (``TenantConfig.end_user_daily_token_budget``).
+EndUserDailyTokens = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=10**12,
+        description="Tokens each end user a request names (OpenAI's `user`) may use per UTC "
+        "day, within the tenant's own daily budget; 0: no such budget. Written only when set "
+        "(config events version 3).",
+    ),
+]
+
+
 class TenantConfig(Contract):
     """A tenant's whole configuration, as the edge validated and versioned it."""
 
@@ -148,6 +161,9 @@ class TenantConfig(Contract):
         default=0, exclude_if=lambda limit: limit == 0
     )
     daily_token_budget: int = Field(ge=0)
+    end_user_daily_token_budget: EndUserDailyTokens = Field(
+        default=0, exclude_if=lambda budget: budget == 0
+    )
     monthly_spend_budget_micros: int = Field(
         ge=0, description="Monthly spend budget, micro-dollars."
     )
@@ -700,15 +716,18 @@ class DocumentIndexed(Event):
 class _CarriesConfig(Event):
     """An event carrying a tenant's whole config.
 
-    Version 2 added ``config.end_user_rate_limit_per_minute``; a config without it is written
-    as version 1 (see ``Event.written_version``).
+    Version 2 added ``config.end_user_rate_limit_per_minute``, version 3
+    ``config.end_user_daily_token_budget``; a config without them is written as version 1 (see
+    ``Event.written_version``).
     """
 
-    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2})
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
 
     config: TenantConfig
 
     def written_version(self) -> int:
+        if self.config.end_user_daily_token_budget:
+            return 3
         return 2 if self.config.end_user_rate_limit_per_minute else 1
 
 

@@ -106,6 +106,17 @@ async def test_reconcile_sets_settled_totals_to_the_ledger_and_recounts_holds(re
     assert (snap.tokens_used, snap.tokens_reserved, snap.spend_used_micros) == (120, 50, 33)
 
 
+END_USERS = ("alice", "bob", "carol@example.com")
+
+
+async def _hold_for_end_user(
+    store: BudgetStore, tenant: uuid.UUID, end_user: str, request: uuid.UUID, tokens: int, day: date
+) -> None:
+    tokens_key, holds_key = store.end_user_keys(tenant_id=tenant, end_user=end_user, day=day)
+    await store.redis.hset(holds_key, str(request), tokens)
+    await store.redis.hincrby(tokens_key, "reserved", tokens)
+
+
 async def _scenario(store: BudgetStore, tenants: list[uuid.UUID], batched: bool) -> list[bool]:
     """Reservations, then settlements in two rounds (with redeliveries) the given way."""
     day2 = date(2026, 12, 1)  # a new day and a new month for some of the usage
@@ -115,6 +126,7 @@ async def _scenario(store: BudgetStore, tenants: list[uuid.UUID], batched: bool)
         for i in range(25):
             request = uuid.UUID(int=(t << 64) + i)
             reserved_day = DAY if i % 5 else day2
+            end_user = END_USERS[i % 3] if i % 2 else None
             if i % 4:  # some usage was never reserved (e.g. a cached answer)
                 await store.reserve(
                     tenant_id=tenant,
@@ -123,6 +135,10 @@ async def _scenario(store: BudgetStore, tenants: list[uuid.UUID], batched: bool)
                     day=reserved_day,
                     daily_limit=10**9,
                 )
+                if end_user is not None:  # as the edge's admission holds it
+                    await _hold_for_end_user(
+                        store, tenant, end_user, request, 300 + i, reserved_day
+                    )
             settlements.append(
                 Settlement(
                     tenant_id=tenant,
@@ -132,6 +148,7 @@ async def _scenario(store: BudgetStore, tenants: list[uuid.UUID], batched: bool)
                     usage_day=day2 if i % 3 == 0 else DAY,
                     tokens=rng.randint(0, 900),
                     cost_micros=rng.randint(0, 10**6),
+                    end_user=end_user,
                 )
             )
         # A request still in flight (its hold stays), and a counter a reconciliation lowered
@@ -171,6 +188,13 @@ async def _state(redis_client, store: BudgetStore, tenant: uuid.UUID) -> dict:
             await redis_client.ttl(key) > 0,
         )
     state["settled"] = settled
+    for end_user in END_USERS:
+        for day in (DAY, day2):
+            for key in store.end_user_keys(tenant_id=tenant, end_user=end_user, day=day):
+                state[(end_user, day, key.split(":")[-2][:14])] = (
+                    await redis_client.hgetall(key),
+                    await redis_client.ttl(key) > 0,
+                )
     return state
 
 
@@ -190,6 +214,42 @@ async def test_batched_settlement_gives_the_same_redis_state_as_per_event_settle
     snap = await store.snapshot(tenant_id=batched[0], day=DAY)
     assert snap.tokens_reserved == 77, "only the request still in flight holds tokens"
     assert snap.tokens_used > 0
+    for end_user in END_USERS:
+        used_on_both_days = 0
+        for day in (DAY, date(2026, 12, 1)):
+            used, reserved = await store.end_user_snapshot(
+                tenant_id=batched[0], end_user=end_user, day=day
+            )
+            assert reserved == 0, "every end user's hold was settled"
+            used_on_both_days += used
+        assert used_on_both_days > 0, end_user
+
+
+async def test_an_end_users_usage_is_settled_into_their_own_day_and_reconciled(
+    redis_client,
+) -> None:
+    store = BudgetStore(redis_client)
+    tenant, request = uuid.uuid4(), uuid.uuid4()
+    await store.reserve(
+        tenant_id=tenant, request_id=request, tokens=300, day=DAY, daily_limit=10**6
+    )
+    await _hold_for_end_user(store, tenant, "alice", request, 300, DAY)
+    other = uuid.uuid4()
+    await _hold_for_end_user(store, tenant, "alice", other, 50, DAY)  # still in flight
+    for settle in (store.settle_batch, store.settle_many):  # the second is a redelivery
+        applied = await settle(
+            [Settlement(tenant, uuid.UUID(int=7), request, DAY, DAY, 120, 9, "alice")]
+        )
+        assert applied == [settle == store.settle_batch]
+    assert await store.end_user_snapshot(tenant_id=tenant, end_user="alice", day=DAY) == (120, 50)
+    assert await store.end_user_snapshot(tenant_id=tenant, end_user="bob", day=DAY) == (0, 0)
+    snap = await store.snapshot(tenant_id=tenant, day=DAY)
+    assert (snap.tokens_used, snap.tokens_reserved) == (120, 0)
+    # Released when it will never be settled; reconciled to the ledger's figure.
+    await store.release(tenant_id=tenant, request_id=other, day=DAY, end_user="alice")
+    assert await store.end_user_snapshot(tenant_id=tenant, end_user="alice", day=DAY) == (120, 0)
+    await store.reconcile_end_user(tenant_id=tenant, end_user="alice", day=DAY, ledger_tokens=99)
+    assert await store.end_user_snapshot(tenant_id=tenant, end_user="alice", day=DAY) == (99, 0)
 
 
 async def test_batched_settlement_applies_each_event_once_and_releases_its_hold(

@@ -518,8 +518,28 @@ def test_a_config_limiting_its_end_users_is_written_as_version_2(
         10,
     )
     assert ev.parse_event(limited.model_dump_json().encode()) == limited
-    with pytest.raises(ValidationError, match=f"unsupported schema_version 3 for {kind.__name__}"):
-        kind.model_validate(written | {"schema_version": 3})
+    with pytest.raises(ValidationError, match=f"unsupported schema_version 4 for {kind.__name__}"):
+        kind.model_validate(written | {"schema_version": 4})
+
+
+@pytest.mark.parametrize("kind", [ev.TenantConfigChanged, ev.TenantProvisioned])
+def test_a_config_budgeting_its_end_users_is_written_as_version_3(
+    kind: type[ev.TenantConfigChanged] | type[ev.TenantProvisioned],
+) -> None:
+    [plain] = [e for e in EXAMPLES if type(e) is kind]
+    assert "end_user_daily_token_budget" not in json.loads(plain.model_dump_json())["config"]
+    fields = plain.model_dump(exclude={"event_id", "schema_version", "config"})
+    for rate in (0, 10):  # with or without the version-2 field
+        config = CONFIG.model_copy(
+            update={"end_user_daily_token_budget": 5_000, "end_user_rate_limit_per_minute": rate}
+        )
+        budgeted = kind.model_validate(fields | {"config": config})
+        written = json.loads(budgeted.model_dump_json())
+        assert (written["schema_version"], written["config"]["end_user_daily_token_budget"]) == (
+            3,
+            5_000,
+        )
+        assert ev.parse_event(budgeted.model_dump_json().encode()) == budgeted
 
 
 def test_usage_without_an_end_user_is_version_1_and_with_one_version_2() -> None:

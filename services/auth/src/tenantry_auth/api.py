@@ -57,6 +57,7 @@ from tenantry_common.events import (
     ChatFailed,
     ChatMessage,
     Citation,
+    EndUserDailyTokens,
     EndUserRateLimit,
     FailureReason,
     FinishReason,
@@ -226,9 +227,11 @@ class ClientCreated(ClientView):
 
 class TenantConfigView(TenantConfig):
     """A tenant's configuration as the admin API shows it: every field, those at their "off"
-    value too (events leave ``end_user_rate_limit_per_minute`` out at 0, to stay version 1)."""
+    value too (events leave ``end_user_rate_limit_per_minute`` and
+    ``end_user_daily_token_budget`` out at 0, to stay version 1)."""
 
     end_user_rate_limit_per_minute: EndUserRateLimit = 0
+    end_user_daily_token_budget: EndUserDailyTokens = 0
 
 
 class ConfigView(BaseModel):

@@ -283,6 +283,11 @@ def check_config(config: TenantConfig, settings: Settings, *, tenant_id: uuid.UU
             "end_user_rate_limit_per_minute may be at most the tenant's rate_limit_per_minute "
             f"({config.rate_limit_per_minute})"
         )
+    if config.end_user_daily_token_budget > config.daily_token_budget:
+        raise Invalid(
+            "end_user_daily_token_budget may be at most the tenant's daily_token_budget "
+            f"({config.daily_token_budget})"
+        )
 
 
 class ConfigUpdate(BaseModel):
@@ -307,6 +312,13 @@ class ConfigUpdate(BaseModel):
         description="Requests per minute per end user (a request's `user`); 0 turns it off.",
     )
     daily_token_budget: int | None = Field(default=None, ge=0, le=10**12)
+    end_user_daily_token_budget: int | None = Field(
+        default=None,
+        ge=0,
+        le=10**12,
+        description="Tokens per UTC day per end user (a request's `user`), within the "
+        "tenant's daily budget; 0 turns it off.",
+    )
     monthly_spend_budget_micros: int | None = Field(default=None, ge=0, le=10**15)
     cache_similarity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     leakage_policy: LeakagePolicy | None = None
@@ -882,6 +894,7 @@ def config_for_tier(
         return new_cap if value == old_cap else min(value, new_cap)
 
     rate = carried(config.rate_limit_per_minute, old.rate_per_minute, new.rate_per_minute)
+    daily = carried(config.daily_token_budget, old.daily_tokens, new.daily_tokens)
     moved = config.model_copy(
         update={
             "tier": tier,
@@ -890,9 +903,8 @@ def config_for_tier(
             ),
             "rate_limit_per_minute": rate,
             "end_user_rate_limit_per_minute": min(config.end_user_rate_limit_per_minute, rate),
-            "daily_token_budget": carried(
-                config.daily_token_budget, old.daily_tokens, new.daily_tokens
-            ),
+            "daily_token_budget": daily,
+            "end_user_daily_token_budget": min(config.end_user_daily_token_budget, daily),
             "monthly_spend_budget_micros": carried(
                 config.monthly_spend_budget_micros,
                 old.monthly_spend_micros,
@@ -1335,6 +1347,13 @@ async def admit_chat(
         end_user=end_user,
     )
     if not held.granted:
+        if held.refusal == RefusalReason.END_USER_DAILY_TOKENS:
+            raise BudgetRefused(
+                f"daily token budget of {held.limit} tokens per end user would be exceeded for "
+                f"this request's user: {held.used + held.reserved} used or reserved, this "
+                f"request may need up to {worst_case}",
+                rate.headers() | {"Retry-After": str(seconds_until_next_day(now))},
+            )
         if held.refusal == RefusalReason.MONTHLY_SPEND:
             raise BudgetRefused(
                 "monthly spend budget exhausted",
@@ -1378,7 +1397,10 @@ async def admit_chat(
     except Exception as exc:
         try:
             await edge.budgets.release(
-                tenant_id=principal.tenant_id, request_id=request_id, day=now.date()
+                tenant_id=principal.tenant_id,
+                request_id=request_id,
+                day=now.date(),
+                end_user=end_user if config.end_user_daily_token_budget else None,
             )
         except RedisError:
             log.error("reservation not released; metering reconciliation will drop it")
@@ -1409,6 +1431,7 @@ async def _admitted(
             monthly_spend_limit_micros=config.monthly_spend_budget_micros,
             end_user=end_user,
             end_user_per_minute=config.end_user_rate_limit_per_minute,
+            end_user_daily_limit=config.end_user_daily_token_budget,
         )
     except RedisError as exc:
         raise Unavailable(

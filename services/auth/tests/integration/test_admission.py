@@ -27,6 +27,7 @@ async def _admit(
     request_id: uuid.UUID | None = None,
     end_user: str | None = None,
     end_user_per_minute: int = 0,
+    end_user_daily_limit: int = 0,
 ) -> Admitted:
     return await admission.admit(
         tenant_id=tenant_id,
@@ -38,6 +39,7 @@ async def _admit(
         monthly_spend_limit_micros=monthly_spend_limit_micros,
         end_user=end_user,
         end_user_per_minute=end_user_per_minute,
+        end_user_daily_limit=end_user_daily_limit,
     )
 
 
@@ -174,3 +176,62 @@ async def test_an_end_user_refused_by_the_tenants_rate_is_not_counted_against_th
     )
     assert (refused.held, refused.end_user_refused) == (None, False)
     assert await redis_client.exists(end_user_rate_key(tenant_id, "user-a")) == 0
+
+
+async def test_an_end_users_daily_budget_holds_their_share_and_refuses_only_them(
+    redis_client,
+) -> None:
+    """With a daily budget per end user, a request holds its worst case of the end user's day
+    as well as the tenant's; one the end user's budget refuses holds neither (the tenant's hold
+    is given back in the same script), and the tenant's other users go on."""
+    admission, budgets = Admission(redis_client), BudgetStore(redis_client)
+    tenant_id = uuid.uuid4()
+
+    def ask(end_user: str | None, tokens: int) -> Any:
+        return _admit(
+            admission, tenant_id, tokens=tokens, end_user=end_user, end_user_daily_limit=250
+        )
+
+    for _ in range(2):
+        granted = await ask("user-a", 100)
+        assert granted.held is not None
+        assert granted.held.granted
+    refused = await ask("user-a", 100)
+    assert refused.held is not None
+    assert (refused.held.granted, refused.held.refusal) == (
+        False,
+        RefusalReason.END_USER_DAILY_TOKENS,
+    )
+    assert (refused.held.limit, refused.held.used + refused.held.reserved) == (250, 200)
+    assert refused.rate.allowed, "the rates allowed it; the end user's budget did not"
+    # Another end user, and a request naming none (the tenant's budget only), go on.
+    for end_user, tokens in (("user-b", 200), (None, 300)):
+        granted = await ask(end_user, tokens)
+        assert granted.held is not None
+        assert granted.held.granted
+    snap = await budgets.snapshot(tenant_id=tenant_id, day=DAY)
+    assert snap.tokens_reserved == 100 + 100 + 200 + 300, "the refused request holds nothing"
+    for end_user, reserved in (("user-a", 200), ("user-b", 200)):
+        assert await budgets.end_user_snapshot(tenant_id=tenant_id, end_user=end_user, day=DAY) == (
+            0,
+            reserved,
+        )
+
+
+async def test_the_tenants_budget_refuses_before_the_end_users_is_touched(redis_client) -> None:
+    admission, budgets = Admission(redis_client), BudgetStore(redis_client)
+    tenant_id = uuid.uuid4()
+    refused = await _admit(
+        admission,
+        tenant_id,
+        tokens=100,
+        daily_limit=50,
+        end_user="user-a",
+        end_user_daily_limit=1_000,
+    )
+    assert refused.held is not None
+    assert (refused.held.refusal, refused.held.limit) == (RefusalReason.DAILY_TOKENS, 50)
+    assert await budgets.end_user_snapshot(tenant_id=tenant_id, end_user="user-a", day=DAY) == (
+        0,
+        0,
+    )

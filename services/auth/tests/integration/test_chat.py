@@ -962,6 +962,60 @@ async def test_a_tenant_limits_each_end_user_within_its_own_rate(client, tenant,
     assert (await ask("user-a")).status_code == 200
 
 
+async def test_a_tenant_budgets_each_end_users_tokens_within_its_own(
+    client, tenant, responder
+) -> None:
+    """With end_user_daily_token_budget set, each end user a request names holds its worst case
+    of their own day as well as the tenant's: past it they are refused (429, insufficient_quota
+    on the OpenAI route) while the tenant's other users, and requests naming none, go on. It may
+    not exceed the tenant's daily budget; 0 turns it off."""
+    admin = bearer(tenant.admin_token)
+    member = bearer(tenant.member_token)
+    shown = await client.get("/v1/config", headers=admin)
+    daily = shown.json()["config"]["daily_token_budget"]
+    assert shown.json()["config"]["end_user_daily_token_budget"] == 0  # off, and shown as such
+    r = await client.put(
+        "/v1/config", json={"end_user_daily_token_budget": daily + 1}, headers=admin
+    )
+    assert r.status_code == 422, r.text
+    assert "end_user_daily_token_budget" in r.json()["detail"]
+
+    async def ask(user: str | None, route: str = "/v1/chat/completions") -> Any:
+        body: dict[str, object] = (
+            {"messages": [{"role": "user", "content": "q"}]}
+            if route == "/v1/chat/completions"
+            else {"question": "q"}
+        )
+        if user is not None:
+            body["user"] = user
+        return await client.post(route, json=body, headers=member)
+
+    # What one such request holds (nobody settles here: holds stay until metering would).
+    assert (await ask("probe")).status_code == 200
+    worst = responder.for_tenant(tenant.tenant_id)[-1].reservation.reserved_tokens
+    r = await client.put(
+        "/v1/config", json={"end_user_daily_token_budget": 2 * worst}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["end_user_daily_token_budget"] == 2 * worst
+    codes = [(await ask("user-a")).status_code, (await ask("user-a", "/v1/chat")).status_code]
+    refused = await ask("user-a")
+    assert [*codes, refused.status_code] == [200, 200, 429], refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_quota"
+    assert f"daily token budget of {2 * worst} tokens per end user" in error["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    refused = await ask("user-a", "/v1/chat")
+    assert refused.status_code == 429
+    assert "per end user" in refused.json()["detail"]
+    assert (await ask("user-b")).status_code == 200
+    assert (await ask(None)).status_code == 200
+
+    r = await client.put("/v1/config", json={"end_user_daily_token_budget": 0}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert (await ask("user-a")).status_code == 200
+
+
 async def test_openai_rate_limit_and_budget_refusals_are_429s_with_their_codes(
     client, onboard, responder
 ) -> None:

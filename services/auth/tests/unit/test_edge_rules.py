@@ -159,7 +159,11 @@ def test_a_model_closed_to_the_tenants_tier_cannot_be_allowed() -> None:
 def test_a_plan_change_carries_the_plans_own_limits_and_keeps_the_tenants_lower_ones() -> None:
     free = merged_config(
         default_config(name="x", tier=Tier.FREE, settings=SETTINGS),
-        ConfigUpdate(rate_limit_per_minute=10, end_user_rate_limit_per_minute=5),
+        ConfigUpdate(
+            rate_limit_per_minute=10,
+            end_user_rate_limit_per_minute=5,
+            end_user_daily_token_budget=1_000,
+        ),
     )
     pro = config_for_tier(free, Tier.PRO, SETTINGS, tenant_id=ACME)
     limits = TIER_LIMITS[Tier.PRO]
@@ -170,6 +174,7 @@ def test_a_plan_change_carries_the_plans_own_limits_and_keeps_the_tenants_lower_
     )
     assert pro.max_tokens_per_request == limits.max_tokens_per_request
     assert (pro.rate_limit_per_minute, pro.end_user_rate_limit_per_minute) == (10, 5)
+    assert pro.end_user_daily_token_budget == 1_000
     check_config(pro, SETTINGS, tenant_id=ACME)
     # And back: the plan's values follow the plan.
     assert config_for_tier(pro, Tier.FREE, SETTINGS, tenant_id=ACME) == free
@@ -190,11 +195,13 @@ def test_a_downgrade_lowers_limits_above_the_new_caps_and_drops_what_the_tier_la
         daily_token_budget=3_000_000,
         rate_limit_per_minute=100,
         end_user_rate_limit_per_minute=50,
+        end_user_daily_token_budget=2_000_000,
     )
     check_config(enterprise, settings, tenant_id=ACME)
     free = config_for_tier(enterprise, Tier.FREE, settings, tenant_id=ACME)
     limits = TIER_LIMITS[Tier.FREE]
     assert free.daily_token_budget == limits.daily_tokens  # 3M was above the free cap
+    assert free.end_user_daily_token_budget == limits.daily_tokens  # so was 2M per end user
     assert (free.rate_limit_per_minute, free.end_user_rate_limit_per_minute) == (
         limits.rate_per_minute,
         limits.rate_per_minute,

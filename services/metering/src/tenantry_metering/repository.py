@@ -256,6 +256,27 @@ async def day_token_totals(
     return {(row[0], row[1]): int(row[2]) for row in result}
 
 
+async def end_user_day_token_totals(
+    conn: AsyncConnection, *, keys: Sequence[tuple[uuid.UUID, date]]
+) -> dict[tuple[uuid.UUID, date, str], int]:
+    """Tokens used per (tenant, day, end user), of the usage that named an end user."""
+    if not keys:
+        return {}
+    result = await conn.execute(
+        text(
+            """
+            SELECT tenant_id, day, end_user, SUM(prompt_tokens + completion_tokens)
+            FROM usage_ledger
+            WHERE end_user IS NOT NULL AND (tenant_id, day) IN (
+                SELECT * FROM unnest(CAST(:tenant_id AS uuid[]), CAST(:day AS date[])))
+            GROUP BY tenant_id, day, end_user
+            """
+        ),
+        {"tenant_id": [k[0] for k in keys], "day": [k[1] for k in keys]},
+    )
+    return {(row[0], row[1], row[2]): int(row[3]) for row in result}
+
+
 async def month_spend_totals(
     conn: AsyncConnection, *, keys: Sequence[tuple[uuid.UUID, date]]
 ) -> dict[tuple[uuid.UUID, date], int]:

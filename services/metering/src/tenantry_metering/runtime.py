@@ -302,6 +302,7 @@ class Runtime:
                 budgets=self.budget_store(),
                 today=service.utc_today(),
                 days_back=self.settings.reconcile_days,
+                budgeting_end_users=self.directory.budgeting_end_users(),
             )
         self.metrics.reconciled.inc(count)
         return count

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, timedelta
 
@@ -103,6 +103,14 @@ class TenantDirectory:
         held = self.configs.get(tenant_id)
         return held[1] if held else None
 
+    def budgeting_end_users(self) -> set[uuid.UUID]:
+        """The tenants (not offboarded) whose config sets a daily token budget per end user."""
+        return {
+            tenant_id
+            for tenant_id, (_, config) in self.configs.items()
+            if config.end_user_daily_token_budget and tenant_id not in self.offboarded
+        }
+
 
 # --------------------------------------------------------------------------- recording usage
 
@@ -180,6 +188,7 @@ def ledger_columns(
             usage_day=day,
             tokens=e.prompt_tokens + e.completion_tokens,
             cost_micros=cost,
+            end_user=e.end_user,
         )
         for e, day, (cost, _) in zip(kept, days, prices, strict=True)
     ]
@@ -380,9 +389,16 @@ def rollup_event(row: AggregateRow) -> UsageRolledUp:
 
 
 async def reconcile(
-    *, engine: AsyncEngine, budgets: BudgetStore, today: date, days_back: int
+    *,
+    engine: AsyncEngine,
+    budgets: BudgetStore,
+    today: date,
+    days_back: int,
+    budgeting_end_users: Collection[uuid.UUID] = (),
 ) -> int:
-    """Set Redis's settled totals to the ledger's for every tenant with recent usage.
+    """Set Redis's settled totals to the ledger's for every tenant with recent usage, and
+    those of each end user of the tenants in ``budgeting_end_users`` (their end users' daily
+    budgets; the others' end users are settled into Redis too, but nothing reads them).
 
     Call it while no settlement is between its ledger commit and its Redis update (the
     caller holds the settlement lock), or a settlement could be counted twice.
@@ -398,12 +414,19 @@ async def reconcile(
         month_keys = sorted({(t, first_of_month(d)) for t, d in day_keys})
         day_used = await repo.day_token_totals(conn, keys=day_keys)
         month_used = await repo.month_spend_totals(conn, keys=month_keys)
+        end_users_used = await repo.end_user_day_token_totals(
+            conn, keys=[(t, d) for t, d in day_keys if t in budgeting_end_users]
+        )
     for tenant_id, day in day_keys:
         await budgets.reconcile(
             tenant_id=tenant_id,
             day=day,
             ledger_tokens=day_used.get((tenant_id, day), 0),
             ledger_spend_micros=month_used.get((tenant_id, first_of_month(day)), 0),
+        )
+    for (tenant_id, day, end_user), tokens in end_users_used.items():
+        await budgets.reconcile_end_user(
+            tenant_id=tenant_id, end_user=end_user, day=day, ledger_tokens=tokens
         )
     return len(day_keys)
 

@@ -61,7 +61,12 @@ def usage(
 
 
 def config_changed(
-    tenant_id: uuid.UUID, *, daily_tokens: int, monthly_micros: int, version: int = 1
+    tenant_id: uuid.UUID,
+    *,
+    daily_tokens: int,
+    monthly_micros: int,
+    version: int = 1,
+    end_user_daily_tokens: int = 0,
 ) -> TenantConfigChanged:
     return TenantConfigChanged(
         tenant_id=tenant_id,
@@ -77,6 +82,7 @@ def config_changed(
             system_prompt_template="You help.",
             rate_limit_per_minute=600,
             daily_token_budget=daily_tokens,
+            end_user_daily_token_budget=end_user_daily_tokens,
             monthly_spend_budget_micros=monthly_micros,
             cache_similarity_threshold=0.9,
         ),

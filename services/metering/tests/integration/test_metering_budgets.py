@@ -200,6 +200,9 @@ def own_redis(tmp_path):
     state["proc"].wait(10)
 
 
+END_USERS = ("alice", "bob")
+
+
 async def _drift(redis_url: str, engine: AsyncEngine, tenants: list[uuid.UUID], day) -> dict:
     client = create_redis(redis_url)
     out = {}
@@ -210,6 +213,9 @@ async def _drift(redis_url: str, engine: AsyncEngine, tenants: list[uuid.UUID], 
             month_used = await repository.month_spend_totals(
                 conn, keys=[(t, day.replace(day=1)) for t in tenants]
             )
+            end_users_used = await repository.end_user_day_token_totals(
+                conn, keys=[(t, day) for t in tenants]
+            )
         for tenant in tenants:
             snap = await store.snapshot(tenant_id=tenant, day=day)
             drift = (
@@ -219,6 +225,14 @@ async def _drift(redis_url: str, engine: AsyncEngine, tenants: list[uuid.UUID], 
             )
             if drift != (0, 0, 0):
                 out[tenant] = drift
+        # The end users of the tenant that budgets them: their counters are the ledger's too.
+        for end_user in END_USERS:
+            used, reserved = await store.end_user_snapshot(
+                tenant_id=tenants[0], end_user=end_user, day=day
+            )
+            ledger = end_users_used.get((tenants[0], day, end_user), 0)
+            if (used - ledger, reserved) != (0, 0) or not ledger:
+                out[(tenants[0], end_user)] = (used, ledger, reserved)
     finally:
         await client.aclose()
     return out
@@ -235,13 +249,23 @@ async def test_zero_drift_after_traffic_stops_including_after_a_redis_restart(
     now = datetime.now(UTC)
     today = now.date()
     events = []
-    async with running(settings):
+    async with running(settings) as (app, _):
+        # The first tenant budgets its end users, whose counters are then reconciled too.
+        await publish_event(
+            producer,
+            TENANTS_CONFIG,
+            config_changed(
+                tenants[0], daily_tokens=10**9, monthly_micros=10**9, end_user_daily_tokens=10**6
+            ),
+        )
+        await wait_until(lambda: _has_config(app, tenants[0]), what="config known")
         client = create_redis(redis_url)
         try:
             store = BudgetStore(client)
             for i in range(30):
                 tenant = tenants[i % 3]
                 request_id = uuid.uuid4()
+                end_user = END_USERS[i % 2] if i % 5 else None
                 granted = await store.reserve(
                     tenant_id=tenant,
                     request_id=request_id,
@@ -250,6 +274,12 @@ async def test_zero_drift_after_traffic_stops_including_after_a_redis_restart(
                     daily_limit=10**9,
                 )
                 assert granted.granted
+                if end_user is not None:  # the end user's hold, as the edge's admission makes it
+                    tokens_key, holds_key = store.end_user_keys(
+                        tenant_id=tenant, end_user=end_user, day=today
+                    )
+                    await client.hset(holds_key, str(request_id), 400)
+                    await client.hincrby(tokens_key, "reserved", 400)
                 event = usage(
                     tenant,
                     request_id=request_id,
@@ -257,6 +287,7 @@ async def test_zero_drift_after_traffic_stops_including_after_a_redis_restart(
                     completion=i,
                     reserved=400,
                     occurred_at=now,
+                    end_user=end_user,
                 )
                 events.append(event)
                 await publish_event(producer, USAGE, event)
@@ -271,7 +302,7 @@ async def test_zero_drift_after_traffic_stops_including_after_a_redis_restart(
 
         restart_redis()  # every counter, hold and settled-marker is gone
         # Redeliveries after the restart (their markers are lost) and a little new traffic.
-        for event in events[:6]:
+        for event in events[:12]:  # the first tenant's end users' among them
             await publish_event(producer, USAGE, event)
         for tenant in tenants:
             await publish_event(
