@@ -133,6 +133,20 @@ local used = {}
 local ttl = {}
 local applied = {}
 local pos = 1
+-- Release a request's hold in KEYS[holds] from the reserved count of KEYS[tokens].
+local function release(holds, tokens, request_id)
+  local held = redis.call('HGET', KEYS[holds], request_id)
+  if held then
+    redis.call('HDEL', KEYS[holds], request_id)
+    local r = reserved[tokens]
+    if r == nil then
+      r = tonumber(redis.call('HGET', KEYS[tokens], 'reserved') or '0')
+    end
+    r = r - tonumber(held)
+    if r < 0 then r = 0 end
+    reserved[tokens] = r
+  end
+end
 for i = 1, n do
   local event_id, request, tokens, cost, tk, hk, uk, sk, mk, et, eh, eu
   event_id, request, tokens, cost, tk, hk, uk, sk, mk, et, eh, eu, pos =
@@ -144,34 +158,13 @@ for i = 1, n do
     local request_id = string.format(
       '%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x',
       string.byte(request, 1, 16))
-    local holds_key = KEYS[hk]
-    local held = redis.call('HGET', holds_key, request_id)
-    if held then
-      redis.call('HDEL', holds_key, request_id)
-      local r = reserved[tk]
-      if r == nil then
-        r = tonumber(redis.call('HGET', KEYS[tk], 'reserved') or '0')
-      end
-      r = r - tonumber(held)
-      if r < 0 then r = 0 end
-      reserved[tk] = r
-    end
+    release(hk, tk, request_id)
     used[uk] = (used[uk] or 0) + tokens
     used[sk] = (used[sk] or 0) + cost
     ttl[uk] = ARGV[2]
     ttl[sk] = ARGV[4]
     if eh ~= 0 then
-      local mine = redis.call('HGET', KEYS[eh], request_id)
-      if mine then
-        redis.call('HDEL', KEYS[eh], request_id)
-        local r = reserved[et]
-        if r == nil then
-          r = tonumber(redis.call('HGET', KEYS[et], 'reserved') or '0')
-        end
-        r = r - tonumber(mine)
-        if r < 0 then r = 0 end
-        reserved[et] = r
-      end
+      release(eh, et, request_id)
       used[eu] = (used[eu] or 0) + tokens
       ttl[eu] = ARGV[2]
     end

@@ -1399,12 +1399,6 @@ def api_routes(
         tool_turns: Sequence[ChatMessage] = (),
         document_ids: Sequence[uuid.UUID] = (),
     ) -> service.AdmittedChat:
-        try:
-            partition = replies.reply_partition()
-        except NoReplyPartition:
-            raise service.Unavailable(
-                "this replica cannot receive answers right now", {"Retry-After": "5"}
-            ) from None
         return await service.admit_chat(
             edge=edge,
             principal=principal,
@@ -1413,7 +1407,7 @@ def api_routes(
             history=history,
             conversation_id=conversation_id,
             stream=stream,
-            reply_partition=partition,
+            reply_partition=reply_partition(),
             recorded_config_version=access.config_version,
             model=model,
             max_tokens=max_tokens,
@@ -1426,6 +1420,15 @@ def api_routes(
             tool_turns=tool_turns,
             document_ids=document_ids,
         )
+
+    def reply_partition() -> int:
+        """The partition this replica reads answers from; 503 when it holds none."""
+        try:
+            return replies.reply_partition()
+        except NoReplyPartition:
+            raise service.Unavailable(
+                "this replica cannot receive answers right now", {"Retry-After": "5"}
+            ) from None
 
     def wants_stream(request: Request, stream: bool) -> bool:
         return stream or "text/event-stream" in request.headers.get("accept", "")
@@ -1732,12 +1735,7 @@ def api_routes(
         """The passages of the tenant's documents nearest a query, best first: what a chat
         request would retrieve for it (tenant admin). No model is asked and nothing is billed;
         it counts against the tenant's request rate, and is audited."""
-        try:
-            partition = replies.reply_partition()
-        except NoReplyPartition:
-            raise service.Unavailable(
-                "this replica cannot receive answers right now", {"Retry-After": "5"}
-            ) from None
+        partition = reply_partition()
         request_id = uuid.uuid4()
         pending = replies.register(request_id)
         deadline = settings.chat_deadline_s

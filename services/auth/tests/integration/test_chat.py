@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -917,6 +918,23 @@ async def test_rate_limit_refuses_with_429_retry_after_and_ratelimit_headers(
     assert "rate limit" in r.json()["detail"]
 
 
+def _asking_as(client: Any, headers: dict[str, str]) -> Callable[..., Awaitable[Any]]:
+    """``await ask(user, route)``: the question "q" on a chat route, naming ``user`` (if any)
+    as the end user."""
+
+    async def ask(user: str | None, route: str = "/v1/chat/completions") -> Any:
+        body: dict[str, object] = (
+            {"messages": [{"role": "user", "content": "q"}]}
+            if route == "/v1/chat/completions"
+            else {"question": "q"}
+        )
+        if user is not None:
+            body["user"] = user
+        return await client.post(route, json=body, headers=headers)
+
+    return ask
+
+
 async def test_a_tenant_limits_each_end_user_within_its_own_rate(client, tenant, responder) -> None:
     """With end_user_rate_limit_per_minute set, each end user a request names (OpenAI's
     ``user``, /v1/chat's ``user``) gets that rate, on both routes together; other end users,
@@ -930,15 +948,7 @@ async def test_a_tenant_limits_each_end_user_within_its_own_rate(client, tenant,
     assert r.status_code == 200, r.text
     assert r.json()["config"]["end_user_rate_limit_per_minute"] == 2
 
-    async def ask(user: str | None, route: str = "/v1/chat/completions") -> Any:
-        body: dict[str, object] = (
-            {"messages": [{"role": "user", "content": "q"}]}
-            if route == "/v1/chat/completions"
-            else {"question": "q"}
-        )
-        if user is not None:
-            body["user"] = user
-        return await client.post(route, json=body, headers=member)
+    ask = _asking_as(client, member)
 
     codes = [
         (await ask("user-a")).status_code,
@@ -980,15 +990,7 @@ async def test_a_tenant_budgets_each_end_users_tokens_within_its_own(
     assert r.status_code == 422, r.text
     assert "end_user_daily_token_budget" in r.json()["detail"]
 
-    async def ask(user: str | None, route: str = "/v1/chat/completions") -> Any:
-        body: dict[str, object] = (
-            {"messages": [{"role": "user", "content": "q"}]}
-            if route == "/v1/chat/completions"
-            else {"question": "q"}
-        )
-        if user is not None:
-            body["user"] = user
-        return await client.post(route, json=body, headers=member)
+    ask = _asking_as(client, member)
 
     # What one such request holds (nobody settles here: holds stay until metering would).
     assert (await ask("probe")).status_code == 200
