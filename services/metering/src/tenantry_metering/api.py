@@ -77,6 +77,10 @@ class EndUserReport(BaseModel):
     end: date
     end_users: list[EndUserUsage] = Field(description="The costliest first.")
     more: bool = Field(description="More end users used the tenant than `limit` lists.")
+    end_user_daily_token_budget: int = Field(
+        description="The tokens each end user may use per UTC day under the tenant's config "
+        "now (0: no such budget); a one-day report shows who is near it."
+    )
 
 
 END_USER_CSV_COLUMNS = tuple(EndUserUsage.model_fields)
@@ -354,6 +358,9 @@ def usage_router(runtime: Runtime, verifier: TokenVerifier) -> APIRouter:
                 for r in rows[:limit]
             ],
             more=len(rows) > limit,
+            end_user_daily_token_budget=config.end_user_daily_token_budget
+            if (config := runtime.directory.budgets_of(tenant_id)) is not None
+            else 0,
         )
         return _respond(
             report, fmt, lambda: end_user_csv(report), f"usage-{tenant_id}-end-users.csv"

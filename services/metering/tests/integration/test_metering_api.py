@@ -144,7 +144,14 @@ async def test_usage_per_end_user_lists_the_tenants_own_costliest_first(
         ),
         usage(b, prompt=7_777, completion=1, occurred_at=DAY, end_user="user-big"),
     ]
-    async with running(metering_settings, issuer) as (_, http):
+    async with running(metering_settings, issuer) as (app, http):
+        # Tenant a budgets its end users: the report says how much each may use per day.
+        await publish_event(
+            producer,
+            TENANTS_CONFIG,
+            config_changed(a, daily_tokens=10**6, monthly_micros=10**9, end_user_daily_tokens=600),
+        )
+        await wait_until(lambda: _known(app, a), what="config known")
         for event in events:
             await publish_event(producer, USAGE, event)
 
@@ -159,6 +166,7 @@ async def test_usage_per_end_user_lists_the_tenants_own_costliest_first(
         report = response.json()
         assert report["tenant_id"] == str(a)
         assert report["more"] is False
+        assert report["end_user_daily_token_budget"] == 600
         listed = [(u["end_user"], u["requests"], u["total_tokens"]) for u in report["end_users"]]
         assert listed == [("user-big", 2, 700), ("=cmd|x", 1, 15), ("user-small", 1, 2)]
         assert report["end_users"][0]["cost_micros"] == PRICE.cost_micros(
@@ -185,6 +193,7 @@ async def test_usage_per_end_user_lists_the_tenants_own_costliest_first(
         operator = issuer.headers(tenant_id=a, role="operator")
         theirs = await http.get(f"/v1/tenants/{b}/usage/end-users", params=query, headers=operator)
         assert [u["total_tokens"] for u in theirs.json()["end_users"]] == [7_778]
+        assert theirs.json()["end_user_daily_token_budget"] == 0  # no config of b's known
 
 
 async def test_operators_see_every_tenants_usage_the_costliest_first(
