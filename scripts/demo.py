@@ -1,7 +1,8 @@
 """The two-tenant demo, through the edge's HTTP API only, as an operator and frontends would.
 
 Onboards two tenants whose documents overlap in topic (both have a refund policy, with
-different terms), asks questions plain and streamed, repeats a paraphrase that the semantic cache
+different terms; one document goes in as a PDF file), asks questions plain and streamed, searches
+each tenant's documents with no model asked, repeats a paraphrase that the semantic cache
 answers, asks a follow-up in a conversation, shows usage and cost, a budget refusal, and the
 first lines of each tenant's audit CSV — and checks that neither tenant ever sees the other's
 documents.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tenantry_common.testing.files import pdf_with_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE = os.environ.get("TENANTRY_EDGE_URL", "http://127.0.0.1:8000")
@@ -60,6 +62,8 @@ TENANTS = {
         ),
     ],
 }
+#: Documents the demo uploads as PDF files rather than as JSON text.
+AS_PDF = {"Warranty"}
 QUESTION = "What is the refund policy?"
 PARAPHRASE = "What's the refund policy?"
 FOLLOW_UP = "And how many days do I have for that?"
@@ -210,11 +214,22 @@ def main() -> None:
     banner("Each tenant's admin ingests its documents (POST /v1/documents)")
     for tenant, docs in zip(tenants, TENANTS.values(), strict=True):
         for title, text in docs:
-            r = http.post(
-                "/v1/documents",
-                json={"title": title, "text": text},
-                headers=auth(tenant.admin_token),
-            )
+            if title in AS_PDF:  # uploaded as a file: the edge reads the PDF's text
+                r = http.post(
+                    "/v1/documents",
+                    files={
+                        "file": (f"{title.lower()}.pdf", pdf_with_text(text), "application/pdf")
+                    },
+                    data={"title": title},
+                    headers=auth(tenant.admin_token),
+                )
+                print(f"  {tenant.name}: {title} uploaded as a PDF file → {r.status_code}")
+            else:
+                r = http.post(
+                    "/v1/documents",
+                    json={"title": title, "text": text},
+                    headers=auth(tenant.admin_token),
+                )
             if r.status_code != 202:
                 fail(f"document {title}: {r.status_code} {r.text}")
             tenant.document_ids.add(r.json()["document_id"])

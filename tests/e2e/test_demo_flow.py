@@ -37,6 +37,7 @@ def test_demo_runs_end_to_end_with_isolation_cache_budget_and_audit(
     # a tiny budget was refused, and each audit export was its own.
     assert output.count("→ served from the semantic cache: True") == 2, output[-4000:]
     assert "429" in output
+    assert output.count("Warranty uploaded as a PDF file → 202") == 1, output[-4000:]
     assert output.count("search, no model asked (POST /v1/search):") == 2, output[-4000:]
     assert output.count("records, all of tenant") == 2
     for service in system.services.values():

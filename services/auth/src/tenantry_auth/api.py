@@ -1,5 +1,6 @@
 """The edge's HTTP API. The tenant always comes from the verified token, never from input."""
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -76,8 +77,8 @@ from tenantry_common.events import (
 from tenantry_common.ids import PLATFORM_TENANT_ID
 from tenantry_common.settings import ModelSpec
 
+from tenantry_auth import extract, service
 from tenantry_auth import repository as repo
-from tenantry_auth import service
 from tenantry_auth.models import DocumentStatus
 from tenantry_auth.plain import PlainRoute
 from tenantry_auth.replies import NoReplyPartition, PendingReply, ReplyRouter
@@ -87,6 +88,9 @@ log = logging.getLogger("tenantry.auth.api")
 
 #: An exception handler of the app (request, exception) -> response.
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+#: What a document upload may be.
+_ACCEPTED_FILES = "PDF, Word (.docx) and UTF-8 text files are accepted"
 
 # --------------------------------------------------------------------------- errors
 
@@ -1300,6 +1304,8 @@ def api_routes(
         )
         return DocumentAccepted(document_id=document.document_id, status=document.status)
 
+    reading_files = asyncio.Semaphore(settings.extract_concurrency)
+
     async def _read_upload(request: Request) -> tuple[str, str, str]:
         try:
             form = await request.form(max_files=1, max_fields=5)
@@ -1308,17 +1314,22 @@ def api_routes(
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, detail="a 'file' part is required")
-        raw = await upload.read(settings.max_document_bytes + 1)
-        if len(raw) > settings.max_document_bytes:
-            raise HTTPException(
-                413, detail=f"document larger than {settings.max_document_bytes} bytes"
-            )
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HTTPException(415, detail="only UTF-8 text files are accepted") from None
-        if "\x00" in text:
-            raise HTTPException(415, detail="only text files are accepted")
+        limit = max(settings.max_document_bytes, settings.max_upload_bytes)
+        raw = await upload.read(limit + 1)
+        kind = extract.kind_of(raw)
+        if kind is not None:
+            text = await _file_text(raw, kind)
+        else:
+            if len(raw) > settings.max_document_bytes:
+                raise HTTPException(
+                    413, detail=f"document larger than {settings.max_document_bytes} bytes"
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPException(415, detail=_ACCEPTED_FILES) from None
+            if "\x00" in text:
+                raise HTTPException(415, detail=_ACCEPTED_FILES)
         title_field = form.get("title")
         title = (
             title_field
@@ -1326,8 +1337,30 @@ def api_routes(
             else (upload.filename or "")
         )
         title = title.strip()[:500] or "untitled"
-        kind = (upload.content_type or "text/plain")[:100]
-        return title, text, kind
+        return title, text, kind or (upload.content_type or "text/plain")[:100]
+
+    async def _file_text(raw: bytes, kind: str) -> str:
+        """A PDF's or Word file's text, read in a child process (``extract``)."""
+        if len(raw) > settings.max_upload_bytes:
+            raise HTTPException(413, detail=f"file larger than {settings.max_upload_bytes} bytes")
+        try:
+            async with reading_files:  # children at once: their memory adds to the pod's
+                text = await extract.extracted_text(
+                    raw,
+                    kind,
+                    timeout_s=settings.extract_timeout_s,
+                    max_pages=settings.max_upload_pages,
+                    memory_bytes=settings.extract_memory_bytes,
+                )
+        except extract.Unreadable as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        if not text.strip():
+            raise HTTPException(
+                422,
+                detail="no text could be read from the file (a scanned PDF's pages are images; "
+                "Tenantry does not read text from images)",
+            )
+        return text
 
     @router.get("/v1/documents", tags=["documents"], response_model=DocumentList)
     async def list_documents(

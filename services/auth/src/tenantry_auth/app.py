@@ -251,7 +251,7 @@ def build_app(
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_json_body_bytes,
-        upload_limit=settings.max_document_bytes + 64_000,
+        upload_limit=max(settings.max_document_bytes, settings.max_upload_bytes) + 64_000,
         upload_paths=("/v1/documents",),
     )
     install_error_handlers(app)

@@ -70,7 +70,26 @@ class Settings(CommonSettings):
     reply_lease_ttl_s: float = Field(default=10.0, gt=1)
     redis_retry_after_s: int = Field(default=5, ge=1)
 
-    max_document_bytes: int = Field(default=1_000_000, ge=1)
+    max_document_bytes: int = Field(
+        default=1_000_000, ge=1, description="A document's text (UTF-8 bytes), however sent."
+    )
+    max_upload_bytes: int = Field(
+        default=20_000_000,
+        ge=1,
+        description="An uploaded PDF or .docx file; its text must still fit max_document_bytes.",
+    )
+    max_upload_pages: int = Field(default=2_000, ge=1, description="Pages of a PDF read.")
+    extract_timeout_s: float = Field(
+        default=60.0, gt=0, description="Reading a file's text; the reader is killed after it."
+    )
+    extract_memory_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=64 * 1024 * 1024,
+        description="The address space a file's reader (a child process) may use.",
+    )
+    extract_concurrency: int = Field(
+        default=1, ge=1, description="Files read at once per replica (each a child process)."
+    )
     max_json_body_bytes: int = Field(default=256_000, ge=1024)
 
     metering_url: str = "http://127.0.0.1:8003"

@@ -104,6 +104,7 @@ def edge_settings(
         bootstrap_operator_secret=OPERATOR_SECRET,
         reply_lease_namespace=lease_namespace,
         chat_deadline_s=4.0,
+        max_upload_bytes=3_000_000,
         onboarding_timeout_s=25.0,
         onboarding_sweep_s=1.0,
         consumer_retry_backoff_s=0.05,

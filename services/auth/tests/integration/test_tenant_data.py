@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 
+import docx
 import pytest
 from auth_support import bearer, get_token
+from pypdf import PdfReader, PdfWriter
+from tenantry_auth.extract import DOCX, PDF
 from tenantry_common.events import (
     AuditRecorded,
     AuditType,
@@ -15,6 +19,7 @@ from tenantry_common.events import (
     TenantConfigChanged,
     TenantOffboarded,
 )
+from tenantry_common.testing.files import pdf_with_text
 
 pytestmark = pytest.mark.integration
 
@@ -248,6 +253,80 @@ async def test_a_document_too_large_once_json_encoded_is_413_and_nothing_is_stor
     assert listed["documents"] == []
 
 
+def _docx(*paragraphs: str) -> bytes:
+    document = docx.Document()
+    for paragraph in paragraphs:
+        document.add_paragraph(paragraph)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+async def test_pdf_and_word_uploads_are_stored_as_their_text(client, tenant, topics_seen) -> None:
+    """A PDF's or .docx file's text is read at the edge (in a child process) and submitted as
+    the document's text; the file type comes from its first bytes, not its name."""
+    files = [
+        ("policy.pdf", pdf_with_text("Refund policy (Acme)", "Returns within 30 days."), PDF),
+        ("shipping.docx", _docx("Shipping policy", "Orders ship in 3 days."), DOCX),
+        # A PDF named and declared as text is still read as a PDF.
+        ("notes.txt", pdf_with_text("Named like text"), PDF),
+    ]
+    for name, data, kind in files:
+        r = await client.post(
+            "/v1/documents",
+            files={"file": (name, data, "text/plain")},
+            headers=bearer(tenant.admin_token),
+        )
+        assert r.status_code == 202, r.text
+        [event] = await topics_seen.wait_for(
+            DocumentSubmitted, document_id=uuid.UUID(r.json()["document_id"])
+        )
+        assert (event.title, event.content_type) == (name, kind)
+        if kind == PDF and name == "policy.pdf":
+            assert event.text == "Refund policy (Acme)\nReturns within 30 days."
+        elif kind == DOCX:
+            assert event.text == "Shipping policy\nOrders ship in 3 days."
+        else:
+            assert event.text == "Named like text"
+    listed = await client.get("/v1/documents", headers=bearer(tenant.admin_token))
+    assert {d["content_type"] for d in listed.json()["documents"]} == {PDF, DOCX}
+
+
+async def test_unreadable_pdf_and_word_files_are_422s_saying_why(
+    client, tenant, edge_settings
+) -> None:
+    blank, encrypted = io.BytesIO(), io.BytesIO()
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    writer.write(blank)
+    locked = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf_with_text("Secret terms"))))
+    locked.encrypt("password")
+    locked.write(encrypted)
+    refused = [
+        (blank.getvalue(), "no text could be read"),
+        (encrypted.getvalue(), "encrypted"),
+        (b"%PDF-1.7\nnot really a PDF", "could not be read as a PDF"),
+        (b"PK\x03\x04not a zip", "could not be read as a Word document"),
+    ]
+    for data, reason in refused:
+        r = await client.post(
+            "/v1/documents",
+            files={"file": ("upload", data, "application/octet-stream")},
+            headers=bearer(tenant.admin_token),
+        )
+        assert r.status_code == 422, r.text
+        assert reason in r.json()["detail"]
+    padded = pdf_with_text("big") + b"%" * edge_settings.max_upload_bytes  # a comment, to size
+    r = await client.post(
+        "/v1/documents",
+        files={"file": ("big.pdf", padded, "application/pdf")},
+        headers=bearer(tenant.admin_token),
+    )
+    assert r.status_code == 413, r.text
+    listed = await client.get("/v1/documents", headers=bearer(tenant.admin_token))
+    assert listed.json()["documents"] == [], "nothing was stored"
+
+
 async def test_binary_upload_is_415(client, tenant) -> None:
     r = await client.post(
         "/v1/documents",
@@ -255,6 +334,7 @@ async def test_binary_upload_is_415(client, tenant) -> None:
         headers=bearer(tenant.admin_token),
     )
     assert r.status_code == 415
+    assert "PDF, Word (.docx) and UTF-8 text" in r.json()["detail"]
 
 
 async def test_members_cannot_manage_documents_or_config(client, tenant) -> None:
