@@ -244,6 +244,14 @@ def main() -> None:
         banner(f"{tenant.name}: questions through the edge (POST /v1/chat)")
         body = ask(http, tenant, QUESTION)
         show_answer(tenant, "plain", body, others)
+        r = http.post(
+            "/v1/feedback",
+            json={"request_id": body["request_id"], "value": 1, "comment": "clear"},
+            headers=auth(tenant.admin_token),
+        )
+        if r.status_code != 201:
+            fail(f"{tenant.name}'s rating: {r.status_code} {r.text[:300]}")
+        print("    → rated by the user (POST /v1/feedback)")
         streamed = ask_streamed(http, tenant, "What do you ship, and how long does it take?")
         if streamed:
             show_answer(tenant, "final", streamed, others)

@@ -70,6 +70,8 @@ CONSUMED_TOPICS = [
             {"json": {"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}},
         ),
         ("POST", "/v1/search", {"json": {"query": ""}}),
+        ("POST", "/v1/feedback", {"json": {"request_id": "not-a-uuid", "value": 1}}),
+        ("GET", "/v1/feedback", {"params": {"limit": 0}}),
         ("POST", "/v1/search", {"json": {"query": "refunds", "top_k": 0}}),
         ("PUT", "/v1/config", {"json": {"temperature": 9}}),
         ("PUT", "/v1/config", {"json": {"system_prompt_template": "{{secret_key}}"}}),

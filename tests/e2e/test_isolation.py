@@ -104,6 +104,13 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
             headers=_h(t["token"]),
         )
         assert r.status_code == 200, r.text
+        # And rates the answer, with its canary in the comment.
+        rated = http.post(
+            "/v1/feedback",
+            json={"request_id": r.json()["request_id"], "value": 7, "comment": t["canary"]},
+            headers=_h(t["token"]),
+        )
+        assert rated.status_code == 201, rated.text
     for t in tenants:
         others = [o for o in tenants if o is not t]
         # Answers and citations (asked twice: the second may come from the cache).
@@ -131,11 +138,13 @@ def test_no_canary_crosses_any_read_surface(system: System, tenants: list[dict[s
                 "/v1/audit/export", params={"format": "jsonl"}, headers=_h(t["token"])
             ),
             "conversation": http.get(f"/v1/conversations/{conversation}", headers=_h(t["token"])),
+            "feedback": http.get("/v1/feedback", headers=_h(t["token"])),
         }
         assert t["canary"] in surfaces["conversation"].text  # its own turn is there
         assert t["canary"] in surfaces["config version 2"].text  # its own change is there
         assert t["canary"] in surfaces["search"].text  # its own document is found
         assert t["canary"] in surfaces["search in its document"].text
+        assert t["canary"] in surfaces["feedback"].text  # its own rating is there
         for name, response in surfaces.items():
             assert response.status_code == 200, (name, response.text)
             for o in others:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -389,6 +390,35 @@ class ChatAnswer(BaseModel):
     finish_reason: FinishReason = Field(
         description="'length' when the answer reached its token limit and is cut short."
     )
+
+
+class FeedbackGiven(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: uuid.UUID = Field(
+        description="The answer rated: its request_id (the chat reply's, or X-Request-Id)."
+    )
+    value: int = Field(ge=-10, le=10, description="-10 (worst) to 10 (best); 1 and -1 for ±.")
+    comment: str = Field(default="", max_length=2_000)
+    user: EndUser = None
+
+
+class FeedbackView(BaseModel):
+    request_id: uuid.UUID
+    subject: str = Field(description="Who rated it: the token's subject (a client id).")
+    value: int
+    comment: str
+    end_user: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class FeedbackList(BaseModel):
+    feedback: list[FeedbackView] = Field(description="The latest first.")
+    count: int = Field(description="Ratings in the window asked (all of them, not only listed).")
+    mean_value: float | None
+    positive: int = Field(description="Ratings above 0.")
+    negative: int = Field(description="Ratings below 0.")
 
 
 class SearchRequest(BaseModel):
@@ -1752,6 +1782,52 @@ def api_routes(
         finally:
             if not handed_over:
                 replies.forget(request_id)
+
+    @router.post("/v1/feedback", tags=["chat"], status_code=201, response_model=FeedbackView)
+    async def give_feedback(
+        body: FeedbackGiven, principal: TenantUser, access: Access
+    ) -> FeedbackView:
+        """Rate one of the tenant's answers (-10 to 10, with a comment if you like). Rating the
+        same answer again replaces your rating; tenant admins read them at GET /v1/feedback."""
+        given = await service.give_feedback(
+            edge=edge,
+            principal=principal,
+            request_id=body.request_id,
+            value=body.value,
+            comment=body.comment,
+            end_user=body.user,
+            recorded_config_version=access.config_version,
+        )
+        return FeedbackView.model_validate(given, from_attributes=True)
+
+    @router.get("/v1/feedback", tags=["chat"], response_model=FeedbackList)
+    async def list_feedback(
+        principal: TenantAdmin,
+        since: Annotated[
+            AwareDatetime | None, Query(description="Given at or after this (with its zone).")
+        ] = None,
+        before: Annotated[AwareDatetime | None, Query(description="Given before this.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+    ) -> FeedbackList:
+        """The tenant's ratings of its answers, the latest first, with their count and mean."""
+        async with edge.sessions() as session:
+            rows = await repo.list_feedback(
+                session=session,
+                tenant_id=principal.tenant_id,
+                since=since,
+                before=before,
+                limit=limit,
+            )
+            count, mean, positive, negative = await repo.feedback_summary(
+                session=session, tenant_id=principal.tenant_id, since=since, before=before
+            )
+        return FeedbackList(
+            feedback=[FeedbackView.model_validate(r, from_attributes=True) for r in rows],
+            count=count,
+            mean_value=mean,
+            positive=positive,
+            negative=negative,
+        )
 
     @router.post(
         "/v1/search",

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     Uuid,
@@ -127,6 +128,23 @@ class Document(Base):
     chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Feedback(Base):
+    """A user's rating of one answer (the latest per request and token subject)."""
+
+    __tablename__ = "feedback"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    end_user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+    __table_args__ = (Index("ix_feedback_tenant_updated", "tenant_id", "updated_at"),)
 
 
 class SigningKey(Base):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from tenantry_common.ids import utcnow
@@ -21,13 +21,16 @@ from tenantry_auth.models import (
     Client,
     Document,
     DocumentStatus,
+    Feedback,
     LifecycleAck,
     SigningKey,
     Tenant,
     TenantConfigVersion,
 )
 
-TenantTable = TypeVar("TenantTable", Tenant, Client, TenantConfigVersion, LifecycleAck, Document)
+TenantTable = TypeVar(
+    "TenantTable", Tenant, Client, TenantConfigVersion, LifecycleAck, Document, Feedback
+)
 
 
 def _scoped(table: type[TenantTable], tenant_id: uuid.UUID) -> ColumnElement[bool]:
@@ -407,3 +410,84 @@ async def mark_document_deleted(
         status=DocumentStatus.DELETED.value,
         deleted_at=utcnow(),
     )
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+async def put_feedback(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    request_id: uuid.UUID,
+    subject: str,
+    value: int,
+    comment: str,
+    end_user: str | None,
+) -> Feedback:
+    """Record a rating, or replace the one this subject gave the same answer before."""
+    now = utcnow()
+    return (
+        await session.execute(
+            insert(Feedback)
+            .values(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                subject=subject,
+                value=value,
+                comment=comment,
+                end_user=end_user,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_update(
+                index_elements=[Feedback.tenant_id, Feedback.request_id, Feedback.subject],
+                set_={"value": value, "comment": comment, "end_user": end_user, "updated_at": now},
+            )
+            .returning(Feedback)
+        )
+    ).scalar_one()
+
+
+async def list_feedback(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    since: datetime | None,
+    before: datetime | None,
+    limit: int,
+) -> list[Feedback]:
+    """A tenant's ratings, the latest first (by when they were last given)."""
+    query = select(Feedback).where(_scoped(Feedback, tenant_id))
+    if since is not None:
+        query = query.where(Feedback.updated_at >= since)
+    if before is not None:
+        query = query.where(Feedback.updated_at < before)
+    rows = await session.scalars(query.order_by(Feedback.updated_at.desc()).limit(limit))
+    return list(rows)
+
+
+async def feedback_summary(
+    *, session: AsyncSession, tenant_id: uuid.UUID, since: datetime | None, before: datetime | None
+) -> tuple[int, float | None, int, int]:
+    """How many ratings, their mean value, how many above and below zero."""
+    query = select(
+        func.count(),
+        func.avg(Feedback.value),
+        func.count().filter(Feedback.value > 0),
+        func.count().filter(Feedback.value < 0),
+    ).where(_scoped(Feedback, tenant_id))
+    if since is not None:
+        query = query.where(Feedback.updated_at >= since)
+    if before is not None:
+        query = query.where(Feedback.updated_at < before)
+    count, mean, positive, negative = (await session.execute(query)).one()
+    return int(count), float(mean) if mean is not None else None, int(positive), int(negative)
+
+
+async def delete_feedback(*, session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """Delete every rating of a tenant (offboarding); how many there were."""
+    deleted = await session.scalars(
+        delete(Feedback).where(_scoped(Feedback, tenant_id)).returning(Feedback.request_id)
+    )
+    return len(deleted.all())

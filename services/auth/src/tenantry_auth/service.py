@@ -79,7 +79,7 @@ from tenantry_auth.config import Settings
 from tenantry_auth.configs import ConfigCache
 from tenantry_auth.conversations import ConversationStore
 from tenantry_auth.keys import KeyRing
-from tenantry_auth.models import Client, Document, DocumentStatus, Tenant, TenantStatus
+from tenantry_auth.models import Client, Document, DocumentStatus, Feedback, Tenant, TenantStatus
 from tenantry_auth.ratelimit import RateDecision
 from tenantry_auth.security import SecretHasher, new_client_id, new_client_secret, tenant_of_client
 
@@ -719,6 +719,7 @@ async def offboard_tenant(*, edge: Edge, tenant_id: uuid.UUID, actor: str, reaso
         tenant.status_detail = "waiting for " + ", ".join(sorted(edge.settings.lifecycle_services))
         tenant.updated_at = utcnow()
         revoked = await repo.revoke_all_clients(session=session, tenant_id=tenant_id)
+        await repo.delete_feedback(session=session, tenant_id=tenant_id)  # users' own words
         await session.flush()
         # Redis first, inside the transaction: if it cannot say "refused", nothing commits.
         await _redis_write(
@@ -1519,6 +1520,59 @@ async def admit_search(
     except Exception as exc:
         raise Unavailable("the search could not be queued; try again") from exc
     return rate
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+async def give_feedback(
+    *,
+    edge: Edge,
+    principal: Principal,
+    request_id: uuid.UUID,
+    value: int,
+    comment: str,
+    end_user: str | None,
+    recorded_config_version: int | None = None,
+) -> Feedback:
+    """Record a user's rating of one of the tenant's answers (replacing theirs before), and
+    audit it (the value, never the comment). A rating counts against the tenant's request
+    rate (and the end user's), as a search does: each may add a row."""
+    found = await edge.configs.get(
+        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
+    )
+    if found is None:
+        raise NotFound("this tenant has no configuration")
+    await _admitted(
+        edge=edge,
+        config=found[0],
+        tenant_id=principal.tenant_id,
+        request_id=uuid.uuid4(),
+        tokens=0,
+        day=utcnow().date(),
+        end_user=end_user,
+    )
+    async with transaction(edge.sessions) as session:
+        given = await repo.put_feedback(
+            session=session,
+            tenant_id=principal.tenant_id,
+            request_id=request_id,
+            subject=principal.subject[:200],
+            value=value,
+            comment=comment,
+            end_user=end_user,
+        )
+    await record_audit(
+        edge=edge,
+        tenant_id=principal.tenant_id,
+        audit_type=AuditType.API_CALL,
+        action="feedback",
+        resource_type="chat",
+        resource_id=str(request_id),
+        actor=principal.subject,
+        details={"value": value, "end_user": end_user, "has_comment": bool(comment)},
+    )
+    return given
 
 
 # --------------------------------------------------------------------------- conversations
