@@ -447,10 +447,11 @@ async def test_config_versions_show_who_changed_what_and_an_earlier_one_can_be_r
         TenantConfigChanged, tenant_id=tenant.tenant_id, version=4
     )
     assert published.config.temperature == first["temperature"]
-    audits = await topics_seen.wait_for(
-        AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE
+    # Waited for by action: the config changes before it were audited (and seen) earlier.
+    restored = await topics_seen.wait_for(
+        AuditRecorded, tenant_id=tenant.tenant_id, action="restore_config"
     )
-    restored = [a for a in audits if a.action == "restore_config"]
+    assert {a.audit_type for a in restored} == {AuditType.CONFIGURATION_CHANGE}
     assert [(a.details["version"], a.details["restored_from"]) for a in restored] == [(4, 1)]
     assert restored[0].details["changed"] == "custom_instructions,temperature"
 
@@ -484,10 +485,13 @@ async def test_an_operator_moves_a_tenant_to_another_plan_and_renames_it(
         TenantConfigChanged, tenant_id=tenant.tenant_id, version=3
     )
     assert published.config.tier == "pro"
+    # Waited for by action: the tenant's own config change before it was audited earlier.
     audits = await topics_seen.wait_for(
-        AuditRecorded, tenant_id=tenant.tenant_id, audit_type=AuditType.CONFIGURATION_CHANGE
+        AuditRecorded, tenant_id=tenant.tenant_id, action="change_tenant"
     )
-    assert [a.details["version"] for a in audits if a.action == "change_tenant"] == [3]
+    assert [(a.audit_type, a.details["version"]) for a in audits] == [
+        (AuditType.CONFIGURATION_CHANGE, 3)
+    ]
     r = await client.put("/v1/config", json={"daily_token_budget": 400_000}, headers=admin)
     assert r.status_code == 200, r.text
 
