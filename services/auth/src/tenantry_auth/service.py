@@ -1216,15 +1216,22 @@ def _next_month_s(now: datetime) -> int:
     return max(1, int((first - now).total_seconds()))
 
 
+async def _config_of(
+    edge: Edge, tenant_id: uuid.UUID, recorded_version: int | None
+) -> tuple[TenantConfig, int]:
+    """The tenant's config and its version, as the request routes read it (see ``configs``)."""
+    found = await edge.configs.get(tenant_id=tenant_id, recorded_version=recorded_version)
+    if found is None:
+        raise NotFound("this tenant has no configuration")
+    return found
+
+
 async def tenant_models(
     *, edge: Edge, tenant_id: uuid.UUID, recorded_config_version: int | None
 ) -> list[str]:
     """The models a tenant may use, its default first (the config the chat routes read): those
     of its config that the catalogue holds and serves it."""
-    found = await edge.configs.get(tenant_id=tenant_id, recorded_version=recorded_config_version)
-    if found is None:
-        raise NotFound("this tenant has no configuration")
-    config, _ = found
+    config, _ = await _config_of(edge, tenant_id, recorded_config_version)
     catalogue = edge.settings.models
     return [
         m
@@ -1272,12 +1279,7 @@ async def admit_chat(
     ``recorded_config_version`` is the tenant's config version the access check read from
     Redis: the config held in memory is used when it is that version (see ``configs``).
     """
-    found = await edge.configs.get(
-        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
-    )
-    if found is None:
-        raise NotFound("this tenant has no configuration")
-    config, version = found
+    config, version = await _config_of(edge, principal.tenant_id, recorded_config_version)
     if stream and not config.features.streaming:
         raise Forbidden("streaming is disabled for this tenant")
     chosen = model or config.model
@@ -1489,12 +1491,7 @@ async def admit_search(
 
     A search asks no model, so it holds no budget and is not metered; retrieval audits it.
     """
-    found = await edge.configs.get(
-        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
-    )
-    if found is None:
-        raise NotFound("this tenant has no configuration")
-    config, _ = found
+    config, _ = await _config_of(edge, principal.tenant_id, recorded_config_version)
     scope = await own_documents(edge=edge, tenant_id=principal.tenant_id, ids=document_ids)
     now = utcnow()
     rate, _ = await _admitted(
@@ -1538,14 +1535,10 @@ async def give_feedback(
     """Record a user's rating of one of the tenant's answers (replacing theirs before), and
     audit it (the value, never the comment). A rating counts against the tenant's request
     rate (and the end user's), as a search does: each may add a row."""
-    found = await edge.configs.get(
-        tenant_id=principal.tenant_id, recorded_version=recorded_config_version
-    )
-    if found is None:
-        raise NotFound("this tenant has no configuration")
+    config, _ = await _config_of(edge, principal.tenant_id, recorded_config_version)
     await _admitted(
         edge=edge,
-        config=found[0],
+        config=config,
         tenant_id=principal.tenant_id,
         request_id=uuid.uuid4(),
         tokens=0,
