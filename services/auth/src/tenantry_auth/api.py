@@ -1309,7 +1309,8 @@ def api_routes(
         },
     )
     async def submit_document(request: Request, principal: TenantAdmin) -> DocumentAccepted:
-        """Submit a document (JSON text or a UTF-8 file upload) for ingestion."""
+        """Submit a document (JSON text, or a file upload: UTF-8 text, PDF or Word .docx, whose
+        text is read at the edge) for ingestion."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             try:
