@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from tenantry_common.csvsafe import neutralise
+
 from tenantry_audit.chain import canonical_time
 
 
@@ -39,21 +41,13 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("record_hash", "hash"),
 )
 
-#: A spreadsheet treats a cell starting with one of these as a formula (or strips it first).
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\x00")
-
-
-def neutralise_cell(value: str) -> str:
-    """Prefix a cell a spreadsheet would run as a formula with a single quote (OWASP)."""
-    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
-
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
         return canonical_time(value)
-    return neutralise_cell(str(value))
+    return neutralise(value)
 
 
 def csv_header() -> bytes:

@@ -18,7 +18,7 @@ from tenantry_audit.chain import (
     canonical_time,
     link_hash,
 )
-from tenantry_audit.export import csv_header, csv_rows, jsonl_rows, neutralise_cell
+from tenantry_audit.export import csv_header, csv_rows, jsonl_rows
 from tenantry_audit.service import lifecycle_ack
 from tenantry_common.events import (
     AuditRecorded,
@@ -168,18 +168,6 @@ def test_a_walk_can_start_from_a_retention_checkpoint() -> None:
     wrong = _walk(entries[2:], start_sequence=2, start_hash=GENESIS_HASH)
     assert wrong.broken is not None
     assert wrong.broken.sequence == 3
-
-
-@pytest.mark.parametrize(
-    "cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "\x00x", "=cmd|' /C calc'!A0"]
-)
-def test_formula_cells_are_prefixed_with_a_quote(cell: str) -> None:
-    assert neutralise_cell(cell) == "'" + cell
-
-
-@pytest.mark.parametrize("cell", ["plain", "1+1", "a=b", " =x", "", "'quoted"])
-def test_ordinary_cells_are_left_alone(cell: str) -> None:
-    assert neutralise_cell(cell) == cell
 
 
 def _row(**overrides: object) -> dict[str, object]:

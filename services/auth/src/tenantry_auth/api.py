@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry_common.auth import EDGE_ISSUER, Principal, Role, TokenVerifier, principal_dependency
+from tenantry_common.csvsafe import csv_text
 from tenantry_common.events import (
     MAX_END_USER_CHARS,
     MAX_MESSAGE_CHARS,
@@ -411,6 +412,9 @@ class FeedbackView(BaseModel):
     end_user: str | None
     created_at: datetime
     updated_at: datetime
+
+
+FEEDBACK_CSV_COLUMNS = tuple(FeedbackView.model_fields)
 
 
 class FeedbackList(BaseModel):
@@ -1801,16 +1805,23 @@ def api_routes(
         )
         return FeedbackView.model_validate(given, from_attributes=True)
 
-    @router.get("/v1/feedback", tags=["chat"], response_model=FeedbackList)
+    @router.get(
+        "/v1/feedback",
+        tags=["chat"],
+        response_model=FeedbackList,
+        responses={200: {"content": {"text/csv": {}}}},
+    )
     async def list_feedback(
         principal: TenantAdmin,
         since: Annotated[
             AwareDatetime | None, Query(description="Given at or after this (with its zone).")
         ] = None,
         before: Annotated[AwareDatetime | None, Query(description="Given before this.")] = None,
-        limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-    ) -> FeedbackList:
-        """The tenant's ratings of its answers, the latest first, with their count and mean."""
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        format: Annotated[Literal["json", "csv"], Query()] = "json",
+    ) -> Response:
+        """The tenant's ratings of its answers, the latest first, with their count and mean (as
+        JSON), or one CSV line per rating (comments a spreadsheet would run neutralised)."""
         async with edge.sessions() as session:
             rows = await repo.list_feedback(
                 session=session,
@@ -1822,13 +1833,24 @@ def api_routes(
             count, mean, positive, negative = await repo.feedback_summary(
                 session=session, tenant_id=principal.tenant_id, since=since, before=before
             )
-        return FeedbackList(
+        listed = FeedbackList(
             feedback=[FeedbackView.model_validate(r, from_attributes=True) for r in rows],
             count=count,
             mean_value=mean,
             positive=positive,
             negative=negative,
         )
+        if format == "csv":
+            return Response(
+                csv_text(
+                    FEEDBACK_CSV_COLUMNS,
+                    (line.model_dump(mode="json") for line in listed.feedback),
+                    numbers={"value"},
+                ),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="feedback.csv"'},
+            )
+        return JSONResponse(listed.model_dump(mode="json"))
 
     @router.post(
         "/v1/search",

@@ -4,6 +4,8 @@ the comment, counted against the rate limit, deleted when the tenant is offboard
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -44,7 +46,11 @@ async def test_a_rating_is_kept_once_per_answer_and_user_and_summed_for_admins(
     )
     assert r.status_code == 201, r.text
     assert (r.json()["value"], r.json()["comment"], r.json()["end_user"]) == (8, "Fixed", None)
-    r = await client.post("/v1/feedback", json={"request_id": second, "value": -3}, headers=admin)
+    r = await client.post(
+        "/v1/feedback",
+        json={"request_id": second, "value": -3, "comment": "=HYPERLINK(x)"},
+        headers=admin,
+    )
     assert r.status_code == 201, r.text
 
     listed = await client.get("/v1/feedback", headers=admin)
@@ -60,6 +66,14 @@ async def test_a_rating_is_kept_once_per_answer_and_user_and_summed_for_admins(
     naive = await client.get("/v1/feedback", params={"since": "2026-01-01T00:00:00"}, headers=admin)
     assert naive.status_code == 422, "a time without its zone is refused"
     assert (await client.get("/v1/feedback", headers=member)).status_code == 403
+    exported = await client.get("/v1/feedback", params={"format": "csv"}, headers=admin)
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [(r["request_id"], r["value"], r["comment"]) for r in rows] == [
+        (second, "-3", "'=HYPERLINK(x)"),  # a number stays a number; a formula does not run
+        (first, "8", "Fixed"),
+    ]
 
     # Audited with the value, never the comment.
     audits = await topics_seen.wait_for(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Annotated, Literal, Self
 
@@ -13,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from tenantry_common.auth import Principal, Role, TokenVerifier, principal_dependency
+from tenantry_common.csvsafe import csv_text
 from tenantry_common.events import TenantConfig
 
 from tenantry_metering import repository as repo
@@ -24,9 +23,6 @@ Period = Literal["day", "month"]
 Format = Literal["json", "csv"]
 Limit = Annotated[int, Query(ge=1, le=1000, description="The most end users listed.")]
 TenantLimit = Annotated[int, Query(ge=1, le=10_000, description="The most tenants listed.")]
-
-#: Cells a spreadsheet would run as a formula (CSV injection): prefixed with a quote.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\x00")
 
 
 class UsageLine(BaseModel):
@@ -126,12 +122,6 @@ class TenantsReport(BaseModel):
 TENANT_CSV_COLUMNS = tuple(TenantUsage.model_fields)
 
 
-def neutralise(cell: object) -> str:
-    """A CSV cell that no spreadsheet will evaluate as a formula."""
-    text = "" if cell is None else str(cell)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
 def _label(period: Period, day: date) -> str:
     return day.isoformat() if period == "day" else day.isoformat()[:7]
 
@@ -209,21 +199,11 @@ CSV_COLUMNS = (
 )
 
 
-def _csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
-    """A header and one line per row, every cell neutralised."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for values in rows:
-        writer.writerow([neutralise(values[c]) for c in columns])
-    return out.getvalue()
-
-
 def report_csv(report: UsageReport) -> str:
     """One CSV line per period and model, with its period's budget columns."""
     by_period = {p.period: p for p in report.periods}
     budget = ("budget_kind", "budget_limit", "budget_used", "percent_used", "remaining")
-    return _csv(
+    return csv_text(
         CSV_COLUMNS,
         (
             line.model_dump() | {k: getattr(by_period[line.period], k) for k in budget}
@@ -234,21 +214,19 @@ def report_csv(report: UsageReport) -> str:
 
 def end_user_csv(report: EndUserReport) -> str:
     """One CSV line per end user (names a spreadsheet would run neutralised)."""
-    return _csv(END_USER_CSV_COLUMNS, (line.model_dump() for line in report.end_users))
+    return csv_text(END_USER_CSV_COLUMNS, (line.model_dump() for line in report.end_users))
 
 
 def tenants_csv(report: TenantsReport) -> str:
     """One CSV line per tenant (names a spreadsheet would run neutralised)."""
-    return _csv(TENANT_CSV_COLUMNS, (line.model_dump() for line in report.tenants))
+    return csv_text(TENANT_CSV_COLUMNS, (line.model_dump() for line in report.tenants))
 
 
-def _respond(
-    report: BaseModel, fmt: Format, csv_text: Callable[[], str], filename: str
-) -> Response:
+def _respond(report: BaseModel, fmt: Format, as_csv: Callable[[], str], filename: str) -> Response:
     """The report as JSON, or as a CSV attachment."""
     if fmt == "csv":
         return Response(
-            csv_text(),
+            as_csv(),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
