@@ -89,25 +89,23 @@ if redis.call('HSETNX', KEYS[5], ARGV[7], '1') == 0 then
   return 0
 end
 redis.call('EXPIRE', KEYS[5], ARGV[5])
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if held then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0') - tonumber(held)
-  if reserved < 0 then reserved = 0 end
-  redis.call('HSET', KEYS[1], 'reserved', reserved)
+-- Release the request's hold in KEYS[holds] from the reserved count of KEYS[tokens].
+local function release(holds, tokens)
+  local held = redis.call('HGET', KEYS[holds], ARGV[1])
+  if held then
+    redis.call('HDEL', KEYS[holds], ARGV[1])
+    local reserved = tonumber(redis.call('HGET', KEYS[tokens], 'reserved') or '0') - tonumber(held)
+    if reserved < 0 then reserved = 0 end
+    redis.call('HSET', KEYS[tokens], 'reserved', reserved)
+  end
 end
+release(2, 1)
 redis.call('HINCRBY', KEYS[3], 'used', ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'used', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 if #KEYS == 8 then
-  local mine = redis.call('HGET', KEYS[7], ARGV[1])
-  if mine then
-    redis.call('HDEL', KEYS[7], ARGV[1])
-    local reserved = tonumber(redis.call('HGET', KEYS[6], 'reserved') or '0') - tonumber(mine)
-    if reserved < 0 then reserved = 0 end
-    redis.call('HSET', KEYS[6], 'reserved', reserved)
-  end
+  release(7, 6)
   redis.call('HINCRBY', KEYS[8], 'used', ARGV[2])
   redis.call('EXPIRE', KEYS[8], ARGV[4])
 end
