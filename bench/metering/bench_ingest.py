@@ -46,7 +46,9 @@ ROOT = HERE.parents[1]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
-def make_events(n: int, tenants: int) -> list[UsageRecorded]:
+def make_events(n: int, tenants: int, end_users: int = 0) -> list[UsageRecorded]:
+    """``n`` usage events over ``tenants``; with ``end_users``, each names one of that many end
+    users per tenant (their settlement then also moves the end users' counters)."""
     tenant_ids = [uuid.uuid4() for _ in range(tenants)]
     now = datetime.now(UTC)
     events = []
@@ -60,6 +62,7 @@ def make_events(n: int, tenants: int) -> list[UsageRecorded]:
                 occurred_at=occurred,
                 request_id=request_id,
                 user_id=f"user-{i % 97}",
+                end_user=f"end-user-{i % end_users}" if end_users else None,
                 model=LOCAL_MODEL if i % 3 else "gpt-4o-mini",
                 prompt_tokens=100 + i % 500,
                 completion_tokens=20 + i % 200,
@@ -237,6 +240,13 @@ async def main() -> None:
         default=None,
         help="the consumer's max records per batch (default: the service's own default)",
     )
+    parser.add_argument(
+        "--end-users",
+        type=int,
+        default=0,
+        help="each event names one of this many end users (default none); the raw baseline "
+        "writes no end_user either way",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
@@ -248,7 +258,7 @@ async def main() -> None:
     try:
         bootstrap = f"127.0.0.1:{port}"
         await ensure_topics(bootstrap, all_topics_with_dlqs())
-        events = make_events(args.events, args.tenants)
+        events = make_events(args.events, args.tenants, args.end_users)
         produce_s = await fill_topic(bootstrap, events)
         print(f"filled usage.v1 with {len(events)} events in {produce_s:.1f}s")
         consumer_batch = args.consumer_batch or Settings().usage_batch_max_records
@@ -272,6 +282,7 @@ async def main() -> None:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "events": len(events),
             "tenants": args.tenants,
+            "end_users": args.end_users,
             "batch": args.batch,
             "consumer_batch": consumer_batch,
             "consumer_batch_parts": settings.usage_batch_parts,
