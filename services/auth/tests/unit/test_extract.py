@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import zipfile
 
 import docx
@@ -99,3 +101,16 @@ def test_the_child_process_is_held_to_its_memory_limit() -> None:
                 memory_bytes=50 * 2**20,
             )
         )
+
+
+def test_the_edge_itself_never_loads_the_parsers() -> None:
+    """Only the child process imports pypdf and python-docx (and lxml): the edge's memory at
+    rest does not carry them. Checked in a fresh interpreter (this one imported them above)."""
+    code = (
+        "import sys, tenantry_auth.app, tenantry_auth.api\n"
+        "print(sorted(m for m in ('pypdf', 'docx', 'lxml') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert loaded.stdout.strip() == "[]"
