@@ -1830,26 +1830,23 @@ def api_routes(
                 before=before,
                 limit=limit,
             )
+            views = [FeedbackView.model_validate(r, from_attributes=True) for r in rows]
+            if format == "csv":  # the lines only: a spreadsheet sums them itself
+                return Response(
+                    csv_text(
+                        FEEDBACK_CSV_COLUMNS,
+                        (view.model_dump(mode="json") for view in views),
+                        numbers={"value"},
+                    ),
+                    media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="feedback.csv"'},
+                )
             count, mean, positive, negative = await repo.feedback_summary(
                 session=session, tenant_id=principal.tenant_id, since=since, before=before
             )
         listed = FeedbackList(
-            feedback=[FeedbackView.model_validate(r, from_attributes=True) for r in rows],
-            count=count,
-            mean_value=mean,
-            positive=positive,
-            negative=negative,
+            feedback=views, count=count, mean_value=mean, positive=positive, negative=negative
         )
-        if format == "csv":
-            return Response(
-                csv_text(
-                    FEEDBACK_CSV_COLUMNS,
-                    (line.model_dump(mode="json") for line in listed.feedback),
-                    numbers={"value"},
-                ),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="feedback.csv"'},
-            )
         return JSONResponse(listed.model_dump(mode="json"))
 
     @router.post(

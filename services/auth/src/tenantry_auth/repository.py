@@ -458,13 +458,23 @@ async def list_feedback(
     limit: int,
 ) -> list[Feedback]:
     """A tenant's ratings, the latest first (by when they were last given)."""
-    query = select(Feedback).where(_scoped(Feedback, tenant_id))
-    if since is not None:
-        query = query.where(Feedback.updated_at >= since)
-    if before is not None:
-        query = query.where(Feedback.updated_at < before)
-    rows = await session.scalars(query.order_by(Feedback.updated_at.desc()).limit(limit))
+    window = _feedback_window(tenant_id, since, before)
+    rows = await session.scalars(
+        select(Feedback).where(*window).order_by(Feedback.updated_at.desc()).limit(limit)
+    )
     return list(rows)
+
+
+def _feedback_window(
+    tenant_id: uuid.UUID, since: datetime | None, before: datetime | None
+) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a tenant's ratings last given in ``[since, before)``."""
+    window = [_scoped(Feedback, tenant_id)]
+    if since is not None:
+        window.append(Feedback.updated_at >= since)
+    if before is not None:
+        window.append(Feedback.updated_at < before)
+    return window
 
 
 async def feedback_summary(
@@ -476,11 +486,7 @@ async def feedback_summary(
         func.avg(Feedback.value),
         func.count().filter(Feedback.value > 0),
         func.count().filter(Feedback.value < 0),
-    ).where(_scoped(Feedback, tenant_id))
-    if since is not None:
-        query = query.where(Feedback.updated_at >= since)
-    if before is not None:
-        query = query.where(Feedback.updated_at < before)
+    ).where(*_feedback_window(tenant_id, since, before))
     count, mean, positive, negative = (await session.execute(query)).one()
     return int(count), float(mean) if mean is not None else None, int(positive), int(negative)
 
