@@ -296,11 +296,12 @@ class _TenantKeys:
     def settled(self, day: date) -> int:
         return self._slot("settled", day)
 
-    def end_user_tokens(self, end_user: str, day: date) -> int:
-        return self._slot(f"end-user-tokens:{hashed_part(end_user)}", day)
+    def end_user_tokens(self, hashed_end_user: str, day: date) -> int:
+        """``hashed_end_user``: ``hashed_part`` of the name, hashed once by the caller."""
+        return self._slot(f"end-user-tokens:{hashed_end_user}", day)
 
-    def end_user_holds(self, end_user: str, day: date) -> int:
-        return self._slot(f"end-user-holds:{hashed_part(end_user)}", day)
+    def end_user_holds(self, hashed_end_user: str, day: date) -> int:
+        return self._slot(f"end-user-holds:{hashed_end_user}", day)
 
     def spend(self, day: date) -> int:
         """The spend key of the day's month."""
@@ -547,10 +548,11 @@ class BudgetStore:
                     )
                 mine = _NO_END_USER
                 if s.end_user is not None:
+                    who = hashed_part(s.end_user)  # once per event: a SHA-256 of the name
                     mine = (
-                        keys.end_user_tokens(s.end_user, s.reserved_day),
-                        keys.end_user_holds(s.end_user, s.reserved_day),
-                        keys.end_user_tokens(s.end_user, s.usage_day),
+                        keys.end_user_tokens(who, s.reserved_day),
+                        keys.end_user_holds(who, s.reserved_day),
+                        keys.end_user_tokens(who, s.usage_day),
                     )
                 records.append(
                     pack(
